@@ -1,0 +1,112 @@
+//! The TPM layer's error type: which command failed, and whether the transport, the TPM's
+//! response code or the response bytes were at fault.
+//!
+//! Every variant names the failed operation; response codes print with their spec names
+//! (`TPM_RC_INTEGRITY (0x1df) on parameter 1`). Messages tell the operator what to do where
+//! there is something to do. This module never logs.
+
+use super::TransportError;
+use super::rc::{self, ResponseCode};
+
+/// A TPM-layer failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The transport failed while running a command.
+    #[error("TPM2_{command} failed")]
+    Transport {
+        /// Command name (e.g. `CreatePrimary`).
+        command: &'static str,
+        /// What the transport reported.
+        #[source]
+        source: TransportError,
+    },
+    /// The TPM answered with an error response code.
+    #[error("TPM2_{command} failed: {rc}{}", hint(*.rc))]
+    Response {
+        /// Command name.
+        command: &'static str,
+        /// The response code.
+        rc: ResponseCode,
+    },
+    /// The TPM kept answering RETRY/YIELDED/TESTING past our retry budget.
+    #[error("TPM2_{command} failed: {rc} still returned after {attempts} attempts")]
+    Busy {
+        /// Command name.
+        command: &'static str,
+        /// The last response code.
+        rc: ResponseCode,
+        /// How many times the command was sent.
+        attempts: u32,
+    },
+    /// The response was well framed but its contents do not parse.
+    #[error("TPM2_{command}: malformed response: {detail}")]
+    Malformed {
+        /// Command name.
+        command: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A command could not be built (argument out of range: a caller bug or bad input file).
+    #[error("TPM2_{command}: cannot build the command: {detail}")]
+    Build {
+        /// Command name.
+        command: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A public area from the TPM or a certificate could not be used.
+    #[error("{what}: {detail}")]
+    Public {
+        /// Which object (e.g. `EK at 0x81010001`).
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// The EK's public key differs from the key in its EK certificate.
+    #[error(
+        "the {template} EK public key does not match the EK certificate at NV index \
+         {nv_index:#010x}: the certificate belongs to another key or template"
+    )]
+    EkMismatch {
+        /// Template name (e.g. `L-1 RSA-2048`).
+        template: &'static str,
+        /// The certificate's NV index.
+        nv_index: u32,
+    },
+    /// The requested EK does not exist on this TPM.
+    #[error("no {what}endorsement key found on this TPM (found: {found})")]
+    NoEk {
+        /// What was asked for (`p256 `, with a trailing space, or empty for any).
+        what: String,
+        /// What exists, comma separated, or `none`.
+        found: String,
+    },
+    /// The Name the TPM reported differs from the one computed from the public area.
+    #[error(
+        "{what}: the Name computed from the public area differs from the Name the TPM returned"
+    )]
+    NameMismatch {
+        /// Which object.
+        what: &'static str,
+    },
+}
+
+fn hint(rc: ResponseCode) -> &'static str {
+    match rc.0 {
+        rc::FAILURE => " (the TPM is in failure mode: reset or power-cycle it)",
+        0x902 | 0x903 => " (the TPM has no free object/session slots: flush leftovers)",
+        0x921 => " (the TPM is in dictionary-attack lockout)",
+        _ => "",
+    }
+}
+
+impl Error {
+    /// The TPM response code, if this error is a TPM response.
+    #[must_use]
+    pub fn response_code(&self) -> Option<ResponseCode> {
+        match self {
+            Self::Response { rc, .. } | Self::Busy { rc, .. } => Some(*rc),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! ekattest wire protocol: the bytes that cross the broker between agent and server.
+//!
+//! This crate sits at the bottom of the workspace: the agent, the server and the fleet
+//! harness all depend on it, and it depends on nothing of ours. It is `no_std` without
+//! `alloc` so it builds for microcontrollers (`thumbv7em-none-eabi`) and so every field is
+//! bounded by a constant in [`limits`]. It never logs and never panics on input: decoders
+//! return errors that carry the numbers needed to diagnose them.
+//!
+//! - [`msg`]: the messages ([`msg::Uplink`], [`msg::Downlink`]) and the frame codec
+//!   (a version byte, then postcard).
+//! - [`limits`]: every size bound.
+//! - [`topic`]: MQTT topic builders.
+//! - [`error`]: decode/encode errors and the closed set of reject codes.
+//! - [`public`]: TPM 2.0 public areas (TPM2B_PUBLIC) as sent in a Login: parsing, the
+//!   object Name, and the DER SubjectPublicKeyInfo whose SHA-256 is `tpm_ek.public_hash`.
+//!   Agent and server both need it, so it lives here instead of being written twice.
+#![no_std]
+#![forbid(unsafe_code)]
+#![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
+
+pub mod der;
+pub mod error;
+pub mod limits;
+pub mod msg;
+pub mod public;
+pub mod topic;
+
+pub use error::{DecodeError, EncodeError, RejectCode};
+pub use msg::{Downlink, Uplink, decode, encode};

@@ -1,0 +1,18 @@
+//! ekattest-fleet: the test and fleet harness of the workspace.
+//!
+//! Today it holds [`swtpm`]: software TPM devices provisioned with a per-run certificate
+//! authority, started on free loopback ports and stopped on drop, plus command-line oracles
+//! (openssl, tpm2-tools) that the agent's and server's integration tests compare against.
+//! Later it becomes the fleet simulator (many devices, broker, QEMU boards).
+//!
+//! It is a dev-dependency only: it shells out to swtpm, swtpm_setup, swtpm_localca,
+//! tpm2-tools and openssl, and must never be linked into the agent or server binaries. It
+//! never changes the process's working directory or environment and never binds fixed
+//! ports, so many devices can be provisioned from parallel tests.
+
+pub mod swtpm;
+
+pub use swtpm::{
+    Ak, Ca, Device, EkKind, Error, ProvisionOptions, Result, openssl_public_hash,
+    tpm2_makecredential,
+};

@@ -1,0 +1,243 @@
+//! ekattestctl: offline operator commands (EK hashes, config validation, EK verification).
+//!
+//! A thin shell: it parses arguments, reads files, calls the `ekattest_server` library and
+//! maps results to exit codes. It never talks to the network and never writes files.
+//!
+//! Exit status: 0 success (hash printed, document valid, EK accepted); 1 the input was judged
+//! and rejected (invalid document for `config validate`, EK rejected, file holds no
+//! certificate or public key); 2 usage error, unreadable file, or (for `ek verify`) an
+//! invalid document.
+
+#[path = "ekattestctl/files.rs"]
+mod files;
+#[path = "ekattestctl/verify.rs"]
+mod verify;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ekattest_server::config::Document;
+use lexopt::prelude::*;
+
+const USAGE: &str = "\
+ekattestctl: offline ekattest operator commands
+
+Usage:
+  ekattestctl ek-hash FILE
+  ekattestctl config validate FILE
+  ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
+                        [--trust-domain TD] [--json]
+  ekattestctl COMMAND --help
+
+Commands:
+  ek-hash           print the tpm_ek.public_hash of an EK certificate or public key
+  config validate   check an AgentAttestation document and summarize it
+  ek verify         run EK validation against a document's tpm_ek policy
+
+Exit status: 0 success or accepted; 1 rejected (invalid document, EK rejected, no key
+found); 2 usage error, unreadable file, or invalid document for `ek verify`.
+";
+
+const EK_HASH_USAGE: &str = "\
+Usage: ekattestctl ek-hash FILE
+
+Prints the lowercase hex SHA-256 of the EK's DER SubjectPublicKeyInfo: the value for
+allowedHashes and tpm_ek.public_hash, identical to the output of
+  openssl x509 -in ek.pem -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum
+FILE is a PEM or DER certificate (a raw NV blob with padding works too), a PEM or DER
+public key (SubjectPublicKeyInfo), or an EK TPM2B_PUBLIC for TPMs without a certificate
+(`tpm2_readpublic -c 0x81010001 -f tss -o ek.pub`). With several PEM blocks, the first
+certificate or public key is used.
+";
+
+const CONFIG_USAGE: &str = "\
+Usage: ekattestctl config validate FILE
+
+Parses and validates an AgentAttestation document (every certificate, hash and
+template) and prints a summary and any warnings. Exit 0 if valid, 1 if not (the error
+names the field, e.g. spec.policies[0].requiredAttestors[0].config.caCerts), 2 if FILE
+cannot be read.
+";
+
+/// Usage text of `ek verify` (shared with its module).
+pub(crate) const VERIFY_USAGE: &str = "\
+Usage: ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
+                             [--trust-domain TD] [--json]
+
+Runs EK validation as the server would for an agent offering [tpm_ek], using the first
+policy of the document that it selects, and prints the verdict, the failing check,
+the attributes and the SPIFFE ID.
+
+  --config FILE        AgentAttestation document
+  --cert EK            EK certificate: PEM, DER, or a raw NV blob (0xFF padding is fine)
+  --chain FILE         certificates the device sends from NV 0x01C00100..: PEM (any
+                       number of blocks) or concatenated DER
+  --ek-public FILE     the EK TPM2B_PUBLIC as the agent reads it (tpm2_readpublic -f tss);
+                       checked against the certificate; may replace --cert for TPMs
+                       without a certificate (allowedHashes only)
+  --trust-domain TD    render spiffe://TD/... instead of the path alone
+  --json               print one JSON object instead of text
+
+Exit 0 accepted, 1 rejected, 2 usage error or invalid document.
+";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ekattestctl: {e}");
+            eprintln!("Try `ekattestctl --help`.");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, lexopt::Error> {
+    let mut parser = lexopt::Parser::from_env();
+    match parser.next()? {
+        None => {
+            eprint!("{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+        Some(Short('h') | Long("help")) => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Value(cmd)) => match cmd.to_str() {
+            Some("help") => {
+                print!("{USAGE}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Some("ek-hash") => {
+                let Some(file) = single_file(&mut parser, EK_HASH_USAGE)? else {
+                    return Ok(ExitCode::SUCCESS);
+                };
+                Ok(ek_hash(&file))
+            }
+            Some("config") => match subcommand(&mut parser, CONFIG_USAGE)? {
+                None => Ok(ExitCode::SUCCESS),
+                Some(sub) if sub == "validate" => {
+                    let Some(file) = single_file(&mut parser, CONFIG_USAGE)? else {
+                        return Ok(ExitCode::SUCCESS);
+                    };
+                    Ok(config_validate(&file))
+                }
+                Some(sub) => Err(unknown("config", &sub, "validate")),
+            },
+            Some("ek") => match subcommand(&mut parser, VERIFY_USAGE)? {
+                None => Ok(ExitCode::SUCCESS),
+                Some(sub) if sub == "verify" => verify::run(&mut parser),
+                Some(sub) => Err(unknown("ek", &sub, "verify")),
+            },
+            _ => Err(format!("unknown command {cmd:?}; commands: ek-hash, config, ek").into()),
+        },
+        Some(arg) => Err(arg.unexpected()),
+    }
+}
+
+fn unknown(cmd: &str, sub: &OsString, known: &str) -> lexopt::Error {
+    format!("unknown subcommand {sub:?} for {cmd}; try `ekattestctl {cmd} {known} --help`").into()
+}
+
+/// The next word of a two-word command, or `None` after printing help.
+fn subcommand(parser: &mut lexopt::Parser, usage: &str) -> Result<Option<OsString>, lexopt::Error> {
+    match parser.next()? {
+        Some(Short('h') | Long("help")) => {
+            print!("{usage}");
+            Ok(None)
+        }
+        Some(Value(v)) => Ok(Some(v)),
+        Some(arg) => Err(arg.unexpected()),
+        None => Err(format!("missing subcommand\n\n{usage}").into()),
+    }
+}
+
+/// Exactly one FILE argument, or `None` after printing help.
+fn single_file(parser: &mut lexopt::Parser, usage: &str) -> Result<Option<PathBuf>, lexopt::Error> {
+    let mut file = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{usage}");
+                return Ok(None);
+            }
+            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    file.map(Some)
+        .ok_or_else(|| format!("missing FILE\n\n{usage}").into())
+}
+
+fn ek_hash(file: &std::path::Path) -> ExitCode {
+    let bytes = match files::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ekattestctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match files::public_hash(&bytes) {
+        Ok(hash) => {
+            println!("{}", hex::encode(hash));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ekattestctl: {}: {e}", file.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn config_validate(file: &std::path::Path) -> ExitCode {
+    let doc = match Document::load(file) {
+        Ok(doc) => doc,
+        Err(e @ ekattest_server::config::ConfigError::Read { .. }) => {
+            eprintln!("ekattestctl: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("{}: invalid: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let n = doc.policies().len();
+    println!(
+        "{}: valid AgentAttestation v1 document, {n} {}",
+        file.display(),
+        if n == 1 { "policy" } else { "policies" }
+    );
+    for p in doc.policies() {
+        let types: Vec<&str> = p.attestors.iter().map(|a| a.method().as_str()).collect();
+        println!("policy {:?}", p.name);
+        println!("  requiredAttestors: {}", types.join(", "));
+        if let Some(t) = p.tpm_ek() {
+            println!(
+                "  tpm_ek: caCerts {}, intermediateCerts {}, allowedHashes {}, \
+                 ekProfileCheck {}, allowSha1Signatures {}",
+                t.ca_certs,
+                t.intermediate_certs,
+                t.ek.allowed_hashes.len(),
+                match t.ek.profile {
+                    ekattest_server::ek::ProfileMode::Enforce => "enforce",
+                    ekattest_server::ek::ProfileMode::Warn => "warn",
+                },
+                t.ek.chain.allow_sha1
+            );
+        }
+        println!(
+            "  spiffeIdTemplate: {}{}",
+            p.spiffe_id,
+            if p.spiffe_id_is_default {
+                " (default)"
+            } else {
+                ""
+            }
+        );
+    }
+    for w in doc.warnings() {
+        println!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,286 @@
+//! `ekattestctl ek verify`: EK validation against a document, as the server would run it.
+//!
+//! Reads files, selects the policy for providedMethods `[tpm_ek]`, runs `ek::validate` and
+//! the SPIFFE ID template, and prints the outcome as text or JSON. Never touches the network.
+
+use std::error::Error as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use ekattest_server::config::{Document, Method, Policy};
+use ekattest_server::ek::{self, Check, Evidence, Verdict};
+use lexopt::prelude::*;
+use serde_json::{Value as Json, json};
+
+use crate::files;
+
+#[derive(Default)]
+struct Args {
+    config: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    chain: Option<PathBuf>,
+    ek_public: Option<PathBuf>,
+    trust_domain: Option<String>,
+    json: bool,
+}
+
+fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
+    let mut a = Args::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{}", crate::VERIFY_USAGE);
+                return Ok(None);
+            }
+            Long("config") => a.config = Some(parser.value()?.into()),
+            Long("cert") => a.cert = Some(parser.value()?.into()),
+            Long("chain") => a.chain = Some(parser.value()?.into()),
+            Long("ek-public") => a.ek_public = Some(parser.value()?.into()),
+            Long("trust-domain") => a.trust_domain = Some(parser.value()?.string()?),
+            Long("json") => a.json = true,
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    if a.config.is_none() {
+        return Err("missing --config FILE".into());
+    }
+    if a.cert.is_none() && a.ek_public.is_none() {
+        return Err("missing --cert EK (or --ek-public FILE for a TPM without certificate)".into());
+    }
+    Ok(Some(a))
+}
+
+/// Runs the command; `Err` only for usage errors (exit 2, printed by `main`).
+pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let Some(args) = parse(parser)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    Ok(match verify(&args) {
+        Ok(outcome) => {
+            outcome.print(args.json);
+            if outcome.accepted() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", json!({ "verdict": "error", "error": e }));
+            }
+            eprintln!("ekattestctl: {e}");
+            ExitCode::from(2)
+        }
+    })
+}
+
+enum Outcome {
+    Accepted {
+        policy: String,
+        verdict: Verdict,
+        spiffe_id: String,
+    },
+    Rejected {
+        policy: Option<String>,
+        error: String,
+        reasons: Vec<String>,
+        verdict: Option<Verdict>,
+    },
+}
+
+/// Setup errors (unreadable file, invalid document) are `Err`; judgments are `Ok`.
+fn verify(args: &Args) -> Result<Outcome, String> {
+    let config = args.config.as_deref().ok_or("missing --config")?;
+    let doc = Document::load(config).map_err(|e| format!("{}: invalid: {e}", config.display()))?;
+    let cert = match &args.cert {
+        Some(p) => Some(
+            files::read(p)
+                .and_then(|b| files::first_certificate(&b))
+                .map_err(|e| format!("--cert {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let chain = match &args.chain {
+        Some(p) => files::read(p)
+            .and_then(|b| files::certificates_der(&b))
+            .map_err(|e| format!("--chain {}: {e}", p.display()))?,
+        None => Vec::new(),
+    };
+    let ek_public = match &args.ek_public {
+        Some(p) => Some(files::read(p).map_err(|e| format!("--ek-public {e}"))?),
+        None => None,
+    };
+    let policy: &Policy = match doc.select(&[Method::TpmEk]) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(Outcome::Rejected {
+                policy: None,
+                error: e.to_string(),
+                reasons: Vec::new(),
+                verdict: None,
+            });
+        }
+    };
+    let Some(tpm_ek) = policy.tpm_ek() else {
+        return Err(format!("policy {:?} has no tpm_ek attestor", policy.name));
+    };
+    let evidence = Evidence {
+        ek_cert: cert.as_deref(),
+        ek_chain: &chain,
+        ek_public: ek_public.as_deref(),
+    };
+    let verdict = match ek::validate(&tpm_ek.ek, &evidence, SystemTime::now()) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(Outcome::Rejected {
+                policy: Some(policy.name.clone()),
+                error: e.to_string(),
+                reasons: sources(&e),
+                verdict: None,
+            });
+        }
+    };
+    match policy
+        .spiffe_id
+        .render(&verdict.attributes, args.trust_domain.as_deref())
+    {
+        Ok(spiffe_id) => Ok(Outcome::Accepted {
+            policy: policy.name.clone(),
+            verdict,
+            spiffe_id,
+        }),
+        Err(e) => Ok(Outcome::Rejected {
+            policy: Some(policy.name.clone()),
+            error: e.to_string(),
+            reasons: vec![format!("spiffeIdTemplate {}", policy.spiffe_id)],
+            verdict: Some(verdict),
+        }),
+    }
+}
+
+fn sources(e: &ek::EkError) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// The check's stable name (as in the server's logs) and the config field behind it.
+fn check_name(c: Check) -> &'static str {
+    c.as_str()
+}
+
+fn check_field(c: Check) -> &'static str {
+    match c {
+        Check::Chain => "caCerts",
+        Check::AllowList => "allowedHashes",
+    }
+}
+
+/// The seed's log format: `tpm_ek:tpm_ek.public_hash="..."`.
+fn seed_attributes(v: &Verdict) -> Vec<String> {
+    v.attributes
+        .iter()
+        .map(|(name, value)| format!("tpm_ek:tpm_ek.{name}={value:?}"))
+        .collect()
+}
+
+fn attributes_json(v: &Verdict) -> Json {
+    let map: serde_json::Map<String, Json> = v
+        .attributes
+        .iter()
+        .map(|(name, value)| (format!("tpm_ek.{name}"), Json::from(value)))
+        .collect();
+    Json::Object(map)
+}
+
+impl Outcome {
+    fn accepted(&self) -> bool {
+        matches!(self, Outcome::Accepted { .. })
+    }
+
+    fn print(&self, as_json: bool) {
+        if as_json {
+            println!("{}", self.to_json());
+            return;
+        }
+        match self {
+            Outcome::Accepted {
+                policy,
+                verdict,
+                spiffe_id,
+            } => {
+                println!("verdict: accepted");
+                println!("policy: {policy}");
+                let c = verdict.passed;
+                println!("passed check: {} ({})", check_name(c), check_field(c));
+                println!("agentAttestationAttributes:");
+                for a in seed_attributes(verdict) {
+                    println!("  {a}");
+                }
+                println!("spiffe_id: {spiffe_id}");
+                for w in &verdict.warnings {
+                    println!("warning: {w}");
+                }
+            }
+            Outcome::Rejected {
+                policy,
+                error,
+                reasons,
+                verdict,
+            } => {
+                println!("verdict: rejected");
+                if let Some(p) = policy {
+                    println!("policy: {p}");
+                }
+                println!("error: {error}");
+                for r in reasons {
+                    println!("reason: {r}");
+                }
+                if let Some(v) = verdict {
+                    let c = v.passed;
+                    println!("passed check: {} ({})", check_name(c), check_field(c));
+                    println!("agentAttestationAttributes:");
+                    for a in seed_attributes(v) {
+                        println!("  {a}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        match self {
+            Outcome::Accepted {
+                policy,
+                verdict,
+                spiffe_id,
+            } => json!({
+                "verdict": "accepted",
+                "policy": policy,
+                "passed_check": check_name(verdict.passed),
+                "attributes": attributes_json(verdict),
+                "agentAttestationAttributes": seed_attributes(verdict),
+                "spiffe_id": spiffe_id,
+                "warnings": verdict.warnings,
+            }),
+            Outcome::Rejected {
+                policy,
+                error,
+                reasons,
+                verdict,
+            } => json!({
+                "verdict": "rejected",
+                "policy": policy,
+                "error": error,
+                "reasons": reasons,
+                "passed_check": verdict.as_ref().map(|v| check_name(v.passed)),
+                "attributes": verdict.as_ref().map(attributes_json),
+            }),
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! X.509 certificate parsing into an owned, pre-digested form for path building and the TCG
+//! EK profile.
+//!
+//! Parsing is lenient where real EK certificates break strict DER (explicitly encoded DEFAULT
+//! booleans, unsorted multi-valued RDNs, critical SAN or certificatePolicies: x509-parser
+//! accepts them) and bounded: a certificate larger than [`CERT_MAX`] is refused before it is
+//! parsed. This module never verifies a signature and never decides trust; it only extracts
+//! what `chain` and `profile` need, and it must never panic on any input.
+
+use std::fmt;
+
+use x509_parser::der_parser::asn1_rs::{Any, Oid, Tag, oid};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+
+use super::profile::{self, Identity};
+use super::signature::{self, SigAlg};
+
+/// Largest certificate accepted (real EK and vendor CA certificates are 0.5-2 KiB).
+pub const CERT_MAX: usize = 16 * 1024;
+
+const OID_RSA: Oid<'static> = oid!(1.2.840.113549.1.1.1);
+const OID_EC: Oid<'static> = oid!(1.2.840.10045.2.1);
+const OID_P256: Oid<'static> = oid!(1.2.840.10045.3.1.7);
+const OID_P384: Oid<'static> = oid!(1.3.132.0.34);
+const OID_P521: Oid<'static> = oid!(1.3.132.0.35);
+
+/// Extensions a verifier may see marked critical without rejecting the certificate: the ones
+/// read here, plus certificatePolicies (STMicro marks it critical; we require no policy) and
+/// the informational ones. Anything else critical (nameConstraints, policyConstraints, vendor
+/// extensions) is not understood, so the certificate is refused (RFC 5280 4.2).
+const KNOWN_CRITICAL: &[Oid<'static>] = &[
+    oid!(2.5.29.15),         // keyUsage
+    oid!(2.5.29.19),         // basicConstraints
+    oid!(2.5.29.17),         // subjectAltName
+    oid!(2.5.29.37),         // extKeyUsage (not used for path building; EK has 2.23.133.8.1)
+    oid!(2.5.29.32),         // certificatePolicies
+    oid!(2.5.29.14),         // subjectKeyIdentifier
+    oid!(2.5.29.35),         // authorityKeyIdentifier
+    oid!(2.5.29.9),          // subjectDirectoryAttributes (TCG TPM specification attributes)
+    oid!(2.5.29.31),         // cRLDistributionPoints
+    oid!(1.3.6.1.5.5.7.1.1), // authorityInfoAccess
+];
+
+/// Why a certificate could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    /// The certificate exceeds [`CERT_MAX`].
+    #[error("certificate of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Size found.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not a DER X.509 certificate.
+    #[error("not an X.509 certificate: {reason}")]
+    Malformed {
+        /// The parser's description.
+        reason: String,
+    },
+    /// Bytes follow the certificate.
+    #[error("{bytes} unexpected bytes after the certificate")]
+    Trailing {
+        /// How many.
+        bytes: usize,
+    },
+    /// A security-relevant extension (basicConstraints, keyUsage) is malformed or repeated.
+    #[error("extension {name} is malformed or repeated")]
+    Extension {
+        /// Which extension.
+        name: &'static str,
+    },
+}
+
+/// The curves EK and vendor CA keys use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Curve {
+    P256,
+    P384,
+    P521,
+}
+
+/// The subject key type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    Rsa,
+    Ec(Curve),
+    /// Anything else, by OID (and curve OID for unknown curves).
+    Other(String),
+}
+
+/// The keyUsage bits the verifier reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct KeyUsage {
+    pub(crate) key_cert_sign: bool,
+    pub(crate) key_encipherment: bool,
+    pub(crate) key_agreement: bool,
+}
+
+/// basicConstraints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Basic {
+    pub(crate) ca: bool,
+    pub(crate) path_len: Option<u32>,
+}
+
+/// One attribute value of a distinguished name, normalised for comparison.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum NormValue {
+    /// A string type: trimmed, inner whitespace collapsed, lowercased (RFC 5280 7.1, simplified).
+    Text(String),
+    /// Anything else: tag and content bytes.
+    Raw(u32, Vec<u8>),
+}
+
+/// A distinguished name: raw DER, a normalised form and a display string.
+#[derive(Debug, Clone)]
+pub(crate) struct Name {
+    raw: Vec<u8>,
+    /// RDNs in order; the attributes inside one RDN sorted (multi-valued RDNs are sets).
+    norm: Vec<Vec<(Vec<u8>, NormValue)>>,
+    display: String,
+}
+
+impl Name {
+    fn new(name: &X509Name<'_>) -> Self {
+        let norm = name
+            .iter_rdn()
+            .map(|rdn| {
+                let mut set: Vec<(Vec<u8>, NormValue)> = rdn
+                    .iter()
+                    .map(|atv| {
+                        (
+                            atv.attr_type().as_bytes().to_vec(),
+                            normalise(atv.attr_value()),
+                        )
+                    })
+                    .collect();
+                set.sort();
+                set
+            })
+            .collect();
+        Self {
+            raw: name.as_raw().to_vec(),
+            norm,
+            display: display_name(name),
+        }
+    }
+
+    /// Byte-equal, or equal after normalisation.
+    pub(crate) fn matches(&self, other: &Name) -> bool {
+        self.raw == other.raw || self.norm == other.norm
+    }
+
+    /// True if the name has no RDN (EK certificates often have an empty subject).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.norm.is_empty()
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+fn normalise(value: &Any<'_>) -> NormValue {
+    let text = match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::TeletexString
+        | Tag::VisibleString => Some(String::from_utf8_lossy(value.data).into_owned()),
+        Tag::BmpString => {
+            let units = value
+                .data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            Some(
+                char::decode_utf16(units)
+                    .map(|c| c.unwrap_or('\u{fffd}'))
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+    match text {
+        Some(t) => NormValue::Text(
+            t.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase(),
+        ),
+        None => NormValue::Raw(value.tag().0, value.data.to_vec()),
+    }
+}
+
+fn display_name(name: &X509Name<'_>) -> String {
+    let mut out = String::new();
+    for rdn in name.iter_rdn() {
+        for (i, atv) in rdn.iter().enumerate() {
+            if !out.is_empty() {
+                out.push_str(if i == 0 { ", " } else { " + " });
+            }
+            let oid = atv.attr_type().to_id_string();
+            let key = match oid.as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "2.5.4.5" => "serialNumber",
+                _ => oid.as_str(),
+            };
+            out.push_str(key);
+            out.push('=');
+            match atv.as_str() {
+                Ok(s) => out.extend(s.chars().take(128).filter(|c| !c.is_control())),
+                Err(_) => out.push_str(&hex::encode(atv.as_slice())),
+            }
+        }
+    }
+    out
+}
+
+/// A parsed certificate; owns copies of everything path building and profile checks read.
+#[derive(Debug, Clone)]
+pub(crate) struct Cert {
+    pub(crate) der: Vec<u8>,
+    pub(crate) tbs: Vec<u8>,
+    pub(crate) serial: Vec<u8>,
+    pub(crate) subject: Name,
+    pub(crate) issuer: Name,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) basic: Option<Basic>,
+    pub(crate) key_usage: Option<KeyUsage>,
+    pub(crate) ski: Option<Vec<u8>>,
+    pub(crate) aki: Option<Vec<u8>>,
+    /// The whole SubjectPublicKeyInfo DER.
+    pub(crate) spki: Vec<u8>,
+    pub(crate) key_kind: KeyKind,
+    /// The subjectPublicKey BIT STRING content (RSAPublicKey DER or an EC point).
+    pub(crate) key_bits: Vec<u8>,
+    pub(crate) sig_alg: SigAlg,
+    /// True if tbsCertificate.signature equals signatureAlgorithm (RFC 5280 4.1.1.2).
+    pub(crate) sig_alg_consistent: bool,
+    pub(crate) signature: Vec<u8>,
+    /// Critical extensions this verifier does not understand, by dotted OID.
+    pub(crate) unknown_critical: Vec<String>,
+    /// TPM identity fields from the SAN directoryName (TCG EK Credential Profile 3.2.9).
+    pub(crate) identity: Identity,
+}
+
+impl Cert {
+    /// Parses one DER certificate (exactly one: trailing bytes are refused).
+    pub(crate) fn parse(der: &[u8]) -> Result<Self, CertError> {
+        if der.len() > CERT_MAX {
+            return Err(CertError::TooLarge {
+                len: der.len(),
+                limit: CERT_MAX,
+            });
+        }
+        let (rest, x509) = X509Certificate::from_der(der).map_err(|e| CertError::Malformed {
+            reason: e.to_string(),
+        })?;
+        if !rest.is_empty() {
+            return Err(CertError::Trailing { bytes: rest.len() });
+        }
+        let tbs = &x509.tbs_certificate;
+        if x509.signature_value.unused_bits != 0
+            || tbs.subject_pki.subject_public_key.unused_bits != 0
+        {
+            return Err(CertError::Malformed {
+                reason: "signature or public key BIT STRING with unused bits".to_owned(),
+            });
+        }
+        let basic = tbs
+            .basic_constraints()
+            .map_err(|_| CertError::Extension {
+                name: "basicConstraints",
+            })?
+            .map(|b| Basic {
+                ca: b.value.ca,
+                path_len: b.value.path_len_constraint,
+            });
+        let key_usage = tbs
+            .key_usage()
+            .map_err(|_| CertError::Extension { name: "keyUsage" })?
+            .map(|k| KeyUsage {
+                key_cert_sign: k.value.key_cert_sign(),
+                key_encipherment: k.value.key_encipherment(),
+                key_agreement: k.value.key_agreement(),
+            });
+        let mut ski = None;
+        let mut aki = None;
+        let mut identity = Identity::default();
+        let mut unknown_critical = Vec::new();
+        for ext in tbs.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(k.0.to_vec()),
+                ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    aki = a.key_identifier.as_ref().map(|k| k.0.to_vec());
+                }
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    for gn in &san.general_names {
+                        if let GeneralName::DirectoryName(dn) = gn {
+                            profile::read_identity(dn, &mut identity);
+                        }
+                    }
+                }
+                ParsedExtension::ParseError { .. } if ext.oid == oid!(2.5.29.17) => {
+                    identity.note_malformed_san();
+                }
+                _ => {}
+            }
+            if ext.critical && !KNOWN_CRITICAL.contains(&ext.oid) {
+                unknown_critical.push(ext.oid.to_id_string());
+            }
+        }
+        let spki = &tbs.subject_pki;
+        Ok(Self {
+            der: der.to_vec(),
+            tbs: tbs.as_ref().to_vec(),
+            serial: tbs.raw_serial().to_vec(),
+            subject: Name::new(&tbs.subject),
+            issuer: Name::new(&tbs.issuer),
+            not_before: tbs.validity.not_before.timestamp(),
+            not_after: tbs.validity.not_after.timestamp(),
+            basic,
+            key_usage,
+            ski,
+            aki,
+            spki: spki.raw.to_vec(),
+            key_kind: key_kind(
+                &spki.algorithm.algorithm,
+                spki.algorithm.parameters.as_ref(),
+            ),
+            key_bits: spki.subject_public_key.data.to_vec(),
+            sig_alg: signature::resolve(&x509.signature_algorithm),
+            sig_alg_consistent: algid_consistent(der, tbs.as_ref(), tbs.raw_serial()),
+            signature: x509.signature_value.data.to_vec(),
+            unknown_critical,
+            identity,
+        })
+    }
+
+    /// A short human description for error messages: the subject, or the serial when the
+    /// subject is empty (EK certificates).
+    pub(crate) fn describe(&self) -> String {
+        if self.subject.is_empty() {
+            format!("certificate with serial {}", hex::encode(&self.serial))
+        } else {
+            format!("'{}'", self.subject)
+        }
+    }
+
+    /// True if basicConstraints says cA.
+    pub(crate) fn is_ca(&self) -> bool {
+        self.basic.is_some_and(|b| b.ca)
+    }
+
+    /// True if subject and issuer are the same name (RFC 5280 "self-issued").
+    pub(crate) fn self_issued(&self) -> bool {
+        self.subject.matches(&self.issuer)
+    }
+
+    /// True if `issuer` may have issued `self` by name and key identifiers.
+    pub(crate) fn issued_by_name(&self, issuer: &Cert) -> bool {
+        if !self.issuer.matches(&issuer.subject) {
+            return false;
+        }
+        match (&self.aki, &issuer.ski) {
+            (Some(a), Some(s)) => a == s,
+            _ => true,
+        }
+    }
+}
+
+/// Offset of `part` inside `whole`, if it is a subslice.
+fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (start + part.len() <= whole.len()).then_some(start)
+}
+
+/// True if the outer signatureAlgorithm is byte-for-byte the tbsCertificate.signature field
+/// (RFC 5280 4.1.1.2) and the signature is a BIT STRING. Checked on the bytes because the
+/// parser is lenient about the tags there.
+fn algid_consistent(der: &[u8], tbs: &[u8], serial: &[u8]) -> bool {
+    let (Some(tbs_at), Some(serial_at)) = (offset_in(der, tbs), offset_in(tbs, serial)) else {
+        return false;
+    };
+    let outer = der.get(tbs_at + tbs.len()..).unwrap_or_default();
+    // Outer AlgorithmIdentifier: SEQUENCE with a short or long length.
+    let (header, len) = match outer {
+        [0x30, n, ..] if *n < 0x80 => (2, usize::from(*n)),
+        [0x30, 0x81, n, ..] => (3, usize::from(*n)),
+        _ => return false,
+    };
+    let inner = tbs.get(serial_at + serial.len()..).unwrap_or_default();
+    match outer.get(..header + len) {
+        // The first element must be an OBJECT IDENTIFIER, and a BIT STRING must follow.
+        Some(alg) => {
+            inner.starts_with(alg)
+                && alg.get(header) == Some(&0x06)
+                && outer.get(header + len) == Some(&0x03)
+        }
+        None => false,
+    }
+}
+
+fn key_kind(alg: &Oid<'_>, params: Option<&Any<'_>>) -> KeyKind {
+    if *alg == OID_RSA {
+        return KeyKind::Rsa;
+    }
+    if *alg == OID_EC {
+        let curve = params.and_then(|p| p.clone().oid().ok());
+        return match curve {
+            Some(c) if c == OID_P256 => KeyKind::Ec(Curve::P256),
+            Some(c) if c == OID_P384 => KeyKind::Ec(Curve::P384),
+            Some(c) if c == OID_P521 => KeyKind::Ec(Curve::P521),
+            Some(c) => KeyKind::Other(format!("EC curve {}", c.to_id_string())),
+            None => KeyKind::Other("EC key without a named curve".to_owned()),
+        };
+    }
+    KeyKind::Other(format!("key algorithm {}", alg.to_id_string()))
+}
+
+/// Renders a UNIX time for messages (`2028-07-11T00:00:00Z`).
+pub(crate) fn format_time(t: i64) -> String {
+    x509_parser::time::ASN1Time::from_timestamp(t)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| format!("@{t}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+        let content: Vec<u8> = parts.concat();
+        let mut out = vec![tag, u8::try_from(content.len()).unwrap()];
+        out.extend_from_slice(&content);
+        out
+    }
+
+    fn atv(oid_last: u8, string_tag: u8, value: &str) -> Vec<u8> {
+        let oid = [0x06, 0x03, 0x55, 0x04, oid_last];
+        tlv(0x30, &[&oid, &tlv(string_tag, &[value.as_bytes()])])
+    }
+
+    fn name(der: &[u8]) -> Name {
+        let (rest, n) = X509Name::from_der(der).unwrap();
+        assert!(rest.is_empty());
+        Name::new(&n)
+    }
+
+    #[test]
+    fn multi_valued_rdns_match_in_any_order_and_string_type() {
+        // Nuvoton style: one RDN holding CN, O, C in unsorted order, UTF8String.
+        let unsorted = tlv(
+            0x30,
+            &[&tlv(
+                0x31,
+                &[
+                    &atv(3, 0x0c, "Nuvoton TPM Root CA 2110"),
+                    &atv(10, 0x0c, "Nuvoton Technology Corporation"),
+                    &atv(6, 0x13, "TW"),
+                ],
+            )],
+        );
+        // The same set sorted, PrintableString, other case and spacing.
+        let sorted = tlv(
+            0x30,
+            &[&tlv(
+                0x31,
+                &[
+                    &atv(6, 0x13, "tw"),
+                    &atv(10, 0x13, "Nuvoton  Technology Corporation "),
+                    &atv(3, 0x13, "NUVOTON TPM Root CA 2110"),
+                ],
+            )],
+        );
+        assert!(name(&unsorted).matches(&name(&sorted)));
+        // Three separate RDNs are a different name from one multi-valued RDN.
+        let three = tlv(
+            0x30,
+            &[
+                &tlv(0x31, &[&atv(3, 0x0c, "Nuvoton TPM Root CA 2110")]),
+                &tlv(0x31, &[&atv(10, 0x0c, "Nuvoton Technology Corporation")]),
+                &tlv(0x31, &[&atv(6, 0x13, "TW")]),
+            ],
+        );
+        assert!(!name(&unsorted).matches(&name(&three)));
+        let other = tlv(
+            0x30,
+            &[&tlv(0x31, &[&atv(3, 0x0c, "Nuvoton TPM Root CA 2111")])],
+        );
+        assert!(!name(&three).matches(&name(&other)));
+        assert_eq!(
+            name(&unsorted).to_string(),
+            "CN=Nuvoton TPM Root CA 2110 + O=Nuvoton Technology Corporation + C=TW"
+        );
+    }
+
+    #[test]
+    fn oversized_and_trailing_input_is_refused() {
+        let big = vec![0x30; CERT_MAX + 1];
+        assert!(matches!(Cert::parse(&big), Err(CertError::TooLarge { .. })));
+        assert!(matches!(Cert::parse(&[]), Err(CertError::Malformed { .. })));
+        assert!(matches!(
+            Cert::parse(&[0x30, 0x00]),
+            Err(CertError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,447 @@
+//! Certification path building from the EK certificate to a configured trust anchor.
+//!
+//! Every configured CA certificate is a trust anchor, self-signed or not (STMicro's RSA root
+//! is cross-signed by GlobalSign). Candidate issuers come from the configured intermediates
+//! and the certificates the device sent; they are matched by subject DN (bytes, or normalised)
+//! and by AKI/SKI when both are present, and alternatives with the same subject are tried in
+//! turn (depth-first, with backtracking). Every certificate in the path, anchor included, must
+//! be within its validity period; every issuer must be a CA (basicConstraints cA) with
+//! keyCertSign when keyUsage is present, and respect pathLenConstraint.
+//!
+//! Work is bounded: at most `max_depth` certificates in a path, [`SIGNATURE_BUDGET`] signature
+//! verifications and [`STEP_BUDGET`] candidate evaluations per call, no recursion. A loop
+//! (A issued B issued A) ends because a certificate is never used twice in one path. This
+//! module must never accept a path whose every signature it has not verified.
+
+use std::fmt;
+
+use super::ChainOptions;
+use super::cert::{Cert, CertError, format_time};
+use super::profile::ProfileError;
+use super::signature::{self, SigFailure};
+
+/// Most signature verifications one path search may do.
+pub const SIGNATURE_BUDGET: usize = 32;
+/// Most candidate issuers one path search may consider.
+pub const STEP_BUDGET: usize = 512;
+
+/// Why the EK certificate did not chain to a configured CA.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The device sent no EK certificate (a raw-key TPM).
+    #[error("the device sent no EK certificate")]
+    NoCertificate,
+    /// The EK certificate does not parse.
+    #[error("EK certificate: {0}")]
+    Certificate(#[source] CertError),
+    /// More chain certificates than allowed.
+    #[error("device sent {count} chain certificates, more than the limit of {limit}")]
+    TooManyChainCerts {
+        /// Count sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// No configured or presented certificate has the issuer's name (and key identifier).
+    #[error(
+        "no configured CA or intermediate certificate issued {cert} (issuer '{issuer}', depth {depth})"
+    )]
+    NoIssuer {
+        /// The certificate whose issuer is missing.
+        cert: String,
+        /// Its issuer name.
+        issuer: String,
+        /// Its position (0 = EK certificate).
+        depth: usize,
+    },
+    /// The only matching issuers are already in the path.
+    #[error("certificate loop: every issuer of {cert} (depth {depth}) is already in the path")]
+    Loop {
+        /// The certificate.
+        cert: String,
+        /// Its position.
+        depth: usize,
+    },
+    /// A certificate is outside its validity period.
+    #[error("{cert} (depth {depth}) is not valid now: valid from {not_before} to {not_after}")]
+    Time {
+        /// The certificate.
+        cert: String,
+        /// Its position.
+        depth: usize,
+        /// notBefore.
+        not_before: String,
+        /// notAfter.
+        not_after: String,
+    },
+    /// An issuer is not a CA certificate, or lacks keyCertSign.
+    #[error("{cert} (depth {depth}) cannot issue certificates: {why}")]
+    NotCa {
+        /// The would-be issuer.
+        cert: String,
+        /// Its position.
+        depth: usize,
+        /// What is missing.
+        why: &'static str,
+    },
+    /// An issuer's pathLenConstraint is exceeded.
+    #[error("{cert} (depth {depth}) allows {path_len} intermediate CA certificates below it")]
+    PathLen {
+        /// The issuer.
+        cert: String,
+        /// Its position.
+        depth: usize,
+        /// Its pathLenConstraint.
+        path_len: u32,
+    },
+    /// A certificate has a critical extension the verifier does not process.
+    #[error("{cert} (depth {depth}) has unsupported critical extension {oid}")]
+    CriticalExtension {
+        /// The certificate.
+        cert: String,
+        /// Its position.
+        depth: usize,
+        /// The extension OID.
+        oid: String,
+    },
+    /// A signature did not verify or is not supported.
+    #[error("signature of {cert} (depth {depth}) by {issuer}: {why}")]
+    Signature {
+        /// The signed certificate.
+        cert: String,
+        /// Its position.
+        depth: usize,
+        /// The issuer tried.
+        issuer: String,
+        /// What failed.
+        why: String,
+    },
+    /// The path would be longer than `max_depth`.
+    #[error("no trust anchor within {max_depth} certificates (chain too deep)")]
+    TooDeep {
+        /// The limit.
+        max_depth: usize,
+    },
+    /// The search budget ran out (too many same-name candidates).
+    #[error("path search gave up after {signatures} signature checks and {steps} candidates")]
+    Budget {
+        /// Signatures verified.
+        signatures: usize,
+        /// Candidates considered.
+        steps: usize,
+    },
+    /// The path verified but the EK certificate fails the TCG EK profile (enforce mode).
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+/// The parsed trust anchors and intermediates.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    pub(crate) anchors: Vec<Cert>,
+    pub(crate) intermediates: Vec<Cert>,
+}
+
+/// A verified path: descriptions from the EK certificate to the anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Path {
+    pub(crate) certs: Vec<String>,
+}
+
+/// One certificate in the path under construction, with its untried issuer candidates.
+struct Frame<'c> {
+    cert: &'c Cert,
+    /// Pool index of this certificate (None for the EK certificate).
+    id: Option<usize>,
+    candidates: Vec<usize>,
+    next: usize,
+}
+
+struct Search<'c> {
+    opts: ChainOptions,
+    now: i64,
+    anchors: &'c [Cert],
+    pool: Vec<&'c Cert>,
+    signatures: usize,
+    steps: usize,
+    best: Option<(usize, ChainError)>,
+}
+
+impl Search<'_> {
+    /// Keeps the failure that got furthest from the EK certificate (ties: the first).
+    fn fail(&mut self, depth: usize, err: ChainError) {
+        if self.best.as_ref().is_none_or(|(d, _)| depth > *d) {
+            self.best = Some((depth, err));
+        }
+    }
+
+    fn time_ok(&self, cert: &Cert) -> Result<(), ()> {
+        if cert.not_before <= self.now && self.now <= cert.not_after {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    /// Checks of a certificate itself, wherever it sits in the path.
+    fn own_checks(&self, cert: &Cert, depth: usize) -> Result<(), ChainError> {
+        if self.time_ok(cert).is_err() {
+            return Err(ChainError::Time {
+                cert: cert.describe(),
+                depth,
+                not_before: format_time(cert.not_before),
+                not_after: format_time(cert.not_after),
+            });
+        }
+        if let Some(oid) = cert.unknown_critical.first() {
+            return Err(ChainError::CriticalExtension {
+                cert: cert.describe(),
+                depth,
+                oid: oid.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `issuer`, placed at `depth` above `below` certificates of the path, may
+    /// issue. An anchor without basicConstraints (a v1 root) is accepted; an intermediate
+    /// must say cA.
+    fn issuer_checks(
+        &self,
+        issuer: &Cert,
+        depth: usize,
+        path: &[Frame<'_>],
+        anchor: bool,
+    ) -> Result<(), ChainError> {
+        self.own_checks(issuer, depth)?;
+        let not_ca = |why| ChainError::NotCa {
+            cert: issuer.describe(),
+            depth,
+            why,
+        };
+        match issuer.basic {
+            Some(b) if !b.ca => return Err(not_ca("basicConstraints does not say cA")),
+            None if !anchor => return Err(not_ca("no basicConstraints extension")),
+            _ => {}
+        }
+        if issuer.key_usage.is_some_and(|ku| !ku.key_cert_sign) {
+            return Err(not_ca("keyUsage lacks keyCertSign"));
+        }
+        if let Some(path_len) = issuer.basic.and_then(|b| b.path_len) {
+            // Intermediates between the EK certificate and this issuer, self-issued excluded.
+            let below = path
+                .iter()
+                .skip(1)
+                .filter(|f| !f.cert.self_issued())
+                .count();
+            if below > usize::try_from(path_len).unwrap_or(usize::MAX) {
+                return Err(ChainError::PathLen {
+                    cert: issuer.describe(),
+                    depth,
+                    path_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn verify(&mut self, child: &Cert, depth: usize, issuer: &Cert) -> Result<(), ChainError> {
+        let fail = |why: String| ChainError::Signature {
+            cert: child.describe(),
+            depth,
+            issuer: issuer.describe(),
+            why,
+        };
+        if !child.sig_alg_consistent {
+            return Err(fail(
+                "tbsCertificate.signature differs from signatureAlgorithm".to_owned(),
+            ));
+        }
+        if self.signatures >= SIGNATURE_BUDGET {
+            return Err(ChainError::Budget {
+                signatures: self.signatures,
+                steps: self.steps,
+            });
+        }
+        self.signatures += 1;
+        signature::verify(child, issuer, self.opts.allow_sha1)
+            .map_err(|e: SigFailure| fail(e.to_string()))
+    }
+
+    /// Tries the anchors for the certificate on top of the path; true on success.
+    fn try_anchors(&mut self, path: &[Frame<'_>]) -> Result<bool, ChainError> {
+        let Some(top) = path.last() else {
+            return Ok(false);
+        };
+        let depth = path.len() - 1;
+        let anchors = self.anchors;
+        for anchor in anchors.iter().filter(|a| top.cert.issued_by_name(a)) {
+            if anchor.der == top.cert.der {
+                continue; // a self-signed anchor never issues itself into a path
+            }
+            self.steps += 1;
+            let outcome = self
+                .issuer_checks(anchor, depth + 1, path, true)
+                .and_then(|()| self.verify(top.cert, depth, anchor));
+            match outcome {
+                Ok(()) => return Ok(true),
+                Err(e @ ChainError::Budget { .. }) => return Err(e),
+                Err(e) => self.fail(depth, e),
+            }
+        }
+        Ok(false)
+    }
+
+    fn run(&mut self, ek: &Cert) -> Result<Path, ChainError> {
+        self.own_checks(ek, 0)?;
+        let mut path = vec![Frame {
+            cert: ek,
+            id: None,
+            candidates: Vec::new(),
+            next: 0,
+        }];
+        self.expand(&mut path)?;
+        if let Some(done) = self.success(&path)? {
+            return Ok(done);
+        }
+        while let Some(top) = path.last_mut() {
+            if self.steps >= STEP_BUDGET {
+                return Err(ChainError::Budget {
+                    signatures: self.signatures,
+                    steps: self.steps,
+                });
+            }
+            let Some(&cand) = top.candidates.get(top.next) else {
+                path.pop();
+                continue;
+            };
+            top.next += 1;
+            self.steps += 1;
+            let child = top.cert;
+            let depth = path.len() - 1;
+            let Some(&issuer) = self.pool.get(cand) else {
+                continue;
+            };
+            let outcome = self
+                .issuer_checks(issuer, depth + 1, &path, false)
+                .and_then(|()| self.verify(child, depth, issuer));
+            match outcome {
+                Ok(()) => {
+                    path.push(Frame {
+                        cert: issuer,
+                        id: Some(cand),
+                        candidates: Vec::new(),
+                        next: 0,
+                    });
+                    self.expand(&mut path)?;
+                    if let Some(done) = self.success(&path)? {
+                        return Ok(done);
+                    }
+                }
+                Err(e @ ChainError::Budget { .. }) => return Err(e),
+                Err(e) => self.fail(depth, e),
+            }
+        }
+        Err(self.best.take().map_or(
+            ChainError::NoIssuer {
+                cert: ek.describe(),
+                issuer: ek.issuer.to_string(),
+                depth: 0,
+            },
+            |(_, e)| e,
+        ))
+    }
+
+    /// Returns the path if the top certificate is issued by an anchor.
+    fn success(&mut self, path: &[Frame<'_>]) -> Result<Option<Path>, ChainError> {
+        if path.len() + 1 > self.opts.max_depth {
+            return Ok(None);
+        }
+        if self.try_anchors(path)? {
+            Ok(Some(Path {
+                certs: path.iter().map(|f| f.cert.describe()).collect(),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Fills the candidate issuers of the top certificate, recording why there are none.
+    fn expand(&mut self, path: &mut [Frame<'_>]) -> Result<(), ChainError> {
+        let depth = path.len() - 1;
+        let on_path: Vec<usize> = path.iter().filter_map(|f| f.id).collect();
+        let Some(top) = path.last_mut() else {
+            return Ok(());
+        };
+        let named: Vec<usize> = (0..self.pool.len())
+            .filter(|&i| self.pool.get(i).is_some_and(|c| top.cert.issued_by_name(c)))
+            .collect();
+        let anchor_named = self.anchors.iter().any(|a| top.cert.issued_by_name(a));
+        top.candidates = named
+            .iter()
+            .copied()
+            .filter(|i| !on_path.contains(i))
+            .collect();
+        if !top.candidates.is_empty() && depth + 3 > self.opts.max_depth {
+            // An intermediate here and an anchor above it would exceed the limit.
+            top.candidates.clear();
+            self.fail(
+                depth,
+                ChainError::TooDeep {
+                    max_depth: self.opts.max_depth,
+                },
+            );
+        } else if top.candidates.is_empty() && !anchor_named {
+            let err = if named.is_empty() {
+                ChainError::NoIssuer {
+                    cert: top.cert.describe(),
+                    issuer: top.cert.issuer.to_string(),
+                    depth,
+                }
+            } else {
+                ChainError::Loop {
+                    cert: top.cert.describe(),
+                    depth,
+                }
+            };
+            self.fail(depth, err);
+        }
+        Ok(())
+    }
+}
+
+/// Builds and verifies a path from `ek` through `store` and the device's `presented`
+/// certificates to an anchor in `store`, at time `now` (UNIX seconds).
+pub(crate) fn build(
+    store: &Store,
+    ek: &Cert,
+    presented: &[Cert],
+    opts: ChainOptions,
+    now: i64,
+) -> Result<Path, ChainError> {
+    // Configured intermediates first, then what the device sent, without duplicates.
+    let mut pool: Vec<&Cert> = Vec::with_capacity(store.intermediates.len() + presented.len());
+    for cert in store.intermediates.iter().chain(presented) {
+        let dup = pool.iter().any(|c| c.der == cert.der)
+            || store.anchors.iter().any(|a| a.der == cert.der);
+        if !dup {
+            pool.push(cert);
+        }
+    }
+    let mut search = Search {
+        opts,
+        now,
+        anchors: &store.anchors,
+        pool,
+        signatures: 0,
+        steps: 0,
+        best: None,
+    };
+    search.run(ek)
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.certs.join(" <- "))
+    }
+}

@@ -1,0 +1,20 @@
+//! ekattest server library: everything between a received Login and a Result, without I/O.
+//!
+//! The daemon (MQTT wiring, a later issue) and the offline `ekattestctl` commands are thin
+//! shells around this crate:
+//! - [`config`]: the `AgentAttestation` policy document (seed format plus our extensions).
+//! - [`policy`]: which policy applies to an agent's provided attestors; SPIFFE ID templates.
+//! - [`ek`]: EK validation: certificate chain, TCG EK profile, allow-list, attributes.
+//! - [`ak`]: the attestation key checks done before MakeCredential.
+//! - [`credential`]: TPM2_MakeCredential in software.
+//! - [`session`]: challenge sessions (sans-IO; the caller passes the time).
+//!
+//! Nothing here trusts the network: every input is parsed within limits and errors carry the
+//! operator strings of the product contract.
+
+pub mod ak;
+pub mod config;
+pub mod credential;
+pub mod ek;
+pub mod policy;
+pub mod session;

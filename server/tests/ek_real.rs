@@ -1,0 +1,549 @@
+//! EK validation against real-world data: the STMicro ST33HTPHAHB4 EK certificate (DER and
+//! raw NV blob) and the 51 vendor CA certificates in ../shared/testdata/real-ek.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod ek_support;
+
+use std::collections::HashSet;
+use std::error::Error as _;
+
+use ek_support::{JUNE_2024, at, ca, read, real_ek, spki_of, tpm2b_public};
+use ekattest_server::ek::{
+    ChainError, ChainOptions, Check, EkError, EkPolicy, Evidence, ProfileIssue, ProfileMode,
+    TrustStore, Verdict, validate,
+};
+
+const STM_HASH: &str = "de6a6ba0564fc32ed137b2e2c97b39c741e87a3fbbb80bc9092b75b6dc8a2aab";
+const STM_SERIAL: &str = "4cbd0fe61ee762edb28d50b268fc3586ff3d5e82";
+
+fn stm_der() -> Vec<u8> {
+    read(&real_ek().join("leaf/stm-st33htphahb4-rsa2048.der"))
+}
+
+fn stm_blob() -> Vec<u8> {
+    read(&real_ek().join("leaf/stm-st33htphahb4-rsa2048.nv.bin"))
+}
+
+fn hash(hex_str: &str) -> [u8; 32] {
+    hex::decode(hex_str).unwrap().try_into().unwrap()
+}
+
+fn policy(anchors: &[&str], inters: &[&str], mode: ProfileMode) -> EkPolicy {
+    let load = |names: &[&str]| names.iter().map(|n| ca(n)).collect::<Vec<_>>();
+    EkPolicy {
+        trust: Some(TrustStore::new(load(anchors), load(inters), ChainOptions::default()).unwrap()),
+        allowed_hashes: HashSet::new(),
+        profile: mode,
+        chain: ChainOptions::default(),
+    }
+}
+
+fn cert_only(cert: &[u8]) -> Evidence<'_> {
+    Evidence {
+        ek_cert: Some(cert),
+        ek_chain: &[],
+        ek_public: None,
+    }
+}
+
+fn check_stm_attributes(v: &Verdict) {
+    let got: Vec<(&str, &str)> = v.attributes.iter().collect();
+    assert_eq!(
+        got,
+        [
+            ("public_hash", STM_HASH),
+            ("serial_number", STM_SERIAL),
+            ("manufacturer", "id:53544D20"),
+            ("model", "ST33HTPHAHB4"),
+            ("version", "73.4"),
+        ]
+    );
+}
+
+/// The full error chain as one string, for assertions on reasons.
+fn chain_text(e: &EkError) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(" <- ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[test]
+fn stm_der_verifies_through_05i_to_rt_with_seed_attributes() {
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let der = stm_der();
+    let v = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap();
+    assert_eq!(v.passed, Check::Chain);
+    assert!(v.warnings.is_empty(), "{:?}", v.warnings);
+    check_stm_attributes(&v);
+    // The same public_hash as the seed's openssl pipeline, computed independently.
+    let pki = ek_support::Pki::new();
+    assert_eq!(ek_support::openssl_public_hash(pki.dir(), &der), STM_HASH);
+}
+
+#[test]
+fn stm_root_is_cross_signed_yet_a_trust_anchor() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let rt = ca("STM_RSA_RT.pem");
+    let (_, c) = X509Certificate::from_der(&rt).unwrap();
+    assert_ne!(
+        c.subject().as_raw(),
+        c.issuer().as_raw(),
+        "STM_RSA_RT must not be self-issued"
+    );
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    assert!(validate(&p, &cert_only(&stm_der()), at(JUNE_2024)).is_ok());
+}
+
+#[test]
+fn stm_raw_nv_blob_verifies_like_the_der() {
+    let blob = stm_blob();
+    assert_eq!(blob.len(), 1600);
+    assert!(
+        blob[stm_der().len()..].iter().all(|&b| b == 0xFF),
+        "padding expected"
+    );
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let v = validate(&p, &cert_only(&blob), at(JUNE_2024)).unwrap();
+    assert_eq!(v.passed, Check::Chain);
+    check_stm_attributes(&v);
+}
+
+#[test]
+fn pc_client_wrapped_nv_blob_verifies() {
+    let der = stm_der();
+    let mut blob = vec![0x10, 0x01, 0x00];
+    blob.extend_from_slice(&u16::try_from(der.len()).unwrap().to_be_bytes());
+    blob.extend_from_slice(&der);
+    blob.extend_from_slice(&[0x00; 40]);
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let v = validate(&p, &cert_only(&blob), at(JUNE_2024)).unwrap();
+    check_stm_attributes(&v);
+}
+
+#[test]
+fn intermediate_sent_by_the_device_is_used() {
+    let der = stm_der();
+    let mut chain = ca("STM_RSA_05I.pem");
+    chain.extend_from_slice(&[0xFF; 300]);
+    let p = policy(&["STM_RSA_RT.pem"], &[], ProfileMode::Enforce);
+    let ev = Evidence {
+        ek_cert: Some(&der),
+        ek_chain: &chain,
+        ek_public: None,
+    };
+    assert_eq!(
+        validate(&p, &ev, at(JUNE_2024)).unwrap().passed,
+        Check::Chain
+    );
+    // Without it the path stops at the EK certificate's issuer.
+    let e = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap_err();
+    assert_eq!(e.to_string(), "failed to verify EK certificate chain");
+    assert!(
+        chain_text(&e).contains("STM TPM EK Intermediate CA 05"),
+        "{}",
+        chain_text(&e)
+    );
+}
+
+#[test]
+fn globalsign_anchor_needs_the_stm_root_as_intermediate() {
+    let der = stm_der();
+    // GlobalSign alone cannot reach the leaf: STM_RSA_RT (which it signed) is missing.
+    let p = policy(
+        &["GS_TPM_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let e = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap_err();
+    match &e {
+        EkError::Chain {
+            source: ChainError::NoIssuer { issuer, depth, .. },
+            ..
+        } => {
+            assert!(issuer.contains("STM TPM EK Root CA"), "{issuer}");
+            assert_eq!(*depth, 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // With the cross-signed STM root as an intermediate, GlobalSign anchors a 4-cert path.
+    let p = policy(
+        &["GS_TPM_RT.pem"],
+        &["STM_RSA_05I.pem", "STM_RSA_RT.pem"],
+        ProfileMode::Enforce,
+    );
+    let v = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap();
+    check_stm_attributes(&v);
+}
+
+#[test]
+fn wrong_ca_fails_with_the_seed_messages() {
+    let der = stm_der();
+    let mut p = policy(
+        &["INTEL_RT.pem", "NUVO_2110.pem"],
+        &["INTEL_I.pem"],
+        ProfileMode::Enforce,
+    );
+    let e = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap_err();
+    assert_eq!(e.to_string(), "failed to verify EK certificate chain");
+    assert!(matches!(
+        &e,
+        EkError::Chain {
+            source: ChainError::NoIssuer { depth: 0, .. },
+            ..
+        }
+    ));
+    // With an allow-list configured too, the combined message names neither check alone.
+    p.allowed_hashes.insert([0x11; 32]);
+    let e = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "EK did not pass any configured validation check"
+    );
+    let text = chain_text(&e);
+    assert!(text.contains("caCerts: no configured CA"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "allowedHashes: EK public key hash {STM_HASH} is not listed"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn allow_list_alone_passes_or_fails_on_the_spki_hash() {
+    let der = stm_der();
+    let mut p = EkPolicy {
+        allowed_hashes: HashSet::from([hash(STM_HASH)]),
+        ..EkPolicy::default()
+    };
+    let v = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap();
+    assert_eq!(v.passed, Check::AllowList);
+    check_stm_attributes(&v);
+    p.allowed_hashes = HashSet::from([[0xde; 32]]);
+    let e = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "EK did not pass any configured validation check"
+    );
+    assert!(matches!(&e, EkError::NotTrusted { reasons, .. } if reasons.chain.is_none()));
+}
+
+#[test]
+fn allow_list_rescues_a_failed_chain_with_a_warning() {
+    let der = stm_der();
+    let mut p = policy(&["INTEL_RT.pem"], &[], ProfileMode::Enforce);
+    p.allowed_hashes.insert(hash(STM_HASH));
+    let v = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap();
+    assert_eq!(v.passed, Check::AllowList);
+    assert_eq!(v.warnings.len(), 1);
+    assert!(v.warnings[0].contains("unverified"), "{:?}", v.warnings);
+    // When both pass, the chain is reported and nothing is flagged.
+    let mut p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    p.allowed_hashes.insert(hash(STM_HASH));
+    let v = validate(&p, &cert_only(&der), at(JUNE_2024)).unwrap();
+    assert_eq!((v.passed, v.warnings.len()), (Check::Chain, 0));
+}
+
+#[test]
+fn validity_periods_are_enforced() {
+    let der = stm_der();
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    // Leaf: 2018-07-11 .. 2028-07-11.
+    for t in [1_500_000_000, 1_847_000_000] {
+        let e = validate(&p, &cert_only(&der), at(t)).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                EkError::Chain {
+                    source: ChainError::Time { depth: 0, .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn ca_certificate_presented_as_ek_fails_the_profile() {
+    let inter = ca("STM_RSA_05I.pem");
+    let p = policy(&["STM_RSA_RT.pem"], &[], ProfileMode::Enforce);
+    let e = validate(&p, &cert_only(&inter), at(JUNE_2024)).unwrap_err();
+    let EkError::Chain {
+        source: ChainError::Profile(pe),
+        ..
+    } = &e
+    else {
+        panic!("unexpected {e:?}");
+    };
+    assert!(pe.issues.contains(&ProfileIssue::IsCa), "{pe}");
+    assert!(
+        pe.issues
+            .iter()
+            .any(|i| matches!(i, ProfileIssue::MissingIdentity { .. }))
+    );
+    // Warn mode: the chain is fine, so it passes with the profile failure as a warning.
+    let p = policy(&["STM_RSA_RT.pem"], &[], ProfileMode::Warn);
+    let v = validate(&p, &cert_only(&inter), at(JUNE_2024)).unwrap();
+    assert!(
+        v.warnings.iter().any(|w| w.contains("is a CA certificate")),
+        "{:?}",
+        v.warnings
+    );
+    assert_eq!(v.attributes.manufacturer, None);
+}
+
+#[test]
+fn device_ek_public_must_be_the_certificate_key() {
+    let der = stm_der();
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let good = tpm2b_public(&spki_of(&der));
+    let ev = Evidence {
+        ek_cert: Some(&der),
+        ek_chain: &[],
+        ek_public: Some(&good),
+    };
+    check_stm_attributes(&validate(&p, &ev, at(JUNE_2024)).unwrap());
+    // The same template with one modulus bit changed.
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x02;
+    let ev = Evidence {
+        ek_public: Some(&bad),
+        ..ev
+    };
+    let e = validate(&p, &ev, at(JUNE_2024)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "EK public key does not match the EK certificate"
+    );
+    // An ECC key against an RSA certificate.
+    let ecc = tpm2b_public(&spki_of(&ca("NUVO_2110.pem")));
+    let ev = Evidence {
+        ek_public: Some(&ecc),
+        ..ev
+    };
+    assert!(matches!(
+        validate(&p, &ev, at(JUNE_2024)),
+        Err(EkError::KeyMismatch { .. })
+    ));
+}
+
+#[test]
+fn raw_key_tpm_passes_only_the_allow_list_with_public_hash_only() {
+    let public = tpm2b_public(&spki_of(&stm_der()));
+    let ev = Evidence {
+        ek_cert: None,
+        ek_chain: &[],
+        ek_public: Some(&public),
+    };
+    let mut p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let e = validate(&p, &ev, at(JUNE_2024)).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            EkError::Chain {
+                source: ChainError::NoCertificate,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    p.allowed_hashes.insert(hash(STM_HASH));
+    let v = validate(&p, &ev, at(JUNE_2024)).unwrap();
+    assert_eq!(v.passed, Check::AllowList);
+    assert_eq!(
+        v.attributes.iter().collect::<Vec<_>>(),
+        [("public_hash", STM_HASH)]
+    );
+    let none = Evidence {
+        ek_public: None,
+        ..ev
+    };
+    assert!(matches!(
+        validate(&p, &none, at(JUNE_2024)),
+        Err(EkError::NoKey)
+    ));
+}
+
+#[test]
+fn all_51_vendor_ca_certificates_parse() {
+    let dir = real_ek().join("ca");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".pem"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 51, "{}", dir.display());
+    let all: Vec<Vec<u8>> = names.iter().map(|n| ca(n)).collect();
+    for (name, der) in names.iter().zip(&all) {
+        TrustStore::new(vec![der.clone()], vec![], ChainOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let store = TrustStore::new(all.clone(), all, ChainOptions::default()).unwrap();
+    assert_eq!(store.len(), (51, 51));
+}
+
+/// Every vendor CA certificate whose issuer is in the set verifies under it (RSA PKCS#1
+/// SHA-1/256/384, ECDSA P-256/SHA-256 and P-384/SHA-384), and SHA-1 ones only when allowed.
+#[test]
+fn real_vendor_ca_signatures_verify() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let dir = real_ek().join("ca");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let all: Vec<Vec<u8>> = names.iter().map(|n| ca(n)).collect();
+    let (mut verified, mut sha1) = (0, 0);
+    for (name, der) in names.iter().zip(&all) {
+        let (_, c) = X509Certificate::from_der(der).unwrap();
+        let issuer_present = all.iter().any(|o| {
+            let (_, oc) = X509Certificate::from_der(o).unwrap();
+            o != der && oc.subject().as_raw() == c.issuer().as_raw()
+        });
+        if c.subject().as_raw() == c.issuer().as_raw() || !issuer_present {
+            continue;
+        }
+        let anchors: Vec<Vec<u8>> = all.iter().filter(|o| *o != der).cloned().collect();
+        let opts = ChainOptions {
+            allow_sha1: true,
+            ..ChainOptions::default()
+        };
+        let mut p = EkPolicy {
+            trust: Some(TrustStore::new(anchors, vec![], opts).unwrap()),
+            profile: ProfileMode::Warn,
+            chain: opts,
+            ..EkPolicy::default()
+        };
+        let v = validate(&p, &cert_only(der), at(JUNE_2024))
+            .unwrap_or_else(|e| panic!("{name}: {}", chain_text(&e)));
+        assert_eq!(v.passed, Check::Chain, "{name}");
+        verified += 1;
+        if c.signature_algorithm
+            .algorithm
+            .to_id_string()
+            .ends_with(".5")
+        {
+            sha1 += 1;
+            p.chain.allow_sha1 = false;
+            let e = validate(&p, &cert_only(der), at(JUNE_2024)).unwrap_err();
+            assert!(
+                chain_text(&e).contains("SHA-1"),
+                "{name}: {}",
+                chain_text(&e)
+            );
+        }
+    }
+    // Sanity: the set holds the STM, Infineon, Intel, Alibaba-less chains (counted above).
+    assert!(
+        verified >= 30 && sha1 >= 10,
+        "verified {verified}, sha1 {sha1}"
+    );
+}
+
+#[test]
+fn garbled_certificates_fail_without_panicking() {
+    let der = stm_der();
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    for len in (0..der.len()).step_by(3) {
+        assert!(
+            validate(&p, &cert_only(&der[..len]), at(JUNE_2024)).is_err(),
+            "prefix {len}"
+        );
+    }
+    for pos in 0..der.len() {
+        let mut bad = der.clone();
+        bad[pos] ^= 0x01;
+        let r = validate(&p, &cert_only(&bad), at(JUNE_2024));
+        assert!(r.is_err(), "flip at {pos} accepted");
+    }
+}
+
+#[test]
+fn device_chain_limits_and_garbage() {
+    let der = stm_der();
+    let inter = ca("STM_RSA_05I.pem");
+    let p = policy(&["STM_RSA_RT.pem"], &[], ProfileMode::Enforce);
+    let nine: Vec<u8> = std::iter::repeat_n(inter.clone(), 9).flatten().collect();
+    let ev = Evidence {
+        ek_cert: Some(&der),
+        ek_chain: &nine,
+        ek_public: None,
+    };
+    let e = validate(&p, &ev, at(JUNE_2024)).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            EkError::Chain {
+                source: ChainError::TooManyChainCerts { limit: 8, .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // A DER object that is not a certificate is skipped with a warning.
+    let mut chain = vec![0x30, 0x03, 0x02, 0x01, 0x05];
+    chain.extend_from_slice(&inter);
+    let ev = Evidence {
+        ek_chain: &chain,
+        ..ev
+    };
+    let v = validate(&p, &ev, at(JUNE_2024)).unwrap();
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.contains("chain certificate 0 ignored")),
+        "{:?}",
+        v.warnings
+    );
+}
