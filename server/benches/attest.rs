@@ -9,6 +9,11 @@
 //!   keys and prepared signed bytes, plus the MakeCredential asymmetric step (RSA-OAEP encrypt
 //!   with a pre-parsed key, or ECDH: ephemeral key, its point, agreement).
 //!
+//! - `validate_only`: [`ek::validate`] alone, to split `full` between validation and
+//!   MakeCredential.
+//! - `asymmetric_only_fresh_ek`: as `asymmetric_only` but the EK key is imported each time,
+//!   since every Login brings an EK the server has not seen (CA keys stay parsed).
+//!
 //! Target: `full` within 1.25x of `asymmetric_only`. Chains: RSA-2048 = the real STMicro EK
 //! certificate -> STM_RSA_05I -> STM_RSA_RT (2 RSA-2048 PKCS#1 SHA-256 signatures); P-256 and
 //! P-384 = an all-ECDSA chain of the same curve (root -> intermediate -> EK, TCG EK profile
@@ -401,6 +406,48 @@ fn bench(c: &mut Criterion) {
                     agreement::agree(&eph, UnparsedPublicKey::new(alg, &peer), (), |z| {
                         Ok(z[0] ^ q.as_ref()[1])
                     })
+                    .unwrap();
+                }
+            })
+        });
+        g.bench_function("validate_only", |b| {
+            b.iter(|| {
+                ek::validate(&case.policy, black_box(&evidence), case.now)
+                    .unwrap()
+                    .passed
+            })
+        });
+        // As asymmetric_only, but the EK key is imported per iteration, as every Login brings
+        // a key never seen before (the CA keys can stay parsed across logins).
+        let ek_spki = {
+            let mut buf = [0u8; SPKI_MAX];
+            ek.key.spki_der(&mut buf).unwrap().to_vec()
+        };
+        g.bench_function("asymmetric_only_fresh_ek", |b| {
+            b.iter(|| {
+                for s in &case.signatures {
+                    s.key.verify_sig(black_box(&s.tbs), &s.sig).unwrap();
+                }
+                if rsa.is_some() {
+                    let key = PublicEncryptingKey::from_der(black_box(&ek_spki)).unwrap();
+                    let key = OaepPublicEncryptingKey::new(key).unwrap();
+                    key.encrypt(
+                        &OAEP_SHA256_MGF1SHA256,
+                        &secret,
+                        &mut out,
+                        Some(b"IDENTITY\0"),
+                    )
+                    .unwrap();
+                }
+                if let Some(alg) = ecdh_alg {
+                    let eph = agreement::PrivateKey::generate(alg).unwrap();
+                    let q = eph.compute_public_key().unwrap();
+                    agreement::agree(
+                        &eph,
+                        UnparsedPublicKey::new(alg, black_box(&peer)),
+                        (),
+                        |z| Ok(z[0] ^ q.as_ref()[1]),
+                    )
                     .unwrap();
                 }
             })

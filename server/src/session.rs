@@ -61,8 +61,9 @@ impl fmt::Debug for SessionId {
 }
 
 /// The 32-byte challenge secret: the credential handed to MakeCredential. `Debug` never
-/// prints it.
-#[derive(Clone, PartialEq, Eq)]
+/// prints it, and it has no `PartialEq`: answers are compared in constant time by
+/// [`SessionStore::answer`] only.
+#[derive(Clone)]
 pub struct Secret(pub [u8; SECRET_LEN]);
 
 impl Secret {

@@ -8,6 +8,7 @@
 //! what `chain` and `profile` need, and it must never panic on any input.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use x509_parser::der_parser::asn1_rs::{Any, Oid, Tag, oid};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -114,54 +115,77 @@ enum NormValue {
     Raw(u32, Vec<u8>),
 }
 
-/// A distinguished name: raw DER, a normalised form and a display string.
+/// RDNs in order; the attributes inside one RDN sorted (multi-valued RDNs are sets).
+type Normalised = Vec<Vec<(Vec<u8>, NormValue)>>;
+
+/// A distinguished name: raw DER, and a normalised form computed on first comparison that
+/// needs it (most issuer names match byte for byte, so the EK path rarely pays for it).
 #[derive(Debug, Clone)]
 pub(crate) struct Name {
     raw: Vec<u8>,
-    /// RDNs in order; the attributes inside one RDN sorted (multi-valued RDNs are sets).
-    norm: Vec<Vec<(Vec<u8>, NormValue)>>,
-    display: String,
+    empty: bool,
+    norm: OnceLock<Normalised>,
 }
 
 impl Name {
     fn new(name: &X509Name<'_>) -> Self {
-        let norm = name
-            .iter_rdn()
-            .map(|rdn| {
-                let mut set: Vec<(Vec<u8>, NormValue)> = rdn
-                    .iter()
-                    .map(|atv| {
-                        (
-                            atv.attr_type().as_bytes().to_vec(),
-                            normalise(atv.attr_value()),
-                        )
-                    })
-                    .collect();
-                set.sort();
-                set
-            })
-            .collect();
         Self {
             raw: name.as_raw().to_vec(),
-            norm,
-            display: display_name(name),
+            empty: name.iter_rdn().next().is_none(),
+            norm: OnceLock::new(),
         }
+    }
+
+    fn parsed(&self) -> Option<X509Name<'_>> {
+        X509Name::from_der(&self.raw).ok().map(|(_, n)| n)
+    }
+
+    fn norm(&self) -> &Normalised {
+        self.norm.get_or_init(|| match self.parsed() {
+            Some(n) => n
+                .iter_rdn()
+                .map(|rdn| {
+                    let mut set: Vec<(Vec<u8>, NormValue)> = rdn
+                        .iter()
+                        .map(|atv| {
+                            let oid = atv.attr_type().as_bytes().to_vec();
+                            (oid, normalise(atv.attr_value()))
+                        })
+                        .collect();
+                    set.sort();
+                    set
+                })
+                .collect(),
+            // Cannot happen (the name parsed before); never equal to a parsed name.
+            None => vec![vec![(
+                Vec::new(),
+                NormValue::Raw(u32::MAX, self.raw.clone()),
+            )]],
+        })
     }
 
     /// Byte-equal, or equal after normalisation.
     pub(crate) fn matches(&self, other: &Name) -> bool {
-        self.raw == other.raw || self.norm == other.norm
+        self.raw == other.raw || self.norm() == other.norm()
     }
 
     /// True if the name has no RDN (EK certificates often have an empty subject).
     pub(crate) fn is_empty(&self) -> bool {
-        self.norm.is_empty()
+        self.empty
+    }
+
+    /// Computes the normalised form now (for certificates shared across threads).
+    pub(crate) fn prepare(&self) {
+        self.norm();
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.display)
+        match self.parsed() {
+            Some(n) => f.write_str(&display_name(&n)),
+            None => f.write_str(&hex::encode(&self.raw)),
+        }
     }
 }
 

@@ -13,8 +13,6 @@
 //! (A issued B issued A) ends because a certificate is never used twice in one path. This
 //! module must never accept a path whose every signature it has not verified.
 
-use std::fmt;
-
 use super::ChainOptions;
 use super::cert::{Cert, CertError, format_time};
 use super::profile::ProfileError;
@@ -140,12 +138,6 @@ pub enum ChainError {
 pub(crate) struct Store {
     pub(crate) anchors: Vec<Cert>,
     pub(crate) intermediates: Vec<Cert>,
-}
-
-/// A verified path: descriptions from the EK certificate to the anchor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Path {
-    pub(crate) certs: Vec<String>,
 }
 
 /// One certificate in the path under construction, with its untried issuer candidates.
@@ -292,7 +284,7 @@ impl Search<'_> {
         Ok(false)
     }
 
-    fn run(&mut self, ek: &Cert) -> Result<Path, ChainError> {
+    fn run(&mut self, ek: &Cert) -> Result<usize, ChainError> {
         self.own_checks(ek, 0)?;
         let mut path = vec![Frame {
             cert: ek,
@@ -352,15 +344,13 @@ impl Search<'_> {
         ))
     }
 
-    /// Returns the path if the top certificate is issued by an anchor.
-    fn success(&mut self, path: &[Frame<'_>]) -> Result<Option<Path>, ChainError> {
+    /// Returns the path length (anchor included) if the top certificate is issued by an anchor.
+    fn success(&mut self, path: &[Frame<'_>]) -> Result<Option<usize>, ChainError> {
         if path.len() + 1 > self.opts.max_depth {
             return Ok(None);
         }
         if self.try_anchors(path)? {
-            Ok(Some(Path {
-                certs: path.iter().map(|f| f.cert.describe()).collect(),
-            }))
+            Ok(Some(path.len() + 1))
         } else {
             Ok(None)
         }
@@ -411,14 +401,15 @@ impl Search<'_> {
 }
 
 /// Builds and verifies a path from `ek` through `store` and the device's `presented`
-/// certificates to an anchor in `store`, at time `now` (UNIX seconds).
+/// certificates to an anchor in `store`, at time `now` (UNIX seconds). Returns the path
+/// length, anchor included.
 pub(crate) fn build(
     store: &Store,
     ek: &Cert,
     presented: &[Cert],
     opts: ChainOptions,
     now: i64,
-) -> Result<Path, ChainError> {
+) -> Result<usize, ChainError> {
     // Configured intermediates first, then what the device sent, without duplicates.
     let mut pool: Vec<&Cert> = Vec::with_capacity(store.intermediates.len() + presented.len());
     for cert in store.intermediates.iter().chain(presented) {
@@ -438,10 +429,4 @@ pub(crate) fn build(
         best: None,
     };
     search.run(ek)
-}
-
-impl fmt::Display for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.certs.join(" <- "))
-    }
 }

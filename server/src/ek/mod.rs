@@ -15,8 +15,9 @@
 //! 3. Allow-list check (allowedHashes configured): the key hash is listed. It needs no
 //!    certificate and no profile (the seed applies the profile to CA validation only).
 //! 4. Either check passing is enough; the chain check is reported when both pass, and when
-//!    only the allow-list passes while a chain check failed, a warning says the identity
-//!    attributes come from an unverified certificate.
+//!    only the allow-list passes, identity attributes are not taken from the (unverified)
+//!    certificate: only `tpm_ek.public_hash` is emitted, with a warning if a chain check
+//!    failed.
 //! 5. Failure: if only the chain check is configured, [`EkError::Chain`] ("failed to verify
 //!    EK certificate chain") with the chain reason as its source; otherwise (allow-list alone
 //!    or both) [`EkError::NotTrusted`] ("EK did not pass any configured validation check")
@@ -112,6 +113,9 @@ impl TrustStore {
             anchors: parse("caCerts", ca_der)?,
             intermediates: parse("intermediateCerts", intermediate_der)?,
         };
+        for c in store.anchors.iter().chain(&store.intermediates) {
+            c.subject.prepare();
+        }
         Ok(Self {
             store: Arc::new(store),
             opts,
@@ -423,7 +427,7 @@ pub fn validate(policy: &EkPolicy, ev: &Evidence<'_>, now: SystemTime) -> Result
             if let Some(Err(e)) = chain {
                 warnings.push(format!(
                     "passed on allowedHashes only; EK certificate not verified ({e}), \
-                     its identity attributes are unverified"
+                     so only tpm_ek.public_hash is emitted"
                 ));
             }
             Check::AllowList
@@ -453,7 +457,11 @@ pub fn validate(policy: &EkPolicy, ev: &Evidence<'_>, now: SystemTime) -> Result
         public_hash: ek_hash.unwrap_or_default(),
         ..Attributes::default()
     };
-    if let Some(c) = cert {
+    // Identity attributes come only from a certificate whose chain verified. On an
+    // allow-list pass the certificate's contents are the device's word: anyone can mint a
+    // certificate for an allow-listed key that claims another manufacturer, so only
+    // public_hash is emitted (as for a TPM without a certificate).
+    if let (Some(c), Check::Chain) = (cert, passed) {
         attributes.serial_number = Some(attributes::serial_hex(&c.serial));
         attributes.manufacturer = c.identity.manufacturer.clone();
         attributes.model = c.identity.model.clone();
