@@ -43,12 +43,5 @@ pub enum Error {
 /// leaves its source out, so this is how the whole story is printed).
 #[must_use]
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    ekattest_protocol::error::ErrorChain(e).to_string()
 }

@@ -8,6 +8,7 @@
 //! Library code never panics on input from the TPM, a certificate or a file, and never reads
 //! environment variables or global state: `main` wires things together.
 
+pub mod attest;
 pub mod cert;
 pub mod error;
 pub mod ops;

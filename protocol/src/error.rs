@@ -308,3 +308,27 @@ mod tests {
         }
     }
 }
+
+/// Displays an error followed by its sources, `outer: inner: innermost`. Errors here and in
+/// the agent and server leave their source out of `Display` (the source is data), so this is
+/// how logs and command-line tools print the whole story without allocating.
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a dyn core::error::Error);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

@@ -25,5 +25,7 @@ pub mod msg;
 pub mod public;
 pub mod topic;
 
-pub use error::{DecodeError, EncodeError, RejectCode};
+pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
+/// The `heapless` the message types are built from, so users name the same version.
+pub use heapless;
 pub use msg::{Downlink, Uplink, decode, encode};

@@ -93,6 +93,12 @@ impl Method {
             Self::TpmEk => "tpm_ek",
         }
     }
+
+    /// Looks a method up by its name (`"tpm_ek"`).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|m| m.as_str() == name)
+    }
 }
 
 impl fmt::Display for Method {

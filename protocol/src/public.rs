@@ -14,17 +14,41 @@ use core::fmt;
 
 use sha2::{Digest, Sha256};
 
-/// TCG algorithm identifiers (TPM 2.0 Part 2, table 9) used here.
-mod alg {
-    pub(super) const RSA: u16 = 0x0001;
-    pub(super) const SHA1: u16 = 0x0004;
-    pub(super) const SHA256: u16 = 0x000B;
-    pub(super) const SHA384: u16 = 0x000C;
-    pub(super) const SHA512: u16 = 0x000D;
-    pub(super) const NULL: u16 = 0x0010;
-    pub(super) const RSAES: u16 = 0x0015;
-    pub(super) const ECDAA: u16 = 0x001A;
-    pub(super) const ECC: u16 = 0x0023;
+/// TCG algorithm identifiers (TPM_ALG_ID, TPM 2.0 Part 2, table 9) that appear in the public
+/// areas we build and check. Agent templates and server checks use these, never literals.
+pub mod alg {
+    /// RSA object type.
+    pub const RSA: u16 = 0x0001;
+    /// SHA-1.
+    pub const SHA1: u16 = 0x0004;
+    /// AES block cipher.
+    pub const AES: u16 = 0x0006;
+    /// SHA-256.
+    pub const SHA256: u16 = 0x000B;
+    /// SHA-384.
+    pub const SHA384: u16 = 0x000C;
+    /// SHA-512.
+    pub const SHA512: u16 = 0x000D;
+    /// The null algorithm.
+    pub const NULL: u16 = 0x0010;
+    /// RSASSA-PKCS1-v1_5 signatures.
+    pub const RSASSA: u16 = 0x0014;
+    /// RSAES-PKCS1-v1_5 encryption.
+    pub const RSAES: u16 = 0x0015;
+    /// RSASSA-PSS signatures.
+    pub const RSAPSS: u16 = 0x0016;
+    /// RSAES-OAEP encryption.
+    pub const OAEP: u16 = 0x0017;
+    /// ECDSA signatures.
+    pub const ECDSA: u16 = 0x0018;
+    /// ECDH key agreement.
+    pub const ECDH: u16 = 0x0019;
+    /// ECDAA signatures.
+    pub const ECDAA: u16 = 0x001A;
+    /// ECC object type.
+    pub const ECC: u16 = 0x0023;
+    /// Cipher feedback mode.
+    pub const CFB: u16 = 0x0043;
 }
 
 /// TPMA_OBJECT bits (TPM 2.0 Part 2, 8.3).
@@ -177,6 +201,13 @@ impl HashAlg {
     }
 }
 
+/// TPM_ECC_NIST_P256.
+pub const CURVE_P256: u16 = 0x0003;
+/// TPM_ECC_NIST_P384.
+pub const CURVE_P384: u16 = 0x0004;
+/// TPM_ECC_NIST_P521.
+pub const CURVE_P521: u16 = 0x0005;
+
 /// A NIST curve a TPM ECC key may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EccCurve {
@@ -192,18 +223,18 @@ impl EccCurve {
     /// The TPM_ECC_CURVE identifier.
     pub const fn id(self) -> u16 {
         match self {
-            Self::NistP256 => 0x0003,
-            Self::NistP384 => 0x0004,
-            Self::NistP521 => 0x0005,
+            Self::NistP256 => CURVE_P256,
+            Self::NistP384 => CURVE_P384,
+            Self::NistP521 => CURVE_P521,
         }
     }
 
     /// Maps a TPM_ECC_CURVE identifier, `None` for unsupported curves.
     pub const fn from_id(id: u16) -> Option<Self> {
         match id {
-            0x0003 => Some(Self::NistP256),
-            0x0004 => Some(Self::NistP384),
-            0x0005 => Some(Self::NistP521),
+            CURVE_P256 => Some(Self::NistP256),
+            CURVE_P384 => Some(Self::NistP384),
+            CURVE_P521 => Some(Self::NistP521),
             _ => None,
         }
     }

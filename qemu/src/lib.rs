@@ -5,11 +5,17 @@
 //! (openssl, tpm2-tools) that the agent's and server's integration tests compare against.
 //! Later it becomes the fleet simulator (many devices, broker, QEMU boards).
 //!
-//! It is a dev-dependency only: it shells out to swtpm, swtpm_setup, swtpm_localca,
-//! tpm2-tools and openssl, and must never be linked into the agent or server binaries. It
+//! [`flow`] runs one device's attestation in process (agent library on a swtpm device, server
+//! library, protocol frames in between) and [`demo`] is the README's fleet demo on top of it.
+//!
+//! It shells out to swtpm, swtpm_setup, swtpm_localca, tpm2-tools and openssl, and must never
+//! be linked into the agent or server binaries (it depends on both; they use it only as a
+//! dev-dependency for their integration tests). It
 //! never changes the process's working directory or environment and never binds fixed
 //! ports, so many devices can be provisioned from parallel tests.
 
+pub mod demo;
+pub mod flow;
 pub mod swtpm;
 
 pub use swtpm::{

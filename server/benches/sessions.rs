@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
     });
     let fill = Instant::now();
     for name in &names {
-        store.begin(name, t0, &mut SystemRandom).unwrap();
+        store.begin(name, (), t0, &mut SystemRandom).unwrap();
     }
     let fill = fill.elapsed();
     let after = rss_bytes();
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("sessions/insert_take_at_1M_live", |b| {
         b.iter(|| {
             i = (i + 1) % extra.len();
-            let (id, secret) = store.begin(&extra[i], t0, &mut SystemRandom).unwrap();
+            let (id, secret) = store.begin(&extra[i], (), t0, &mut SystemRandom).unwrap();
             store.answer(black_box(&id), secret.as_bytes(), t0).unwrap()
         })
     });

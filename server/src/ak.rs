@@ -7,16 +7,10 @@
 //! ([`ekattest_protocol::public::Public::name`]); the server never re-encodes the area.
 //! This module never panics on input and allocates nothing.
 
+use ekattest_protocol::public::alg;
 use ekattest_protocol::public::{
     EccCurve, HashAlg, Name, ObjectType, Public, PublicError, PublicKey, Scheme, attr,
 };
-
-/// TPM_ALG_RSASSA.
-const ALG_RSASSA: u16 = 0x0014;
-/// TPM_ALG_RSAPSS.
-const ALG_RSAPSS: u16 = 0x0016;
-/// TPM_ALG_ECDSA.
-const ALG_ECDSA: u16 = 0x0018;
 
 /// The attributes an AK must have, with their spec names for error messages.
 const REQUIRED: [(u32, &str); 5] = [
@@ -148,8 +142,8 @@ pub fn check_ak(tpm2b_public: &[u8]) -> Result<Ak, AkError> {
     };
     let scheme = public.scheme.ok_or(AkError::NoScheme)?;
     let scheme_fits = match key {
-        AkKey::Rsa { .. } => matches!(scheme.alg, ALG_RSASSA | ALG_RSAPSS),
-        AkKey::Ecc { .. } => scheme.alg == ALG_ECDSA,
+        AkKey::Rsa { .. } => matches!(scheme.alg, alg::RSASSA | alg::RSAPSS),
+        AkKey::Ecc { .. } => scheme.alg == alg::ECDSA,
     };
     let hash_ok = matches!(
         scheme.hash,
@@ -208,7 +202,7 @@ mod tests {
             }
         );
         assert_eq!(ak.name_alg, HashAlg::Sha256);
-        assert_eq!(ak.scheme.alg, ALG_ECDSA);
+        assert_eq!(ak.scheme.alg, alg::ECDSA);
     }
 
     #[test]
@@ -264,7 +258,7 @@ mod tests {
         let b = vector_ak();
         let policy_len = usize::from(u16::from_be_bytes([b[10], b[11]]));
         let scheme_at = 12 + policy_len + 2;
-        assert_eq!(&b[scheme_at..scheme_at + 2], &ALG_ECDSA.to_be_bytes());
+        assert_eq!(&b[scheme_at..scheme_at + 2], &alg::ECDSA.to_be_bytes());
         let mut out = b[..scheme_at].to_vec();
         out.extend_from_slice(&0x0010u16.to_be_bytes());
         out.extend_from_slice(&b[scheme_at + 4..]);

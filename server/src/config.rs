@@ -60,35 +60,9 @@ pub const SECTION: &str = "AgentAttestation";
 /// The supported `schema` value.
 pub const SCHEMA: &str = "v1";
 
-/// An attestation method (the seed's attestor `type` and the agent's `providedMethods`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// `tpm_ek`: TPM Endorsement Key attestation.
-    TpmEk,
-}
-
-impl Method {
-    /// Every supported method.
-    pub const ALL: [Method; 1] = [Method::TpmEk];
-
-    /// The name used in documents, logs and metrics (`tpm_ek`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::TpmEk => "tpm_ek",
-        }
-    }
-
-    /// Looks a method up by name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.as_str() == name)
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// An attestation method (the seed's attestor `type` and the agent's `providedMethods`): the
+/// wire protocol's closed set, so config and messages cannot disagree.
+pub use ekattest_protocol::msg::Method;
 
 /// A document that fails to load. Operator-caused: fix the document; the server keeps the
 /// previous one. `path` fields are YAML paths such as `spec.policies[0].name`.

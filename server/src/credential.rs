@@ -27,6 +27,7 @@ mod rsa;
 use aws_lc_rs::cipher::{AES_128, AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
+use ekattest_protocol::public::alg;
 use ekattest_protocol::public::{
     EccCurve, HashAlg, ObjectType, Public, PublicError, PublicKey, attr,
 };
@@ -35,10 +36,6 @@ pub use random::{FixedRandom, Random, RandomError, SystemRandom};
 
 use kdf::MAX_DIGEST;
 
-/// TPM_ALG_AES.
-const ALG_AES: u16 = 0x0006;
-/// TPM_ALG_CFB.
-const ALG_CFB: u16 = 0x0043;
 /// Magic and version at the start of tpm2-tools' credential file.
 const TPM2_TOOLS_HEADER: [u8; 8] = [0xBA, 0xDC, 0xC0, 0xDE, 0, 0, 0, 1];
 
@@ -173,8 +170,8 @@ pub fn check_ek(ek: &Public<'_>) -> Result<EkParams, CredentialError> {
         }
     };
     let sym_key_len = match ek.symmetric {
-        Some(s) if s.alg == ALG_AES && s.mode == ALG_CFB && s.key_bits == 128 => 16,
-        Some(s) if s.alg == ALG_AES && s.mode == ALG_CFB && s.key_bits == 256 => 32,
+        Some(s) if s.alg == alg::AES && s.mode == alg::CFB && s.key_bits == 128 => 16,
+        Some(s) if s.alg == alg::AES && s.mode == alg::CFB && s.key_bits == 256 => 32,
         _ => return Err(template("symmetric must be AES-128-CFB or AES-256-CFB")),
     };
     if ek.scheme.is_some() || ek.kdf.is_some() {

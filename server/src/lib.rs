@@ -8,11 +8,14 @@
 //! - [`ak`]: the attestation key checks done before MakeCredential.
 //! - [`credential`]: TPM2_MakeCredential in software.
 //! - [`session`]: challenge sessions (sans-IO; the caller passes the time).
+//! - [`attest`]: the flow that ties them together: Login -> Challenge, Answer -> identity
+//!   (sans-IO; the daemon and the demo drive it).
 //!
 //! Nothing here trusts the network: every input is parsed within limits and errors carry the
 //! operator strings of the product contract.
 
 pub mod ak;
+pub mod attest;
 pub mod config;
 pub mod credential;
 pub mod ek;

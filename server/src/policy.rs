@@ -119,47 +119,9 @@ pub enum TemplateError {
     },
 }
 
-/// An attribute a template may name (origin `tpm_ek`, names as in the seed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Attribute {
-    /// `tpm_ek.public_hash`: always present.
-    PublicHash,
-    /// `tpm_ek.serial_number`: only with an EK certificate.
-    SerialNumber,
-    /// `tpm_ek.manufacturer`: only with TPM identity fields.
-    Manufacturer,
-    /// `tpm_ek.model`: only with TPM identity fields.
-    Model,
-    /// `tpm_ek.version`: only with TPM identity fields.
-    Version,
-}
-
-impl Attribute {
-    /// Every attribute, in the seed's order.
-    pub const ALL: [Attribute; 5] = [
-        Attribute::PublicHash,
-        Attribute::SerialNumber,
-        Attribute::Manufacturer,
-        Attribute::Model,
-        Attribute::Version,
-    ];
-
-    /// The full name, e.g. `tpm_ek.public_hash`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Attribute::PublicHash => "tpm_ek.public_hash",
-            Attribute::SerialNumber => "tpm_ek.serial_number",
-            Attribute::Manufacturer => "tpm_ek.manufacturer",
-            Attribute::Model => "tpm_ek.model",
-            Attribute::Version => "tpm_ek.version",
-        }
-    }
-
-    /// Looks an attribute up by its full name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-}
+/// An attribute a template may name (origin `tpm_ek`, names as in the seed): the wire
+/// protocol's closed set.
+pub use ekattest_protocol::msg::AttributeName as Attribute;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -281,7 +243,7 @@ impl SpiffeIdTemplate {
             match part {
                 Part::Literal(text) => out.push_str(text),
                 Part::Attr(attr) => {
-                    let name = attr.name();
+                    let name = attr.as_str();
                     let value = attrs
                         .get(name)
                         .ok_or(PolicyError::MissingAttribute { attribute: name })?;

@@ -34,7 +34,7 @@ use subtle::ConstantTimeEq;
 use crate::credential::{Random, RandomError};
 
 /// Length of a [`SessionId`] in bytes (128 bits).
-pub const SESSION_ID_LEN: usize = 16;
+pub use ekattest_protocol::limits::SESSION_ID_LEN;
 /// Length of a challenge [`Secret`] in bytes.
 pub const SECRET_LEN: usize = 32;
 /// Default session lifetime: 5 minutes (the seed's "Session expiry").
@@ -44,21 +44,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// Longest agent id accepted, in bytes; agent ids are MQTT client ids chosen by devices.
 pub const MAX_AGENT_ID_LEN: usize = 256;
 
-/// A session's 128-bit random identifier, as carried in Challenge and Answer.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub [u8; SESSION_ID_LEN]);
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId({self})")
-    }
-}
+/// A session's 128-bit random identifier, as carried in Challenge and Answer (the wire type).
+pub use ekattest_protocol::msg::SessionId;
 
 /// The 32-byte challenge secret: the credential handed to MakeCredential. `Debug` never
 /// prints it, and it has no `PartialEq`: answers are compared in constant time by
@@ -152,20 +139,28 @@ pub enum SessionError {
 }
 
 #[derive(Debug)]
-struct Slot {
+struct Slot<T> {
     id: SessionId,
     secret: [u8; SECRET_LEN],
     /// Nanoseconds after `SessionStore::epoch`.
     deadline: u64,
     /// `None` marks a free slot.
-    agent: Option<Box<str>>,
+    live: Option<Live<T>>,
 }
 
-/// Pending challenge sessions (sans-IO; see the module docs).
 #[derive(Debug)]
-pub struct SessionStore {
+struct Live<T> {
+    agent: Box<str>,
+    data: T,
+}
+
+/// Pending challenge sessions (sans-IO; see the module docs). Each session carries `T`, what
+/// the caller needs back when the answer arrives (the attestation flow keeps the agent's
+/// verified identity there); `()` for none.
+#[derive(Debug)]
+pub struct SessionStore<T = ()> {
     config: SessionConfig,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<T>>,
     free: Vec<u32>,
     by_id: HashTable<u32>,
     by_agent: HashTable<u32>,
@@ -175,7 +170,7 @@ pub struct SessionStore {
     epoch: Option<Instant>,
 }
 
-impl SessionStore {
+impl<T> SessionStore<T> {
     /// An empty store with `config`. Allocates nothing until the first session.
     #[must_use]
     pub fn new(config: SessionConfig) -> Self {
@@ -215,7 +210,8 @@ impl SessionStore {
         self.by_id.is_empty()
     }
 
-    /// Starts a session for `agent` at `now`: draws a fresh id and secret from `rng`. A pending
+    /// Starts a session for `agent` at `now` carrying `data`: draws a fresh id and secret from
+    /// `rng`. A pending
     /// session of the same agent is removed first (one login per agent). Expired sessions are
     /// swept before the cap is checked.
     ///
@@ -225,6 +221,7 @@ impl SessionStore {
     pub fn begin<R: Random + ?Sized>(
         &mut self,
         agent: &str,
+        data: T,
         now: Instant,
         rng: &mut R,
     ) -> Result<(SessionId, Secret), SessionError> {
@@ -271,20 +268,24 @@ impl SessionStore {
             id,
             secret,
             deadline,
-            agent: Some(Box::from(agent)),
+            live: Some(Live {
+                agent: Box::from(agent),
+                data,
+            }),
         });
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.by_id
             .insert_unique(id_hash, slot, |&s| hasher.hash_one(slots[s as usize].id.0));
         self.by_agent.insert_unique(agent_hash, slot, |&s| {
-            hasher.hash_one(slots[s as usize].agent.as_deref().unwrap_or_default())
+            hasher.hash_one(slots[s as usize].live.as_ref().map_or("", |l| &*l.agent))
         });
         self.expiry.push_back((slot, deadline));
         Ok((id, Secret(secret)))
     }
 
     /// Takes the session `id` and checks `secret` against it in constant time. The session is
-    /// removed whatever the outcome, so every answer is single use.
+    /// removed whatever the outcome, so every answer is single use. A right answer returns the
+    /// session's agent and data.
     ///
     /// # Errors
     /// [`SessionError::Unknown`] if no live session has this id (including expired ones);
@@ -294,7 +295,7 @@ impl SessionStore {
         id: &SessionId,
         secret: &[u8],
         now: Instant,
-    ) -> Result<AgentId, SessionError> {
+    ) -> Result<(AgentId, T), SessionError> {
         let id_hash = self.hasher.hash_one(id.0);
         let Some(&slot) = self.by_id.find(id_hash, |&s| self.slot_id(s) == Some(*id)) else {
             return Err(SessionError::Unknown(*id));
@@ -308,13 +309,36 @@ impl SessionStore {
             .slots
             .get(slot as usize)
             .is_some_and(|s| bool::from(s.secret.as_slice().ct_eq(secret)));
-        let agent = self.remove(slot);
-        match agent {
+        let live = self.remove(slot);
+        match live {
             Some(_) if expired => Err(SessionError::Unknown(*id)),
-            Some(agent) if matches => Ok(AgentId(agent)),
+            Some(live) if matches => Ok((AgentId(live.agent), live.data)),
             Some(_) => Err(SessionError::WrongSecret(*id)),
             None => Err(SessionError::Unknown(*id)),
         }
+    }
+
+    /// The data of the pending session `id`, if any (expired ones included until swept).
+    #[must_use]
+    pub fn peek(&self, id: &SessionId) -> Option<&T> {
+        let id_hash = self.hasher.hash_one(id.0);
+        let &slot = self
+            .by_id
+            .find(id_hash, |&s| self.slot_id(s) == Some(*id))?;
+        self.slots
+            .get(slot as usize)
+            .and_then(|s| s.live.as_ref())
+            .map(|l| &l.data)
+    }
+
+    /// Removes the session `id` without an answer (its challenge could not be sent); returns
+    /// whether it existed.
+    pub fn cancel(&mut self, id: &SessionId) -> bool {
+        let id_hash = self.hasher.hash_one(id.0);
+        let Some(&slot) = self.by_id.find(id_hash, |&s| self.slot_id(s) == Some(*id)) else {
+            return false;
+        };
+        self.remove(slot).is_some()
     }
 
     /// Removes every session whose deadline is at or before `now`; returns how many. Costs
@@ -332,7 +356,7 @@ impl SessionStore {
             let expired = self
                 .slots
                 .get(slot as usize)
-                .is_some_and(|s| s.agent.is_some() && s.deadline <= now);
+                .is_some_and(|s| s.live.is_some() && s.deadline <= now);
             if expired {
                 self.remove(slot);
                 removed += 1;
@@ -345,7 +369,7 @@ impl SessionStore {
     /// agent id strings on the heap. For capacity planning and metrics.
     #[must_use]
     pub fn table_bytes(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>()
+        self.slots.capacity() * size_of::<Slot<T>>()
             + self.free.capacity() * size_of::<u32>()
             + self.by_id.allocation_size()
             + self.by_agent.allocation_size()
@@ -360,17 +384,18 @@ impl SessionStore {
     fn slot_id(&self, slot: u32) -> Option<SessionId> {
         self.slots
             .get(slot as usize)
-            .filter(|s| s.agent.is_some())
+            .filter(|s| s.live.is_some())
             .map(|s| s.id)
     }
 
     fn slot_agent(&self, slot: u32) -> Option<&str> {
         self.slots
             .get(slot as usize)
-            .and_then(|s| s.agent.as_deref())
+            .and_then(|s| s.live.as_ref())
+            .map(|l| &*l.agent)
     }
 
-    fn allocate(&mut self, new: Slot) -> u32 {
+    fn allocate(&mut self, new: Slot<T>) -> u32 {
         if let Some(slot) = self.free.pop()
             && let Some(s) = self.slots.get_mut(slot as usize)
         {
@@ -383,23 +408,24 @@ impl SessionStore {
         slot
     }
 
-    /// Unlinks `slot` from both indexes, wipes its secret and frees it; returns its agent.
-    fn remove(&mut self, slot: u32) -> Option<Box<str>> {
+    /// Unlinks `slot` from both indexes, wipes its secret and frees it; returns its agent and
+    /// data.
+    fn remove(&mut self, slot: u32) -> Option<Live<T>> {
         let s = self.slots.get_mut(slot as usize)?;
-        let agent = s.agent.take()?;
+        let live = s.live.take()?;
         s.secret = [0; SECRET_LEN];
         let id = s.id;
         let id_hash = self.hasher.hash_one(id.0);
         if let Ok(entry) = self.by_id.find_entry(id_hash, |&x| x == slot) {
             entry.remove();
         }
-        let agent_hash = self.hasher.hash_one(&*agent);
+        let agent_hash = self.hasher.hash_one(&*live.agent);
         if let Ok(entry) = self.by_agent.find_entry(agent_hash, |&x| x == slot) {
             entry.remove();
         }
         self.free.push(slot);
         self.compact_expiry();
-        Some(agent)
+        Some(live)
     }
 
     /// Drops stale queue entries once they outnumber live sessions (amortised O(1)).
@@ -410,7 +436,7 @@ impl SessionStore {
             self.expiry.retain(|&(slot, deadline)| {
                 slots
                     .get(slot as usize)
-                    .is_some_and(|s| s.agent.is_some() && s.deadline == deadline)
+                    .is_some_and(|s| s.live.is_some() && s.deadline == deadline)
             });
         }
     }

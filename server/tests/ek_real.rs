@@ -11,7 +11,6 @@
 mod ek_support;
 
 use std::collections::HashSet;
-use std::error::Error as _;
 
 use ek_support::{JUNE_2024, at, ca, read, real_ek, spki_of, tpm2b_public};
 use ekattest_server::ek::{
@@ -68,14 +67,7 @@ fn check_stm_attributes(v: &Verdict) {
 
 /// The full error chain as one string, for assertions on reasons.
 fn chain_text(e: &EkError) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(" <- ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
+    ekattest_protocol::ErrorChain(e).to_string()
 }
 
 #[test]

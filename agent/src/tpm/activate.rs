@@ -102,20 +102,35 @@ impl Credential {
         if version != VERSION {
             return Err(CredentialError::Version { found: version });
         }
-        let mut tpm2b = |field: &'static str, limit: usize| -> Result<Vec<u8>, CredentialError> {
-            let size = take(field, 2)?;
-            let len = usize::from(u16::from_be_bytes([size[0], size[1]]));
-            if len > limit {
-                return Err(CredentialError::TooLarge { field, len, limit });
-            }
-            Ok(take(field, len)?.to_vec())
-        };
-        let id_object = tpm2b("TPM2B_ID_OBJECT", ID_OBJECT_MAX)?;
-        let secret = tpm2b("TPM2B_ENCRYPTED_SECRET", SECRET_MAX)?;
-        if !bytes.is_empty() {
-            return Err(CredentialError::Trailing { bytes: bytes.len() });
+        let (id_object, rest) = split_tpm2b(bytes, "TPM2B_ID_OBJECT", ID_OBJECT_MAX)?;
+        let (secret, rest) = split_tpm2b(rest, "TPM2B_ENCRYPTED_SECRET", SECRET_MAX)?;
+        if !rest.is_empty() {
+            return Err(CredentialError::Trailing { bytes: rest.len() });
         }
-        Ok(Self { id_object, secret })
+        Ok(Self {
+            id_object: id_object.to_vec(),
+            secret: secret.to_vec(),
+        })
+    }
+
+    /// Builds a credential from the two TPM2B values of a Challenge (`credential_blob`,
+    /// `encrypted_secret`, each with its UINT16 size), strictly.
+    ///
+    /// # Errors
+    /// [`CredentialError`] naming the field at fault.
+    pub fn from_tpm2b(id_object: &[u8], secret: &[u8]) -> Result<Self, CredentialError> {
+        let exact = |bytes: &[u8], field, limit| {
+            let (body, rest) = split_tpm2b(bytes, field, limit)?;
+            if rest.is_empty() {
+                Ok(body.to_vec())
+            } else {
+                Err(CredentialError::Trailing { bytes: rest.len() })
+            }
+        };
+        Ok(Self {
+            id_object: exact(id_object, "TPM2B_ID_OBJECT", ID_OBJECT_MAX)?,
+            secret: exact(secret, "TPM2B_ENCRYPTED_SECRET", SECRET_MAX)?,
+        })
     }
 
     /// Encodes in tpm2-tools' format (the inverse of [`Credential::decode_tpm2_tools`]).
@@ -130,6 +145,31 @@ impl Credential {
         }
         v
     }
+}
+
+/// Splits a TPM2B (UINT16 size, then that many bytes, at most `limit`) off the front of
+/// `bytes`.
+fn split_tpm2b<'a>(
+    bytes: &'a [u8],
+    field: &'static str,
+    limit: usize,
+) -> Result<(&'a [u8], &'a [u8]), CredentialError> {
+    let truncated = |needed: usize| CredentialError::Truncated {
+        field,
+        needed,
+        available: bytes.len(),
+    };
+    let [a, b, rest @ ..] = bytes else {
+        return Err(truncated(2));
+    };
+    let len = usize::from(u16::from_be_bytes([*a, *b]));
+    if len > limit {
+        return Err(CredentialError::TooLarge { field, len, limit });
+    }
+    if rest.len() < len {
+        return Err(truncated(2 + len));
+    }
+    Ok(rest.split_at(len))
 }
 
 /// Runs ActivateCredential for `credential` with the AK made from `ak` and the EK `ek`

@@ -5,6 +5,8 @@
 //! strings so the exact bytes sent in CreatePrimary can be compared with what the TPM reports
 //! for a persistent EK. This module only builds bytes; it never talks to a TPM.
 
+use ekattest_protocol::public::{CURVE_P256, CURVE_P384, alg};
+
 /// PolicyA (SHA-256): PolicySecret(TPM_RH_ENDORSEMENT), the low-range EK authPolicy.
 pub(crate) const POLICY_A_SHA256: [u8; 32] = [
     0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
@@ -18,18 +20,6 @@ pub(crate) const POLICY_B_SHA384: [u8; 48] = [
     0x07, 0x41, 0x48, 0xbb, 0x35, 0xd3, 0xb4, 0xe4, 0xcb, 0x1c, 0x0a, 0xd9, 0xbd, 0xe4, 0x19, 0xca,
     0xcb, 0x47, 0xba, 0x09, 0x69, 0x96, 0x46, 0x15, 0x0f, 0x9f, 0xc0, 0x00, 0xf3, 0xf8, 0x0e, 0x12,
 ];
-
-const ALG_RSA: u16 = 0x0001;
-const ALG_SHA256: u16 = 0x000b;
-const ALG_SHA384: u16 = 0x000c;
-const ALG_AES: u16 = 0x0006;
-const ALG_CFB: u16 = 0x0043;
-const ALG_NULL: u16 = 0x0010;
-const ALG_ECC: u16 = 0x0023;
-const ALG_ECDSA: u16 = 0x0018;
-const ALG_RSASSA: u16 = 0x0014;
-const CURVE_P256: u16 = 0x0003;
-const CURVE_P384: u16 = 0x0004;
 
 /// fixedTPM | fixedParent | sensitiveDataOrigin | adminWithPolicy | restricted | decrypt.
 pub(crate) const EK_ATTRS_LOW: u32 = 0x0003_00b2;
@@ -75,8 +65,8 @@ impl Template {
     pub(crate) fn tpmt(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(600);
         let object_type = match self.key {
-            KeyParams::Rsa { .. } => ALG_RSA,
-            KeyParams::Ecc { .. } => ALG_ECC,
+            KeyParams::Rsa { .. } => alg::RSA,
+            KeyParams::Ecc { .. } => alg::ECC,
         };
         put16(&mut v, object_type);
         put16(&mut v, self.name_alg);
@@ -84,18 +74,18 @@ impl Template {
         put2b(&mut v, self.policy);
         match self.aes_bits {
             Some(bits) => {
-                put16(&mut v, ALG_AES);
+                put16(&mut v, alg::AES);
                 put16(&mut v, bits);
-                put16(&mut v, ALG_CFB);
+                put16(&mut v, alg::CFB);
             }
-            None => put16(&mut v, ALG_NULL),
+            None => put16(&mut v, alg::NULL),
         }
         match self.scheme {
             Some((alg, hash)) => {
                 put16(&mut v, alg);
                 put16(&mut v, hash);
             }
-            None => put16(&mut v, ALG_NULL),
+            None => put16(&mut v, alg::NULL),
         }
         match self.key {
             KeyParams::Rsa { bits } => {
@@ -109,7 +99,7 @@ impl Template {
             }
             KeyParams::Ecc { curve, len } => {
                 put16(&mut v, curve);
-                put16(&mut v, ALG_NULL); // kdf
+                put16(&mut v, alg::NULL); // kdf
                 let n = match self.unique {
                     Unique::Zeros => len,
                     Unique::Empty => 0,
@@ -159,21 +149,21 @@ pub(crate) fn unique_offset(tpmt: &[u8]) -> Option<usize> {
     at += 4; // attributes
     let policy = u16_at(&mut at)?;
     at += usize::from(policy);
-    if u16_at(&mut at)? != ALG_NULL {
+    if u16_at(&mut at)? != alg::NULL {
         at += 4; // keyBits, mode
     }
     let scheme = u16_at(&mut at)?;
-    if scheme != ALG_NULL {
+    if scheme != alg::NULL {
         at += 2; // hash
         if scheme == 0x001a {
             at += 2; // ECDAA count
         }
     }
     match object_type {
-        ALG_RSA => at += 2 + 4,
-        ALG_ECC => {
+        alg::RSA => at += 2 + 4,
+        alg::ECC => {
             at += 2; // curve
-            if u16_at(&mut at)? != ALG_NULL {
+            if u16_at(&mut at)? != alg::NULL {
                 at += 2; // kdf hash
             }
         }
@@ -194,7 +184,7 @@ fn put2b(v: &mut Vec<u8>, data: &[u8]) {
 
 /// TCG L-1: RSA-2048, SHA-256, AES-128-CFB, PolicyA, unique 256 zero bytes.
 pub(crate) const EK_L1_RSA2048: Template = Template {
-    name_alg: ALG_SHA256,
+    name_alg: alg::SHA256,
     attrs: EK_ATTRS_LOW,
     policy: &POLICY_A_SHA256,
     aes_bits: Some(128),
@@ -205,7 +195,7 @@ pub(crate) const EK_L1_RSA2048: Template = Template {
 
 /// TCG L-2: ECC P-256, SHA-256, AES-128-CFB, PolicyA, unique x, y 32 zero bytes each.
 pub(crate) const EK_L2_P256: Template = Template {
-    name_alg: ALG_SHA256,
+    name_alg: alg::SHA256,
     attrs: EK_ATTRS_LOW,
     policy: &POLICY_A_SHA256,
     aes_bits: Some(128),
@@ -220,7 +210,7 @@ pub(crate) const EK_L2_P256: Template = Template {
 /// TCG H-3 (as swtpm 0.7.1 makes it): ECC P-384, SHA-384, AES-256-CFB, userWithAuth,
 /// PolicyB-SHA384, empty unique.
 pub(crate) const EK_H3_P384: Template = Template {
-    name_alg: ALG_SHA384,
+    name_alg: alg::SHA384,
     attrs: EK_ATTRS_HIGH,
     policy: &POLICY_B_SHA384,
     aes_bits: Some(256),
@@ -234,7 +224,7 @@ pub(crate) const EK_H3_P384: Template = Template {
 
 /// TCG H-6: RSA-3072, SHA-384, AES-256-CFB, userWithAuth, PolicyB-SHA384, empty unique.
 pub(crate) const EK_H6_RSA3072: Template = Template {
-    name_alg: ALG_SHA384,
+    name_alg: alg::SHA384,
     attrs: EK_ATTRS_HIGH,
     policy: &POLICY_B_SHA384,
     aes_bits: Some(256),
@@ -245,11 +235,11 @@ pub(crate) const EK_H6_RSA3072: Template = Template {
 
 /// Our AK: ECC P-256 restricted signing key, ECDSA-SHA256, nameAlg SHA-256, noDA.
 pub(crate) const AK_P256: Template = Template {
-    name_alg: ALG_SHA256,
+    name_alg: alg::SHA256,
     attrs: AK_ATTRS,
     policy: &[],
     aes_bits: None,
-    scheme: Some((ALG_ECDSA, ALG_SHA256)),
+    scheme: Some((alg::ECDSA, alg::SHA256)),
     key: KeyParams::Ecc {
         curve: CURVE_P256,
         len: 32,
@@ -259,11 +249,11 @@ pub(crate) const AK_P256: Template = Template {
 
 /// Optional AK: RSA-2048 restricted signing key, RSASSA-SHA256, nameAlg SHA-256, noDA.
 pub(crate) const AK_RSA2048: Template = Template {
-    name_alg: ALG_SHA256,
+    name_alg: alg::SHA256,
     attrs: AK_ATTRS,
     policy: &[],
     aes_bits: None,
-    scheme: Some((ALG_RSASSA, ALG_SHA256)),
+    scheme: Some((alg::RSASSA, alg::SHA256)),
     key: KeyParams::Rsa { bits: 2048 },
     unique: Unique::Empty,
 };

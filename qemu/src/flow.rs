@@ -1,0 +1,204 @@
+//! One device's attestation, in process: the agent library on a real (swtpm) TPM and the
+//! server library, with every message encoded to a protocol frame and decoded on the other
+//! side exactly as it would cross the broker. The MQTT transport comes later; everything
+//! the device and the server compute here is the real thing.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use ekattest_agent::attest::{self as agent_attest, AttestError};
+use ekattest_agent::tpm::ak::{self as agent_ak, AkOptions};
+use ekattest_agent::tpm::ek::{self as agent_ek, EkKind};
+use ekattest_agent::tpm::{self, commands::Tpm};
+use ekattest_protocol::limits::FRAME_MAX;
+use ekattest_protocol::msg::{Downlink, Outcome, Uplink};
+use ekattest_protocol::topic::default_agent_id;
+use ekattest_protocol::{DecodeError, EncodeError, ErrorChain, decode, encode};
+use ekattest_server::attest::{Attestor, Identity, Rejection};
+use ekattest_server::config::Document;
+use ekattest_server::credential::SystemRandom;
+
+/// Why a device could not run its side of the flow (distinct from the server rejecting it).
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The agent's TPM work failed.
+    #[error("agent TPM operation failed: {0}")]
+    Tpm(String),
+    /// Building the Login or answering the Challenge failed.
+    #[error("agent attestation step failed")]
+    Attest(#[source] AttestError),
+    /// A message did not encode.
+    #[error("cannot encode a frame")]
+    Encode(#[source] EncodeError),
+    /// A frame did not decode.
+    #[error("cannot decode a frame")]
+    Decode(#[source] DecodeError),
+    /// The server answered with the wrong message kind.
+    #[error("unexpected {0} message from the server")]
+    Unexpected(&'static str),
+    /// The server's lock was poisoned (a panic elsewhere).
+    #[error("server state is unavailable")]
+    Poisoned,
+}
+
+fn tpm_error(e: &dyn std::error::Error) -> FlowError {
+    FlowError::Tpm(ErrorChain(e).to_string())
+}
+
+/// The server side shared by all devices of a run: one node's state and the policy in force.
+#[derive(Debug)]
+pub struct Server {
+    /// This node's sessions.
+    pub attestor: Mutex<Attestor>,
+    /// The `AgentAttestation` document in force.
+    pub doc: Document,
+}
+
+/// Where the time of one attestation went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Agent: TPM startup, EK discovery, AK creation.
+    pub prepare: Duration,
+    /// Server: Login handling (EK validation, MakeCredential, session).
+    pub login: Duration,
+    /// Agent: ActivateCredential.
+    pub activate: Duration,
+    /// Server: Answer handling.
+    pub answer: Duration,
+    /// Whole attestation, first TPM command to Result.
+    pub total: Duration,
+}
+
+/// What happened to one device.
+#[derive(Debug)]
+pub struct Report {
+    /// The agent id (MQTT client id) the device used.
+    pub agent: String,
+    /// Which EK it presented.
+    pub ek: EkKind,
+    /// The server's verdict.
+    pub outcome: Result<Identity, Rejection>,
+    /// Where the time went.
+    pub timings: Timings,
+    /// The Answer frame sent, kept so a replay can be attempted.
+    pub answer_frame: Option<Vec<u8>>,
+}
+
+fn frame<M: ekattest_protocol::msg::Message>(msg: &M) -> Result<Vec<u8>, FlowError> {
+    let mut buf = vec![0u8; FRAME_MAX];
+    Ok(encode(msg, &mut buf).map_err(FlowError::Encode)?.to_vec())
+}
+
+fn lock(server: &Server) -> Result<std::sync::MutexGuard<'_, Attestor>, FlowError> {
+    server.attestor.lock().map_err(|_| FlowError::Poisoned)
+}
+
+/// Attests the device behind `transport` with its EK of kind `ek` (the first found if
+/// `None`), against `server`.
+///
+/// # Errors
+/// [`FlowError`] if the device side fails; a server rejection is a normal [`Report`].
+pub fn attest<T: tpm::Transport>(
+    transport: T,
+    ek: Option<EkKind>,
+    server: &Server,
+) -> Result<Report, FlowError> {
+    let started = Instant::now();
+    let mut tpm = Tpm::new(transport);
+    tpm.startup_clear().map_err(|e| tpm_error(&e))?;
+    tpm.flush_leftovers().map_err(|e| tpm_error(&e))?;
+    let endorsement = agent_ek::discover(&mut tpm).map_err(|e| tpm_error(&e))?;
+    let ek = endorsement.pick(ek).map_err(|e| tpm_error(&e))?;
+    let ak_opts = AkOptions::default();
+    let ak = agent_ak::read(&mut tpm, &ak_opts).map_err(|e| tpm_error(&e))?;
+    let agent = default_agent_id(&ek.public_hash).to_string();
+    let login = agent_attest::login(ek, &endorsement.chain, &ak).map_err(FlowError::Attest)?;
+    let login_frame = frame(&Uplink::Login(login))?;
+    let mut timings = Timings {
+        prepare: started.elapsed(),
+        ..Timings::default()
+    };
+
+    // Server: Login -> Challenge.
+    let t = Instant::now();
+    let reply = {
+        let Uplink::Login(login) = decode::<Uplink>(&login_frame).map_err(FlowError::Decode)?
+        else {
+            return Err(FlowError::Unexpected("uplink"));
+        };
+        let mut attestor = lock(server)?;
+        let now = Instant::now();
+        match attestor.login(
+            &server.doc,
+            &agent,
+            &login,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        ) {
+            Ok((challenge, _)) => frame(&Downlink::Challenge(challenge))?,
+            Err(rejection) => {
+                timings.login = t.elapsed();
+                timings.total = started.elapsed();
+                return Ok(Report {
+                    agent,
+                    ek: ek.kind,
+                    outcome: Err(rejection),
+                    timings,
+                    answer_frame: None,
+                });
+            }
+        }
+    };
+    timings.login = t.elapsed();
+
+    // Agent: Challenge -> Answer.
+    let t = Instant::now();
+    let Downlink::Challenge(challenge) = decode::<Downlink>(&reply).map_err(FlowError::Decode)?
+    else {
+        return Err(FlowError::Unexpected("result"));
+    };
+    let answer =
+        agent_attest::answer(&mut tpm, ek, &ak_opts, &challenge).map_err(FlowError::Attest)?;
+    let answer_frame = frame(&Uplink::Answer(answer))?;
+    timings.activate = t.elapsed();
+
+    // Server: Answer -> Result.
+    let t = Instant::now();
+    let outcome = answer_frame_to_outcome(server, &agent, &answer_frame)?;
+    timings.answer = t.elapsed();
+    timings.total = started.elapsed();
+    Ok(Report {
+        agent,
+        ek: ek.kind,
+        outcome,
+        timings,
+        answer_frame: Some(answer_frame),
+    })
+}
+
+/// Hands an Answer frame from `agent` to the server; also used to replay one.
+///
+/// # Errors
+/// [`FlowError`] if the frame does not decode as an Answer.
+pub fn answer_frame_to_outcome(
+    server: &Server,
+    agent: &str,
+    answer_frame: &[u8],
+) -> Result<Result<Identity, Rejection>, FlowError> {
+    let Uplink::Answer(answer) = decode::<Uplink>(answer_frame).map_err(FlowError::Decode)? else {
+        return Err(FlowError::Unexpected("uplink"));
+    };
+    let outcome = lock(server)?.answer(agent, &answer, Instant::now());
+    // The agent sees the Result frame; make sure it encodes within limits.
+    let result = match &outcome {
+        Ok(identity) => Outcome::Accepted(
+            identity
+                .to_accepted()
+                .map_err(|r| FlowError::Tpm(r.reason))?,
+        ),
+        Err(r) => Outcome::Rejected(ekattest_protocol::msg::Rejected::new(r.code)),
+    };
+    frame(&Downlink::Result(result))?;
+    Ok(outcome)
+}
