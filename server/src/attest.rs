@@ -289,3 +289,230 @@ impl Attestor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ekattest_protocol::msg::Method;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::credential::{FixedRandom, SystemRandom};
+
+    const VECTORS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/make-credential"
+    );
+
+    fn read(name: &str) -> Vec<u8> {
+        let path = format!("{VECTORS}/{name}");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
+    }
+
+    /// An allow-list policy trusting the rsa2048 vector's EK.
+    fn doc() -> Document {
+        let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
+        let yaml = format!(
+            "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
+             requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"{hash}\"]\n"
+        );
+        Document::parse(yaml.as_bytes()).unwrap()
+    }
+
+    fn login() -> Login {
+        Login {
+            methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+            ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+            ek_cert: None,
+            ek_chain: heapless::Vec::new(),
+            ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+            svid_key: None,
+        }
+    }
+
+    fn attestor() -> Attestor {
+        Attestor::new("node-1", Some("example.org"), SessionConfig::default()).unwrap()
+    }
+
+    /// The vector's fixed inputs in the order login draws them: session secret, session id,
+    /// MakeCredential seed, OAEP seed.
+    fn vector_random() -> FixedRandom {
+        FixedRandom::new([
+            read("secret.bin"),
+            vec![0x5a; 16],
+            read("rsa2048/seed.bin"),
+            read("rsa2048/oaep_seed.bin"),
+        ])
+    }
+
+    #[test]
+    fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
+        let mut a = attestor();
+        let now = Instant::now();
+        let (challenge, identity) = a
+            .login(
+                &doc(),
+                "ek-1",
+                &login(),
+                now,
+                SystemTime::now(),
+                &mut vector_random(),
+            )
+            .unwrap();
+        assert_eq!(identity.check, Check::AllowList);
+        let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
+        assert_eq!(
+            identity.spiffe_id,
+            format!("spiffe://example.org/agents/tpm/{hash}")
+        );
+        assert_eq!(identity.attributes, [(AttributeName::PublicHash, hash)]);
+        // Byte for byte the credential tpm2-tools and swtpm agree on.
+        assert_eq!(
+            challenge.credential_blob.as_slice(),
+            read("rsa2048/expected_credential_blob.tpm2b_id_object")
+        );
+        assert_eq!(
+            challenge.encrypted_secret.as_slice(),
+            read("rsa2048/expected_secret.tpm2b_encrypted_secret")
+        );
+        assert_eq!(
+            (challenge.node.as_str(), challenge.expires_in),
+            ("node-1", 300)
+        );
+
+        let answer = Answer {
+            session: challenge.session,
+            secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
+            pop: None,
+        };
+        let identity = a.answer("ek-1", &answer, now).unwrap();
+        assert_eq!(identity.policy, "p");
+        let replay = a.answer("ek-1", &answer, now).unwrap_err();
+        assert_eq!(replay.code, RejectCode::UnknownSession);
+    }
+
+    #[test]
+    fn wrong_secret_wrong_agent_and_expiry_are_rejected() {
+        let mut a = attestor();
+        let now = Instant::now();
+        let answer_for = |agent: &str, a: &mut Attestor, secret: &[u8], at: Duration| {
+            let (challenge, _) = a
+                .login(
+                    &doc(),
+                    agent,
+                    &login(),
+                    now,
+                    SystemTime::now(),
+                    &mut SystemRandom,
+                )
+                .unwrap();
+            let answer = Answer {
+                session: challenge.session,
+                secret: heapless::Vec::from_slice(secret).unwrap(),
+                pop: None,
+            };
+            a.answer(agent, &answer, now + at)
+                .map(|_| ())
+                .map_err(|r| (r, answer))
+        };
+        let (r, _) = answer_for("ek-1", &mut a, &[0; 32], Duration::ZERO).unwrap_err();
+        assert_eq!(r.code, RejectCode::ChallengeFailed);
+        assert_eq!(r.reason, "challenge response secret does not match");
+        let (r, _) = answer_for("ek-1", &mut a, &[0; 32], Duration::from_secs(301)).unwrap_err();
+        assert_eq!(r.code, RejectCode::UnknownSession);
+        assert_eq!(a.pending(), 0);
+
+        // The right answer published under another agent's topic consumes the session and
+        // fails: a session only ever proves the agent that logged in.
+        let (challenge, _) = a
+            .login(
+                &doc(),
+                "ek-1",
+                &login(),
+                now,
+                SystemTime::now(),
+                &mut vector_random(),
+            )
+            .unwrap();
+        let answer = Answer {
+            session: challenge.session,
+            secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
+            pop: None,
+        };
+        let r = a.answer("ek-2", &answer, now).unwrap_err();
+        assert_eq!(r.code, RejectCode::UnknownSession);
+        assert!(r.reason.contains("belongs to agent ek-1"), "{}", r.reason);
+        assert_eq!(a.pending(), 0);
+    }
+
+    #[test]
+    fn cheap_checks_reject_before_any_session() {
+        let mut a = attestor();
+        let now = Instant::now();
+        let mut no_methods = login();
+        no_methods.methods.clear();
+        let r = a
+            .login(
+                &doc(),
+                "ek-1",
+                &no_methods,
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::NoMatchingPolicy);
+        assert_eq!(
+            r.reason,
+            "no cluster policy authorizes the provided attestors"
+        );
+
+        let mut bad_ak = login();
+        bad_ak.ak_public = bad_ak.ek_public.clone();
+        let r = a
+            .login(
+                &doc(),
+                "ek-1",
+                &bad_ak,
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::AkRejected);
+
+        let mut other_ek = login();
+        other_ek.ek_public = heapless::Vec::from_slice(&read("p256/ek.tpm2b_public")).unwrap();
+        let r = a
+            .login(
+                &doc(),
+                "ek-1",
+                &other_ek,
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::EkNotTrusted);
+        assert_eq!(
+            r.code.to_string(),
+            "EK did not pass any configured validation check"
+        );
+
+        let mut garbage = login();
+        garbage.ek_public.truncate(10);
+        let r = a
+            .login(
+                &doc(),
+                "ek-1",
+                &garbage,
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::Malformed);
+        assert_eq!(a.pending(), 0, "no rejected login leaves a session");
+    }
+}

@@ -242,3 +242,44 @@ fn default_config_matches_the_contract() {
     assert_eq!(c.ttl, Duration::from_secs(300));
     assert!(c.max_sessions > 0);
 }
+
+#[test]
+fn data_comes_back_only_with_the_right_answer() {
+    let mut s: SessionStore<String> = SessionStore::new(SessionConfig::default());
+    let t0 = Instant::now();
+    let (id, secret) = s
+        .begin("ek-1", "identity-1".to_owned(), t0, &mut SystemRandom)
+        .unwrap();
+    assert_eq!(s.peek(&id).map(String::as_str), Some("identity-1"));
+    let (agent, data) = s.answer(&id, secret.as_bytes(), t0).unwrap();
+    assert_eq!((agent.as_str(), data.as_str()), ("ek-1", "identity-1"));
+    assert_eq!(s.peek(&id), None);
+
+    let (id, _) = s
+        .begin("ek-2", "identity-2".to_owned(), t0, &mut SystemRandom)
+        .unwrap();
+    assert!(matches!(
+        s.answer(&id, &[0; 32], t0),
+        Err(SessionError::WrongSecret(_))
+    ));
+    assert!(
+        s.is_empty(),
+        "a wrong answer drops the data with the session"
+    );
+}
+
+#[test]
+fn cancel_removes_a_session_once() {
+    let mut s = store(300, 10);
+    let t0 = Instant::now();
+    let (id, secret) = s.begin("ek-1", (), t0, &mut SystemRandom).unwrap();
+    assert!(s.cancel(&id));
+    assert!(!s.cancel(&id));
+    assert!(matches!(
+        s.answer(&id, secret.as_bytes(), t0),
+        Err(SessionError::Unknown(_))
+    ));
+    // The agent can log in again at once.
+    s.begin("ek-1", (), t0, &mut SystemRandom).unwrap();
+    assert_eq!(s.len(), 1);
+}
