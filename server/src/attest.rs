@@ -412,14 +412,12 @@ mod tests {
                 secret: heapless::Vec::from_slice(secret).unwrap(),
                 pop: None,
             };
-            a.answer(agent, &answer, now + at)
-                .map(|_| ())
-                .map_err(|r| (r, answer))
+            a.answer(agent, &answer, now + at).map(|_| ())
         };
-        let (r, _) = answer_for("ek-1", &mut a, &[0; 32], Duration::ZERO).unwrap_err();
+        let r = answer_for("ek-1", &mut a, &[0; 32], Duration::ZERO).unwrap_err();
         assert_eq!(r.code, RejectCode::ChallengeFailed);
         assert_eq!(r.reason, "challenge response secret does not match");
-        let (r, _) = answer_for("ek-1", &mut a, &[0; 32], Duration::from_secs(301)).unwrap_err();
+        let r = answer_for("ek-1", &mut a, &[0; 32], Duration::from_secs(301)).unwrap_err();
         assert_eq!(r.code, RejectCode::UnknownSession);
         assert_eq!(a.pending(), 0);
 

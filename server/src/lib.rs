@@ -14,6 +14,8 @@
 //! Nothing here trusts the network: every input is parsed within limits and errors carry the
 //! operator strings of the product contract.
 
+#![forbid(unsafe_code)]
+
 pub mod ak;
 pub mod attest;
 pub mod config;
