@@ -10,12 +10,14 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use x509_parser::certificate::X509CertificateParser;
 use x509_parser::der_parser::asn1_rs::{Any, Oid, Tag, oid};
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
+use x509_parser::nom::Parser;
+use x509_parser::prelude::{FromDer, X509Name};
 
-use super::profile::{self, Identity};
-use super::signature::{self, SigAlg};
+use super::extensions::Extensions;
+use super::profile::Identity;
+use super::signature::{self, KeyCache, SigAlg};
 
 /// Largest certificate accepted (real EK and vendor CA certificates are 0.5-2 KiB).
 pub const CERT_MAX: usize = 16 * 1024;
@@ -27,10 +29,10 @@ const OID_P384: Oid<'static> = oid!(1.3.132.0.34);
 const OID_P521: Oid<'static> = oid!(1.3.132.0.35);
 
 /// Extensions a verifier may see marked critical without rejecting the certificate: the ones
-/// read here, plus certificatePolicies (STMicro marks it critical; we require no policy) and
+/// read (see `extensions`), plus certificatePolicies (STMicro marks it critical; we require no policy) and
 /// the informational ones. Anything else critical (nameConstraints, policyConstraints, vendor
 /// extensions) is not understood, so the certificate is refused (RFC 5280 4.2).
-const KNOWN_CRITICAL: &[Oid<'static>] = &[
+pub(crate) const KNOWN_CRITICAL: &[Oid<'static>] = &[
     oid!(2.5.29.15),         // keyUsage
     oid!(2.5.29.19),         // basicConstraints
     oid!(2.5.29.17),         // subjectAltName
@@ -269,6 +271,8 @@ pub(crate) struct Cert {
     pub(crate) key_kind: KeyKind,
     /// The subjectPublicKey BIT STRING content (RSAPublicKey DER or an EC point).
     pub(crate) key_bits: Vec<u8>,
+    /// `key_bits` parsed by aws-lc on first use as an issuer key (see `signature`).
+    pub(crate) keys: KeyCache,
     pub(crate) sig_alg: SigAlg,
     /// True if tbsCertificate.signature equals signatureAlgorithm (RFC 5280 4.1.1.2).
     pub(crate) sig_alg_consistent: bool,
@@ -288,9 +292,14 @@ impl Cert {
                 limit: CERT_MAX,
             });
         }
-        let (rest, x509) = X509Certificate::from_der(der).map_err(|e| CertError::Malformed {
-            reason: e.to_string(),
-        })?;
+        // Only the extensions the verifier reads are decoded (see `extensions`): x509-parser's
+        // deep parsing would also decode policies, AIA, CRL points and EKU on every login.
+        let (rest, x509) = X509CertificateParser::new()
+            .with_deep_parse_extensions(false)
+            .parse(der)
+            .map_err(|e| CertError::Malformed {
+                reason: e.to_string(),
+            })?;
         if !rest.is_empty() {
             return Err(CertError::Trailing { bytes: rest.len() });
         }
@@ -302,49 +311,14 @@ impl Cert {
                 reason: "signature or public key BIT STRING with unused bits".to_owned(),
             });
         }
-        let basic = tbs
-            .basic_constraints()
-            .map_err(|_| CertError::Extension {
-                name: "basicConstraints",
-            })?
-            .map(|b| Basic {
-                ca: b.value.ca,
-                path_len: b.value.path_len_constraint,
-            });
-        let key_usage = tbs
-            .key_usage()
-            .map_err(|_| CertError::Extension { name: "keyUsage" })?
-            .map(|k| KeyUsage {
-                key_cert_sign: k.value.key_cert_sign(),
-                key_encipherment: k.value.key_encipherment(),
-                key_agreement: k.value.key_agreement(),
-            });
-        let mut ski = None;
-        let mut aki = None;
-        let mut identity = Identity::default();
-        let mut unknown_critical = Vec::new();
-        for ext in tbs.extensions() {
-            match ext.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(k.0.to_vec()),
-                ParsedExtension::AuthorityKeyIdentifier(a) => {
-                    aki = a.key_identifier.as_ref().map(|k| k.0.to_vec());
-                }
-                ParsedExtension::SubjectAlternativeName(san) => {
-                    for gn in &san.general_names {
-                        if let GeneralName::DirectoryName(dn) = gn {
-                            profile::read_identity(dn, &mut identity);
-                        }
-                    }
-                }
-                ParsedExtension::ParseError { .. } if ext.oid == oid!(2.5.29.17) => {
-                    identity.note_malformed_san();
-                }
-                _ => {}
-            }
-            if ext.critical && !KNOWN_CRITICAL.contains(&ext.oid) {
-                unknown_critical.push(ext.oid.to_id_string());
-            }
-        }
+        let Extensions {
+            basic,
+            key_usage,
+            ski,
+            aki,
+            identity,
+            unknown_critical,
+        } = Extensions::read(tbs.extensions())?;
         let spki = &tbs.subject_pki;
         Ok(Self {
             der: der.to_vec(),
@@ -364,6 +338,7 @@ impl Cert {
                 spki.algorithm.parameters.as_ref(),
             ),
             key_bits: spki.subject_public_key.data.to_vec(),
+            keys: KeyCache::default(),
             sig_alg: signature::resolve(&x509.signature_algorithm),
             sig_alg_consistent: algid_consistent(der, tbs.as_ref(), tbs.raw_serial()),
             signature: x509.signature_value.data.to_vec(),
@@ -394,13 +369,13 @@ impl Cert {
 
     /// True if `issuer` may have issued `self` by name and key identifiers.
     pub(crate) fn issued_by_name(&self, issuer: &Cert) -> bool {
-        if !self.issuer.matches(&issuer.subject) {
-            return false;
-        }
-        match (&self.aki, &issuer.ski) {
+        // Key identifiers first: comparing them is cheap, while a name that differs in its
+        // bytes must be normalised before it can be declared different.
+        let ids_match = match (&self.aki, &issuer.ski) {
             (Some(a), Some(s)) => a == s,
             _ => true,
-        }
+        };
+        ids_match && self.issuer.matches(&issuer.subject)
     }
 }
 

@@ -29,6 +29,7 @@
 mod attributes;
 mod cert;
 mod chain;
+mod extensions;
 mod profile;
 mod signature;
 
@@ -71,7 +72,8 @@ impl Default for ChainOptions {
 }
 
 /// Parsed trust anchors (caCerts) and intermediates, ready for path building; cloning is
-/// cheap (shared).
+/// cheap (shared). Each certificate's public key is parsed by aws-lc the first time it checks
+/// a signature and kept for the store's lifetime (per signature algorithm, at most 7).
 #[derive(Debug, Clone)]
 pub struct TrustStore {
     store: Arc<chain::Store>,

@@ -5,9 +5,16 @@
 //! P-256/P-384/P-521 with SHA-256/384/512 in any combination, and SHA-1 (RSA, ECDSA P-256 and
 //! P-521) only when the caller allows it. RSA keys below 2048 bits are refused. This module
 //! must never accept a signature whose algorithm does not fit the issuer's key type.
+//!
+//! Issuer keys are parsed by aws-lc once per certificate and algorithm ([`KeyCache`]): the
+//! configured CA and intermediate certificates live as long as the policy, so their keys (and
+//! aws-lc's per-key RSA Montgomery context) are built on first use instead of on every
+//! signature check.
+
+use std::sync::OnceLock;
 
 use asn1_rs::{Any, Oid, Tag, oid};
-use aws_lc_rs::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use x509_parser::prelude::AlgorithmIdentifier;
 
 use super::cert::{Cert, Curve, KeyKind};
@@ -154,12 +161,47 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Picks the aws-lc-rs algorithm for `alg` under an issuer key of kind `key`.
+/// Distinct verification algorithms one issuer key can serve: RSA PKCS#1 v1.5 with 4 hashes
+/// and PSS with 3; ECDSA with 4 hashes on the key's curve.
+const KEY_SLOTS: usize = 7;
+
+/// An issuer's public key parsed by aws-lc, per verification algorithm, made on first use (an
+/// issuer normally signs with one algorithm, so one slot is filled). `None` in a slot: the key
+/// does not parse for that algorithm. Cloning copies the parsed keys (a cache of `key_bits`).
+#[derive(Clone, Default)]
+pub(crate) struct KeyCache {
+    slots: [OnceLock<Option<ParsedPublicKey>>; KEY_SLOTS],
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parsed = self.slots.iter().filter(|s| s.get().is_some()).count();
+        write!(f, "KeyCache({parsed} parsed)")
+    }
+}
+
+impl KeyCache {
+    /// The key for algorithm `slot` (from [`algorithm`]), parsing `key_bits` the first time.
+    fn get(
+        &self,
+        slot: usize,
+        alg: &'static dyn VerificationAlgorithm,
+        key_bits: &[u8],
+    ) -> Option<&ParsedPublicKey> {
+        self.slots
+            .get(slot)?
+            .get_or_init(|| ParsedPublicKey::new(alg, key_bits).ok())
+            .as_ref()
+    }
+}
+
+/// Picks the aws-lc-rs algorithm for `alg` under an issuer key of kind `key`, with its
+/// [`KeyCache`] slot.
 fn algorithm(
     alg: &SigAlg,
     key: &KeyKind,
     allow_sha1: bool,
-) -> Result<&'static dyn VerificationAlgorithm, SigFailure> {
+) -> Result<(usize, &'static dyn VerificationAlgorithm), SigFailure> {
     use Hash::{Sha1, Sha256, Sha384, Sha512};
     if matches!(alg, SigAlg::RsaPkcs1(Sha1) | SigAlg::Ecdsa(Sha1)) && !allow_sha1 {
         return Err(SigFailure::Sha1NotAllowed);
@@ -201,7 +243,22 @@ fn algorithm(
             )));
         }
     };
-    Ok(chosen)
+    let slot = match alg {
+        SigAlg::RsaPkcs1(h) | SigAlg::Ecdsa(h) => hash_index(*h),
+        SigAlg::RsaPss(h) => 3 + hash_index(*h),
+        SigAlg::Unsupported(_) => 0,
+    };
+    Ok((slot, chosen))
+}
+
+/// 0 to 3 for SHA-1, SHA-256, SHA-384, SHA-512.
+fn hash_index(h: Hash) -> usize {
+    match h {
+        Hash::Sha1 => 0,
+        Hash::Sha256 => 1,
+        Hash::Sha384 => 2,
+        Hash::Sha512 => 3,
+    }
 }
 
 fn key_name(key: &KeyKind) -> String {
@@ -212,11 +269,16 @@ fn key_name(key: &KeyKind) -> String {
     }
 }
 
-/// Verifies `child`'s signature with `issuer`'s public key.
+/// Verifies `child`'s signature with `issuer`'s public key (parsed once per issuer
+/// certificate and algorithm). A key that does not parse fails as an invalid signature, as
+/// with a key parsed per call.
 pub(crate) fn verify(child: &Cert, issuer: &Cert, allow_sha1: bool) -> Result<(), SigFailure> {
-    let alg = algorithm(&child.sig_alg, &issuer.key_kind, allow_sha1)?;
-    UnparsedPublicKey::new(alg, &issuer.key_bits)
-        .verify(&child.tbs, &child.signature)
+    let (slot, alg) = algorithm(&child.sig_alg, &issuer.key_kind, allow_sha1)?;
+    issuer
+        .keys
+        .get(slot, alg, &issuer.key_bits)
+        .ok_or(SigFailure::Invalid)?
+        .verify_sig(&child.tbs, &child.signature)
         .map_err(|_| SigFailure::Invalid)
 }
 
@@ -230,5 +292,61 @@ impl std::fmt::Display for SigFailure {
             Self::KeyMismatch(what) => write!(f, "signature algorithm does not fit: {what}"),
             Self::Invalid => f.write_str("signature does not verify"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/real-ek/ca"
+    );
+
+    fn ca(name: &str) -> Cert {
+        let path = format!("{CA}/{name}");
+        let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path}: {e}"));
+        Cert::parse(pem::parse(pem).unwrap().contents()).unwrap()
+    }
+
+    #[test]
+    fn issuer_keys_are_parsed_once_per_algorithm() {
+        let root = ca("STM_RSA_RT.pem");
+        let mut inter = ca("STM_RSA_05I.pem");
+        assert_eq!(format!("{:?}", root.keys), "KeyCache(0 parsed)");
+        assert_eq!(verify(&inter, &root, false), Ok(()));
+        assert_eq!(verify(&inter, &root, false), Ok(()));
+        assert_eq!(format!("{:?}", root.keys), "KeyCache(1 parsed)");
+
+        // The cached key still checks every signature.
+        let last = inter.signature.len() - 1;
+        inter.signature[last] ^= 1;
+        assert_eq!(verify(&inter, &root, false), Err(SigFailure::Invalid));
+        inter.signature[last] ^= 1;
+
+        // Another algorithm gets its own key: a SHA-384 reading of this SHA-256 signature
+        // fails, and does not disturb the SHA-256 key.
+        inter.sig_alg = SigAlg::RsaPkcs1(Hash::Sha384);
+        assert_eq!(verify(&inter, &root, false), Err(SigFailure::Invalid));
+        assert_eq!(format!("{:?}", root.keys), "KeyCache(2 parsed)");
+        inter.sig_alg = SigAlg::RsaPkcs1(Hash::Sha256);
+        assert_eq!(verify(&inter, &root, false), Ok(()));
+    }
+
+    #[test]
+    fn an_unusable_issuer_key_fails_every_time() {
+        let inter = ca("STM_RSA_05I.pem");
+        let mut root = ca("STM_RSA_RT.pem");
+        root.key_bits = vec![0x30, 0x03, 0x02, 0x01, 0x01];
+        for _ in 0..2 {
+            assert_eq!(verify(&inter, &root, false), Err(SigFailure::Invalid));
+        }
+        // Wrong key type for the algorithm: refused before any key is parsed.
+        root.key_kind = KeyKind::Ec(Curve::P256);
+        assert!(matches!(
+            verify(&inter, &root, false),
+            Err(SigFailure::KeyMismatch(_))
+        ));
     }
 }
