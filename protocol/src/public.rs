@@ -428,7 +428,9 @@ impl<'a> PublicKey<'a> {
             match key.split_first() {
                 Some((4, xy)) if xy.len() == 2 * flen => {
                     let (x, y) = xy.split_at(flen);
-                    Ok(Self::Ecc { curve, x, y })
+                    let key = Self::Ecc { curve, x, y };
+                    key.check()?;
+                    Ok(key)
                 }
                 _ => Err(PublicError::BadKey {
                     reason: "EC point is not an uncompressed point of the curve's size",
@@ -958,6 +960,21 @@ mod tests {
         for n in 0..spki.len() {
             assert!(PublicKey::from_spki_der(&spki[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn spki_with_the_zero_point_is_refused() {
+        // Found by the tpm_public fuzz target: parsed, then refused by spki_der.
+        let mut der = [0u8; 91];
+        der[..26].copy_from_slice(&[
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ]);
+        der[26] = 0x04;
+        assert!(matches!(
+            PublicKey::from_spki_der(&der),
+            Err(PublicError::BadKey { .. })
+        ));
     }
 
     #[test]

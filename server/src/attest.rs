@@ -279,7 +279,15 @@ impl Attestor {
                     answer.session
                 ),
             }),
-            Err(e @ SessionError::WrongSecret(_)) => {
+            Err(SessionError::WrongSecret(id, owner)) if owner.as_str() != agent => {
+                Err(Rejection {
+                    code: RejectCode::UnknownSession,
+                    reason: format!(
+                        "unknown session ID: session {id} belongs to agent {owner}, answered by {agent}"
+                    ),
+                })
+            }
+            Err(e @ SessionError::WrongSecret(..)) => {
                 Err(Rejection::from_error(RejectCode::ChallengeFailed, &e))
             }
             Err(e @ SessionError::Unknown(_)) => {
@@ -441,6 +449,26 @@ mod tests {
         let r = a.answer("ek-2", &answer, now).unwrap_err();
         assert_eq!(r.code, RejectCode::UnknownSession);
         assert!(r.reason.contains("belongs to agent ek-1"), "{}", r.reason);
+        assert_eq!(a.pending(), 0);
+
+        // With a wrong secret too: another agent learns nothing about the session.
+        let (challenge, _) = a
+            .login(
+                &doc(),
+                "ek-1",
+                &login(),
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap();
+        let answer = Answer {
+            session: challenge.session,
+            secret: heapless::Vec::from_slice(&[0; 32]).unwrap(),
+            pop: None,
+        };
+        let r = a.answer("ek-2", &answer, now).unwrap_err();
+        assert_eq!(r.code, RejectCode::UnknownSession);
         assert_eq!(a.pending(), 0);
     }
 

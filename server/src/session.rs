@@ -118,7 +118,7 @@ pub enum SessionError {
     Unknown(SessionId),
     /// The answer's secret differs from the challenge's; the session is gone now.
     #[error("challenge response secret does not match")]
-    WrongSecret(SessionId),
+    WrongSecret(SessionId, AgentId),
     /// The store holds `max_sessions` pending sessions; the agent should retry later.
     #[error("server busy: {limit} challenge sessions pending, retry later")]
     Busy {
@@ -313,7 +313,7 @@ impl<T> SessionStore<T> {
         match live {
             Some(_) if expired => Err(SessionError::Unknown(*id)),
             Some(live) if matches => Ok((AgentId(live.agent), live.data)),
-            Some(_) => Err(SessionError::WrongSecret(*id)),
+            Some(live) => Err(SessionError::WrongSecret(*id, AgentId(live.agent))),
             None => Err(SessionError::Unknown(*id)),
         }
     }

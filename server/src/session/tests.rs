@@ -41,7 +41,7 @@ fn wrong_secret_fails_and_removes_the_session() {
     let mut wrong = *secret.as_bytes();
     wrong[31] ^= 1;
     let err = s.answer(&id, &wrong, t0).unwrap_err();
-    assert!(matches!(err, SessionError::WrongSecret(i) if i == id));
+    assert!(matches!(err, SessionError::WrongSecret(i, _) if i == id));
     assert_eq!(err.to_string(), "challenge response secret does not match");
     // The right secret afterwards is too late: the session went with the wrong answer.
     assert!(matches!(
@@ -52,7 +52,7 @@ fn wrong_secret_fails_and_removes_the_session() {
     let (id2, _) = s.begin("ek-1", (), t0, &mut SystemRandom).unwrap();
     assert!(matches!(
         s.answer(&id2, &[1, 2, 3], t0),
-        Err(SessionError::WrongSecret(_))
+        Err(SessionError::WrongSecret(..))
     ));
 }
 
@@ -260,7 +260,7 @@ fn data_comes_back_only_with_the_right_answer() {
         .unwrap();
     assert!(matches!(
         s.answer(&id, &[0; 32], t0),
-        Err(SessionError::WrongSecret(_))
+        Err(SessionError::WrongSecret(..))
     ));
     assert!(
         s.is_empty(),

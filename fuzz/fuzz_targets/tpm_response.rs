@@ -1,0 +1,230 @@
+//! Fuzz target `tpm_response`: the agent's TPM command layer (`agent/src/tpm/commands.rs`)
+//! and the flows above it, fed arbitrary TPM response bytes.
+//!
+//! The input is a stream of responses, each as long as its header's size field says (a
+//! single response is a valid input). It is replayed two ways:
+//! 1. `Replay`: a lenient fake transport that hands every command the next response cut to
+//!    any length (shorter than a header, or disagreeing with its size field), as a broken
+//!    driver might; every parsing command runs on its own fresh `Tpm` over the whole input.
+//! 2. The real byte-stream transport (`Stream`, as used for swtpm) over the input, driving EK
+//!    discovery, then ActivateCredential for the first EK found, then the AK.
+//!
+//! Invariants: nothing panics; retries stay within MAX_ATTEMPTS and the handle walk within
+//! the input; successful results are consistent with the request (NV index, NV read length,
+//! TPM2B size prefixes, EKs whose public area, Name and hash agree).
+#![no_main]
+
+use std::io::{self, Cursor, Read, Write};
+
+use ekattest_agent::tpm::activate::{self, Credential};
+use ekattest_agent::tpm::ak::{self, AkOptions};
+use ekattest_agent::tpm::commands::{
+    Auth, MAX_ATTEMPTS, PT_NV_BUFFER_MAX, RH_ENDORSEMENT, RH_OWNER, Tpm,
+};
+use ekattest_agent::tpm::ek;
+use ekattest_agent::tpm::stream::Stream;
+use ekattest_agent::tpm::{FRAME_MAX, HEADER_LEN, Transport, TransportError};
+use ekattest_protocol::public::Public;
+use libfuzzer_sys::fuzz_target;
+
+/// Hands out consecutive responses from the input, each cut to its header's size field (or
+/// to what is left); an exhausted input is a transport error.
+struct Replay<'a> {
+    rest: &'a [u8],
+    calls: usize,
+}
+
+impl Transport for Replay<'_> {
+    fn transact(&mut self, cmd: &[u8], rsp: &mut [u8; FRAME_MAX]) -> Result<usize, TransportError> {
+        assert!(
+            cmd.len() >= HEADER_LEN && cmd.len() <= FRAME_MAX,
+            "command of {} bytes",
+            cmd.len()
+        );
+        self.calls += 1;
+        if self.rest.is_empty() {
+            return Err(TransportError::ShortResponse {
+                device: "fuzz".to_owned(),
+                len: 0,
+            });
+        }
+        let declared = self.rest.get(2..6).map_or(usize::MAX, |s| {
+            usize::try_from(u32::from_be_bytes([s[0], s[1], s[2], s[3]])).unwrap_or(usize::MAX)
+        });
+        let n = declared.min(self.rest.len()).min(FRAME_MAX);
+        let (now, later) = self.rest.split_at(n);
+        rsp[..n].copy_from_slice(now);
+        self.rest = later;
+        Ok(n)
+    }
+}
+
+fn replay(data: &[u8]) -> Tpm<Replay<'_>> {
+    let mut tpm = Tpm::new(Replay {
+        rest: data,
+        calls: 0,
+    })
+    .with_sleep(|_| {});
+    tpm.set_nv_chunk(Some(16));
+    tpm
+}
+
+/// Checks the command layer made at most `max` transport calls.
+fn calls_at_most(tpm: &mut Tpm<Replay<'_>>, max: usize, what: &str) {
+    let calls = tpm.transport_mut().calls;
+    assert!(
+        calls <= max,
+        "{what}: {calls} transport calls, at most {max} expected"
+    );
+}
+
+/// A TPM2B including its size prefix.
+fn assert_tpm2b(bytes: &[u8], what: &str) {
+    assert!(bytes.len() >= 2, "{what}: no size prefix");
+    let size = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+    assert_eq!(
+        size + 2,
+        bytes.len(),
+        "{what}: size prefix disagrees with the length"
+    );
+}
+
+/// Every parsing command on its own `Tpm` over the whole input.
+fn each_command(data: &[u8]) {
+    let attempts = MAX_ATTEMPTS as usize;
+    // Each page of the handle walk consumes a response of at least a header.
+    let pages = data.len() / HEADER_LEN + 1;
+
+    let mut t = replay(data);
+    if let Ok(handles) = t.handles(0x8100_0000) {
+        assert!(handles.len() <= 4096, "{} handles", handles.len());
+    }
+    calls_at_most(&mut t, pages * attempts, "handles");
+
+    let mut t = replay(data);
+    let _ = t.property(PT_NV_BUFFER_MAX);
+    calls_at_most(&mut t, attempts, "property");
+
+    let mut t = replay(data);
+    if let Ok(nv) = t.nv_read_public(0x01C0_0002) {
+        assert_eq!(nv.index, 0x01C0_0002);
+    }
+    calls_at_most(&mut t, attempts, "nv_read_public");
+
+    // Chunks of 16 (set_nv_chunk): 3 reads for 40 bytes.
+    let mut t = replay(data);
+    if let Ok(bytes) = t.nv_read(0x01C0_0002, 40) {
+        assert_eq!(bytes.len(), 40);
+    }
+    calls_at_most(&mut t, 3 * attempts, "nv_read");
+
+    let mut t = replay(data);
+    if let Ok(obj) = t.read_public(0x8101_0001) {
+        assert_tpm2b(&obj.public, "read_public outPublic");
+    }
+    calls_at_most(&mut t, attempts, "read_public");
+
+    let mut t = replay(data);
+    let template = AkOptions::default().template();
+    if let Ok((_, obj)) = t.create_primary(RH_OWNER, &template) {
+        assert_tpm2b(&obj.public, "create_primary outPublic");
+    }
+    calls_at_most(&mut t, attempts, "create_primary");
+
+    let mut t = replay(data);
+    let _ = t.start_policy_session(0x000b);
+    calls_at_most(&mut t, attempts, "start_policy_session");
+
+    let mut t = replay(data);
+    let _ = t.policy_secret(RH_ENDORSEMENT, 0x0300_0000);
+    calls_at_most(&mut t, attempts, "policy_secret");
+
+    let mut t = replay(data);
+    let got = t.activate_credential(
+        (0x8000_0000, Auth::Password),
+        (0x8000_0001, Auth::Policy(0x0300_0000)),
+        &[0x00, 0x20, 1, 2],
+        &[0x5e; 16],
+    );
+    if let Ok(secret) = got {
+        assert!(
+            secret.len() <= data.len(),
+            "secret longer than the response"
+        );
+    }
+    calls_at_most(&mut t, attempts, "activate_credential");
+
+    let mut t = replay(data);
+    let _ = t.startup_clear();
+    let _ = t.flush_context(0x8000_0000);
+    calls_at_most(&mut t, 2 * attempts, "startup + flush");
+}
+
+/// An in-memory TPM socket: reads come from the input, writes are discarded.
+struct Peer<'a>(Cursor<&'a [u8]>);
+
+impl Read for Peer<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Peer<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Discovery, ActivateCredential and the AK over the real stream transport.
+fn flows(data: &[u8]) {
+    let stream = Stream::new(Peer(Cursor::new(data)), "fuzz");
+    let mut tpm = Tpm::new(stream).with_sleep(|_| {});
+    let opts = AkOptions::default();
+    if let Ok(found) = ek::discover(&mut tpm) {
+        assert!(!found.eks.is_empty(), "discovery succeeded without an EK");
+        for e in &found.eks {
+            let p = Public::decode(&e.public)
+                .unwrap_or_else(|err| panic!("discovered EK public does not decode: {err}"));
+            let hash = p.key.public_hash();
+            assert_eq!(
+                hash,
+                Ok(e.public_hash),
+                "EK hash disagrees with its public area"
+            );
+            assert_eq!(e.nv_index.is_some(), e.certificate.is_some());
+            let _ = e.needs_policy();
+        }
+        let credential = Credential {
+            id_object: vec![0x00, 0x20, 0xab, 0xcd],
+            secret: vec![0x5e; 32],
+        };
+        let _ = activate::activate(&mut tpm, &found.eks[0], &opts, &credential);
+    }
+    if let Ok(a) = ak::read(&mut tpm, &opts) {
+        let p = Public::decode(&a.public)
+            .unwrap_or_else(|err| panic!("AK public does not decode: {err}"));
+        assert_eq!(
+            p.name().ok().as_deref(),
+            Some(&a.name[..]),
+            "AK Name mismatch"
+        );
+    }
+    let _ = tpm.flush_leftovers();
+}
+
+fuzz_target!(|data: &[u8]| {
+    each_command(data);
+    flows(data);
+    // The challenge credential file format the agent reads (`activate --credential`).
+    if let Ok(c) = Credential::decode_tpm2_tools(data) {
+        assert_eq!(
+            c.encode_tpm2_tools(),
+            data,
+            "credential file does not round-trip"
+        );
+    }
+});
