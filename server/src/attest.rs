@@ -400,73 +400,47 @@ mod tests {
         assert_eq!(replay.code, RejectCode::UnknownSession);
     }
 
+    /// Logs `agent` in (randomness from `rng`) and returns the Answer carrying `secret`.
+    fn challenged<R: Random>(a: &mut Attestor, agent: &str, rng: &mut R, secret: &[u8]) -> Answer {
+        let now = Instant::now();
+        let (challenge, _) = a
+            .login(&doc(), agent, &login(), now, SystemTime::now(), rng)
+            .unwrap();
+        Answer {
+            session: challenge.session,
+            secret: heapless::Vec::from_slice(secret).unwrap(),
+            pop: None,
+        }
+    }
+
     #[test]
     fn wrong_secret_wrong_agent_and_expiry_are_rejected() {
         let mut a = attestor();
         let now = Instant::now();
-        let answer_for = |agent: &str, a: &mut Attestor, secret: &[u8], at: Duration| {
-            let (challenge, _) = a
-                .login(
-                    &doc(),
-                    agent,
-                    &login(),
-                    now,
-                    SystemTime::now(),
-                    &mut SystemRandom,
-                )
-                .unwrap();
-            let answer = Answer {
-                session: challenge.session,
-                secret: heapless::Vec::from_slice(secret).unwrap(),
-                pop: None,
-            };
-            a.answer(agent, &answer, now + at).map(|_| ())
-        };
-        let r = answer_for("ek-1", &mut a, &[0; 32], Duration::ZERO).unwrap_err();
+        let answer = challenged(&mut a, "ek-1", &mut SystemRandom, &[0; 32]);
+        let r = a.answer("ek-1", &answer, now).unwrap_err();
         assert_eq!(r.code, RejectCode::ChallengeFailed);
         assert_eq!(r.reason, "challenge response secret does not match");
-        let r = answer_for("ek-1", &mut a, &[0; 32], Duration::from_secs(301)).unwrap_err();
+
+        // Expired: even the right secret (from the vector's fixed randomness) is too late.
+        let right = read("secret.bin");
+        let answer = challenged(&mut a, "ek-1", &mut vector_random(), &right);
+        let r = a
+            .answer("ek-1", &answer, now + Duration::from_secs(301))
+            .unwrap_err();
         assert_eq!(r.code, RejectCode::UnknownSession);
         assert_eq!(a.pending(), 0);
 
         // The right answer published under another agent's topic consumes the session and
         // fails: a session only ever proves the agent that logged in.
-        let (challenge, _) = a
-            .login(
-                &doc(),
-                "ek-1",
-                &login(),
-                now,
-                SystemTime::now(),
-                &mut vector_random(),
-            )
-            .unwrap();
-        let answer = Answer {
-            session: challenge.session,
-            secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
-            pop: None,
-        };
+        let answer = challenged(&mut a, "ek-1", &mut vector_random(), &right);
         let r = a.answer("ek-2", &answer, now).unwrap_err();
         assert_eq!(r.code, RejectCode::UnknownSession);
         assert!(r.reason.contains("belongs to agent ek-1"), "{}", r.reason);
         assert_eq!(a.pending(), 0);
 
         // With a wrong secret too: another agent learns nothing about the session.
-        let (challenge, _) = a
-            .login(
-                &doc(),
-                "ek-1",
-                &login(),
-                now,
-                SystemTime::now(),
-                &mut SystemRandom,
-            )
-            .unwrap();
-        let answer = Answer {
-            session: challenge.session,
-            secret: heapless::Vec::from_slice(&[0; 32]).unwrap(),
-            pop: None,
-        };
+        let answer = challenged(&mut a, "ek-1", &mut SystemRandom, &[0; 32]);
         let r = a.answer("ek-2", &answer, now).unwrap_err();
         assert_eq!(r.code, RejectCode::UnknownSession);
         assert_eq!(a.pending(), 0);
