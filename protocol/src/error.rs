@@ -135,6 +135,13 @@ pub enum EncodeError {
     },
     /// postcard refused the message (not expected with this crate's types).
     Serialize(postcard::Error),
+    /// A field is longer than its protocol limit.
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its limit in bytes.
+        max: usize,
+    },
 }
 
 impl fmt::Display for EncodeError {
@@ -146,6 +153,9 @@ impl fmt::Display for EncodeError {
                  use a buffer of limits::FRAME_MAX bytes"
             ),
             Self::Serialize(error) => write!(f, "cannot encode message: {error}"),
+            Self::FieldTooLong { field, max } => {
+                write!(f, "{field} is longer than its limit of {max} bytes")
+            }
         }
     }
 }
@@ -154,7 +164,7 @@ impl core::error::Error for EncodeError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             Self::Serialize(error) => Some(error),
-            Self::BufferTooSmall { .. } => None,
+            Self::BufferTooSmall { .. } | Self::FieldTooLong { .. } => None,
         }
     }
 }
@@ -184,6 +194,7 @@ impl core::error::Error for EncodeError {
 /// | 13 `UnsupportedVersion` | unsupported protocol version | agent and server speak different protocol versions: upgrade the older side |
 /// | 14 `EkUnsupported` | EK key type is not supported | the EK's algorithm or size has no MakeCredential support (supported: RSA-2048/3072, P-256, P-384) |
 /// | 15 `Internal` | internal server error | the server failed (random numbers, signing): see the server log |
+/// | 16 `ProofOfPossession` | SVID key proof of possession failed | the Login's `svid_key` is not a P-256 SubjectPublicKeyInfo, or the Answer's `pop` is missing or is not that key's signature over this session |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RejectCode {
     /// No cluster policy authorizes the provided attestors.
@@ -218,6 +229,8 @@ pub enum RejectCode {
     EkUnsupported,
     /// Internal server error.
     Internal,
+    /// SVID key proof of possession failed.
+    ProofOfPossession,
 }
 
 impl RejectCode {
@@ -239,6 +252,7 @@ impl RejectCode {
         Self::UnsupportedVersion,
         Self::EkUnsupported,
         Self::Internal,
+        Self::ProofOfPossession,
     ];
 
     /// The operator string (also this code's `Display`).
@@ -263,6 +277,7 @@ impl RejectCode {
             Self::UnsupportedVersion => "unsupported protocol version",
             Self::EkUnsupported => "EK key type is not supported",
             Self::Internal => "internal server error",
+            Self::ProofOfPossession => "SVID key proof of possession failed",
         }
     }
 

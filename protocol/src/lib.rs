@@ -23,6 +23,7 @@ pub mod error;
 pub mod limits;
 pub mod msg;
 pub mod public;
+pub mod sign;
 pub mod topic;
 
 pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
