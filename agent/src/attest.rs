@@ -1,12 +1,16 @@
 //! The agent's half of an attestation: the Login it sends and the Answer to a Challenge.
 //!
-//! Sans-IO apart from the TPM: the MQTT loop (a later issue) and the fleet demo move the
-//! messages; this module only turns TPM state into protocol messages and back. It never
-//! logs the recovered secret.
+//! Sans-IO apart from the TPM: the MQTT loop ([`crate::daemon`]) and the fleet demo move the
+//! messages; this module only turns TPM state into protocol messages and back. With an SVID
+//! key, the Login carries its SubjectPublicKeyInfo and the Answer its proof of possession (an
+//! ECDSA signature over [`sign::pop_signed_bytes`]). It never logs the recovered secret.
 
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::EK_CHAIN_MAX;
 use ekattest_protocol::msg::{Answer, Challenge, Login, Method};
+use ekattest_protocol::sign;
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
 
 use crate::tpm::Transport;
 use crate::tpm::activate::{self, Credential, CredentialError};
@@ -33,6 +37,9 @@ pub enum AttestError {
     /// The TPM refused the credential or failed.
     #[error("ActivateCredential failed")]
     Tpm(#[source] crate::tpm::Error),
+    /// The proof of possession could not be built (a secret longer than the protocol allows).
+    #[error("cannot sign the proof of possession")]
+    Pop(#[source] ekattest_protocol::EncodeError),
 }
 
 fn bounded<const N: usize>(
@@ -46,11 +53,17 @@ fn bounded<const N: usize>(
     })
 }
 
-/// Builds the Login for `ek` (with the chain certificates found in NV) and `ak`.
+/// Builds the Login for `ek` (with the chain certificates found in NV) and `ak`, asking for
+/// an SVID for `svid_key` (DER SubjectPublicKeyInfo) if given.
 ///
 /// # Errors
 /// [`AttestError::TooLarge`] if a structure exceeds the protocol's limits.
-pub fn login(ek: &Ek, chain: &[Vec<u8>], ak: &Ak) -> Result<Login, AttestError> {
+pub fn login(
+    ek: &Ek,
+    chain: &[Vec<u8>],
+    ak: &Ak,
+    svid_key: Option<&[u8]>,
+) -> Result<Login, AttestError> {
     let chain_len: usize = chain.iter().map(Vec::len).sum();
     if chain_len > EK_CHAIN_MAX {
         return Err(AttestError::TooLarge {
@@ -76,12 +89,13 @@ pub fn login(ek: &Ek, chain: &[Vec<u8>], ak: &Ak) -> Result<Login, AttestError> 
             .transpose()?,
         ek_chain,
         ak_public: bounded("AK public area", &ak.public)?,
-        svid_key: None,
+        svid_key: svid_key.map(|k| bounded("SVID key", k)).transpose()?,
     })
 }
 
 /// Opens `challenge` with the TPM (ActivateCredential with this AK and `ek`) and returns the
-/// Answer carrying the recovered secret.
+/// Answer carrying the recovered secret and, with `svid_key` (the private half of the
+/// Login's `svid_key`), the proof of possession.
 ///
 /// # Errors
 /// [`AttestError::Challenge`] for a malformed credential, [`AttestError::Tpm`] if the TPM
@@ -91,14 +105,27 @@ pub fn answer<T: Transport>(
     ek: &Ek,
     ak: &AkOptions,
     challenge: &Challenge,
+    svid_key: Option<&SigningKey>,
 ) -> Result<Answer, AttestError> {
     let credential =
         Credential::from_tpm2b(&challenge.credential_blob, &challenge.encrypted_secret)
             .map_err(AttestError::Challenge)?;
     let secret = activate::activate(tpm, ek, ak, &credential).map_err(AttestError::Tpm)?;
+    let pop = match svid_key {
+        None => None,
+        Some(key) => {
+            let message =
+                sign::pop_signed_bytes(&challenge.session, &secret).map_err(AttestError::Pop)?;
+            let signature: Signature = key.sign(&message);
+            Some(bounded(
+                "proof of possession",
+                signature.to_der().as_bytes(),
+            )?)
+        }
+    };
     Ok(Answer {
         session: challenge.session,
         secret: bounded("recovered secret", &secret)?,
-        pop: None,
+        pop,
     })
 }

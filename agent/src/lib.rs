@@ -5,11 +5,13 @@
 //! (kernel character device or swtpm socket) and marshals every command itself with
 //! `tpm2-protocol` in [`tpm::commands`]. TPM public areas, Names and the EK fingerprint
 //! (`tpm_ek.public_hash`) come from `ekattest_protocol::public`, shared with the server.
-//! Library code never panics on input from the TPM, a certificate or a file, and never reads
-//! environment variables or global state: `main` wires things together.
+//! [`daemon`] is the `run` subcommand: attestation over MQTT, the SVID and its renewal.
+//! Library code never panics on input from the TPM, a certificate, a file or the broker, and
+//! never reads environment variables or global state: `main` wires things together.
 
 pub mod attest;
 pub mod cert;
+pub mod daemon;
 pub mod error;
 pub mod ops;
 pub mod spec;

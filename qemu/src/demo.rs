@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -154,10 +153,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), String> {
     let doc = Document::parse(policy_yaml(&ca)?.as_bytes())
         .map_err(|e| format!("the demo's policy document is invalid: {e}"))?;
     let attestor = Attestor::new("node-1", Some("example.org"), SessionConfig::default())?;
-    let server = Server {
-        attestor: Mutex::new(attestor),
-        doc,
-    };
+    let server = Server { attestor, doc };
 
     let jobs: Vec<(usize, &Device)> = devices.iter().enumerate().collect();
     let t = Instant::now();

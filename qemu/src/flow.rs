@@ -3,7 +3,6 @@
 //! side exactly as it would cross the broker. The MQTT transport comes later; everything
 //! the device and the server compute here is the real thing.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use ekattest_agent::attest::{self as agent_attest, AttestError};
@@ -36,9 +35,6 @@ pub enum FlowError {
     /// The server answered with the wrong message kind.
     #[error("unexpected {0} message from the server")]
     Unexpected(&'static str),
-    /// The server's lock was poisoned (a panic elsewhere).
-    #[error("server state is unavailable")]
-    Poisoned,
 }
 
 fn tpm_error(e: &dyn std::error::Error) -> FlowError {
@@ -49,7 +45,7 @@ fn tpm_error(e: &dyn std::error::Error) -> FlowError {
 #[derive(Debug)]
 pub struct Server {
     /// This node's sessions.
-    pub attestor: Mutex<Attestor>,
+    pub attestor: Attestor,
     /// The `AgentAttestation` document in force.
     pub doc: Document,
 }
@@ -89,10 +85,6 @@ fn frame<M: ekattest_protocol::msg::Message>(msg: &M) -> Result<Vec<u8>, FlowErr
     Ok(encode(msg, &mut buf).map_err(FlowError::Encode)?.to_vec())
 }
 
-fn lock(server: &Server) -> Result<std::sync::MutexGuard<'_, Attestor>, FlowError> {
-    server.attestor.lock().map_err(|_| FlowError::Poisoned)
-}
-
 /// Attests the device behind `transport` with its EK of kind `ek` (the first found if
 /// `None`), against `server`.
 ///
@@ -112,7 +104,8 @@ pub fn attest<T: tpm::Transport>(
     let ak_opts = AkOptions::default();
     let ak = agent_ak::read(&mut tpm, &ak_opts).map_err(|e| tpm_error(&e))?;
     let agent = default_agent_id(&ek.public_hash).to_string();
-    let login = agent_attest::login(ek, &endorsement.chain, &ak).map_err(FlowError::Attest)?;
+    let login =
+        agent_attest::login(ek, &endorsement.chain, &ak, None).map_err(FlowError::Attest)?;
     let login_frame = frame(&Uplink::Login(login))?;
     let mut timings = Timings {
         prepare: started.elapsed(),
@@ -126,7 +119,7 @@ pub fn attest<T: tpm::Transport>(
         else {
             return Err(FlowError::Unexpected("uplink"));
         };
-        let mut attestor = lock(server)?;
+        let attestor = &server.attestor;
         let now = Instant::now();
         match attestor.login(
             &server.doc,
@@ -158,8 +151,8 @@ pub fn attest<T: tpm::Transport>(
     else {
         return Err(FlowError::Unexpected("result"));
     };
-    let answer =
-        agent_attest::answer(&mut tpm, ek, &ak_opts, &challenge).map_err(FlowError::Attest)?;
+    let answer = agent_attest::answer(&mut tpm, ek, &ak_opts, &challenge, None)
+        .map_err(FlowError::Attest)?;
     let answer_frame = frame(&Uplink::Answer(answer))?;
     timings.activate = t.elapsed();
 
@@ -189,7 +182,7 @@ pub fn answer_frame_to_outcome(
     let Uplink::Answer(answer) = decode::<Uplink>(answer_frame).map_err(FlowError::Decode)? else {
         return Err(FlowError::Unexpected("uplink"));
     };
-    let outcome = lock(server)?.answer(agent, &answer, Instant::now());
+    let outcome = server.attestor.answer(agent, &answer, Instant::now());
     // The agent sees the Result frame; make sure it encodes within limits.
     let result = match &outcome {
         Ok(identity) => Outcome::Accepted(

@@ -14,8 +14,11 @@
 //! never changes the process's working directory or environment and never binds fixed
 //! ports, so many devices can be provisioned from parallel tests.
 
+pub mod broker;
+pub mod daemons;
 pub mod demo;
 pub mod flow;
+pub mod process;
 pub mod swtpm;
 
 pub use swtpm::{

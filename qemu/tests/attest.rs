@@ -6,8 +6,6 @@
     reason = "test helpers fail loudly"
 )]
 
-use std::sync::Mutex;
-
 use ekattest_agent::tpm::ek::EkKind as AgentEkKind;
 use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::flow::{self, Server};
@@ -44,9 +42,7 @@ fn server(ca: &Ca) -> Server {
         pem(ca.intermediate_cert_pem())
     );
     Server {
-        attestor: Mutex::new(
-            Attestor::new("node-7", Some("fleet.test"), SessionConfig::default()).unwrap(),
-        ),
+        attestor: Attestor::new("node-7", Some("fleet.test"), SessionConfig::default()).unwrap(),
         doc: Document::parse(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{yaml}")),
     }
 }
@@ -108,11 +104,7 @@ fn every_ek_kind_attests_and_answers_are_single_use() {
         .unwrap();
         assert_eq!(replay.unwrap_err().code, RejectCode::UnknownSession);
     }
-    assert_eq!(
-        server.attestor.lock().unwrap().pending(),
-        0,
-        "no session left behind"
-    );
+    assert_eq!(server.attestor.pending(), 0, "no session left behind");
 }
 
 #[test]
@@ -134,7 +126,7 @@ fn a_device_from_another_ca_is_rejected_without_a_session() {
         rejection.reason
     );
     assert!(report.answer_frame.is_none());
-    assert_eq!(server.attestor.lock().unwrap().pending(), 0);
+    assert_eq!(server.attestor.pending(), 0);
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! reason for the server's log; secrets never appear in either.
 
 use std::error::Error as StdError;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use ekattest_protocol::error::ErrorChain;
@@ -26,6 +27,7 @@ use crate::credential::{self, Random};
 use crate::ek::{self, Check, EkError, Evidence};
 use crate::policy::PolicyError;
 use crate::session::{SessionConfig, SessionError, SessionStore};
+use crate::svid;
 
 /// What a successful attestation proved: kept with the session between Challenge and Answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub struct Identity {
     pub spiffe_id: String,
     /// EK validation warnings (profile findings in warn mode, ignored chain certificates).
     pub warnings: Vec<String>,
+    /// The Login's `svid_key` (DER SubjectPublicKeyInfo, checked to be P-256), if the agent
+    /// asked for an X.509-SVID: the Answer must then prove possession of it.
+    pub svid_key: Option<Vec<u8>>,
 }
 
 impl Identity {
@@ -111,12 +116,36 @@ fn ek_code(e: &EkError) -> RejectCode {
     }
 }
 
+/// The Answer proves possession of the Login's `svid_key`, if one was sent (a `pop` without
+/// a key is ignored: there is nothing to prove).
+fn check_pop(identity: &Identity, answer: &Answer) -> Result<(), Rejection> {
+    let Some(key) = &identity.svid_key else {
+        return Ok(());
+    };
+    let Some(pop) = &answer.pop else {
+        return Err(Rejection {
+            code: RejectCode::ProofOfPossession,
+            reason: format!(
+                "proof of possession missing: the Login of session {} sent an svid_key but \
+                 the Answer carries no pop",
+                answer.session
+            ),
+        });
+    };
+    svid::verify_pop(key, &answer.session, &answer.secret, pop)
+        .map_err(|e| Rejection::from_error(RejectCode::ProofOfPossession, &e))
+}
+
 /// This node's attestation state: its identity on the bus and its pending sessions.
+///
+/// Shared by reference between worker threads: only the session table is behind a lock,
+/// held for a table operation (microseconds). EK validation and MakeCredential, the
+/// expensive parts of a Login, run outside it, so workers attest in parallel.
 #[derive(Debug)]
 pub struct Attestor {
     node: heapless::String<{ ekattest_protocol::limits::NODE_ID_MAX }>,
     trust_domain: Option<String>,
-    sessions: SessionStore<Box<Identity>>,
+    sessions: Mutex<SessionStore<Box<Identity>>>,
 }
 
 impl Attestor {
@@ -139,18 +168,24 @@ impl Attestor {
         Ok(Self {
             node,
             trust_domain: trust_domain.map(str::to_owned),
-            sessions: SessionStore::new(sessions),
+            sessions: Mutex::new(SessionStore::new(sessions)),
         })
+    }
+
+    /// The session table. A panic while it was held cannot leave it half-updated (every
+    /// operation completes or does nothing), so a poisoned lock is simply taken over.
+    fn sessions(&self) -> MutexGuard<'_, SessionStore<Box<Identity>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pending challenge sessions.
     pub fn pending(&self) -> usize {
-        self.sessions.len()
+        self.sessions().len()
     }
 
     /// Drops expired sessions; returns how many.
-    pub fn sweep(&mut self, now: Instant) -> usize {
-        self.sessions.sweep(now)
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.sessions().sweep(now)
     }
 
     /// Handles a Login from `agent` (the id its topic carries): validates everything, opens a
@@ -159,14 +194,14 @@ impl Attestor {
     /// # Errors
     /// A [`Rejection`] naming the first check that failed.
     pub fn login<R: Random + ?Sized>(
-        &mut self,
+        &self,
         doc: &Document,
         agent: &str,
         login: &Login,
         now: Instant,
         wall: SystemTime,
         rng: &mut R,
-    ) -> Result<(Challenge, &Identity), Rejection> {
+    ) -> Result<(Challenge, Identity), Rejection> {
         let policy = doc
             .select(&login.methods)
             .map_err(|e| Rejection::from_error(RejectCode::NoMatchingPolicy, &e))?;
@@ -176,6 +211,10 @@ impl Attestor {
         })?;
         let ak = ak::check_ak(&login.ak_public)
             .map_err(|e| Rejection::from_error(RejectCode::AkRejected, &e))?;
+        if let Some(key) = &login.svid_key {
+            svid::check_svid_key(key)
+                .map_err(|e| Rejection::from_error(RejectCode::ProofOfPossession, &e))?;
+        }
         let ek_public = Public::decode(&login.ek_public).map_err(|e| Rejection {
             code: RejectCode::Malformed,
             reason: format!("EK public area (TPM2B_PUBLIC) is malformed: {e}"),
@@ -215,25 +254,25 @@ impl Attestor {
             attributes,
             spiffe_id,
             warnings: verdict.warnings,
+            svid_key: login.svid_key.as_ref().map(|k| k.to_vec()),
         });
         identity.to_accepted()?;
+        let proven = (*identity).clone();
 
-        let (session, secret) = self
-            .sessions
-            .begin(agent, identity, now, rng)
-            .map_err(|e| {
-                let code = match e {
-                    SessionError::Busy { .. } => RejectCode::Busy,
-                    SessionError::AgentIdTooLong { .. } => RejectCode::Malformed,
-                    _ => RejectCode::Internal,
-                };
-                Rejection::from_error(code, &e)
-            })?;
+        let begun = self.sessions().begin(agent, identity, now, rng);
+        let (session, secret) = begun.map_err(|e| {
+            let code = match e {
+                SessionError::Busy { .. } => RejectCode::Busy,
+                SessionError::AgentIdTooLong { .. } => RejectCode::Malformed,
+                _ => RejectCode::Internal,
+            };
+            Rejection::from_error(code, &e)
+        })?;
         let made = credential::make_credential(&ek_public, &ak.name, secret.as_bytes(), rng);
         let cred = match made {
             Ok(c) => c,
             Err(e) => {
-                self.sessions.cancel(&session);
+                self.sessions().cancel(&session);
                 return Err(Rejection::from_error(RejectCode::Internal, &e));
             }
         };
@@ -248,30 +287,32 @@ impl Attestor {
                 .map_err(|_| too_long("credential blob"))?,
             encrypted_secret: heapless::Vec::from_slice(&cred.secret)
                 .map_err(|_| too_long("encrypted secret"))?,
-            expires_in: u32::try_from(self.sessions.config().ttl.as_secs()).unwrap_or(u32::MAX),
+            expires_in: u32::try_from(self.sessions().config().ttl.as_secs()).unwrap_or(u32::MAX),
         };
-        let identity = self.sessions.peek(&session).ok_or_else(|| Rejection {
-            code: RejectCode::Internal,
-            reason: "session vanished right after it was created".to_owned(),
-        })?;
-        Ok((challenge, identity))
+        Ok((challenge, proven))
     }
 
     /// Handles an Answer from `agent`: takes the session (single use, right or wrong),
-    /// compares the secret in constant time, and returns the identity proven.
+    /// compares the secret in constant time, then, if the Login sent an `svid_key`, checks
+    /// the Answer's proof of possession of it, and returns the identity proven.
     ///
     /// # Errors
     /// [`RejectCode::UnknownSession`] for an unknown, expired, already answered or other
     /// agent's session; [`RejectCode::ChallengeFailed`] for a wrong secret (the log reason is
-    /// the seed's `challenge response secret does not match`).
+    /// the seed's `challenge response secret does not match`);
+    /// [`RejectCode::ProofOfPossession`] for a missing or bad `pop` (the session is spent).
     pub fn answer(
-        &mut self,
+        &self,
         agent: &str,
         answer: &Answer,
         now: Instant,
     ) -> Result<Identity, Rejection> {
-        match self.sessions.answer(&answer.session, &answer.secret, now) {
-            Ok((owner, identity)) if owner.as_str() == agent => Ok(*identity),
+        let taken = self.sessions().answer(&answer.session, &answer.secret, now);
+        match taken {
+            Ok((owner, identity)) if owner.as_str() == agent => {
+                check_pop(&identity, answer)?;
+                Ok(*identity)
+            }
             Ok((owner, _)) => Err(Rejection {
                 code: RejectCode::UnknownSession,
                 reason: format!(
@@ -299,220 +340,4 @@ impl Attestor {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use ekattest_protocol::msg::Method;
-    use sha2::{Digest, Sha256};
-
-    use super::*;
-    use crate::credential::{FixedRandom, SystemRandom};
-
-    const VECTORS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/make-credential"
-    );
-
-    fn read(name: &str) -> Vec<u8> {
-        let path = format!("{VECTORS}/{name}");
-        std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-    }
-
-    /// An allow-list policy trusting the rsa2048 vector's EK.
-    fn doc() -> Document {
-        let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
-        let yaml = format!(
-            "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
-             requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"{hash}\"]\n"
-        );
-        Document::parse(yaml.as_bytes()).unwrap()
-    }
-
-    fn login() -> Login {
-        Login {
-            methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
-            ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
-            ek_cert: None,
-            ek_chain: heapless::Vec::new(),
-            ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
-            svid_key: None,
-        }
-    }
-
-    fn attestor() -> Attestor {
-        Attestor::new("node-1", Some("example.org"), SessionConfig::default()).unwrap()
-    }
-
-    /// The vector's fixed inputs in the order login draws them: session secret, session id,
-    /// MakeCredential seed, OAEP seed.
-    fn vector_random() -> FixedRandom {
-        FixedRandom::new([
-            read("secret.bin"),
-            vec![0x5a; 16],
-            read("rsa2048/seed.bin"),
-            read("rsa2048/oaep_seed.bin"),
-        ])
-    }
-
-    #[test]
-    fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
-        let mut a = attestor();
-        let now = Instant::now();
-        let (challenge, identity) = a
-            .login(
-                &doc(),
-                "ek-1",
-                &login(),
-                now,
-                SystemTime::now(),
-                &mut vector_random(),
-            )
-            .unwrap();
-        assert_eq!(identity.check, Check::AllowList);
-        let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
-        assert_eq!(
-            identity.spiffe_id,
-            format!("spiffe://example.org/agents/tpm/{hash}")
-        );
-        assert_eq!(identity.attributes, [(AttributeName::PublicHash, hash)]);
-        // Byte for byte the credential tpm2-tools and swtpm agree on.
-        assert_eq!(
-            challenge.credential_blob.as_slice(),
-            read("rsa2048/expected_credential_blob.tpm2b_id_object")
-        );
-        assert_eq!(
-            challenge.encrypted_secret.as_slice(),
-            read("rsa2048/expected_secret.tpm2b_encrypted_secret")
-        );
-        assert_eq!(
-            (challenge.node.as_str(), challenge.expires_in),
-            ("node-1", 300)
-        );
-
-        let answer = Answer {
-            session: challenge.session,
-            secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
-            pop: None,
-        };
-        let identity = a.answer("ek-1", &answer, now).unwrap();
-        assert_eq!(identity.policy, "p");
-        let replay = a.answer("ek-1", &answer, now).unwrap_err();
-        assert_eq!(replay.code, RejectCode::UnknownSession);
-    }
-
-    /// Logs `agent` in (randomness from `rng`) and returns the Answer carrying `secret`.
-    fn challenged<R: Random>(a: &mut Attestor, agent: &str, rng: &mut R, secret: &[u8]) -> Answer {
-        let now = Instant::now();
-        let (challenge, _) = a
-            .login(&doc(), agent, &login(), now, SystemTime::now(), rng)
-            .unwrap();
-        Answer {
-            session: challenge.session,
-            secret: heapless::Vec::from_slice(secret).unwrap(),
-            pop: None,
-        }
-    }
-
-    #[test]
-    fn wrong_secret_wrong_agent_and_expiry_are_rejected() {
-        let mut a = attestor();
-        let now = Instant::now();
-        let answer = challenged(&mut a, "ek-1", &mut SystemRandom, &[0; 32]);
-        let r = a.answer("ek-1", &answer, now).unwrap_err();
-        assert_eq!(r.code, RejectCode::ChallengeFailed);
-        assert_eq!(r.reason, "challenge response secret does not match");
-
-        // Expired: even the right secret (from the vector's fixed randomness) is too late.
-        let right = read("secret.bin");
-        let answer = challenged(&mut a, "ek-1", &mut vector_random(), &right);
-        let r = a
-            .answer("ek-1", &answer, now + Duration::from_secs(301))
-            .unwrap_err();
-        assert_eq!(r.code, RejectCode::UnknownSession);
-        assert_eq!(a.pending(), 0);
-
-        // The right answer published under another agent's topic consumes the session and
-        // fails: a session only ever proves the agent that logged in.
-        let answer = challenged(&mut a, "ek-1", &mut vector_random(), &right);
-        let r = a.answer("ek-2", &answer, now).unwrap_err();
-        assert_eq!(r.code, RejectCode::UnknownSession);
-        assert!(r.reason.contains("belongs to agent ek-1"), "{}", r.reason);
-        assert_eq!(a.pending(), 0);
-
-        // With a wrong secret too: another agent learns nothing about the session.
-        let answer = challenged(&mut a, "ek-1", &mut SystemRandom, &[0; 32]);
-        let r = a.answer("ek-2", &answer, now).unwrap_err();
-        assert_eq!(r.code, RejectCode::UnknownSession);
-        assert_eq!(a.pending(), 0);
-    }
-
-    #[test]
-    fn cheap_checks_reject_before_any_session() {
-        let mut a = attestor();
-        let now = Instant::now();
-        let mut no_methods = login();
-        no_methods.methods.clear();
-        let r = a
-            .login(
-                &doc(),
-                "ek-1",
-                &no_methods,
-                now,
-                SystemTime::now(),
-                &mut SystemRandom,
-            )
-            .unwrap_err();
-        assert_eq!(r.code, RejectCode::NoMatchingPolicy);
-        assert_eq!(
-            r.reason,
-            "no cluster policy authorizes the provided attestors"
-        );
-
-        let mut bad_ak = login();
-        bad_ak.ak_public = bad_ak.ek_public.clone();
-        let r = a
-            .login(
-                &doc(),
-                "ek-1",
-                &bad_ak,
-                now,
-                SystemTime::now(),
-                &mut SystemRandom,
-            )
-            .unwrap_err();
-        assert_eq!(r.code, RejectCode::AkRejected);
-
-        let mut other_ek = login();
-        other_ek.ek_public = heapless::Vec::from_slice(&read("p256/ek.tpm2b_public")).unwrap();
-        let r = a
-            .login(
-                &doc(),
-                "ek-1",
-                &other_ek,
-                now,
-                SystemTime::now(),
-                &mut SystemRandom,
-            )
-            .unwrap_err();
-        assert_eq!(r.code, RejectCode::EkNotTrusted);
-        assert_eq!(
-            r.code.to_string(),
-            "EK did not pass any configured validation check"
-        );
-
-        let mut garbage = login();
-        garbage.ek_public.truncate(10);
-        let r = a
-            .login(
-                &doc(),
-                "ek-1",
-                &garbage,
-                now,
-                SystemTime::now(),
-                &mut SystemRandom,
-            )
-            .unwrap_err();
-        assert_eq!(r.code, RejectCode::Malformed);
-        assert_eq!(a.pending(), 0, "no rejected login leaves a session");
-    }
-}
+mod tests;

@@ -284,6 +284,44 @@ impl Document {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
+
+    /// One document holding the policies of `docs` in order: the server daemon's
+    /// `policy-files`, each labelled (its path) for errors and warnings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] if `docs` is empty or two documents share a policy name
+    /// (the path is `LABEL: spec.policies[i].name`).
+    pub fn merge(docs: Vec<(String, Document)>) -> Result<Self, ConfigError> {
+        if docs.is_empty() {
+            return Err(invalid(
+                "spec.policies".to_owned(),
+                "at least one policy is required; without one every agent is rejected",
+            ));
+        }
+        let single = docs.len() == 1;
+        let mut names: HashSet<String> = HashSet::new();
+        let mut merged = Document {
+            policies: Vec::new(),
+            warnings: Vec::new(),
+        };
+        for (label, doc) in docs {
+            for (i, policy) in doc.policies.into_iter().enumerate() {
+                if !names.insert(policy.name.clone()) {
+                    return Err(invalid(
+                        format!("{label}: spec.policies[{i}].name"),
+                        "duplicate policy name across policy files; give every policy its own name",
+                    ));
+                }
+                merged.policies.push(policy);
+            }
+            for w in doc.warnings {
+                merged
+                    .warnings
+                    .push(if single { w } else { format!("{label}: {w}") });
+            }
+        }
+        Ok(merged)
+    }
 }
 
 // ---- raw serde shape -------------------------------------------------------------------

@@ -10,6 +10,8 @@
 //! - [`session`]: challenge sessions (sans-IO; the caller passes the time).
 //! - [`attest`]: the flow that ties them together: Login -> Challenge, Answer -> identity
 //!   (sans-IO; the daemon and the demo drive it).
+//! - [`daemon`]: the `ekattest-server` daemon: MQTT, workers, JSON logs, metrics, hot reload.
+//! - [`svid`]: the trust domain CA: X.509-SVIDs, the signed Result, proof of possession.
 //!
 //! Nothing here trusts the network: every input is parsed within limits and errors carry the
 //! operator strings of the product contract.
@@ -20,6 +22,8 @@ pub mod ak;
 pub mod attest;
 pub mod config;
 pub mod credential;
+pub mod daemon;
 pub mod ek;
 pub mod policy;
 pub mod session;
+pub mod svid;

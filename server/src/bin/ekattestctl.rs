@@ -1,13 +1,18 @@
 //! ekattestctl: offline operator commands (EK hashes, config validation, EK verification).
 //!
 //! A thin shell: it parses arguments, reads files, calls the `ekattest_server` library and
-//! maps results to exit codes. It never talks to the network and never writes files.
+//! maps results to exit codes. Only `config set` talks to the network (the MQTT broker);
+//! only `ca create` writes files.
 //!
 //! Exit status: 0 success (hash printed, document valid, EK accepted); 1 the input was judged
 //! and rejected (invalid document for `config validate`, EK rejected, file holds no
 //! certificate or public key); 2 usage error, unreadable file, or (for `ek verify`) an
 //! invalid document.
 
+#[path = "ekattestctl/ca.rs"]
+mod ca;
+#[path = "ekattestctl/config_set.rs"]
+mod config_set;
 #[path = "ekattestctl/files.rs"]
 mod files;
 #[path = "ekattestctl/verify.rs"]
@@ -26,17 +31,26 @@ ekattestctl: offline ekattest operator commands
 Usage:
   ekattestctl ek-hash FILE
   ekattestctl config validate FILE
+  ekattestctl config set cluster --id ID FILE [--broker URL] [--tls-ca PEM]
+                        [--username U --password-file F] [--topic-prefix P]
   ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
                         [--trust-domain TD] [--json]
+  ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key [--days N]
+                        [--force]
   ekattestctl COMMAND --help
 
 Commands:
   ek-hash           print the tpm_ek.public_hash of an EK certificate or public key
   config validate   check an AgentAttestation document and summarize it
+  config set        validate a document, then publish it retained on the cluster's
+                    config topic (every server applies it without restart)
   ek verify         run EK validation against a document's tpm_ek policy
+  ca create         create the trust domain's SVID CA (certificate = agents' trust
+                    bundle, key 0600 for the server)
 
 Exit status: 0 success or accepted; 1 rejected (invalid document, EK rejected, no key
-found); 2 usage error, unreadable file, or invalid document for `ek verify`.
+found); 2 usage error, unreadable file, invalid document for `ek verify`, or a file
+`ca create` cannot or may not write.
 ";
 
 const EK_HASH_USAGE: &str = "\
@@ -53,6 +67,7 @@ certificate or public key is used.
 
 const CONFIG_USAGE: &str = "\
 Usage: ekattestctl config validate FILE
+       ekattestctl config set cluster --id ID FILE ...   (see `config set --help`)
 
 Parses and validates an AgentAttestation document (every certificate, hash and
 template) and prints a summary and any warnings. Exit 0 if valid, 1 if not (the error
@@ -123,14 +138,20 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                     };
                     Ok(config_validate(&file))
                 }
-                Some(sub) => Err(unknown("config", &sub, "validate")),
+                Some(sub) if sub == "set" => config_set::run(&mut parser),
+                Some(sub) => Err(unknown("config", &sub, "validate|set")),
             },
             Some("ek") => match subcommand(&mut parser, VERIFY_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),
                 Some(sub) if sub == "verify" => verify::run(&mut parser),
                 Some(sub) => Err(unknown("ek", &sub, "verify")),
             },
-            _ => Err(format!("unknown command {cmd:?}; commands: ek-hash, config, ek").into()),
+            Some("ca") => match subcommand(&mut parser, ca::USAGE)? {
+                None => Ok(ExitCode::SUCCESS),
+                Some(sub) if sub == "create" => ca::run(&mut parser),
+                Some(sub) => Err(unknown("ca", &sub, "create")),
+            },
+            _ => Err(format!("unknown command {cmd:?}; commands: ek-hash, config, ek, ca").into()),
         },
         Some(arg) => Err(arg.unexpected()),
     }

@@ -1,0 +1,391 @@
+//! The agent's YAML configuration file (`ekattest-agent run --config FILE`).
+//!
+//! Keys are the seed's Linux installation keys verbatim (`cluster-id`,
+//! `disable-kubernetes-attestation`, `agent-attestors`) plus ours in kebab-case; see
+//! `deploy/agent.yaml` for every key with a comment. Unknown keys are an error (a typo must
+//! not silently fall back to a default). The seed's three-key example parses on its own:
+//! `broker` then defaults to `mqtt://localhost:1883` and `trust-bundle` to
+//! `/etc/ekattest/bundle.pem`. Parsing is pure: nothing here opens a file other than the
+//! one handed to [`Config::load`], and nothing panics on any input.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ekattest_protocol::topic::{self, Part};
+use serde::Deserialize;
+
+use crate::spec::TpmSpec;
+use crate::tpm::ek::EkKind;
+
+/// Largest configuration file read.
+pub const CONFIG_MAX: u64 = 64 * 1024;
+
+/// A configuration that cannot be used; the message names the key and what to write.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not YAML, or a key that does not exist, or a value of the wrong type.
+    #[error("config: {0}")]
+    Yaml(String),
+    /// A key whose value is not acceptable.
+    #[error("config key {key}: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The broker address from `broker: mqtt[s]://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (default 1883, or 8883 for mqtts).
+    pub port: u16,
+}
+
+impl Broker {
+    /// Parses `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for another scheme, a missing host, a path or a bad port.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| {
+            invalid(
+                "broker",
+                format!("{url:?}: {reason} (expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT])"),
+            )
+        };
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(bad("unknown scheme"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(bad("a path, user or query is not supported"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("port is not a number 1-65535"))?,
+        };
+        Ok(Self {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// `tls:` files for an `mqtts://` broker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Tls {
+    /// PEM CA certificate(s) the broker's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (chain), for brokers that require client certificates.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// `retry:` bounds of the jittered exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// First bound (default 1 s).
+    pub initial: Duration,
+    /// Cap (default 5 min).
+    pub max: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `cluster-id`.
+    pub cluster_id: String,
+    /// `broker`.
+    pub broker: Broker,
+    /// `tls` (required with mqtts://, `ca` at least).
+    pub tls: Option<Tls>,
+    /// `username`.
+    pub username: Option<String>,
+    /// `password-file`.
+    pub password_file: Option<PathBuf>,
+    /// `tpm` (default /dev/tpmrm0).
+    pub tpm: TpmSpec,
+    /// `ek`: which EK to attest with (default: the first found, RSA-2048 first).
+    pub ek: Option<EkKind>,
+    /// `trust-bundle`: the server's SVID CA certificate(s), PEM.
+    pub trust_bundle: PathBuf,
+    /// `data-dir`: where svid.pem, svid.key and bundle.pem are written.
+    pub data_dir: PathBuf,
+    /// `agent-id` (default: `ek-` + 32 hex digits of the EK's public_hash).
+    pub agent_id: Option<String>,
+    /// `topic-prefix`.
+    pub topic_prefix: String,
+    /// `log-level`.
+    pub log_level: log::LevelFilter,
+    /// `metrics-textfile`.
+    pub metrics_textfile: Option<PathBuf>,
+    /// `retry`.
+    pub retry: Retry,
+    /// `response-timeout`: how long to wait for a Challenge or Result.
+    pub response_timeout: Duration,
+    /// `renew-before`: re-attest when this fraction of the SVID lifetime remains.
+    pub renew_before: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Attestor {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<String>,
+    max: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Raw {
+    cluster_id: Option<String>,
+    disable_kubernetes_attestation: Option<bool>,
+    agent_attestors: Option<Vec<Attestor>>,
+    broker: Option<String>,
+    tls: Option<Tls>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    tpm: Option<String>,
+    ek: Option<String>,
+    trust_bundle: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    agent_id: Option<String>,
+    topic_prefix: Option<String>,
+    log_level: Option<String>,
+    metrics_textfile: Option<PathBuf>,
+    retry: Option<RawRetry>,
+    response_timeout: Option<String>,
+    renew_before: Option<f64>,
+}
+
+/// Parses `30s`, `5m`, `1h`, `500ms` (a whole number and one unit).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for `key` with the accepted forms.
+pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            key,
+            format!("{text:?} is not a duration (write e.g. 500ms, 30s, 5m or 1h)"),
+        )
+    };
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(invalid(key, "must be more than zero"));
+    }
+    Ok(d)
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if meta.len() > CONFIG_MAX {
+            return Err(read(std::io::Error::other("larger than 64 KiB")));
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates YAML text.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: Raw = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let cluster_id = raw
+            .cluster_id
+            .ok_or_else(|| invalid("cluster-id", "missing (write e.g. cluster-id: c-xxxxxx)"))?;
+        topic::validate(Part::Cluster, &cluster_id)
+            .map_err(|e| invalid("cluster-id", e.to_string()))?;
+        // No Kubernetes attestor exists in this agent; the key is accepted either way.
+        let _ = raw.disable_kubernetes_attestation;
+        let attestors = raw.agent_attestors.ok_or_else(|| {
+            invalid(
+                "agent-attestors",
+                "missing (write agent-attestors: [{type: tpm_ek}])",
+            )
+        })?;
+        if let Some(other) = attestors.iter().find(|a| a.kind != "tpm_ek") {
+            return Err(invalid(
+                "agent-attestors",
+                format!(
+                    "attestor type {:?} is not supported by this agent (supported: tpm_ek)",
+                    other.kind
+                ),
+            ));
+        }
+        if attestors.is_empty() {
+            return Err(invalid("agent-attestors", "must contain {type: tpm_ek}"));
+        }
+        let broker = Broker::parse(raw.broker.as_deref().unwrap_or("mqtt://localhost:1883"))?;
+        if broker.tls && raw.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
+            return Err(invalid(
+                "tls",
+                "an mqtts:// broker needs tls: {ca: FILE} (the broker's CA certificate, PEM)",
+            ));
+        }
+        if let Some(tls) = &raw.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(invalid(
+                "tls",
+                "cert and key go together: give both or neither",
+            ));
+        }
+        let tpm = TpmSpec::parse(raw.tpm.as_deref().unwrap_or(crate::tpm::chardev::TPMRM0))
+            .map_err(|e| invalid("tpm", e.to_string()))?;
+        let ek = raw
+            .ek
+            .map(|k| crate::ops::parse_ek(&k).map_err(|e| invalid("ek", e)))
+            .transpose()?;
+        if let Some(agent) = &raw.agent_id {
+            topic::validate(Part::Agent, agent).map_err(|e| invalid("agent-id", e.to_string()))?;
+        }
+        let topic_prefix = raw
+            .topic_prefix
+            .unwrap_or_else(|| topic::DEFAULT_PREFIX.to_owned());
+        topic::validate(Part::Prefix, &topic_prefix)
+            .map_err(|e| invalid("topic-prefix", e.to_string()))?;
+        let log_level = match raw.log_level.as_deref().unwrap_or("info") {
+            "off" => log::LevelFilter::Off,
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            other => {
+                return Err(invalid(
+                    "log-level",
+                    format!("{other:?} (expected off, error, warn, info, debug or trace)"),
+                ));
+            }
+        };
+        let retry = raw.retry.unwrap_or(RawRetry {
+            initial: None,
+            max: None,
+        });
+        let retry = Retry {
+            initial: retry.initial.map_or(Ok(Duration::from_secs(1)), |t| {
+                parse_duration("retry.initial", &t)
+            })?,
+            max: retry.max.map_or(Ok(Duration::from_secs(300)), |t| {
+                parse_duration("retry.max", &t)
+            })?,
+        };
+        if retry.initial > retry.max {
+            return Err(invalid("retry", "initial is larger than max"));
+        }
+        let response_timeout = raw
+            .response_timeout
+            .map_or(Ok(Duration::from_secs(30)), |t| {
+                parse_duration("response-timeout", &t)
+            })?;
+        let renew_before = raw.renew_before.unwrap_or(0.33);
+        if !(renew_before > 0.0 && renew_before < 1.0) {
+            return Err(invalid(
+                "renew-before",
+                format!("{renew_before} is not a fraction between 0 and 1 (e.g. 0.33)"),
+            ));
+        }
+        Ok(Self {
+            cluster_id,
+            broker,
+            tls: raw.tls,
+            username: raw.username,
+            password_file: raw.password_file,
+            tpm,
+            ek,
+            trust_bundle: raw
+                .trust_bundle
+                .unwrap_or_else(|| PathBuf::from("/etc/ekattest/bundle.pem")),
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/ekattest")),
+            agent_id: raw.agent_id,
+            topic_prefix,
+            log_level,
+            metrics_textfile: raw.metrics_textfile,
+            retry,
+            response_timeout,
+            renew_before,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

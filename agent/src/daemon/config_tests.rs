@@ -1,0 +1,198 @@
+use super::*;
+
+/// The seed's "Linux Installation" snippet, verbatim.
+const SEED: &str = "cluster-id: c-xxxxxx
+disable-kubernetes-attestation: true
+agent-attestors:
+- type: tpm_ek
+";
+
+fn with(extra: &str) -> Result<Config, ConfigError> {
+    Config::parse(&format!("{SEED}{extra}"))
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn seed_example_parses_with_defaults() {
+    let c = Config::parse(SEED).unwrap();
+    assert_eq!(c.cluster_id, "c-xxxxxx");
+    assert_eq!(
+        c.broker,
+        Broker {
+            tls: false,
+            host: "localhost".into(),
+            port: 1883
+        }
+    );
+    assert_eq!(c.tpm, TpmSpec::Default);
+    assert_eq!(c.ek, None);
+    assert_eq!(c.trust_bundle, PathBuf::from("/etc/ekattest/bundle.pem"));
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/ekattest"));
+    assert_eq!(c.topic_prefix, "ekattest/v1");
+    assert_eq!(c.log_level, log::LevelFilter::Info);
+    assert_eq!(c.retry.initial, Duration::from_secs(1));
+    assert_eq!(c.retry.max, Duration::from_secs(300));
+    assert_eq!(c.response_timeout, Duration::from_secs(30));
+    assert!((c.renew_before - 0.33).abs() < 1e-9);
+    assert_eq!(c.agent_id, None);
+    assert_eq!(c.metrics_textfile, None);
+}
+
+#[test]
+fn committed_example_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let c = Config::parse(&text).unwrap();
+    assert!(c.broker.tls);
+    assert_eq!(c.broker.port, 8883);
+    assert!(c.tls.as_ref().unwrap().ca.is_some());
+    assert!(c.metrics_textfile.is_some());
+}
+
+#[test]
+fn every_key_is_read() {
+    let c = with(
+        "broker: mqtts://[::1]:18883
+tls: {ca: /ca.pem, cert: /c.pem, key: /k.pem}
+username: dev1
+password-file: /etc/ekattest/password
+tpm: swtpm:127.0.0.1:2321
+ek: p384
+trust-bundle: /b.pem
+data-dir: /d
+agent-id: gw-7
+topic-prefix: acme/att
+log-level: debug
+metrics-textfile: /m.prom
+retry: {initial: 500ms, max: 2m}
+response-timeout: 10s
+renew-before: 0.5
+",
+    )
+    .unwrap();
+    assert_eq!(
+        c.broker,
+        Broker {
+            tls: true,
+            host: "::1".into(),
+            port: 18883
+        }
+    );
+    assert_eq!(c.tls.unwrap().key, Some(PathBuf::from("/k.pem")));
+    assert_eq!(c.username.as_deref(), Some("dev1"));
+    assert_eq!(
+        c.tpm,
+        TpmSpec::Swtpm {
+            host: "127.0.0.1".into(),
+            port: 2321
+        }
+    );
+    assert_eq!(c.ek, Some(EkKind::P384));
+    assert_eq!(c.agent_id.as_deref(), Some("gw-7"));
+    assert_eq!(c.topic_prefix, "acme/att");
+    assert_eq!(c.log_level, log::LevelFilter::Debug);
+    assert_eq!(c.retry.initial, Duration::from_millis(500));
+    assert_eq!(c.retry.max, Duration::from_secs(120));
+    assert_eq!(c.response_timeout, Duration::from_secs(10));
+    assert!((c.renew_before - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let e = with("brokr: mqtt://x\n").unwrap_err().to_string();
+    assert!(e.contains("unknown field `brokr`"), "{e}");
+    let e = with("tls: {ca: /a, certificate: /b}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `certificate`"), "{e}");
+}
+
+#[test]
+fn cluster_id_is_required_and_checked() {
+    let e = err("agent-attestors: [{type: tpm_ek}]\n");
+    assert!(e.contains("cluster-id: missing"), "{e}");
+    let e = err("cluster-id: c/x\nagent-attestors: [{type: tpm_ek}]\n");
+    assert!(e.contains("config key cluster-id"), "{e}");
+}
+
+#[test]
+fn attestors_must_be_tpm_ek() {
+    let e = err("cluster-id: c-1\n");
+    assert!(e.contains("agent-attestors: missing"), "{e}");
+    let e = err("cluster-id: c-1\nagent-attestors: []\n");
+    assert!(e.contains("must contain {type: tpm_ek}"), "{e}");
+    let e = err("cluster-id: c-1\nagent-attestors: [{type: tpm_ek}, {type: k8s_psat}]\n");
+    assert!(
+        e.contains("\"k8s_psat\" is not supported by this agent (supported: tpm_ek)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_broker_urls() {
+    for (url, what) in [
+        ("http://x", "unknown scheme"),
+        ("mqtt://", "missing host"),
+        ("mqtt://h:0", "port is not a number"),
+        ("mqtt://h:99999", "port is not a number"),
+        ("mqtt://h/path", "path"),
+        ("mqtt://u@h", "user"),
+        ("mqtt://[::1", "unclosed"),
+    ] {
+        let e = Broker::parse(url).unwrap_err().to_string();
+        assert!(e.contains(what), "{url}: {e}");
+    }
+    assert_eq!(Broker::parse("mqtts://b.example").unwrap().port, 8883);
+    assert_eq!(Broker::parse("mqtt://b.example/").unwrap().port, 1883);
+    let e = with("broker: mqtts://b\n").unwrap_err().to_string();
+    assert!(e.contains("needs tls: {ca: FILE}"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    for (extra, key) in [
+        ("tls: {cert: /c}\n", "tls"),
+        ("tpm: com1\n", "tpm"),
+        ("ek: rsa1024\n", "ek"),
+        ("agent-id: a+b\n", "agent-id"),
+        ("topic-prefix: a//b\n", "topic-prefix"),
+        ("log-level: loud\n", "log-level"),
+        ("retry: {initial: 1x}\n", "retry.initial"),
+        ("retry: {initial: 10m, max: 1m}\n", "retry"),
+        ("response-timeout: 0s\n", "response-timeout"),
+        ("renew-before: 1.5\n", "renew-before"),
+        ("renew-before: .nan\n", "renew-before"),
+    ] {
+        let e = with(extra).unwrap_err().to_string();
+        assert!(e.contains(&format!("config key {key}")), "{extra}: {e}");
+    }
+    let e = with("cluster-id: again\n").unwrap_err().to_string();
+    assert!(e.contains("duplicate"), "{e}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("k", "5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(
+        parse_duration("k", "1h").unwrap(),
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        parse_duration("k", "250ms").unwrap(),
+        Duration::from_millis(250)
+    );
+    for bad in ["", "5", "m", "-1s", "1.5s", "18446744073709551615h"] {
+        assert!(parse_duration("k", bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn load_reports_the_path() {
+    let e = Config::load(Path::new("/no/such/agent.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/no/such/agent.yaml"), "{e}");
+}

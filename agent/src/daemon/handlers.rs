@@ -1,0 +1,179 @@
+//! The daemon's reactions to Downlink messages: the Challenge (ActivateCredential and the
+//! Answer with its proof of possession), a Rejected Result, an Accepted Result (verified
+//! before anything is written), and everything unexpected (logged and ignored).
+//!
+//! Nothing here panics on a frame, and nothing is written unless the Result verified.
+
+use std::time::{Duration, Instant};
+
+use ekattest_protocol::msg::{Accepted, Challenge, Downlink, Outcome, SessionId, Uplink};
+use ekattest_protocol::{ErrorChain, decode};
+use rumqttc::Client;
+
+use super::identity::{self, SvidKey, TrustBundle};
+use super::{DaemonError, End, Phase, Runner, unix_now};
+use crate::{attest, ops};
+
+impl Runner<'_> {
+    pub(super) fn on_downlink(
+        &mut self,
+        client: &Client,
+        phase: Phase,
+        payload: &[u8],
+    ) -> Result<Phase, End> {
+        let msg = match decode::<Downlink>(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!(
+                    "ignoring a message on {} that is not a Downlink: {e}",
+                    self.down_topic
+                );
+                return Ok(phase);
+            }
+        };
+        match (phase, msg) {
+            (Phase::AwaitChallenge { key, spki, .. }, Downlink::Challenge(challenge)) => {
+                Ok(self.on_challenge(client, key, spki, &challenge))
+            }
+            (
+                Phase::AwaitChallenge { .. } | Phase::AwaitResult { .. },
+                Downlink::Result(Outcome::Rejected(r)),
+            ) => {
+                log::error!("attestation rejected: {}", r.message);
+                self.failed(r.message.to_string());
+                if self.opts.once {
+                    return Err(End::Fatal(DaemonError::Rejected(r.message.to_string())));
+                }
+                Ok(Phase::Idle)
+            }
+            (
+                Phase::AwaitResult {
+                    key, spki, session, ..
+                },
+                Downlink::Result(Outcome::Accepted(accepted)),
+            ) => self.on_accepted(&key, &spki, &session, &accepted),
+            (phase, msg) => {
+                log::warn!(
+                    "ignoring an unexpected {} message while waiting for {}",
+                    msg.kind(),
+                    phase.waiting_for()
+                );
+                Ok(phase)
+            }
+        }
+    }
+
+    fn on_challenge(
+        &mut self,
+        client: &Client,
+        key: SvidKey,
+        spki: Vec<u8>,
+        challenge: &Challenge,
+    ) -> Phase {
+        log::debug!(
+            "challenge for session {} from node {}",
+            challenge.session,
+            challenge.node
+        );
+        let d = &self.device;
+        let answer = ops::open(&self.config.tpm)
+            .map_err(|e| ErrorChain(&e).to_string())
+            .and_then(|mut tpm| {
+                attest::answer(
+                    &mut tpm,
+                    &d.ek,
+                    &d.ak_opts,
+                    challenge,
+                    Some(key.signing_key()),
+                )
+                .map_err(|e| ErrorChain(&e).to_string())
+            });
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let why = format!(
+                    "cannot answer the challenge: {e} (verify {} is accessible to the agent)",
+                    self.config.tpm
+                );
+                log::error!("{why}");
+                self.failed(why);
+                return Phase::Idle;
+            }
+        };
+        let topic = match self.topics.answer(&challenge.node, &self.agent) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("the challenge names an unusable server node: {e}");
+                log::error!("{why}");
+                self.failed(why);
+                return Phase::Idle;
+            }
+        };
+        if let Err(End::Transient(why) | End::Refused(why)) =
+            self.publish(client, &topic, &Uplink::Answer(answer))
+        {
+            log::warn!("{why}");
+            self.failed(why);
+            return Phase::Idle;
+        }
+        self.last_problem = format!("no Result for the Answer published on {topic}");
+        Phase::AwaitResult {
+            key,
+            spki,
+            session: challenge.session,
+            deadline: Instant::now() + self.config.response_timeout,
+        }
+    }
+
+    fn on_accepted(
+        &mut self,
+        key: &SvidKey,
+        spki: &[u8],
+        session: &SessionId,
+        accepted: &Accepted,
+    ) -> Result<Phase, End> {
+        match TrustBundle::load(&self.config.trust_bundle) {
+            Ok(b) => self.bundle = b,
+            Err(e) => log::warn!("keeping the trust bundle read earlier: {e}"),
+        }
+        let now = unix_now();
+        let verified =
+            identity::verify_result(&self.bundle, &self.agent, session, accepted, spki, now)
+                .and_then(|v| {
+                    identity::write_identity(&self.config.data_dir, &v.svid, key, self.bundle.pem())
+                        .map(|()| v)
+                });
+        let v = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                let why = format!("not accepting the server's Result: {e}");
+                log::error!("{why}");
+                self.failed(why);
+                return Ok(Phase::Idle);
+            }
+        };
+        log::info!(
+            "Connected to server, spiffe_id: {}, svid_not_after: {}",
+            v.spiffe_id,
+            v.not_after
+        );
+        self.metrics.record(true);
+        self.metrics.svid_expiry = Some(v.not_after);
+        self.textfile.publish(&self.metrics);
+        self.login_backoff.reset();
+        let lifetime = (v.not_after - v.not_before).max(0);
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_precision_loss,
+            reason = "seconds of a certificate lifetime, far below 2^52"
+        )]
+        let margin = (lifetime as f64 * self.config.renew_before) as i64;
+        let renew_in = (v.not_after - margin - now).max(1);
+        self.next_login = Instant::now() + Duration::from_secs(renew_in.unsigned_abs());
+        log::debug!("re-attesting in {renew_in} s");
+        if self.opts.once {
+            return Err(End::Done);
+        }
+        Ok(Phase::Idle)
+    }
+}

@@ -1,0 +1,452 @@
+//! The agent's identity: the P-256 SVID key it generates per attestation, the proof of
+//! possession it signs, the checks of the server's signed Result and X.509-SVID against the
+//! trust bundle, and the files it writes (`svid.pem`, `svid.key`, `bundle.pem`).
+//!
+//! Nothing is written unless every check passes: the Result signature verifies with a P-256
+//! CA of the trust bundle, the SVID is signed by that CA (ecdsa-with-SHA256) and names it as
+//! issuer, certifies our key, carries exactly one URI SAN equal to the SPIFFE ID, and is
+//! valid now. Files are replaced atomically (temporary file, then rename, in the data
+//! folder); the key file is created with mode 0600, so it is never readable by others, not
+//! even briefly. The private key is never logged.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use ekattest_protocol::msg::{Accepted, SessionId};
+use ekattest_protocol::public::{EccCurve, PublicKey, SPKI_MAX};
+use ekattest_protocol::sign;
+use p256::ecdsa::signature::Verifier as _;
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use p256::elliptic_curve::zeroize::Zeroizing;
+use p256::pkcs8::EncodePrivateKey as _;
+use p256::pkcs8::der::pem::LineEnding;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+
+use super::x509;
+
+/// Largest trust bundle file read.
+pub const BUNDLE_MAX: u64 = 256 * 1024;
+
+/// Most CA certificates taken from a trust bundle.
+pub const BUNDLE_CAS_MAX: usize = 32;
+
+/// Why an identity could not be created, checked or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The OS random source failed.
+    #[error("cannot generate the SVID key: the OS random source failed ({0})")]
+    Random(String),
+    /// A key or certificate could not be encoded.
+    #[error("cannot encode {0}")]
+    Encode(&'static str),
+    /// The trust bundle file could not be read.
+    #[error("cannot read the trust bundle {path}: {reason}")]
+    BundleRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The trust bundle holds no usable CA.
+    #[error(
+        "the trust bundle {path} has no P-256 CA certificate: it must hold the server's SVID \
+         CA certificate (PEM){detail}"
+    )]
+    BundleEmpty {
+        /// The file.
+        path: PathBuf,
+        /// What was skipped.
+        detail: String,
+    },
+    /// The Result's signature is not from a CA of the bundle.
+    #[error(
+        "the Result is not signed by a CA in the trust bundle: the server's SVID CA is not in \
+         trust-bundle, or the message was forged or altered"
+    )]
+    ResultSignature,
+    /// The SVID does not parse.
+    #[error("the SVID is not a certificate this agent can check")]
+    SvidMalformed(#[source] x509::X509Error),
+    /// The SVID fails a check.
+    #[error("the SVID is not acceptable: {0}")]
+    Svid(&'static str),
+    /// The SVID names another SPIFFE ID than the Result.
+    #[error("the SVID's URI SAN {svid:?} differs from the Result's SPIFFE ID {result:?}")]
+    SpiffeMismatch {
+        /// The SVID's URI SAN.
+        svid: String,
+        /// The Result's SPIFFE ID.
+        result: String,
+    },
+    /// The SVID is not valid at this time.
+    #[error(
+        "the SVID is valid from {not_before} to {not_after} (unix time) but now is {now}: \
+         check the device clock"
+    )]
+    Validity {
+        /// notBefore.
+        not_before: i64,
+        /// notAfter.
+        not_after: i64,
+        /// The device's time.
+        now: i64,
+    },
+    /// Writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The agent's P-256 SVID key, new for each attestation.
+pub struct SvidKey(SigningKey);
+
+impl std::fmt::Debug for SvidKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SvidKey(<private>)")
+    }
+}
+
+impl SvidKey {
+    /// Generates a key from the OS random source.
+    ///
+    /// # Errors
+    /// [`IdentityError::Random`] if the OS source fails.
+    pub fn generate() -> Result<Self, IdentityError> {
+        // A random 32-byte string is a valid scalar with overwhelming probability; retry the
+        // rare zero / >= n case.
+        for _ in 0..16 {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            getrandom::getrandom(bytes.as_mut())
+                .map_err(|e| IdentityError::Random(e.to_string()))?;
+            if let Ok(key) = SigningKey::from_slice(bytes.as_ref()) {
+                return Ok(Self(key));
+            }
+        }
+        Err(IdentityError::Random("no valid scalar in 16 draws".into()))
+    }
+
+    /// Wraps an existing key (tests).
+    #[must_use]
+    pub fn from_signing_key(key: SigningKey) -> Self {
+        Self(key)
+    }
+
+    /// The signing key, for [`crate::attest::answer`].
+    #[must_use]
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.0
+    }
+
+    /// The DER SubjectPublicKeyInfo sent as the Login's `svid_key` (91 bytes).
+    ///
+    /// # Errors
+    /// [`IdentityError::Encode`] (not expected for a valid key).
+    pub fn spki_der(&self) -> Result<Vec<u8>, IdentityError> {
+        let point = self.0.verifying_key().to_encoded_point(false);
+        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+            return Err(IdentityError::Encode("the SVID public key"));
+        };
+        let key = PublicKey::Ecc {
+            curve: EccCurve::NistP256,
+            x,
+            y,
+        };
+        let mut buf = [0u8; SPKI_MAX];
+        key.spki_der(&mut buf)
+            .map(<[u8]>::to_vec)
+            .map_err(|_| IdentityError::Encode("the SVID public key"))
+    }
+
+    /// The private key as PKCS#8 PEM (`svid.key`).
+    ///
+    /// # Errors
+    /// [`IdentityError::Encode`] (not expected).
+    pub fn pkcs8_pem(&self) -> Result<Zeroizing<String>, IdentityError> {
+        self.0
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|_| IdentityError::Encode("the SVID private key"))
+    }
+}
+
+/// One CA of the trust bundle.
+#[derive(Debug, Clone)]
+struct BundleCa {
+    subject: Vec<u8>,
+    key: VerifyingKey,
+}
+
+/// The server's SVID CA certificate(s) the agent trusts.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    pem: Vec<u8>,
+    cas: Vec<BundleCa>,
+}
+
+impl TrustBundle {
+    /// Reads the PEM file at `path`.
+    ///
+    /// # Errors
+    /// [`IdentityError::BundleRead`] or [`IdentityError::BundleEmpty`].
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        let read = |reason: String| IdentityError::BundleRead {
+            path: path.to_owned(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| read(e.to_string()))?;
+        if meta.len() > BUNDLE_MAX {
+            return Err(read("larger than 256 KiB".into()));
+        }
+        let pem = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+        Self::from_pem(pem, path)
+    }
+
+    /// Takes the P-256 CA certificates from PEM text (`path` names it in errors).
+    ///
+    /// # Errors
+    /// [`IdentityError::BundleEmpty`] if there is none.
+    pub fn from_pem(pem: Vec<u8>, path: &Path) -> Result<Self, IdentityError> {
+        let mut cas = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, cert) in CertificateDer::pem_slice_iter(&pem)
+            .take(BUNDLE_CAS_MAX)
+            .enumerate()
+        {
+            let n = i + 1;
+            let Ok(cert) = cert else {
+                skipped.push(format!("certificate {n}: bad PEM"));
+                break;
+            };
+            match ca_key(&cert) {
+                Ok(ca) => cas.push(ca),
+                Err(why) => skipped.push(format!("certificate {n}: {why}")),
+            }
+        }
+        if cas.is_empty() {
+            let detail = if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" (skipped {})", skipped.join("; "))
+            };
+            return Err(IdentityError::BundleEmpty {
+                path: path.to_owned(),
+                detail,
+            });
+        }
+        for s in &skipped {
+            log::warn!("trust bundle {}: ignoring {s}", path.display());
+        }
+        Ok(Self { pem, cas })
+    }
+
+    /// The file's bytes, written to `bundle.pem`.
+    #[must_use]
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+
+    /// How many usable CAs it holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.cas.len()
+    }
+
+    /// Whether it holds none (never true for a loaded bundle).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.cas.is_empty()
+    }
+}
+
+fn ca_key(der: &[u8]) -> Result<BundleCa, String> {
+    let cert = x509::parse(der).map_err(|e| e.to_string())?;
+    let key = p256_key(cert.spki).ok_or("its key is not P-256")?;
+    Ok(BundleCa {
+        subject: cert.subject.to_vec(),
+        key,
+    })
+}
+
+fn p256_key(spki: &[u8]) -> Option<VerifyingKey> {
+    let PublicKey::Ecc {
+        curve: EccCurve::NistP256,
+        x,
+        y,
+    } = PublicKey::from_spki_der(spki).ok()?
+    else {
+        return None;
+    };
+    let mut sec1 = [0u8; 65];
+    sec1[0] = 4;
+    // Right-align: the parser may have dropped leading zero bytes.
+    sec1.get_mut(33 - x.len()..33)?.copy_from_slice(x);
+    sec1.get_mut(65 - y.len()..65)?.copy_from_slice(y);
+    VerifyingKey::from_sec1_bytes(&sec1).ok()
+}
+
+/// An identity that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The SPIFFE ID.
+    pub spiffe_id: String,
+    /// The SVID, DER.
+    pub svid: Vec<u8>,
+    /// notBefore, unix seconds.
+    pub not_before: i64,
+    /// notAfter, unix seconds.
+    pub not_after: i64,
+}
+
+/// Checks an Accepted Result for `agent` answering `session`, whose SVID must certify
+/// `our_spki` (the Login's `svid_key`), at unix time `now`.
+///
+/// # Errors
+/// The first check that fails, as an [`IdentityError`].
+pub fn verify_result(
+    bundle: &TrustBundle,
+    agent: &str,
+    session: &SessionId,
+    accepted: &Accepted,
+    our_spki: &[u8],
+    now: i64,
+) -> Result<Verified, IdentityError> {
+    let signature =
+        Signature::from_der(&accepted.signature).map_err(|_| IdentityError::ResultSignature)?;
+    let message = sign::result_signed_bytes(agent, session, accepted)
+        .map_err(|_| IdentityError::ResultSignature)?;
+    let ca = bundle
+        .cas
+        .iter()
+        .find(|ca| ca.key.verify(&message, &signature).is_ok())
+        .ok_or(IdentityError::ResultSignature)?;
+
+    let svid = x509::parse(&accepted.svid).map_err(IdentityError::SvidMalformed)?;
+    if svid.signature_algorithm != x509::ECDSA_WITH_SHA256 {
+        return Err(IdentityError::Svid(
+            "it is not signed with ecdsa-with-SHA256",
+        ));
+    }
+    let svid_signature = Signature::from_der(svid.signature)
+        .map_err(|_| IdentityError::Svid("its signature is not a DER ECDSA signature"))?;
+    if ca.key.verify(svid.tbs, &svid_signature).is_err() {
+        return Err(IdentityError::Svid(
+            "its signature does not verify with the CA that signed the Result",
+        ));
+    }
+    if svid.issuer != ca.subject.as_slice() {
+        return Err(IdentityError::Svid(
+            "its issuer is not the CA that signed the Result",
+        ));
+    }
+    let ours = PublicKey::from_spki_der(our_spki)
+        .map_err(|_| IdentityError::Encode("the SVID public key"))?;
+    let certified = PublicKey::from_spki_der(svid.spki)
+        .map_err(|_| IdentityError::Svid("its public key does not parse"))?;
+    if !certified.same_key(&ours) {
+        return Err(IdentityError::Svid(
+            "it certifies another public key than the one this agent sent",
+        ));
+    }
+    let spiffe_id = accepted.spiffe_id.as_str();
+    if !spiffe_id.starts_with("spiffe://") {
+        return Err(IdentityError::Svid(
+            "the SPIFFE ID does not start with spiffe://",
+        ));
+    }
+    match (svid.uri_sans, svid.uri_san) {
+        (1, Some(uri)) if uri == spiffe_id => {}
+        (1, Some(uri)) => {
+            return Err(IdentityError::SpiffeMismatch {
+                svid: uri.to_owned(),
+                result: spiffe_id.to_owned(),
+            });
+        }
+        _ => return Err(IdentityError::Svid("it does not have exactly one URI SAN")),
+    }
+    if now < svid.not_before || now > svid.not_after {
+        return Err(IdentityError::Validity {
+            not_before: svid.not_before,
+            not_after: svid.not_after,
+            now,
+        });
+    }
+    Ok(Verified {
+        spiffe_id: spiffe_id.to_owned(),
+        svid: accepted.svid.to_vec(),
+        not_before: svid.not_before,
+        not_after: svid.not_after,
+    })
+}
+
+/// File names in the data folder.
+pub const SVID_PEM: &str = "svid.pem";
+/// The private key file (mode 0600).
+pub const SVID_KEY: &str = "svid.key";
+/// The trust bundle copy.
+pub const BUNDLE_PEM: &str = "bundle.pem";
+
+/// Writes `svid.key` (0600), `svid.pem` and `bundle.pem` into `dir` (created 0700 if
+/// missing), each atomically.
+///
+/// # Errors
+/// [`IdentityError::Write`] naming the file.
+pub fn write_identity(
+    dir: &Path,
+    svid_der: &[u8],
+    key: &SvidKey,
+    bundle_pem: &[u8],
+) -> Result<(), IdentityError> {
+    let wrap = |path: PathBuf| move |source| IdentityError::Write { path, source };
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(wrap(dir.to_owned()))?;
+    }
+    let svid_pem = p256::pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, svid_der)
+        .map_err(|_| IdentityError::Encode("the SVID as PEM"))?;
+    let key_pem = key.pkcs8_pem()?;
+    write_atomic(dir, SVID_KEY, key_pem.as_bytes(), 0o600)?;
+    write_atomic(dir, SVID_PEM, svid_pem.as_bytes(), 0o644)?;
+    write_atomic(dir, BUNDLE_PEM, bundle_pem, 0o644)?;
+    Ok(())
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file created with `mode`, then renames.
+///
+/// # Errors
+/// [`IdentityError::Write`] naming the file.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        // Make the rename durable.
+        std::fs::File::open(dir).and_then(|d| d.sync_all())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|source| IdentityError::Write {
+        path: target,
+        source,
+    })
+}
+
+#[cfg(test)]
+#[path = "identity_tests.rs"]
+mod tests;

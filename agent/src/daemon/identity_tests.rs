@@ -1,0 +1,372 @@
+//! Result and SVID checks on certificates made by the openssl CLI (an independent encoder),
+//! with signatures made by p256.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+
+use ekattest_protocol::heapless;
+use ekattest_protocol::msg::{Attribute, AttributeName};
+use p256::ecdsa::signature::Signer as _;
+use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+
+use super::*;
+
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is required for these tests and did not run: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn key(seed: u8) -> SigningKey {
+    let mut bytes = [seed; 32];
+    bytes[0] = 1;
+    SigningKey::from_slice(&bytes).unwrap()
+}
+
+/// A self-signed P-256 CA made by openssl from a p256 key.
+struct TestCa {
+    key: SigningKey,
+    name: &'static str,
+}
+
+impl TestCa {
+    fn new(dir: &Path, seed: u8, name: &'static str) -> Self {
+        let key = key(seed);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), pem.as_bytes()).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                &format!("/CN={name}"),
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+            ],
+        );
+        Self { key, name }
+    }
+
+    /// An SVID for `spki` with URI SANs `uris`, valid one day, DER.
+    fn issue(&self, dir: &Path, spki: &[u8], uris: &[&str]) -> Vec<u8> {
+        let pem = p256::pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, spki).unwrap();
+        std::fs::write(dir.join("pub.pem"), pem).unwrap();
+        let sans: Vec<String> = uris.iter().map(|u| format!("URI:{u}")).collect();
+        let ext = if sans.is_empty() {
+            "keyUsage=critical,digitalSignature\n".to_owned()
+        } else {
+            format!("subjectAltName=critical,{}\n", sans.join(","))
+        };
+        std::fs::write(dir.join("ext.cnf"), ext).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-new",
+                "-subj",
+                "/O=ekattest",
+                "-force_pubkey",
+                "pub.pem",
+                "-CA",
+                &format!("{}.pem", self.name),
+                "-CAkey",
+                &format!("{}.key", self.name),
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+                "-outform",
+                "DER",
+                "-out",
+                "svid.der",
+            ],
+        );
+        std::fs::read(dir.join("svid.der")).unwrap()
+    }
+
+    fn sign(&self, agent: &str, session: &SessionId, accepted: &mut Accepted) {
+        let msg = sign::result_signed_bytes(agent, session, accepted).unwrap();
+        let sig: Signature = self.key.sign(&msg);
+        accepted.signature = heapless::Vec::from_slice(sig.to_der().as_bytes()).unwrap();
+    }
+
+    fn bundle(&self, dir: &Path) -> TrustBundle {
+        TrustBundle::load(&dir.join(format!("{}.pem", self.name))).unwrap()
+    }
+}
+
+const SPIFFE: &str = "spiffe://td.example/tpm/ab12";
+const AGENT: &str = "ek-0123";
+const SESSION: SessionId = SessionId([5; 16]);
+
+fn accepted(svid: &[u8]) -> Accepted {
+    let mut attributes = heapless::Vec::new();
+    attributes
+        .push(Attribute {
+            name: AttributeName::PublicHash,
+            value: heapless::String::try_from("ab12").unwrap(),
+        })
+        .unwrap();
+    Accepted {
+        spiffe_id: heapless::String::try_from(SPIFFE).unwrap(),
+        attributes,
+        svid: heapless::Vec::from_slice(svid).unwrap(),
+        signature: heapless::Vec::new(),
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    ours: SvidKey,
+    spki: Vec<u8>,
+    good: Accepted,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), 0x11, "ca");
+    let ours = SvidKey::from_signing_key(key(0x22));
+    let spki = ours.spki_der().unwrap();
+    let mut good = accepted(&ca.issue(dir.path(), &spki, &[SPIFFE]));
+    ca.sign(AGENT, &SESSION, &mut good);
+    Setup {
+        dir,
+        ca,
+        ours,
+        spki,
+        good,
+    }
+}
+
+#[test]
+fn good_result_verifies() {
+    let s = setup();
+    let bundle = s.ca.bundle(s.dir.path());
+    assert_eq!(bundle.len(), 1);
+    let v = verify_result(&bundle, AGENT, &SESSION, &s.good, &s.spki, unix_now()).unwrap();
+    assert_eq!(v.spiffe_id, SPIFFE);
+    assert_eq!(v.svid, s.good.svid.as_slice());
+    // openssl -days 1: notAfter is exactly one day after notBefore, which is about now.
+    assert_eq!(v.not_after - v.not_before, 86_400);
+    assert!((v.not_before - unix_now()).abs() < 120, "{}", v.not_before);
+    assert_eq!(s.spki.len(), 91);
+}
+
+fn unix_now() -> i64 {
+    super::super::unix_now()
+}
+
+fn check(s: &Setup, agent: &str, session: &SessionId, a: &Accepted, now: i64) -> String {
+    let bundle = s.ca.bundle(s.dir.path());
+    verify_result(&bundle, agent, session, a, &s.spki, now)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn result_for_another_agent_or_session_is_refused() {
+    let s = setup();
+    let now = unix_now();
+    let e = check(&s, "ek-other", &SESSION, &s.good, now);
+    assert!(e.contains("not signed by a CA in the trust bundle"), "{e}");
+    let e = check(&s, AGENT, &SessionId([6; 16]), &s.good, now);
+    assert!(e.contains("not signed by a CA in the trust bundle"), "{e}");
+    let mut bad = s.good.clone();
+    bad.signature = heapless::Vec::from_slice(&[0x30, 0x02, 0x01]).unwrap();
+    let e = check(&s, AGENT, &SESSION, &bad, now);
+    assert!(e.contains("not signed by a CA"), "{e}");
+    let mut other_id = s.good.clone();
+    other_id.spiffe_id = heapless::String::try_from("spiffe://td.example/x").unwrap();
+    let e = check(&s, AGENT, &SESSION, &other_id, now);
+    assert!(e.contains("not signed by a CA"), "{e}");
+}
+
+#[test]
+fn tampered_svid_is_refused_even_with_a_fresh_result_signature() {
+    let s = setup();
+    let mut tampered = s.good.clone();
+    // A byte inside the subject O=ekattest.
+    let at = tampered
+        .svid
+        .windows(8)
+        .position(|w| w == b"ekattest")
+        .unwrap();
+    tampered.svid[at] ^= 0x20;
+    s.ca.sign(AGENT, &SESSION, &mut tampered);
+    let e = check(&s, AGENT, &SESSION, &tampered, unix_now());
+    assert!(e.contains("signature does not verify with the CA"), "{e}");
+}
+
+#[test]
+fn svid_for_another_key_or_id_is_refused() {
+    let s = setup();
+    let dir = s.dir.path();
+    let other = SvidKey::from_signing_key(key(0x33)).spki_der().unwrap();
+    let mut a = accepted(&s.ca.issue(dir, &other, &[SPIFFE]));
+    s.ca.sign(AGENT, &SESSION, &mut a);
+    let e = check(&s, AGENT, &SESSION, &a, unix_now());
+    assert!(e.contains("certifies another public key"), "{e}");
+
+    let mut a = accepted(&s.ca.issue(dir, &s.spki, &["spiffe://td.example/other"]));
+    s.ca.sign(AGENT, &SESSION, &mut a);
+    let e = check(&s, AGENT, &SESSION, &a, unix_now());
+    assert!(e.contains("differs from the Result's SPIFFE ID"), "{e}");
+
+    let mut a = accepted(&s.ca.issue(dir, &s.spki, &[SPIFFE, "spiffe://td.example/2"]));
+    s.ca.sign(AGENT, &SESSION, &mut a);
+    let e = check(&s, AGENT, &SESSION, &a, unix_now());
+    assert!(e.contains("exactly one URI SAN"), "{e}");
+
+    let mut a = accepted(&s.ca.issue(dir, &s.spki, &[]));
+    s.ca.sign(AGENT, &SESSION, &mut a);
+    let e = check(&s, AGENT, &SESSION, &a, unix_now());
+    assert!(e.contains("exactly one URI SAN"), "{e}");
+}
+
+#[test]
+fn svid_signed_by_another_ca_is_refused() {
+    let s = setup();
+    let dir = s.dir.path();
+    let rogue = TestCa::new(dir, 0x44, "rogue");
+    let mut a = accepted(&rogue.issue(dir, &s.spki, &[SPIFFE]));
+    // The Result itself is signed by the trusted CA: only the SVID is foreign.
+    s.ca.sign(AGENT, &SESSION, &mut a);
+    let e = check(&s, AGENT, &SESSION, &a, unix_now());
+    assert!(e.contains("signature does not verify with the CA"), "{e}");
+    // Entirely from the rogue CA: the Result signature already fails.
+    rogue.sign(AGENT, &SESSION, &mut a);
+    let e = check(&s, AGENT, &SESSION, &a, unix_now());
+    assert!(e.contains("not signed by a CA in the trust bundle"), "{e}");
+    // With both CAs in the bundle, the rogue-issued SVID is fine (it is trusted then).
+    let both = [
+        std::fs::read(dir.join("ca.pem")).unwrap(),
+        std::fs::read(dir.join("rogue.pem")).unwrap(),
+    ]
+    .concat();
+    let bundle = TrustBundle::from_pem(both, Path::new("both.pem")).unwrap();
+    assert_eq!(bundle.len(), 2);
+    verify_result(&bundle, AGENT, &SESSION, &a, &s.spki, unix_now()).unwrap();
+}
+
+#[test]
+fn expired_or_future_svid_is_refused() {
+    let s = setup();
+    let v = verify_result(
+        &s.ca.bundle(s.dir.path()),
+        AGENT,
+        &SESSION,
+        &s.good,
+        &s.spki,
+        unix_now(),
+    )
+    .unwrap();
+    let e = check(&s, AGENT, &SESSION, &s.good, v.not_after + 1);
+    assert!(e.contains("check the device clock"), "{e}");
+    let e = check(&s, AGENT, &SESSION, &s.good, v.not_before - 1);
+    assert!(e.contains("check the device clock"), "{e}");
+}
+
+#[test]
+fn bundle_without_p256_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = TrustBundle::from_pem(b"not pem".to_vec(), Path::new("x.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no P-256 CA certificate"), "{e}");
+    openssl(
+        dir.path(),
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rsa.key", "-subj",
+            "/CN=rsa", "-days", "1", "-out", "rsa.pem",
+        ],
+    );
+    let e = TrustBundle::load(&dir.path().join("rsa.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate 1: its key is not P-256"), "{e}");
+    let e = TrustBundle::load(&dir.path().join("missing.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.pem"), "{e}");
+}
+
+#[test]
+fn x509_walker_reads_openssl_certificates() {
+    let s = setup();
+    let ca_der = openssl(s.dir.path(), &["x509", "-in", "ca.pem", "-outform", "DER"]);
+    let ca = x509::parse(&ca_der).unwrap();
+    assert_eq!(ca.uri_sans, 0);
+    assert_eq!(ca.issuer, ca.subject);
+    assert_eq!(ca.signature_algorithm, x509::ECDSA_WITH_SHA256);
+    assert_eq!(ca.not_after - ca.not_before, 2 * 86_400);
+    let svid = x509::parse(&s.good.svid).unwrap();
+    assert_eq!(svid.uri_san, Some(SPIFFE));
+    assert_eq!(svid.spki, s.spki.as_slice());
+    assert_eq!(svid.issuer, ca.subject);
+    // Every truncation and every single-byte corruption errors or parses; none panics.
+    for n in 0..s.good.svid.len() {
+        assert!(x509::parse(&s.good.svid[..n]).is_err());
+    }
+    for i in 0..s.good.svid.len() {
+        let mut bad = s.good.svid.to_vec();
+        bad[i] ^= 0xff;
+        let _ = x509::parse(&bad);
+    }
+}
+
+#[test]
+fn files_are_written_atomically_with_a_private_key_file() {
+    let s = setup();
+    let data = s.dir.path().join("data");
+    let bundle = s.ca.bundle(s.dir.path());
+    write_identity(&data, &s.good.svid, &s.ours, bundle.pem()).unwrap();
+    let mode = |name: &str| {
+        std::fs::metadata(data.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(SVID_KEY), 0o600);
+    assert_eq!(mode("."), 0o700);
+    assert_eq!(mode(SVID_PEM) & 0o077 & !0o044, 0);
+    let der = openssl(&data, &["x509", "-in", SVID_PEM, "-outform", "DER"]);
+    assert_eq!(der, s.good.svid.as_slice());
+    let pem = std::fs::read_to_string(data.join(SVID_KEY)).unwrap();
+    let back = SigningKey::from_pkcs8_pem(&pem).unwrap();
+    assert_eq!(back.verifying_key(), s.ours.signing_key().verifying_key());
+    assert_eq!(std::fs::read(data.join(BUNDLE_PEM)).unwrap(), bundle.pem());
+
+    // Replacing a world-readable key file leaves a 0600 one, and no temporary files.
+    std::fs::set_permissions(data.join(SVID_KEY), std::fs::Permissions::from_mode(0o644)).unwrap();
+    write_identity(&data, &s.good.svid, &s.ours, bundle.pem()).unwrap();
+    assert_eq!(mode(SVID_KEY), 0o600);
+    let mut names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [BUNDLE_PEM, SVID_KEY, SVID_PEM]);
+
+    let e = write_atomic(Path::new("/proc/no-such"), "x", b"", 0o600)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/proc/no-such/x"), "{e}");
+}

@@ -1,0 +1,466 @@
+//! `ekattest-agent run`: the attestation daemon.
+//!
+//! One thread drives the rumqttc sync connection as a state machine:
+//!
+//! 1. At start, read the TPM identity once (EK, NV chain, AK public); the agent id (also the
+//!    MQTT client id) is `agent-id` or `ek-` + 32 hex digits of the EK's public_hash.
+//! 2. Connect (clean session), subscribe QoS 1 to `{p}/{cluster}/agents/{agent}/down`, wait
+//!    for the SubAck (a refusal names the topic: usually the broker ACL).
+//! 3. Login with a fresh P-256 SVID key; on the Challenge, ActivateCredential (the TPM is
+//!    opened only for that) and Answer with the proof of possession to the challenge's node;
+//!    on the Result, verify it ([`identity::verify_result`]) and write the identity files.
+//! 4. Stay connected; log in again when `renew-before` of the SVID lifetime remains, after a
+//!    rejection or an unverifiable Result (with backoff), or when no Challenge / Result comes
+//!    within `response-timeout`. A lost connection is re-established with jittered
+//!    exponential backoff ([`backoff`]) and the subscription renewed.
+//!
+//! `--once` attests, writes the files and returns; it retries broker failures and timeouts
+//! until its overall timeout and fails at once on a rejection, with the server's message.
+//! Frames that are not Downlinks, or arrive when not expected, are logged and ignored; no
+//! input from the broker can crash the loop or make it write anything unverified.
+
+pub mod backoff;
+pub mod config;
+mod handlers;
+pub mod identity;
+pub mod metrics;
+pub mod mqtt;
+pub mod x509;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ekattest_protocol::limits::FRAME_MAX;
+use ekattest_protocol::msg::{SessionId, Uplink};
+use ekattest_protocol::topic::{Topics, default_agent_id};
+use ekattest_protocol::{ErrorChain, encode};
+use rumqttc::{Client, ConnectionError, Event, Packet, QoS, RecvTimeoutError};
+use rumqttc::{Connection, SubscribeReasonCode};
+
+use crate::attest;
+use crate::ops;
+use crate::tpm::ak::{self, Ak, AkOptions};
+use crate::tpm::ek::{self, Ek};
+use backoff::Backoff;
+use config::Config;
+use identity::{SvidKey, TrustBundle};
+use metrics::{Metrics, Textfile};
+
+/// How `run` behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Attest once and return (`--once`).
+    pub once: bool,
+    /// Overall limit of a `--once` run (`--timeout`, default 5 min).
+    pub timeout: Duration,
+}
+
+/// Why the daemon stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The TPM identity could not be read.
+    #[error("cannot read the TPM identity from {spec}: {reason}")]
+    Tpm {
+        /// The TPM spec.
+        spec: String,
+        /// The error chain.
+        reason: String,
+    },
+    /// The trust bundle or an identity operation failed.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The MQTT client could not be set up.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
+    /// The topic prefix, cluster or agent id cannot form a topic.
+    #[error("cannot build MQTT topics: {0}")]
+    Topic(#[from] ekattest_protocol::topic::TopicError),
+    /// A message could not be encoded (not expected).
+    #[error("cannot encode a {0} frame")]
+    Encode(&'static str),
+    /// The server rejected the attestation (`--once`).
+    #[error("attestation rejected by the server: {0}")]
+    Rejected(String),
+    /// The broker refused the connection or the subscription (`--once`).
+    #[error("{0}")]
+    Broker(String),
+    /// `--once` did not finish in time.
+    #[error("no attestation within {timeout:?}; last problem: {last}")]
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+        /// What failed last.
+        last: String,
+    },
+}
+
+/// Where an attestation stands on the current connection.
+enum Phase {
+    /// Nothing in flight; the next Login is due at `Runner::next_login`.
+    Idle,
+    /// Login sent.
+    AwaitChallenge {
+        key: SvidKey,
+        spki: Vec<u8>,
+        deadline: Instant,
+    },
+    /// Answer sent.
+    AwaitResult {
+        key: SvidKey,
+        spki: Vec<u8>,
+        session: SessionId,
+        deadline: Instant,
+    },
+}
+
+impl Phase {
+    fn awaited(&self) -> &'static str {
+        match self {
+            Self::Idle => "message",
+            Self::AwaitChallenge { .. } => "Challenge",
+            Self::AwaitResult { .. } => "Result",
+        }
+    }
+
+    fn waiting_for(&self) -> &'static str {
+        match self {
+            Self::Idle => "nothing",
+            Self::AwaitChallenge { .. } => "a Challenge",
+            Self::AwaitResult { .. } => "a Result",
+        }
+    }
+}
+
+/// How one connection ended.
+enum End {
+    /// `--once` succeeded.
+    Done,
+    /// SIGTERM / SIGINT.
+    Stopped,
+    /// Network trouble: reconnect after backoff.
+    Transient(String),
+    /// The broker refused us (credentials, ACL): fatal with `--once`, else retried.
+    Refused(String),
+    /// Stop with this error.
+    Fatal(DaemonError),
+}
+
+impl From<DaemonError> for End {
+    fn from(e: DaemonError) -> Self {
+        Self::Fatal(e)
+    }
+}
+
+/// The TPM identity read at start.
+struct Device {
+    ek: Ek,
+    chain: Vec<Vec<u8>>,
+    ak: Ak,
+    ak_opts: AkOptions,
+}
+
+fn read_device(config: &Config) -> Result<Device, DaemonError> {
+    let fail = |e: &dyn std::error::Error| DaemonError::Tpm {
+        spec: config.tpm.to_string(),
+        reason: ErrorChain(e).to_string(),
+    };
+    let mut tpm = ops::open(&config.tpm).map_err(|e| fail(&e))?;
+    let endorsement = ek::discover(&mut tpm).map_err(|e| fail(&e))?;
+    let ek = endorsement.pick(config.ek).map_err(|e| fail(&e))?.clone();
+    let ak_opts = AkOptions::default();
+    let ak = ak::read(&mut tpm, &ak_opts).map_err(|e| fail(&e))?;
+    Ok(Device {
+        ek,
+        chain: endorsement.chain,
+        ak,
+        ak_opts,
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Runs the daemon (or one attestation with `opts.once`) until `stop` is set.
+///
+/// # Errors
+/// [`DaemonError`]: at start (TPM, trust bundle, TLS files); with `--once`, a rejection, a
+/// broker refusal or the timeout.
+pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let bundle = TrustBundle::load(&config.trust_bundle)?;
+    let device = read_device(config)?;
+    let agent = match &config.agent_id {
+        Some(id) => id.clone(),
+        None => default_agent_id(&device.ek.public_hash).to_string(),
+    };
+    let topics = Topics::new(&config.topic_prefix, &config.cluster_id)?;
+    let login_topic = topics.login(&agent)?.to_string();
+    let down_topic = topics.down(&agent)?.to_string();
+    log::info!(
+        "agent {agent}: {} EK, public_hash {}, broker {}:{}",
+        device.ek.kind.as_str(),
+        hex::encode(device.ek.public_hash),
+        config.broker.host,
+        config.broker.port
+    );
+    let mut runner = Runner {
+        config,
+        opts,
+        stop,
+        deadline: opts.once.then(|| started + opts.timeout),
+        device,
+        agent,
+        topics,
+        login_topic,
+        down_topic,
+        bundle,
+        connect_backoff: Backoff::new(config.retry.initial, config.retry.max),
+        login_backoff: Backoff::new(config.retry.initial, config.retry.max),
+        metrics: Metrics::default(),
+        textfile: Textfile(config.metrics_textfile.clone()),
+        next_login: Instant::now(),
+        last_problem: String::from("none"),
+    };
+    runner.run()
+}
+
+struct Runner<'a> {
+    config: &'a Config,
+    opts: &'a RunOptions,
+    stop: &'a AtomicBool,
+    deadline: Option<Instant>,
+    device: Device,
+    agent: String,
+    topics: Topics<'a>,
+    login_topic: String,
+    down_topic: String,
+    bundle: TrustBundle,
+    connect_backoff: Backoff,
+    login_backoff: Backoff,
+    metrics: Metrics,
+    textfile: Textfile,
+    next_login: Instant,
+    last_problem: String,
+}
+
+impl Runner<'_> {
+    fn run(&mut self) -> Result<(), DaemonError> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            self.check_deadline()?;
+            match self.connection() {
+                End::Done | End::Stopped => return Ok(()),
+                End::Fatal(e) => return Err(e),
+                End::Refused(why) if self.opts.once => return Err(DaemonError::Broker(why)),
+                End::Refused(why) => {
+                    log::error!("{why}");
+                    self.last_problem = why;
+                }
+                End::Transient(why) => {
+                    log::warn!("{why}");
+                    self.last_problem = why;
+                }
+            }
+            let delay = self.connect_backoff.next_delay();
+            log::info!("reconnecting to the broker in {delay:?}");
+            if !self.sleep(delay) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn check_deadline(&self) -> Result<(), DaemonError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(DaemonError::Timeout {
+                timeout: self.opts.timeout,
+                last: self.last_problem.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sleeps up to `d` in small steps; false if stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= until || self.deadline.is_some_and(|dl| now >= dl) {
+                return true;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(100)));
+        }
+    }
+
+    /// One broker connection, until it fails, `--once` finishes, or a stop.
+    fn connection(&mut self) -> End {
+        let (client, mut conn) = match mqtt::client(self.config, &self.agent) {
+            Ok(c) => c,
+            Err(e) => return End::Fatal(e.into()),
+        };
+        if let Err(e) = client.subscribe(self.down_topic.clone(), QoS::AtLeastOnce) {
+            return End::Transient(format!("cannot queue the subscription: {e}"));
+        }
+        let end = self.drive(&client, &mut conn);
+        let _ = client.disconnect();
+        // Let the Disconnect out (bounded).
+        for _ in 0..10 {
+            match conn.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                    break;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        end
+    }
+
+    fn drive(&mut self, client: &Client, conn: &mut Connection) -> End {
+        let broker = format!("{}:{}", self.config.broker.host, self.config.broker.port);
+        let subscribe_deadline = Instant::now() + self.config.response_timeout;
+        let mut subscribed = false;
+        let mut phase = Phase::Idle;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return End::Stopped;
+            }
+            if let Err(e) = self.check_deadline() {
+                return End::Fatal(e);
+            }
+            let now = Instant::now();
+            let timer = if !subscribed {
+                if now >= subscribe_deadline {
+                    return End::Transient(format!("no SUBACK from broker {broker}"));
+                }
+                subscribe_deadline
+            } else {
+                match &phase {
+                    Phase::Idle if now >= self.next_login => match self.login(client) {
+                        Ok(p) => {
+                            phase = p;
+                            continue;
+                        }
+                        Err(end) => return end,
+                    },
+                    Phase::Idle => self.next_login,
+                    Phase::AwaitChallenge { deadline, .. }
+                    | Phase::AwaitResult { deadline, .. }
+                        if now >= *deadline =>
+                    {
+                        let why = format!(
+                            "no {} from the server within {:?}; logging in again",
+                            phase.awaited(),
+                            self.config.response_timeout
+                        );
+                        log::warn!("{why}");
+                        self.failed(why);
+                        phase = Phase::Idle;
+                        continue;
+                    }
+                    Phase::AwaitChallenge { deadline, .. }
+                    | Phase::AwaitResult { deadline, .. } => *deadline,
+                }
+            };
+            let wait = timer
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(250));
+            match conn.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return End::Transient("the MQTT client stopped".into());
+                }
+                Ok(Err(ConnectionError::ConnectionRefused(code))) => {
+                    return End::Refused(format!(
+                        "broker {broker} refused the connection of client id {}: {code:?} \
+                         (check username / password-file and the broker's ACL)",
+                        self.agent
+                    ));
+                }
+                Ok(Err(e)) => {
+                    return End::Transient(format!("connection to broker {broker} failed: {e}"));
+                }
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    log::debug!("connected to broker {broker} as {}", self.agent);
+                }
+                Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
+                        return End::Refused(format!(
+                            "broker {broker} refused the subscription to {}: check that its ACL \
+                             lets client id {} read that topic",
+                            self.down_topic, self.agent
+                        ));
+                    }
+                    log::debug!("subscribed to {}", self.down_topic);
+                    subscribed = true;
+                    self.connect_backoff.reset();
+                }
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    if p.topic != self.down_topic {
+                        log::warn!("ignoring a message on unexpected topic {:?}", p.topic);
+                        continue;
+                    }
+                    match self.on_downlink(client, phase, &p.payload) {
+                        Ok(next) => phase = next,
+                        Err(end) => return end,
+                    }
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn failed(&mut self, why: String) {
+        self.metrics.record(false);
+        self.textfile.publish(&self.metrics);
+        self.last_problem = why;
+        self.next_login = Instant::now() + self.login_backoff.next_delay();
+    }
+
+    fn publish(&self, client: &Client, topic: &str, msg: &Uplink) -> Result<(), End> {
+        let mut buf = vec![0u8; FRAME_MAX];
+        let frame =
+            encode(msg, &mut buf).map_err(|_| End::Fatal(DaemonError::Encode(msg.kind())))?;
+        client
+            .publish(topic, QoS::AtLeastOnce, false, frame.to_vec())
+            .map_err(|e| End::Transient(format!("cannot queue the {}: {e}", msg.kind())))
+    }
+
+    fn login(&mut self, client: &Client) -> Result<Phase, End> {
+        let key = SvidKey::generate().map_err(DaemonError::from)?;
+        let spki = key.spki_der().map_err(DaemonError::from)?;
+        let d = &self.device;
+        let login = attest::login(&d.ek, &d.chain, &d.ak, Some(&spki)).map_err(|e| {
+            End::Fatal(DaemonError::Tpm {
+                spec: self.config.tpm.to_string(),
+                reason: ErrorChain(&e).to_string(),
+            })
+        })?;
+        log::debug!(
+            "Sending Login, attestors: [\"tpm_ek\"], agent: {}, topic: {}",
+            self.agent,
+            self.login_topic
+        );
+        self.publish(client, &self.login_topic, &Uplink::Login(login))?;
+        self.last_problem = format!(
+            "no Challenge for the Login published on {} (is a server running for cluster {}, \
+             and does the broker ACL let client id {} publish there and read {}?)",
+            self.login_topic, self.config.cluster_id, self.agent, self.down_topic
+        );
+        Ok(Phase::AwaitChallenge {
+            key,
+            spki,
+            deadline: Instant::now() + self.config.response_timeout,
+        })
+    }
+}

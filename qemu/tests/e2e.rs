@@ -1,0 +1,801 @@
+//! End to end over MQTT (issue 4 acceptance): the real `ekattest-server` and `ekattest-agent`
+//! binaries, a real mosquitto started by the test, swtpm devices provisioned with a per-test
+//! CA, openssl as the SVID oracle and `ekattestctl` for hot reload.
+//!
+//! The binaries come from the same target folder as this test (`cargo test --workspace`
+//! builds them); a missing binary fails the test with the command that builds it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail loudly"
+)]
+
+mod mqtt_peer;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ekattest_agent::tpm::ak::{self as agent_ak, AkOptions};
+use ekattest_agent::tpm::commands::Tpm;
+use ekattest_agent::tpm::ek::{self as agent_ek, EkKind as AgentEkKind};
+use ekattest_agent::tpm::stream::Stream;
+use ekattest_fleet::broker::{Broker, BrokerOptions};
+use ekattest_fleet::daemons::{AgentExit, AgentProcess, AgentSpec, ServerProcess, ServerSpec};
+use ekattest_fleet::{Ca, Device, EkKind, ProvisionOptions, openssl_public_hash};
+use ekattest_protocol::msg::{Answer, Downlink, Login, Method, Outcome, Uplink};
+use ekattest_protocol::topic::{Topics, default_agent_id};
+use ekattest_protocol::{decode, encode, heapless, limits};
+use mqtt_peer::{Peer, Via};
+use tempfile::TempDir;
+
+const CLUSTER: &str = "c-e2e";
+const TRUST_DOMAIN: &str = "fleet.test";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A binary built beside this test (`target/<profile>/NAME`).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build -p ekattest-agent -p ekattest-server`, \
+         or run the tests with `cargo test --workspace --all-features`)",
+        path.display()
+    );
+    path
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn indent(pem: &str, by: usize) -> String {
+    pem.lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(by)))
+        .collect()
+}
+
+/// A policy document: the swtpm CA (chain check) and/or an allow-list.
+fn policy(ca: Option<&Ca>, hashes: &[&str]) -> String {
+    let mut config = String::new();
+    if let Some(ca) = ca {
+        config += &format!(
+            "            caCerts: |\n{}            intermediateCerts: |\n{}",
+            indent(&read(ca.root_cert_pem()), 14),
+            indent(&read(ca.intermediate_cert_pem()), 14)
+        );
+    }
+    if !hashes.is_empty() {
+        config += "            allowedHashes:\n";
+        for h in hashes {
+            config += &format!("              - \"{h}\"\n");
+        }
+    }
+    format!(
+        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: tpm_ek_policy\n      \
+         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.public_hash}}}}\n      \
+         requiredAttestors:\n        - type: tpm_ek\n          config:\n{config}"
+    )
+}
+
+/// One test's world: a temp folder, the SVID CA, a broker and a server.
+struct World {
+    dir: TempDir,
+    ca_cert: PathBuf,
+    policy_file: PathBuf,
+    broker: Broker,
+    server: ServerProcess,
+}
+
+struct Setup {
+    tls_acl: bool,
+    session_ttl: Option<Duration>,
+}
+
+impl World {
+    fn start(policy_doc: &str, setup: &Setup) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_cert = dir.path().join("svid-ca.pem");
+        let ca_key = dir.path().join("svid-ca.key");
+        let out = Command::new(bin("ekattestctl"))
+            .args(["ca", "create", "--trust-domain", TRUST_DOMAIN, "--cert"])
+            .arg(&ca_cert)
+            .arg("--key")
+            .arg(&ca_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ekattestctl ca create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let policy_file = dir.path().join("policy.yaml");
+        std::fs::write(&policy_file, policy_doc).unwrap();
+        let broker = Broker::start(&BrokerOptions {
+            tls: setup.tls_acl,
+            acl: setup.tls_acl,
+        })
+        .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
+        let (url, tls_ca) = if setup.tls_acl {
+            (broker.tls_url().unwrap(), broker.ca_pem())
+        } else {
+            (broker.url(), None)
+        };
+        let mut spec = ServerSpec::new(url, CLUSTER, "node-1", TRUST_DOMAIN, &ca_cert, &ca_key);
+        spec.tls_ca = tls_ca;
+        spec.policy_files = vec![policy_file.clone()];
+        spec.session_ttl = setup.session_ttl;
+        spec.reload_interval = Some(Duration::from_millis(300));
+        if setup.tls_acl {
+            let (user, password_file) = broker.user("ekattest-server").unwrap();
+            spec.username = Some(user);
+            spec.password_file = Some(password_file);
+        }
+        let server_dir = dir.path().join("server");
+        std::fs::create_dir_all(&server_dir).unwrap();
+        let server = ServerProcess::start(&bin("ekattest-server"), &spec, &server_dir)
+            .unwrap_or_else(|e| panic!("cannot start ekattest-server: {e}"));
+        World {
+            dir,
+            ca_cert,
+            policy_file,
+            broker,
+            server,
+        }
+    }
+
+    fn agent_spec(&self, dev: &Device, name: &str, tls: bool) -> AgentSpec {
+        let data = self.dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let url = if tls {
+            self.broker.tls_url().unwrap()
+        } else {
+            self.broker.url()
+        };
+        let mut spec = AgentSpec::new(url, CLUSTER, dev.spec(), &self.ca_cert, data);
+        if tls {
+            spec.tls_ca = self.broker.ca_pem();
+        }
+        spec.response_timeout = Some(Duration::from_secs(5));
+        spec.retry_initial = Some(Duration::from_millis(200));
+        spec.retry_max = Some(Duration::from_secs(2));
+        spec.log_level = Some("debug".into());
+        spec
+    }
+
+    fn run_once(&self, spec: &AgentSpec, name: &str) -> AgentExit {
+        let dir = self.dir.path().join(format!("{name}-run"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut agent = AgentProcess::spawn(&bin("ekattest-agent"), spec, &dir, true)
+            .unwrap_or_else(|e| panic!("cannot start ekattest-agent: {e}"));
+        agent.wait(WAIT).unwrap_or_else(|e| {
+            panic!(
+                "agent {name} did not finish: {e}\nserver log:\n{}",
+                self.server.log()
+            )
+        })
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.server.metrics().unwrap();
+        ekattest_fleet::daemons::metric_value(&text, series)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+    }
+}
+
+fn provision(ca: &Ca) -> Device {
+    Device::provision(
+        ca,
+        &ProvisionOptions {
+            rsa_keysize: 2048,
+            p256_ek_cert: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("cannot provision swtpm: {e}"))
+}
+
+/// `tpm_ek.public_hash` of `dev`'s EK of `kind`, by openssl.
+fn public_hash(dev: &Device, kind: EkKind) -> String {
+    let der = dev.ek_cert_der(kind).unwrap();
+    let path = dev.work_dir().join(format!("ek-{kind:?}.der"));
+    std::fs::write(&path, der).unwrap();
+    openssl_public_hash(&path).unwrap()
+}
+
+const SUCCESS: &str = "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}";
+
+fn failed(reason: &str) -> String {
+    format!(
+        "attestation_signer_proof{{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"{reason}\"}}"
+    )
+}
+
+/// The agent's files: SVID chains to the server CA (openssl), URI SAN, key mode 0600.
+fn check_identity(world: &World, data: &Path, spiffe_id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let svid = data.join("svid.pem");
+    let key = data.join("svid.key");
+    let bundle = data.join("bundle.pem");
+    for f in [&svid, &key, &bundle] {
+        assert!(f.is_file(), "{} missing", f.display());
+    }
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "svid.key mode");
+    assert_eq!(
+        read(&bundle),
+        read(&world.ca_cert),
+        "bundle.pem is the server CA"
+    );
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&world.ca_cert)
+        .arg(&svid)
+        .output()
+        .expect("openssl is required");
+    assert!(
+        out.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&svid)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("URI:{spiffe_id}")),
+        "SVID SAN:\n{text}"
+    );
+    // The key file holds the private half of the certified key.
+    let from_key = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let from_cert = Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(&svid)
+        .output()
+        .unwrap();
+    assert!(from_key.status.success() && !from_key.stdout.is_empty());
+    assert_eq!(
+        from_key.stdout, from_cert.stdout,
+        "svid.key does not match svid.pem"
+    );
+}
+
+/// The seed's three server lines for `agent`, in order.
+fn check_seed_lines(world: &World, agent: &str, hash: &str) {
+    let lines: Vec<serde_json::Value> = world
+        .server
+        .log_json()
+        .into_iter()
+        .filter(|v| v["agentId"] == agent)
+        .collect();
+    let pos = |msg: &str| {
+        lines
+            .iter()
+            .position(|v| v["msg"] == msg)
+            .unwrap_or_else(|| panic!("no {msg:?} for {agent} in\n{}", world.server.log()))
+    };
+    let login = pos("Login started with multi-attestation support");
+    let verified = pos("Authorization received and verified");
+    let connected = pos("Connected to agent");
+    assert!(
+        login < verified && verified < connected,
+        "seed order for {agent}"
+    );
+    assert_eq!(
+        lines[login]["providedMethods"],
+        serde_json::json!(["tpm_ek"])
+    );
+    let attrs = lines[verified]["agentAttestationAttributes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no attribute array: {}", lines[verified]));
+    assert_eq!(
+        attrs[0],
+        serde_json::Value::String(format!("tpm_ek:tpm_ek.public_hash=\"{hash}\""))
+    );
+    for name in ["serial_number", "manufacturer", "model", "version"] {
+        let prefix = format!("tpm_ek:tpm_ek.{name}=\"");
+        assert!(
+            attrs
+                .iter()
+                .any(|a| a.as_str().is_some_and(|s| s.starts_with(&prefix))),
+            "{name} missing in {attrs:?}"
+        );
+    }
+}
+
+#[test]
+fn three_ek_kinds_attest_through_mosquitto() {
+    let ca = Ca::create().unwrap();
+    let world = World::start(
+        &policy(Some(&ca), &[]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let kinds = [
+        (EkKind::Rsa2048, "rsa2048"),
+        (EkKind::P256, "p256"),
+        (EkKind::P384, "p384"),
+    ];
+    for (kind, name) in kinds {
+        let dev = provision(&ca);
+        let hash = public_hash(&dev, kind);
+        let mut spec = world.agent_spec(&dev, name, false);
+        spec.ek = Some(name.into());
+        let exit = world.run_once(&spec, name);
+        assert!(
+            exit.success(),
+            "{name}: agent failed:\n{}\nserver:\n{}",
+            exit.log,
+            world.server.log()
+        );
+        assert!(exit.log.contains("Connected to server"), "{}", exit.log);
+        assert!(
+            exit.log.contains("Sending Login"),
+            "debug line: {}",
+            exit.log
+        );
+        let agent = default_agent_id(&hex_array(&hash)).to_string();
+        let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/agents/tpm/{hash}");
+        check_identity(&world, &spec.data_dir, &spiffe_id);
+        check_seed_lines(&world, &agent, &hash);
+    }
+    assert_eq!(world.metric(SUCCESS), 3.0);
+}
+
+fn hex_array(hash: &str) -> [u8; 32] {
+    let bytes = hex::decode(hash).unwrap();
+    bytes.try_into().unwrap()
+}
+
+#[test]
+fn same_flow_over_tls_with_the_shipped_acl() {
+    let ca = Ca::create().unwrap();
+    let world = World::start(
+        &policy(Some(&ca), &[]),
+        &Setup {
+            tls_acl: true,
+            session_ttl: None,
+        },
+    );
+    let dev = provision(&ca);
+    let hash = public_hash(&dev, EkKind::Rsa2048);
+    let spec = world.agent_spec(&dev, "tls", true);
+    let exit = world.run_once(&spec, "tls");
+    assert!(
+        exit.success(),
+        "{}\nserver:\n{}",
+        exit.log,
+        world.server.log()
+    );
+    check_identity(
+        &world,
+        &spec.data_dir,
+        &format!("spiffe://{TRUST_DOMAIN}/agents/tpm/{hash}"),
+    );
+    assert_eq!(world.metric(SUCCESS), 1.0);
+}
+
+#[test]
+fn untrusted_ca_and_unlisted_hash_are_rejected_with_the_seed_strings() {
+    let trusted = Ca::create().unwrap();
+    let untrusted = Ca::create().unwrap();
+    let world = World::start(
+        &policy(Some(&trusted), &[&"0".repeat(64)]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let dev = provision(&untrusted);
+    let spec = world.agent_spec(&dev, "untrusted", false);
+    let exit = world.run_once(&spec, "untrusted");
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    // Chain to an unknown CA, hash not listed: the seed's "EK did not pass any configured
+    // validation check" (or the chain error) on both sides.
+    let seed = [
+        "EK did not pass any configured validation check",
+        "failed to verify EK certificate chain",
+    ];
+    assert!(
+        seed.iter().any(|s| exit.log.contains(s)),
+        "agent: {}",
+        exit.log
+    );
+    assert!(
+        seed.iter().any(|s| world.server.log().contains(s)),
+        "{}",
+        world.server.log()
+    );
+    assert!(
+        !spec.data_dir.join("svid.pem").exists(),
+        "no identity on rejection"
+    );
+    let failed_total: f64 = ["ek_not_trusted", "ek_chain"]
+        .iter()
+        .map(|r| world.metric(&failed(r)))
+        .sum();
+    assert_eq!(failed_total, 1.0);
+
+    // Allow-list only, hash not listed.
+    let world2 = World::start(
+        &policy(None, &[&"1".repeat(64)]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let dev = provision(&trusted);
+    let spec = world2.agent_spec(&dev, "unlisted", false);
+    let exit = world2.run_once(&spec, "unlisted");
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    assert!(exit.log.contains(seed[0]), "agent: {}", exit.log);
+    world2
+        .server
+        .wait_for_log(seed[0], Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(world2.metric(&failed("ek_not_trusted")), 1.0);
+}
+
+/// A scripted hostile agent: the agent library on a real swtpm, frames over MQTT.
+struct Hostile {
+    peer: Peer,
+    agent: String,
+    login: Login,
+    tpm: Tpm<Stream<std::net::TcpStream>>,
+    ek: agent_ek::Ek,
+}
+
+impl Hostile {
+    fn new(world: &World, dev: &Device) -> Hostile {
+        let mut tpm = Tpm::new(Stream::connect_tcp("127.0.0.1", dev.port()).unwrap());
+        tpm.startup_clear().unwrap();
+        tpm.flush_leftovers().unwrap();
+        let endorsement = agent_ek::discover(&mut tpm).unwrap();
+        let ek = endorsement
+            .pick(Some(AgentEkKind::Rsa2048))
+            .unwrap()
+            .clone();
+        let ak = agent_ak::read(&mut tpm, &AkOptions::default()).unwrap();
+        let login = ekattest_agent::attest::login(&ek, &endorsement.chain, &ak, None).unwrap();
+        let agent = default_agent_id(&ek.public_hash).to_string();
+        let mut peer = mqtt_peer::connect(&world.broker, &agent, None, Via::Plain).unwrap();
+        let topics = Topics::with_default_prefix(CLUSTER).unwrap();
+        peer.subscribe(&topics.down(&agent).unwrap()).unwrap();
+        Hostile {
+            peer,
+            agent,
+            login,
+            tpm,
+            ek,
+        }
+    }
+
+    fn send(&mut self, topic: &str, msg: &Uplink) {
+        let mut buf = [0u8; limits::FRAME_MAX];
+        let frame = encode(msg, &mut buf).unwrap();
+        self.peer.publish(topic, frame, false).unwrap();
+    }
+
+    fn send_login(&mut self, login: &Login) -> Downlink {
+        let topics = Topics::with_default_prefix(CLUSTER).unwrap();
+        self.send(
+            &topics.login(&self.agent).unwrap(),
+            &Uplink::Login(login.clone()),
+        );
+        self.receive()
+    }
+
+    fn send_answer(&mut self, node: &str, answer: &Answer) -> Downlink {
+        let topics = Topics::with_default_prefix(CLUSTER).unwrap();
+        self.send(
+            &topics.answer(node, &self.agent).unwrap(),
+            &Uplink::Answer(answer.clone()),
+        );
+        self.receive()
+    }
+
+    fn receive(&mut self) -> Downlink {
+        let topics = Topics::with_default_prefix(CLUSTER).unwrap();
+        let publish = self
+            .peer
+            .expect_publish(&topics.down(&self.agent).unwrap(), Duration::from_secs(10))
+            .expect("no downlink from the server within 10 s");
+        decode::<Downlink>(&publish.payload).unwrap()
+    }
+}
+
+fn rejected(down: &Downlink) -> ekattest_protocol::RejectCode {
+    match down {
+        Downlink::Result(Outcome::Rejected(r)) => r.code,
+        other => panic!("expected a Rejected result, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_agents_replay_copied_certificate_expiry_and_no_policy() {
+    use ekattest_protocol::RejectCode;
+    let ca = Ca::create().unwrap();
+    let world = World::start(
+        &policy(Some(&ca), &[]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: Some(Duration::from_secs(2)),
+        },
+    );
+
+    // Replay: a correct answer is accepted once; the same answer again is an unknown session.
+    let dev = provision(&ca);
+    let mut h = Hostile::new(&world, &dev);
+    let login = h.login.clone();
+    let Downlink::Challenge(challenge) = h.send_login(&login) else {
+        panic!("expected a challenge");
+    };
+    let answer =
+        ekattest_agent::attest::answer(&mut h.tpm, &h.ek, &AkOptions::default(), &challenge, None)
+            .unwrap();
+    let first = h.send_answer(&challenge.node, &answer);
+    assert!(
+        matches!(first, Downlink::Result(Outcome::Accepted(_))),
+        "{first:?}"
+    );
+    let replay = h.send_answer(&challenge.node, &answer);
+    assert_eq!(rejected(&replay), RejectCode::UnknownSession);
+    world
+        .server
+        .wait_for_log("unknown session ID", Duration::from_secs(5))
+        .unwrap();
+
+    // Expiry: the session lives 2 s; an answer after 3 s fails.
+    let Downlink::Challenge(challenge) = h.send_login(&login) else {
+        panic!("expected a challenge");
+    };
+    let answer =
+        ekattest_agent::attest::answer(&mut h.tpm, &h.ek, &AkOptions::default(), &challenge, None)
+            .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let late = rejected(&h.send_answer(&challenge.node, &answer));
+    assert!(
+        matches!(
+            late,
+            RejectCode::UnknownSession | RejectCode::SessionExpired
+        ),
+        "{late:?}"
+    );
+
+    // No matching policy: a Login offering no method the policy requires.
+    let mut no_method = login.clone();
+    no_method.methods = heapless::Vec::new();
+    assert_eq!(
+        rejected(&h.send_login(&no_method)),
+        RejectCode::NoMatchingPolicy
+    );
+    world
+        .server
+        .wait_for_log(
+            "no cluster policy authorizes the provided attestors",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+
+    // Copied certificate: device B presents A's EK certificate and EK public with its own
+    // AK. The server accepts the evidence and challenges A's EK; B's TPM cannot open it.
+    let dev_b = provision(&ca);
+    let mut b = Hostile::new(&world, &dev_b);
+    let mut copied = b.login.clone();
+    copied.ek_public = login.ek_public.clone();
+    copied.ek_cert = login.ek_cert.clone();
+    copied.ek_chain = login.ek_chain.clone();
+    let Downlink::Challenge(challenge) = b.send_login(&copied) else {
+        panic!("the copied certificate should be challenged");
+    };
+    let opened =
+        ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &challenge, None);
+    assert!(
+        opened.is_err(),
+        "B's TPM opened a credential made for A's EK"
+    );
+    // The best B can send is a guess.
+    let guess = Answer {
+        session: challenge.session,
+        secret: heapless::Vec::from_slice(&[0x42; 32]).unwrap(),
+        pop: None,
+    };
+    assert_eq!(
+        rejected(&b.send_answer(&challenge.node, &guess)),
+        RejectCode::ChallengeFailed
+    );
+    world
+        .server
+        .wait_for_log(
+            "challenge response secret does not match",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(world.metric(&failed("challenge_failed")) >= 1.0);
+    assert!(world.metric(&failed("unknown_session")) >= 1.0);
+    assert_eq!(world.metric(&failed("no_matching_policy")), 1.0);
+    let _ = Method::TpmEk;
+}
+
+#[test]
+fn hot_reload_by_config_set_and_invalid_document_keeps_the_old_one() {
+    let ca = Ca::create().unwrap();
+    let dev = provision(&ca);
+    let hash = public_hash(&dev, EkKind::Rsa2048);
+    let world = World::start(
+        &policy(None, &[&"2".repeat(64)]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let spec = world.agent_spec(&dev, "reload", false);
+
+    // Policy A: the device is not listed.
+    let exit = world.run_once(&spec, "reload-a");
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+
+    // An invalid document is refused by ekattestctl and by the server; A stays.
+    let bad = world.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: p\n      \
+         requiredAttestors:\n        - type: tpm_ek\n          config:\n            \
+         caCerts: |\n              not a certificate\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("ekattestctl"))
+        .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
+        .arg(world.broker.url())
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("caCerts: could not parse any PEM certificates"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same invalid document written to the watched policy file: the server keeps A.
+    let policy_a = read(&world.policy_file);
+    std::fs::copy(&bad, &world.policy_file).unwrap();
+    world
+        .server
+        .wait_for_log("caCerts: could not parse any PEM certificates", WAIT)
+        .unwrap();
+    world
+        .server
+        .wait_for_msg("Previous policy document stays in force", None, WAIT)
+        .unwrap();
+    std::fs::write(&world.policy_file, &policy_a).unwrap();
+
+    // Policy B published on the cluster's config topic: the device is listed.
+    let good = world.dir.path().join("good.yaml");
+    std::fs::write(&good, policy(None, &[&hash])).unwrap();
+    let out = Command::new(bin("ekattestctl"))
+        .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
+        .arg(world.broker.url())
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(read(&good).as_bytes()))
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let applied = world
+            .server
+            .log_json()
+            .into_iter()
+            .any(|v| v["msg"] == "Policy document in force" && v["sha256"] == digest.as_str());
+        if applied {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never in force:\n{}",
+            world.server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exit = world.run_once(&spec, "reload-b");
+    assert!(
+        exit.success(),
+        "{}\nserver:\n{}",
+        exit.log,
+        world.server.log()
+    );
+    assert_eq!(world.metric(SUCCESS), 1.0);
+}
+
+#[test]
+fn agent_waits_for_the_broker_and_survives_a_server_restart() {
+    let ca = Ca::create().unwrap();
+    let mut world = World::start(
+        &policy(Some(&ca), &[]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let dev = provision(&ca);
+    let spec = world.agent_spec(&dev, "outage", false);
+
+    // Broker down when the agent starts; up 3 s later.
+    world.broker.stop();
+    let run_dir = world.dir.path().join("outage-run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut agent = AgentProcess::spawn(&bin("ekattest-agent"), &spec, &run_dir, true).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        agent.is_running(),
+        "the agent gave up while the broker was down"
+    );
+    world.broker.start_again().unwrap();
+    let exit = agent.wait(WAIT).unwrap();
+    assert!(
+        exit.success(),
+        "{}\nserver:\n{}",
+        exit.log,
+        world.server.log()
+    );
+
+    // Server killed as soon as it has seen the Login, restarted 1 s later: the agent times
+    // out, logs in again and lands on the new process.
+    std::fs::remove_file(spec.data_dir.join("svid.pem")).unwrap();
+    let run_dir = world.dir.path().join("restart-run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let before = world
+        .server
+        .log_json()
+        .iter()
+        .filter(|v| v["msg"] == "Login started with multi-attestation support")
+        .count();
+    let mut agent = AgentProcess::spawn(&bin("ekattest-agent"), &spec, &run_dir, true).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while world
+        .server
+        .log_json()
+        .iter()
+        .filter(|v| v["msg"] == "Login started with multi-attestation support")
+        .count()
+        == before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no second login:\n{}",
+            world.server.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    world.server.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    world.server.start_again().unwrap();
+    let exit = agent.wait(WAIT).unwrap();
+    assert!(
+        exit.success(),
+        "{}\nserver:\n{}",
+        exit.log,
+        world.server.log()
+    );
+    assert!(spec.data_dir.join("svid.pem").is_file());
+}

@@ -1,0 +1,390 @@
+//! Attestor tests: the known-answer vector end to end, rejections, and the SVID key's
+//! proof of possession.
+
+use std::time::Duration;
+
+use ekattest_protocol::msg::Method;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::credential::{FixedRandom, SystemRandom};
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/testdata/make-credential"
+);
+
+fn read(name: &str) -> Vec<u8> {
+    let path = format!("{VECTORS}/{name}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
+}
+
+/// An allow-list policy trusting the rsa2048 vector's EK.
+fn doc() -> Document {
+    let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
+    let yaml = format!(
+        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
+         requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"{hash}\"]\n"
+    );
+    Document::parse(yaml.as_bytes()).unwrap()
+}
+
+fn login() -> Login {
+    Login {
+        methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+        ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_cert: None,
+        ek_chain: heapless::Vec::new(),
+        ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        svid_key: None,
+    }
+}
+
+fn attestor() -> Attestor {
+    Attestor::new("node-1", Some("example.org"), SessionConfig::default()).unwrap()
+}
+
+/// The vector's fixed inputs in the order login draws them: session secret, session id,
+/// MakeCredential seed, OAEP seed.
+fn vector_random() -> FixedRandom {
+    FixedRandom::new([
+        read("secret.bin"),
+        vec![0x5a; 16],
+        read("rsa2048/seed.bin"),
+        read("rsa2048/oaep_seed.bin"),
+    ])
+}
+
+#[test]
+fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
+    let a = attestor();
+    let now = Instant::now();
+    let (challenge, identity) = a
+        .login(
+            &doc(),
+            "ek-1",
+            &login(),
+            now,
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    assert_eq!(identity.check, Check::AllowList);
+    let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
+    assert_eq!(
+        identity.spiffe_id,
+        format!("spiffe://example.org/agents/tpm/{hash}")
+    );
+    assert_eq!(identity.attributes, [(AttributeName::PublicHash, hash)]);
+    // Byte for byte the credential tpm2-tools and swtpm agree on.
+    assert_eq!(
+        challenge.credential_blob.as_slice(),
+        read("rsa2048/expected_credential_blob.tpm2b_id_object")
+    );
+    assert_eq!(
+        challenge.encrypted_secret.as_slice(),
+        read("rsa2048/expected_secret.tpm2b_encrypted_secret")
+    );
+    assert_eq!(
+        (challenge.node.as_str(), challenge.expires_in),
+        ("node-1", 300)
+    );
+
+    let answer = Answer {
+        session: challenge.session,
+        secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
+        pop: None,
+    };
+    let identity = a.answer("ek-1", &answer, now).unwrap();
+    assert_eq!(identity.policy, "p");
+    let replay = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(replay.code, RejectCode::UnknownSession);
+}
+
+/// Logs `agent` in (randomness from `rng`) and returns the Answer carrying `secret`.
+fn challenged<R: Random>(a: &Attestor, agent: &str, rng: &mut R, secret: &[u8]) -> Answer {
+    let now = Instant::now();
+    let (challenge, _) = a
+        .login(&doc(), agent, &login(), now, SystemTime::now(), rng)
+        .unwrap();
+    Answer {
+        session: challenge.session,
+        secret: heapless::Vec::from_slice(secret).unwrap(),
+        pop: None,
+    }
+}
+
+#[test]
+fn wrong_secret_wrong_agent_and_expiry_are_rejected() {
+    let a = attestor();
+    let now = Instant::now();
+    let answer = challenged(&a, "ek-1", &mut SystemRandom, &[0; 32]);
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ChallengeFailed);
+    assert_eq!(r.reason, "challenge response secret does not match");
+
+    // Expired: even the right secret (from the vector's fixed randomness) is too late.
+    let right = read("secret.bin");
+    let answer = challenged(&a, "ek-1", &mut vector_random(), &right);
+    let r = a
+        .answer("ek-1", &answer, now + Duration::from_secs(301))
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::UnknownSession);
+    assert_eq!(a.pending(), 0);
+
+    // The right answer published under another agent's topic consumes the session and
+    // fails: a session only ever proves the agent that logged in.
+    let answer = challenged(&a, "ek-1", &mut vector_random(), &right);
+    let r = a.answer("ek-2", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::UnknownSession);
+    assert!(r.reason.contains("belongs to agent ek-1"), "{}", r.reason);
+    assert_eq!(a.pending(), 0);
+
+    // With a wrong secret too: another agent learns nothing about the session.
+    let answer = challenged(&a, "ek-1", &mut SystemRandom, &[0; 32]);
+    let r = a.answer("ek-2", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::UnknownSession);
+    assert_eq!(a.pending(), 0);
+}
+
+#[test]
+fn cheap_checks_reject_before_any_session() {
+    let a = attestor();
+    let now = Instant::now();
+    let mut no_methods = login();
+    no_methods.methods.clear();
+    let r = a
+        .login(
+            &doc(),
+            "ek-1",
+            &no_methods,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::NoMatchingPolicy);
+    assert_eq!(
+        r.reason,
+        "no cluster policy authorizes the provided attestors"
+    );
+
+    let mut bad_ak = login();
+    bad_ak.ak_public = bad_ak.ek_public.clone();
+    let r = a
+        .login(
+            &doc(),
+            "ek-1",
+            &bad_ak,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::AkRejected);
+
+    let mut other_ek = login();
+    other_ek.ek_public = heapless::Vec::from_slice(&read("p256/ek.tpm2b_public")).unwrap();
+    let r = a
+        .login(
+            &doc(),
+            "ek-1",
+            &other_ek,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::EkNotTrusted);
+    assert_eq!(
+        r.code.to_string(),
+        "EK did not pass any configured validation check"
+    );
+
+    let mut garbage = login();
+    garbage.ek_public.truncate(10);
+    let r = a
+        .login(
+            &doc(),
+            "ek-1",
+            &garbage,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::Malformed);
+    assert_eq!(a.pending(), 0, "no rejected login leaves a session");
+}
+
+/// An agent-style SVID key (p256, as the agent makes it) and its DER SPKI.
+fn svid_key() -> (p256::ecdsa::SigningKey, Vec<u8>) {
+    use p256::pkcs8::EncodePublicKey as _;
+    let mut seed = [0u8; 32];
+    loop {
+        getrandom::getrandom(&mut seed).unwrap();
+        if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&seed) {
+            let spki = key.verifying_key().to_public_key_der().unwrap();
+            return (key, spki.as_bytes().to_vec());
+        }
+    }
+}
+
+fn pop(key: &p256::ecdsa::SigningKey, session: &SessionId, secret: &[u8]) -> Vec<u8> {
+    use p256::ecdsa::signature::Signer as _;
+    let msg = ekattest_protocol::sign::pop_signed_bytes(session, secret).unwrap();
+    let sig: p256::ecdsa::Signature = key.sign(&msg);
+    sig.to_der().as_bytes().to_vec()
+}
+
+/// Logs `agent` in with `svid_key` (vector randomness, so the secret is secret.bin) and
+/// returns the Answer carrying the right secret and no pop.
+fn challenged_with_key(a: &Attestor, agent: &str, spki: &[u8]) -> Answer {
+    let mut l = login();
+    l.svid_key = Some(heapless::Vec::from_slice(spki).unwrap());
+    let (challenge, identity) = a
+        .login(
+            &doc(),
+            agent,
+            &l,
+            Instant::now(),
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    assert_eq!(identity.svid_key.as_deref(), Some(spki));
+    Answer {
+        session: challenge.session,
+        secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
+        pop: None,
+    }
+}
+
+use ekattest_protocol::msg::SessionId;
+
+#[test]
+fn login_with_a_bad_svid_key_is_rejected_before_any_session() {
+    let a = attestor();
+    let (_, good) = svid_key();
+    let mut off_curve = good.clone();
+    let last = off_curve.len() - 1;
+    off_curve[last] ^= 1;
+    let mut trailing = good.clone();
+    trailing.push(0);
+    for (bad, says) in [
+        (read("p384/ek.spki.der"), "NistP384"),
+        (off_curve, "not on the P-256 curve"),
+        (trailing, "trailing"),
+        (b"garbage".to_vec(), "svid_key"),
+        (Vec::new(), "svid_key"),
+    ] {
+        let mut l = login();
+        l.svid_key = Some(heapless::Vec::from_slice(&bad).unwrap());
+        let r = a
+            .login(
+                &doc(),
+                "ek-1",
+                &l,
+                Instant::now(),
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::ProofOfPossession, "{says}");
+        assert!(r.reason.contains(says), "{says}: {}", r.reason);
+        assert_eq!(a.pending(), 0);
+    }
+}
+
+#[test]
+fn answer_must_prove_possession_of_the_svid_key() {
+    let a = attestor();
+    let now = Instant::now();
+    let (key, spki) = svid_key();
+
+    // No pop: rejected, and the session is spent.
+    let answer = challenged_with_key(&a, "ek-1", &spki);
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ProofOfPossession);
+    assert!(r.reason.contains("missing"), "{}", r.reason);
+    assert_eq!(a.pending(), 0);
+    let replay = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(replay.code, RejectCode::UnknownSession);
+
+    // A good pop: accepted, and the identity carries the key for the SVID.
+    let mut answer = challenged_with_key(&a, "ek-1", &spki);
+    answer.pop =
+        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    let identity = a.answer("ek-1", &answer, now).unwrap();
+    assert_eq!(identity.svid_key.as_deref(), Some(spki.as_slice()));
+
+    // A pop over another session (a replayed proof): rejected.
+    let mut answer = challenged_with_key(&a, "ek-1", &spki);
+    let old = SessionId([0x11; 16]);
+    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &old, &answer.secret)).unwrap());
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ProofOfPossession);
+    assert!(r.reason.contains("does not verify"), "{}", r.reason);
+    assert_eq!(a.pending(), 0);
+
+    // A pop by another key (the TPM holder is not the key holder): rejected.
+    let (other, _) = svid_key();
+    let mut answer = challenged_with_key(&a, "ek-1", &spki);
+    answer.pop =
+        Some(heapless::Vec::from_slice(&pop(&other, &answer.session, &answer.secret)).unwrap());
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ProofOfPossession);
+
+    // The secret is checked first: a good pop does not rescue a wrong secret.
+    let mut answer = challenged_with_key(&a, "ek-1", &spki);
+    answer.secret = heapless::Vec::from_slice(&[0; 32]).unwrap();
+    answer.pop =
+        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ChallengeFailed);
+
+    // Another agent's answer is still an unknown session, pop or not.
+    let mut answer = challenged_with_key(&a, "ek-1", &spki);
+    answer.pop =
+        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    let r = a.answer("ek-2", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::UnknownSession);
+}
+
+#[test]
+fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
+    let a = attestor();
+    let now = Instant::now();
+    let (key, spki) = svid_key();
+    let mut answer = challenged(&a, "ek-1", &mut vector_random(), &read("secret.bin"));
+    answer.pop = Some(heapless::Vec::from_slice(&[0x30, 0x00]).unwrap());
+    let identity = a.answer("ek-1", &answer, now).unwrap();
+    assert_eq!(identity.svid_key, None);
+
+    // The whole success path: the daemon hands the proven identity to the Authority.
+    let (ca, _, _) =
+        crate::svid::Authority::generate("example.org", Duration::from_secs(3600)).unwrap();
+    let mut answer = challenged_with_key(&a, "ek-1", &spki);
+    answer.pop =
+        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    let identity = a.answer("ek-1", &answer, now).unwrap();
+    let accepted = ca
+        .accepted(
+            "ek-1",
+            &answer.session,
+            &identity,
+            SystemTime::now(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&accepted.svid).unwrap();
+    assert_eq!(cert.public_key().raw, spki.as_slice());
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        san.value.general_names,
+        [x509_parser::extensions::GeneralName::URI(
+            &identity.spiffe_id
+        )]
+    );
+    assert!(!accepted.signature.is_empty());
+}

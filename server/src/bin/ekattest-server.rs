@@ -1,0 +1,120 @@
+//! ekattest-server: the attestation daemon. A thin shell over [`ekattest_server::daemon`]:
+//! parses the command line, reads the config file, installs the JSON logger, runs.
+//!
+//! Usage: `ekattest-server --config FILE [--check]`. Exit status: 0 stopped cleanly (SIGTERM
+//! or SIGINT) or `--check` passed; 1 the configuration, a policy file or the CA is invalid,
+//! or start-up failed; 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ekattest_server::daemon::{self, config::ServerConfig, logging::JsonLogger, reload::Decision};
+use lexopt::prelude::*;
+
+const USAGE: &str = "\
+ekattest-server: TPM EK attestation server (MQTT)
+
+Usage:
+  ekattest-server --config FILE [--check]
+
+  --config FILE   server configuration (YAML; see deploy/server.yaml)
+  --check         validate the configuration, the policy files and the SVID CA, then exit
+  -h, --help      this text
+
+Exit status: 0 clean stop or check passed; 1 invalid configuration or start-up failure;
+2 usage error.
+";
+
+struct Args {
+    config: PathBuf,
+    check: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, lexopt::Error> {
+    let mut parser = lexopt::Parser::from_env();
+    let mut config = None;
+    let mut check = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            Short('c') | Long("config") => config = Some(PathBuf::from(parser.value()?)),
+            Long("check") => check = true,
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    let config = config.ok_or("missing --config FILE")?;
+    Ok(Some(Args { config, check }))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ekattest-server: {e}");
+            eprintln!("Try `ekattest-server --help`.");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match ServerConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ekattest-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        return check(&config);
+    }
+    if let Err(e) = JsonLogger::new(config.log_level).install() {
+        eprintln!("ekattest-server: cannot install the logger: {e}");
+        return ExitCode::from(1);
+    }
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!(error:% = e; "ekattest-server cannot start");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(config: &ServerConfig) -> ExitCode {
+    match daemon::load(config) {
+        Ok(loaded) => {
+            println!("{}: configuration valid", config.file.display());
+            println!(
+                "  node {} in cluster {}, broker {}, trust domain {}",
+                config.node_id, config.cluster_id, config.broker.url, config.trust_domain
+            );
+            match &loaded.initial {
+                Some(Decision::Applied { sha256, doc }) => {
+                    println!(
+                        "  policy document sha256 {sha256}: {} {}",
+                        doc.policies().len(),
+                        if doc.policies().len() == 1 {
+                            "policy"
+                        } else {
+                            "policies"
+                        }
+                    );
+                    for w in doc.warnings() {
+                        println!("  warning: {w}");
+                    }
+                }
+                _ => println!(
+                    "  no policy-files: the document comes from the config topic \
+                     (ekattestctl config set cluster)"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ekattest-server: {}: {e}", config.file.display());
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The server daemon's own configuration file (`ekattest-server --config FILE`): where the
+//! broker is, who this node is, which CA signs SVIDs, which policy files to watch.
+//!
+//! YAML with kebab-case keys; unknown keys are errors naming the key, and every error names
+//! the file and the key. Relative paths are resolved against the folder of the config file.
+//! The policy documents themselves (`AgentAttestation`) are not parsed here: see
+//! [`crate::config`]. This module reads the password file but never logs or prints the
+//! password ([`Password`]'s `Debug` is redacted). A commented example is
+//! `deploy/server.yaml`.
+
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ekattest_protocol::topic::{self, Part};
+use serde::Deserialize;
+
+use crate::session::SessionConfig;
+
+/// Largest server config file read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+/// Default `svid-ttl`.
+pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
+/// Default `reload-interval`.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// Default `metrics-address`.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+
+/// Why the config file cannot be used. Each message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    /// The config file (or a file it names) cannot be read.
+    #[error("{file}: cannot read {what} {path}: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// What the file is (`config file`, `password-file`).
+        what: &'static str,
+        /// The file that failed.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML of the expected shape (unknown key, missing required key, wrong type).
+    #[error("{file}: {source}")]
+    Yaml {
+        /// The config file.
+        file: PathBuf,
+        /// serde_yaml's message (names the key and line).
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A key's value is not acceptable.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The key (`broker`, `tls.ca`, `session-ttl`...).
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A password read from `password-file`. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Reads a password file: its first line (at most [`MAX_CONFIG_BYTES`] are read).
+    ///
+    /// # Errors
+    /// The I/O error; `InvalidData` if the first line is empty or the file is not UTF-8.
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(MAX_CONFIG_BYTES)
+            .read_to_end(&mut bytes)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?;
+        let line = text.lines().next().unwrap_or_default();
+        if line.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the first line (the password) is empty",
+            ));
+        }
+        Ok(Self(line.to_owned()))
+    }
+
+    /// The password, for the MQTT CONNECT packet only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// The broker address parsed from `broker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// The URL as written (for logs; it carries no credentials).
+    pub url: String,
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port (default 1883, or 8883 with TLS).
+    pub port: u16,
+}
+
+impl Broker {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "{url:?} is not a broker URL; write mqtt://HOST:PORT or mqtts://HOST:PORT"
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(format!(
+                "{url:?}: only mqtt[s]://HOST[:PORT] is supported (no path, user or query; \
+                 use username and password-file for credentials)"
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed '[' in an IPv6 address"))?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None if after.is_empty() => (host, None),
+                None => return Err(format!("{url:?}: unexpected {after:?} after the address")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?}: the host is empty"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{url:?}: port {p:?} is not a number in 1..65535"))?,
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// TLS files for the broker connection (`tls:`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls.ca`: PEM bundle of the CA(s) that sign the broker's certificate.
+    pub ca: Option<PathBuf>,
+    /// `tls.cert`: PEM client certificate chain (optional, with `tls.key`).
+    pub cert: Option<PathBuf>,
+    /// `tls.key`: PEM private key of `tls.cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// `broker`: `mqtt://host:port` or `mqtts://host:port` (required).
+    pub broker: Broker,
+    /// `tls`: `{ca, cert, key}`; `ca` is required with `mqtts://`.
+    pub tls: TlsFiles,
+    /// `username`: MQTT user name (optional).
+    pub username: Option<String>,
+    /// The contents of `password-file` (first line), if set; requires `username`.
+    pub password: Option<Password>,
+    /// `cluster-id` (required): one topic level (`A-Z a-z 0-9 - _ .`).
+    pub cluster_id: String,
+    /// `node-id`: unique per server process; default `<hostname>-<pid>`.
+    pub node_id: String,
+    /// `topic-prefix`: default `ekattest/v1`.
+    pub topic_prefix: String,
+    /// `trust-domain` (required): the SPIFFE trust domain, e.g. `example.org`.
+    pub trust_domain: String,
+    /// `ca-cert` (required): PEM certificate of the SVID-signing CA.
+    pub ca_cert: PathBuf,
+    /// `ca-key` (required): PEM private key of `ca-cert`.
+    pub ca_key: PathBuf,
+    /// `svid-ttl`: validity of issued X.509-SVIDs; default 1h.
+    pub svid_ttl: Duration,
+    /// `session-ttl` and `max-sessions`: challenge sessions (default 5m and the session
+    /// store's default).
+    pub sessions: SessionConfig,
+    /// `metrics-address`: where `/metrics` is served; default 127.0.0.1:9464; `""` disables.
+    pub metrics_address: Option<SocketAddr>,
+    /// `policy-files`: AgentAttestation documents, merged into one (policies concatenated).
+    pub policy_files: Vec<PathBuf>,
+    /// `reload-interval`: how often policy files are checked for changes; default 2s.
+    pub reload_interval: Duration,
+    /// `log-level`: `error`, `warn`, `info` (default), `debug`, `trace`.
+    pub log_level: log::LevelFilter,
+    /// `workers`: attestation worker threads; default the available parallelism.
+    pub workers: usize,
+}
+
+/// The file's shape, as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawConfig {
+    /// See [`ServerConfig::broker`].
+    broker: String,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    cluster_id: String,
+    #[serde(default)]
+    node_id: Option<String>,
+    #[serde(default)]
+    topic_prefix: Option<String>,
+    trust_domain: String,
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    #[serde(default)]
+    svid_ttl: Option<String>,
+    #[serde(default)]
+    session_ttl: Option<String>,
+    #[serde(default)]
+    max_sessions: Option<usize>,
+    #[serde(default)]
+    metrics_address: Option<String>,
+    #[serde(default)]
+    policy_files: Vec<PathBuf>,
+    #[serde(default)]
+    reload_interval: Option<String>,
+    #[serde(default)]
+    log_level: Option<String>,
+    #[serde(default)]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// Reads and validates the config file (and the password file it names).
+    ///
+    /// # Errors
+    /// [`ServerConfigError`] naming the file and the key.
+    pub fn load(file: &Path) -> Result<Self, ServerConfigError> {
+        let text = read_limited(file, file, "config file")?;
+        Self::parse(file, &text)
+    }
+
+    /// Validates config `text` as if read from `file` (relative paths resolve against its
+    /// folder; the password file is read).
+    ///
+    /// # Errors
+    /// [`ServerConfigError`] naming the file and the key.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ServerConfigError> {
+        let raw: RawConfig =
+            serde_yaml::from_str(text).map_err(|source| ServerConfigError::Yaml {
+                file: file.to_owned(),
+                source,
+            })?;
+        build(file, raw)
+    }
+}
+
+fn read_limited(
+    config: &Path,
+    path: &Path,
+    what: &'static str,
+) -> Result<String, ServerConfigError> {
+    let err = |source| ServerConfigError::Read {
+        file: config.to_owned(),
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(err)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes"),
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8",
+        ))
+    })
+}
+
+fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError> {
+    let invalid = |key: &'static str, message: String| ServerConfigError::Invalid {
+        file: file.to_owned(),
+        key,
+        message,
+    };
+    let base = file.parent().unwrap_or_else(|| Path::new(""));
+    let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+    let broker = Broker::parse(&raw.broker).map_err(|m| invalid("broker", m))?;
+    let tls = match raw.tls {
+        None => TlsFiles::default(),
+        Some(t) => TlsFiles {
+            ca: t.ca.map(resolve),
+            cert: t.cert.map(resolve),
+            key: t.key.map(resolve),
+        },
+    };
+    let tls_set = tls.ca.is_some() || tls.cert.is_some() || tls.key.is_some();
+    if !broker.tls && tls_set {
+        return Err(invalid(
+            "tls",
+            "set, but broker is an mqtt:// URL; use mqtts:// for TLS or remove tls".to_owned(),
+        ));
+    }
+    if broker.tls && tls.ca.is_none() {
+        return Err(invalid(
+            "tls.ca",
+            "required with an mqtts:// broker: the PEM bundle that signs the broker's certificate"
+                .to_owned(),
+        ));
+    }
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(invalid(
+            "tls.key",
+            "tls.cert and tls.key go together: set both or neither".to_owned(),
+        ));
+    }
+    let password = match raw.password_file.map(resolve) {
+        None => None,
+        Some(path) => {
+            if raw.username.is_none() {
+                return Err(invalid(
+                    "password-file",
+                    "set without username; set username too".to_owned(),
+                ));
+            }
+            let password = Password::read(&path).map_err(|source| ServerConfigError::Read {
+                file: file.to_owned(),
+                what: "password-file",
+                path: path.clone(),
+                source,
+            })?;
+            Some(password)
+        }
+    };
+    topic::validate(Part::Cluster, &raw.cluster_id)
+        .map_err(|e| invalid("cluster-id", e.to_string()))?;
+    let node_id = match raw.node_id {
+        Some(n) => n,
+        None => default_node_id(),
+    };
+    topic::validate(Part::Node, &node_id).map_err(|e| invalid("node-id", e.to_string()))?;
+    let topic_prefix = raw
+        .topic_prefix
+        .unwrap_or_else(|| topic::DEFAULT_PREFIX.to_owned());
+    topic::validate(Part::Prefix, &topic_prefix)
+        .map_err(|e| invalid("topic-prefix", e.to_string()))?;
+    if !valid_trust_domain(&raw.trust_domain) {
+        return Err(invalid(
+            "trust-domain",
+            format!(
+                "{:?} is not a trust domain name: use lowercase a-z 0-9 . - _ (e.g. example.org), \
+                 without spiffe:// or a path",
+                raw.trust_domain
+            ),
+        ));
+    }
+    let duration = |key: &'static str, value: Option<String>, default: Duration, min: Duration| {
+        let d = match value {
+            None => default,
+            Some(v) => parse_duration(&v).map_err(|m| invalid(key, m))?,
+        };
+        if d < min {
+            return Err(invalid(
+                key,
+                format!("{d:?} is too short; the minimum is {min:?}"),
+            ));
+        }
+        Ok(d)
+    };
+    let svid_ttl = duration(
+        "svid-ttl",
+        raw.svid_ttl,
+        DEFAULT_SVID_TTL,
+        Duration::from_secs(60),
+    )?;
+    let defaults = SessionConfig::default();
+    let ttl = duration(
+        "session-ttl",
+        raw.session_ttl,
+        defaults.ttl,
+        Duration::from_secs(1),
+    )?;
+    let max_sessions = raw.max_sessions.unwrap_or(defaults.max_sessions);
+    if max_sessions == 0 {
+        return Err(invalid("max-sessions", "must be at least 1".to_owned()));
+    }
+    let reload_interval = duration(
+        "reload-interval",
+        raw.reload_interval,
+        DEFAULT_RELOAD_INTERVAL,
+        Duration::from_millis(100),
+    )?;
+    let metrics_address = match raw.metrics_address.as_deref() {
+        None => Some(DEFAULT_METRICS_ADDRESS),
+        Some("") => None,
+        Some(a) => Some(a),
+    }
+    .map(|a| {
+        a.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "metrics-address",
+                format!("{a:?} is not IP:PORT (e.g. 127.0.0.1:9464); \"\" disables metrics"),
+            )
+        })
+    })
+    .transpose()?;
+    let log_level = match raw.log_level.as_deref() {
+        None => log::LevelFilter::Info,
+        Some(l) => l.parse::<log::LevelFilter>().map_err(|_| {
+            invalid(
+                "log-level",
+                format!("{l:?} is not one of off, error, warn, info, debug, trace"),
+            )
+        })?,
+    };
+    let workers = match raw.workers {
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+        Some(0) => return Err(invalid("workers", "must be at least 1".to_owned())),
+        Some(n) if n > 1024 => {
+            return Err(invalid("workers", format!("{n} is more than 1024")));
+        }
+        Some(n) => n,
+    };
+    Ok(ServerConfig {
+        file: file.to_owned(),
+        broker,
+        tls,
+        username: raw.username,
+        password,
+        cluster_id: raw.cluster_id,
+        node_id,
+        topic_prefix,
+        trust_domain: raw.trust_domain,
+        ca_cert: resolve(raw.ca_cert),
+        ca_key: resolve(raw.ca_key),
+        svid_ttl,
+        sessions: SessionConfig { ttl, max_sessions },
+        metrics_address,
+        policy_files: raw.policy_files.into_iter().map(resolve).collect(),
+        reload_interval,
+        log_level,
+        workers,
+    })
+}
+
+/// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-`, `_` (SPIFFE ID spec 2.1).
+fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+/// `<hostname>-<pid>`, with characters a topic level cannot hold replaced by `-` and cut to
+/// the protocol's node id limit.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    node_id_from(host.trim(), std::process::id())
+}
+
+fn node_id_from(host: &str, pid: u32) -> String {
+    let pid = format!("-{pid}");
+    let room = ekattest_protocol::limits::NODE_ID_MAX.saturating_sub(pid.len());
+    let mut id: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(room)
+        .collect();
+    if id.is_empty() {
+        id.push_str("ekattest");
+    }
+    id.push_str(&pid);
+    id
+}
+
+/// Parses a duration such as `90s`, `5m`, `1h`, `1h30m`, `250ms`, `2d`: one or more
+/// `<number><unit>` pairs, units `ms`, `s`, `m`, `h`, `d`.
+///
+/// # Errors
+/// A message naming the problem and the accepted form.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration; write e.g. 90s, 5m, 1h, 1h30m or 500ms");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 12 {
+            return Err(bad());
+        }
+        let (number, after) = rest.split_at(digits);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = after.split_at(unit_len);
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = after.trim_start();
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests;

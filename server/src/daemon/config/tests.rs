@@ -1,0 +1,335 @@
+use super::*;
+
+const MINIMAL: &str = "\
+broker: mqtt://127.0.0.1:1883
+cluster-id: c-123abc
+trust-domain: example.org
+ca-cert: ca.pem
+ca-key: /etc/ekattest/ca.key
+";
+
+fn parse(text: &str) -> Result<ServerConfig, ServerConfigError> {
+    ServerConfig::parse(Path::new("/etc/ekattest/server.yaml"), text)
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.broker.host, "127.0.0.1");
+    assert_eq!(c.broker.port, 1883);
+    assert!(!c.broker.tls);
+    assert_eq!(c.cluster_id, "c-123abc");
+    assert_eq!(c.topic_prefix, "ekattest/v1");
+    assert_eq!(c.trust_domain, "example.org");
+    // Relative paths resolve against the config file's folder.
+    assert_eq!(c.ca_cert, Path::new("/etc/ekattest/ca.pem"));
+    assert_eq!(c.ca_key, Path::new("/etc/ekattest/ca.key"));
+    assert_eq!(c.svid_ttl, Duration::from_secs(3600));
+    assert_eq!(c.sessions.ttl, Duration::from_secs(300));
+    assert_eq!(
+        c.sessions.max_sessions,
+        SessionConfig::default().max_sessions
+    );
+    assert_eq!(
+        c.metrics_address,
+        Some("127.0.0.1:9464".parse::<SocketAddr>().unwrap())
+    );
+    assert!(c.policy_files.is_empty());
+    assert_eq!(c.reload_interval, Duration::from_secs(2));
+    assert_eq!(c.log_level, log::LevelFilter::Info);
+    assert_eq!(
+        c.workers,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    assert!(
+        c.node_id.ends_with(&format!("-{}", std::process::id())),
+        "{}",
+        c.node_id
+    );
+    assert!(topic::validate(Part::Node, &c.node_id).is_ok());
+    assert!(c.username.is_none() && c.password.is_none());
+}
+
+#[test]
+fn every_key_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\nignored\n").unwrap();
+    let text = format!(
+        "broker: mqtts://broker.example:8884
+tls:
+  ca: tls/ca.pem
+  cert: tls/client.pem
+  key: tls/client.key
+username: server1
+password-file: {}
+cluster-id: c-1
+node-id: node-a
+topic-prefix: acme/att/v1
+trust-domain: acme.example
+ca-cert: ca.pem
+ca-key: ca.key
+svid-ttl: 90m
+session-ttl: 30s
+max-sessions: 500
+metrics-address: 0.0.0.0:9100
+policy-files: [a.yaml, /abs/b.yaml]
+reload-interval: 500ms
+log-level: debug
+workers: 3
+",
+        pw.display()
+    );
+    let c = ServerConfig::parse(&dir.path().join("server.yaml"), &text).unwrap();
+    assert!(c.broker.tls);
+    assert_eq!(
+        (c.broker.host.as_str(), c.broker.port),
+        ("broker.example", 8884)
+    );
+    assert_eq!(c.tls.ca, Some(dir.path().join("tls/ca.pem")));
+    assert_eq!(c.tls.cert, Some(dir.path().join("tls/client.pem")));
+    assert_eq!(c.tls.key, Some(dir.path().join("tls/client.key")));
+    assert_eq!(c.username.as_deref(), Some("server1"));
+    assert_eq!(c.password.as_ref().map(Password::expose), Some("s3cret"));
+    assert_eq!(c.node_id, "node-a");
+    assert_eq!(c.topic_prefix, "acme/att/v1");
+    assert_eq!(c.svid_ttl, Duration::from_secs(90 * 60));
+    assert_eq!(c.sessions.ttl, Duration::from_secs(30));
+    assert_eq!(c.sessions.max_sessions, 500);
+    assert_eq!(c.metrics_address, Some("0.0.0.0:9100".parse().unwrap()));
+    assert_eq!(
+        c.policy_files,
+        [dir.path().join("a.yaml"), PathBuf::from("/abs/b.yaml")]
+    );
+    assert_eq!(c.reload_interval, Duration::from_millis(500));
+    assert_eq!(c.log_level, log::LevelFilter::Debug);
+    assert_eq!(c.workers, 3);
+    // The password never shows in Debug output.
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn empty_metrics_address_disables_metrics() {
+    let c = parse(&format!("{MINIMAL}metrics-address: \"\"\n")).unwrap();
+    assert_eq!(c.metrics_address, None);
+}
+
+#[test]
+fn unknown_key_is_named_with_the_file() {
+    let e = error(&format!("{MINIMAL}policy-file: x.yaml\n"));
+    assert!(e.starts_with("/etc/ekattest/server.yaml: "), "{e}");
+    assert!(e.contains("unknown field `policy-file`"), "{e}");
+    let e = error(&format!("{MINIMAL}tls:\n  cafile: x\n"));
+    assert!(e.contains("unknown field `cafile`"), "{e}");
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    for key in ["broker", "cluster-id", "trust-domain", "ca-cert", "ca-key"] {
+        let text: String = MINIMAL
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key}:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let e = error(&text);
+        assert!(e.contains(&format!("missing field `{key}`")), "{key}: {e}");
+    }
+}
+
+#[test]
+fn bad_durations_name_the_key() {
+    for (key, value) in [
+        ("session-ttl", "5 minutes"),
+        ("svid-ttl", "1y"),
+        ("reload-interval", "-2s"),
+        ("session-ttl", "s"),
+    ] {
+        let e = error(&format!("{MINIMAL}{key}: \"{value}\"\n"));
+        assert!(
+            e.starts_with(&format!("/etc/ekattest/server.yaml: {key}: ")),
+            "{e}"
+        );
+        assert!(e.contains("is not a duration"), "{e}");
+    }
+    let e = error(&format!("{MINIMAL}session-ttl: 0s\n"));
+    assert!(e.contains("session-ttl: 0ns is too short"), "{e}");
+}
+
+#[test]
+fn duration_parser_accepts_the_documented_forms() {
+    assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+    for bad in ["", "5", "m", "5x", "1.5h", "99999999999999h", "5m-"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn identifiers_are_validated_as_topic_levels() {
+    let e = error(&MINIMAL.replace("c-123abc", "c/1"));
+    assert!(e.contains("cluster-id: cluster id has '/'"), "{e}");
+    let e = error(&format!("{MINIMAL}node-id: \"n+1\"\n"));
+    assert!(e.contains("node-id: node id has '+'"), "{e}");
+    let e = error(&format!("{MINIMAL}topic-prefix: \"a//b\"\n"));
+    assert!(e.contains("topic-prefix:"), "{e}");
+    let e = error(&MINIMAL.replace("example.org", "spiffe://example.org"));
+    assert!(e.contains("trust-domain: "), "{e}");
+}
+
+#[test]
+fn broker_urls() {
+    let b = Broker::parse("mqtts://[::1]:8883").unwrap();
+    assert_eq!((b.host.as_str(), b.port, b.tls), ("::1", 8883, true));
+    assert_eq!(Broker::parse("mqtts://h").unwrap().port, 8883);
+    assert_eq!(Broker::parse("mqtt://h/").unwrap().port, 1883);
+    for bad in [
+        "tcp://h:1",
+        "mqtt://",
+        "mqtt://h:0",
+        "mqtt://h:99999",
+        "mqtt://u:p@h:1",
+        "mqtt://h:1/x",
+        "mqtt://[::1",
+    ] {
+        assert!(Broker::parse(bad).is_err(), "{bad}");
+    }
+    let e = error(&MINIMAL.replace("mqtt://127.0.0.1:1883", "http://x"));
+    assert!(
+        e.contains("broker: \"http://x\" is not a broker URL"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tls_rules() {
+    let e = error(&MINIMAL.replace("mqtt://", "mqtts://"));
+    assert!(
+        e.contains("tls.ca: required with an mqtts:// broker"),
+        "{e}"
+    );
+    let e = error(&format!("{MINIMAL}tls:\n  ca: ca.pem\n"));
+    assert!(e.contains("tls: set, but broker is an mqtt:// URL"), "{e}");
+    let e = error(&format!(
+        "{}tls:\n  ca: ca.pem\n  cert: c.pem\n",
+        MINIMAL.replace("mqtt://", "mqtts://")
+    ));
+    assert!(
+        e.contains("tls.key: tls.cert and tls.key go together"),
+        "{e}"
+    );
+}
+
+#[test]
+fn credentials_rules() {
+    let e = error(&format!("{MINIMAL}password-file: /nonexistent/pw\n"));
+    assert!(e.contains("password-file: set without username"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}username: u\npassword-file: /nonexistent/pw\n"
+    ));
+    assert!(
+        e.contains("cannot read password-file /nonexistent/pw"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "\n").unwrap();
+    let e = error(&format!(
+        "{MINIMAL}username: u\npassword-file: {}\n",
+        pw.display()
+    ));
+    assert!(e.contains("is empty"), "{e}");
+}
+
+#[test]
+fn numeric_limits() {
+    assert!(error(&format!("{MINIMAL}workers: 0\n")).contains("workers: must be at least 1"));
+    assert!(error(&format!("{MINIMAL}max-sessions: 0\n")).contains("max-sessions: must be"));
+    assert!(error(&format!("{MINIMAL}log-level: loud\n")).contains("log-level: \"loud\""));
+    assert!(
+        error(&format!("{MINIMAL}metrics-address: localhost\n"))
+            .contains("metrics-address: \"localhost\" is not IP:PORT")
+    );
+}
+
+#[test]
+fn default_node_id_is_sanitized_and_bounded() {
+    assert_eq!(node_id_from("host.local", 42), "host.local-42");
+    assert_eq!(node_id_from("a b/c", 7), "a-b-c-7");
+    assert_eq!(node_id_from("", 7), "ekattest-7");
+    let long = "x".repeat(200);
+    let id = node_id_from(&long, 1234);
+    assert_eq!(id.len(), ekattest_protocol::limits::NODE_ID_MAX);
+    assert!(id.ends_with("-1234"));
+}
+
+const EXAMPLE: &str = include_str!("../../../../deploy/server.yaml");
+
+#[test]
+fn the_deploy_example_parses_and_documents_every_key() {
+    // The example names a systemd credential path for the password; parse without it.
+    let text: String = EXAMPLE
+        .lines()
+        .filter(|l| !l.starts_with("password-file:") && !l.starts_with("username:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = parse(&text).unwrap();
+    assert_eq!(c.cluster_id, "c-xxxxxx");
+    assert!(c.broker.tls);
+    for key in [
+        "broker",
+        "tls",
+        "ca",
+        "cert",
+        "key",
+        "username",
+        "password-file",
+        "cluster-id",
+        "node-id",
+        "topic-prefix",
+        "trust-domain",
+        "ca-cert",
+        "ca-key",
+        "svid-ttl",
+        "session-ttl",
+        "max-sessions",
+        "metrics-address",
+        "policy-files",
+        "reload-interval",
+        "log-level",
+        "workers",
+    ] {
+        let documented = EXAMPLE.lines().any(|l| {
+            let l = l.trim_start().trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{key}:"))
+        });
+        assert!(documented, "deploy/server.yaml does not show {key}");
+    }
+    // Every commented-out key still parses when uncommented.
+    let uncommented: String =
+        text.lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.contains(": ")
+                        && !rest.contains("  ")
+                        && rest.split(':').next().is_some_and(|k| {
+                            k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                        }) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+    let c = parse(&uncommented).unwrap();
+    assert_eq!(c.node_id, "server-a");
+    assert_eq!(c.workers, 4);
+}

@@ -1,0 +1,268 @@
+use std::sync::Mutex as StdMutex;
+
+use ekattest_protocol::msg::{Method, SessionId};
+use ekattest_protocol::{Downlink, decode, heapless};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::credential::FixedRandom;
+use crate::daemon::reload::{Reloader, Source, apply};
+use crate::session::SessionConfig;
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/testdata/make-credential"
+);
+
+fn read(name: &str) -> Vec<u8> {
+    let path = format!("{VECTORS}/{name}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
+}
+
+#[derive(Default)]
+struct Recorder(StdMutex<Vec<(String, Vec<u8>)>>);
+
+impl Outbox for Arc<Recorder> {
+    fn send(&self, topic: &str, frame: Vec<u8>) -> Result<(), String> {
+        self.0.lock().unwrap().push((topic.to_owned(), frame));
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<(String, Downlink)> {
+        self.0
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|(t, f)| (t, decode::<Downlink>(&f).unwrap()))
+            .collect()
+    }
+}
+
+fn policy(hash: &str) -> Vec<u8> {
+    format!(
+        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
+         requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"{hash}\"]\n"
+    )
+    .into_bytes()
+}
+
+fn ek_hash() -> String {
+    hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")))
+}
+
+fn login() -> Login {
+    Login {
+        methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+        ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_cert: None,
+        ek_chain: heapless::Vec::new(),
+        ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        svid_key: None,
+    }
+}
+
+fn handler(doc: Option<&[u8]>) -> (Handler, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let (authority, _, _) =
+        Authority::generate("example.org", Duration::from_secs(86_400)).unwrap();
+    let state = Arc::new(PolicyState::default());
+    let metrics = Arc::new(Metrics::default());
+    if let Some(bytes) = doc {
+        let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), bytes.to_vec())]);
+        apply(&d, "t", &state, &metrics);
+    }
+    let h = Handler {
+        attestor: Attestor::new("node-1", Some("example.org"), SessionConfig::default()).unwrap(),
+        authority,
+        policy: state,
+        metrics,
+        prefix: "ekattest/v1".to_owned(),
+        cluster: "c-1".to_owned(),
+        svid_ttl: Duration::from_secs(3600),
+        outbox: Box::new(Arc::clone(&rec)),
+    };
+    (h, rec)
+}
+
+fn metric(h: &Handler, series: &str) -> u64 {
+    let text = h.metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing"))
+}
+
+const SUCCESS: &str = "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}";
+
+fn failed(reason: &str) -> String {
+    format!(
+        "attestation_signer_proof{{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"{reason}\"}}"
+    )
+}
+
+#[test]
+fn login_gets_a_challenge_naming_the_node_on_the_down_topic() {
+    let (h, rec) = handler(Some(&policy(&ek_hash())));
+    h.handle(Job::Login {
+        agent: "ek-1".to_owned(),
+        login: Box::new(login()),
+    });
+    let out = rec.take();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, "ekattest/v1/c-1/agents/ek-1/down");
+    match &out[0].1 {
+        Downlink::Challenge(c) => {
+            assert_eq!(c.node.as_str(), "node-1");
+            assert_eq!(c.expires_in, 300);
+            assert!(!c.credential_blob.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metric(&h, "attestation_sessions_active"), 1);
+    assert_eq!(metric(&h, "attestation_login_duration_seconds_count"), 1);
+}
+
+#[test]
+fn login_without_a_document_is_policy_not_found() {
+    let (h, rec) = handler(None);
+    h.handle(Job::Login {
+        agent: "ek-1".to_owned(),
+        login: Box::new(login()),
+    });
+    match &rec.take()[0].1 {
+        Downlink::Result(Outcome::Rejected(r)) => assert_eq!(r.code, RejectCode::PolicyNotFound),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metric(&h, &failed("policy_not_found")), 1);
+}
+
+#[test]
+fn login_with_an_unlisted_ek_is_rejected_and_counted() {
+    let (h, rec) = handler(Some(&policy(&"ab".repeat(32))));
+    h.handle(Job::Login {
+        agent: "ek-1".to_owned(),
+        login: Box::new(login()),
+    });
+    match &rec.take()[0].1 {
+        Downlink::Result(Outcome::Rejected(r)) => {
+            assert_eq!(r.code, RejectCode::EkNotTrusted);
+            assert_eq!(
+                r.message.as_str(),
+                "EK did not pass any configured validation check"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metric(&h, &failed("ek_not_trusted")), 1);
+    assert_eq!(metric(&h, SUCCESS), 0);
+    assert_eq!(metric(&h, "attestation_sessions_active"), 0);
+}
+
+/// Opens a session with the vector's fixed randomness, so the secret is `secret.bin`.
+fn open_session(h: &Handler) -> SessionId {
+    let doc = h.policy.current().unwrap();
+    let mut rng = FixedRandom::new([
+        read("secret.bin"),
+        vec![0x5a; 16],
+        read("rsa2048/seed.bin"),
+        read("rsa2048/oaep_seed.bin"),
+    ]);
+    let a = &h.attestor;
+    let (c, _) = a
+        .login(
+            &doc,
+            "ek-1",
+            &login(),
+            Instant::now(),
+            SystemTime::now(),
+            &mut rng,
+        )
+        .unwrap();
+    c.session
+}
+
+fn answer(session: SessionId, secret: &[u8]) -> Box<Answer> {
+    Box::new(Answer {
+        session,
+        secret: heapless::Vec::from_slice(secret).unwrap(),
+        pop: None,
+    })
+}
+
+#[test]
+fn right_answer_is_accepted_signed_and_counted_once() {
+    let (h, rec) = handler(Some(&policy(&ek_hash())));
+    let session = open_session(&h);
+    h.handle(Job::Answer {
+        agent: "ek-1".to_owned(),
+        answer: answer(session, &read("secret.bin")),
+    });
+    let out = rec.take();
+    assert_eq!(out[0].0, "ekattest/v1/c-1/agents/ek-1/down");
+    match &out[0].1 {
+        Downlink::Result(Outcome::Accepted(a)) => {
+            assert_eq!(
+                a.spiffe_id.as_str(),
+                format!("spiffe://example.org/agents/tpm/{}", ek_hash())
+            );
+            assert!(a.svid.is_empty(), "no svid_key, no SVID");
+            assert!(!a.signature.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metric(&h, SUCCESS), 1);
+    assert_eq!(metric(&h, "attestation_answer_duration_seconds_count"), 1);
+    // Replaying the same answer: the session is gone.
+    h.handle(Job::Answer {
+        agent: "ek-1".to_owned(),
+        answer: answer(session, &read("secret.bin")),
+    });
+    match &rec.take()[0].1 {
+        Downlink::Result(Outcome::Rejected(r)) => assert_eq!(r.code, RejectCode::UnknownSession),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metric(&h, &failed("unknown_session")), 1);
+    assert_eq!(metric(&h, SUCCESS), 1);
+}
+
+#[test]
+fn wrong_secret_is_challenge_failed_logged_as_secret_mismatch() {
+    let (h, rec) = handler(Some(&policy(&ek_hash())));
+    let session = open_session(&h);
+    h.handle(Job::Answer {
+        agent: "ek-1".to_owned(),
+        answer: answer(session, &[0u8; 32]),
+    });
+    match &rec.take()[0].1 {
+        Downlink::Result(Outcome::Rejected(r)) => assert_eq!(r.code, RejectCode::ChallengeFailed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(metric(&h, &failed("challenge_failed")), 1);
+    assert_eq!(
+        reject_message(RejectCode::ChallengeFailed),
+        "challenge response secret does not match"
+    );
+    assert_eq!(
+        reject_message(RejectCode::EkNotTrusted),
+        "EK did not pass any configured validation check"
+    );
+}
+
+#[test]
+fn policy_swap_applies_to_the_next_login() {
+    let (h, rec) = handler(Some(&policy(&"ab".repeat(32))));
+    let job = || Job::Login {
+        agent: "ek-1".to_owned(),
+        login: Box::new(login()),
+    };
+    h.handle(job());
+    assert!(matches!(
+        rec.take()[0].1,
+        Downlink::Result(Outcome::Rejected(_))
+    ));
+    let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), policy(&ek_hash()))]);
+    apply(&d, "t", &h.policy, &h.metrics);
+    h.handle(job());
+    assert!(matches!(rec.take()[0].1, Downlink::Challenge(_)));
+}

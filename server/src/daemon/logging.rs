@@ -1,0 +1,239 @@
+//! The daemon's JSON logger: one object per line on stderr,
+//! `{"time":"<RFC 3339 UTC>","level":"info","msg":"...",<key-values in call order>}`.
+//!
+//! A [`log::Log`] implementation reading the `log` crate's structured key-values, so call
+//! sites write `log::info!(agentId = agent; "Connected to agent")` and values captured with
+//! `:serde` (lists such as `providedMethods`) come out as JSON arrays. The seed's messages
+//! and field names are the operator contract; this module only formats them. It never
+//! panics on a value and never drops a record silently (a record that fails to serialize
+//! still prints, with the failing field as a string). Callers must never pass secrets.
+
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::kv::{self, Key, Value, VisitSource};
+use log::{LevelFilter, Log, Metadata, Record};
+
+/// Fields the logger writes itself; key-values with these names are dropped.
+const RESERVED: [&str; 3] = ["time", "level", "msg"];
+
+/// The JSON logger. Records from this crate pass at the configured level; records from
+/// dependencies (rumqttc, rustls) at most at `info`, unless the level is `trace`.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLogger {
+    level: LevelFilter,
+}
+
+impl JsonLogger {
+    /// A logger passing records at `level` and above.
+    pub fn new(level: LevelFilter) -> Self {
+        Self { level }
+    }
+
+    /// Installs this logger as the process logger.
+    ///
+    /// # Errors
+    /// If a logger is already installed.
+    pub fn install(self) -> Result<(), log::SetLoggerError> {
+        log::set_boxed_logger(Box::new(self))?;
+        log::set_max_level(self.level);
+        Ok(())
+    }
+
+    fn passes(&self, metadata: &Metadata<'_>) -> bool {
+        let ours = metadata.target().starts_with("ekattest");
+        let limit = if ours || self.level == LevelFilter::Trace {
+            self.level
+        } else {
+            self.level.min(LevelFilter::Info)
+        };
+        metadata.level() <= limit
+    }
+}
+
+impl Log for JsonLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.passes(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.passes(record.metadata()) {
+            return;
+        }
+        let mut line = format_record(record, SystemTime::now());
+        line.push('\n');
+        // One write per record under stderr's lock, so lines from threads never interleave.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Formats `record` as one JSON object (no newline) stamped with `now`.
+pub fn format_record(record: &Record<'_>, now: SystemTime) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"time\":\"");
+    out.push_str(&rfc3339(now));
+    out.push_str("\",\"level\":\"");
+    out.push_str(&record.level().as_str().to_ascii_lowercase());
+    out.push_str("\",\"msg\":");
+    let msg = record.args().to_string();
+    push_json(&mut out, &msg);
+    let mut fields = Fields { out: &mut out };
+    let _ = record.key_values().visit(&mut fields);
+    out.push('}');
+    out
+}
+
+struct Fields<'a> {
+    out: &'a mut String,
+}
+
+impl<'kvs> VisitSource<'kvs> for Fields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
+        if RESERVED.contains(&key.as_str()) {
+            return Ok(());
+        }
+        self.out.push(',');
+        push_json(self.out, key.as_str());
+        self.out.push(':');
+        match serde_json::to_string(&value) {
+            Ok(json) => self.out.push_str(&json),
+            Err(_) => push_json(self.out, &value.to_string()),
+        }
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(json) => out.push_str(&json),
+        // serde_json cannot fail on a str; keep the output valid JSON regardless.
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC). Times before 1970 print as the epoch.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)
+    }
+
+    fn render(args: std::fmt::Arguments<'_>, kvs: &[(&str, Value<'_>)]) -> String {
+        let record = Record::builder()
+            .args(args)
+            .level(log::Level::Warn)
+            .target("ekattest_server::daemon")
+            .key_values(&kvs)
+            .build();
+        format_record(&record, at(1_700_000_000, 42))
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(1_700_000_000, 42)), "2023-11-14T22:13:20.042Z");
+        // A leap day and the end of a century year.
+        assert_eq!(rfc3339(at(951_782_400, 0)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(at(4_102_444_799, 999)), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn time_level_msg_come_first_then_fields_in_call_order() {
+        let line = render(
+            format_args!("EK did not pass any configured validation check"),
+            &[
+                ("agentId", Value::from("ek-01")),
+                ("code", Value::from(1u8)),
+            ],
+        );
+        assert_eq!(
+            line,
+            "{\"time\":\"2023-11-14T22:13:20.042Z\",\"level\":\"warn\",\
+             \"msg\":\"EK did not pass any configured validation check\",\
+             \"agentId\":\"ek-01\",\"code\":1}"
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_and_lists_are_arrays() {
+        let attrs = vec![
+            "tpm_ek:tpm_ek.public_hash=\"ab\"".to_owned(),
+            "tpm_ek:tpm_ek.model=\"TPM\\2.0\n\"".to_owned(),
+        ];
+        let line = render(
+            format_args!("say \"hi\"\tnow"),
+            &[
+                ("agentAttestationAttributes", Value::from_serde(&attrs)),
+                ("providedMethods", Value::from_serde(&["tpm_ek"])),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["msg"], "say \"hi\"\tnow");
+        assert_eq!(v["agentAttestationAttributes"][0], attrs[0]);
+        assert_eq!(v["agentAttestationAttributes"][1], attrs[1]);
+        assert_eq!(v["providedMethods"], serde_json::json!(["tpm_ek"]));
+        assert!(
+            line.contains(r#""tpm_ek:tpm_ek.public_hash=\"ab\"""#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn reserved_keys_in_fields_are_dropped() {
+        let line = render(format_args!("m"), &[("msg", Value::from("evil"))]);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["msg"], "m");
+        assert_eq!(line.matches("\"msg\"").count(), 1);
+    }
+
+    #[test]
+    fn dependencies_are_capped_at_info_unless_trace() {
+        let debug = JsonLogger::new(LevelFilter::Debug);
+        let meta = |target, level| Metadata::builder().target(target).level(level).build();
+        assert!(debug.enabled(&meta("ekattest_server::daemon", log::Level::Debug)));
+        assert!(!debug.enabled(&meta("rumqttc::state", log::Level::Debug)));
+        assert!(debug.enabled(&meta("rumqttc::state", log::Level::Info)));
+        let trace = JsonLogger::new(LevelFilter::Trace);
+        assert!(trace.enabled(&meta("rumqttc::state", log::Level::Trace)));
+        let warn = JsonLogger::new(LevelFilter::Warn);
+        assert!(!warn.enabled(&meta("ekattest_server", log::Level::Info)));
+    }
+}

@@ -1,0 +1,237 @@
+//! The MQTT event loop: routes each received publish to the worker queue, the reload inbox
+//! or a refusal, reconnects with jittered backoff, and stops on SIGTERM/SIGINT.
+//!
+//! This task must never block or wait on an agent: a full worker queue refuses the Login
+//! with `server busy`, refusals use `try_publish` (a full client queue drops them, the agent
+//! retries), and policy parsing happens on the reload thread.
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use ekattest_protocol::msg::{Downlink, Outcome, Rejected, Uplink};
+use ekattest_protocol::topic::{Inbound, Topics};
+use ekattest_protocol::{DecodeError, RejectCode, decode};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
+
+use super::handler::{Job, downlink_frame, log_rejection};
+use super::metrics::{FrameRejection, Metrics};
+use super::reload::Inbox;
+use super::{DRAIN_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN, bus};
+use crate::attest::Rejection;
+use crate::config::MAX_DOCUMENT_BYTES;
+
+/// Routes each received publish; owned by the event-loop task, never blocks.
+pub(super) struct Router {
+    pub(super) client: AsyncClient,
+    pub(super) jobs: SyncSender<Job>,
+    pub(super) capacity: usize,
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) prefix: String,
+    pub(super) cluster: String,
+    pub(super) node: String,
+    pub(super) broker: String,
+}
+
+impl Router {
+    fn topics(&self) -> Option<Topics<'_>> {
+        Topics::new(&self.prefix, &self.cluster).ok()
+    }
+
+    pub(super) fn subscriptions(&self) -> Vec<SubscribeFilter> {
+        let Some(t) = self.topics() else {
+            return Vec::new();
+        };
+        [
+            t.shared_logins_filter(),
+            t.answers_filter(&self.node),
+            t.config(),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce))
+        .collect()
+    }
+
+    pub(super) fn route(&self, publish: &Publish) {
+        let Some(topics) = self.topics() else {
+            return;
+        };
+        let inbound = match topics.parse(&publish.topic) {
+            Ok(i) => i,
+            Err(e) => {
+                self.metrics.frame_rejected(FrameRejection::UnknownTopic);
+                log::debug!(topic = publish.topic.as_str(), error:% = e; "message on an unknown topic dropped");
+                return;
+            }
+        };
+        let agent = match inbound {
+            Inbound::Config => {
+                if publish.payload.len() > MAX_DOCUMENT_BYTES {
+                    self.metrics.frame_rejected(FrameRejection::Oversize);
+                    log::error!(bytes = publish.payload.len(); "config topic document is larger than {MAX_DOCUMENT_BYTES} bytes; ignored");
+                    return;
+                }
+                self.inbox.put(publish.payload.to_vec());
+                return;
+            }
+            Inbound::Down { .. } => {
+                self.metrics.frame_rejected(FrameRejection::UnknownTopic);
+                return;
+            }
+            Inbound::Answer { node, .. } if node != self.node => {
+                self.metrics.frame_rejected(FrameRejection::UnknownTopic);
+                return;
+            }
+            Inbound::Login { agent } | Inbound::Answer { agent, .. } => agent,
+        };
+        let job = match decode::<Uplink>(&publish.payload) {
+            Ok(Uplink::Login(login)) => {
+                self.metrics.login_received();
+                Job::Login {
+                    agent: agent.to_owned(),
+                    login: Box::new(login),
+                }
+            }
+            Ok(Uplink::Answer(answer)) => Job::Answer {
+                agent: agent.to_owned(),
+                answer: Box::new(answer),
+            },
+            Err(e) => {
+                let why = match e {
+                    DecodeError::TooLong { .. } => FrameRejection::Oversize,
+                    _ => FrameRejection::Malformed,
+                };
+                self.metrics.frame_rejected(why);
+                self.refuse(agent, e.reject_code(), format!("{e}"));
+                return;
+            }
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                self.metrics.frame_rejected(FrameRejection::Busy);
+                self.metrics.proof_failed(RejectCode::Busy);
+                let kind = match job {
+                    Job::Login { .. } => "Login",
+                    Job::Answer { .. } => "Answer",
+                };
+                self.refuse(
+                    agent,
+                    RejectCode::Busy,
+                    format!(
+                        "{kind} refused: {} jobs queued for the workers",
+                        self.capacity
+                    ),
+                );
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Logs a refusal and tells the agent without waiting (a full client queue drops it).
+    fn refuse(&self, agent: &str, code: RejectCode, reason: String) {
+        log_rejection(agent, &Rejection { code, reason });
+        let msg = Downlink::Result(Outcome::Rejected(Rejected::new(code)));
+        match downlink_frame(&self.prefix, &self.cluster, agent, &msg) {
+            Ok((topic, frame)) => {
+                if let Err(e) = self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, false, frame)
+                {
+                    log::debug!(agentId = agent, error:% = e; "rejection not sent: client queue full");
+                }
+            }
+            Err(e) => {
+                log::error!(agentId = agent, error = e.as_str(); "cannot build the downlink frame")
+            }
+        }
+    }
+}
+
+/// Drives the MQTT event loop until SIGTERM/SIGINT; returns it for the final drain.
+pub(super) async fn drive(router: Router, mut eventloop: EventLoop) -> EventLoop {
+    let mut delay = RECONNECT_MIN;
+    let mut connected = false;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return eventloop,
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    delay = RECONNECT_MIN;
+                    connected = true;
+                    let filters = router.subscriptions();
+                    log::info!(broker = router.broker.as_str(); "connected to broker");
+                    if let Err(e) = router.client.try_subscribe_many(filters) {
+                        log::error!(error:% = e; "cannot subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack.return_codes.iter().filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)).count();
+                    if refused > 0 {
+                        log::error!(refused = refused; "the broker refused a subscription: check its ACL for this server's user");
+                    } else {
+                        log::debug!(filters = ack.return_codes.len(); "subscribed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => router.route(&publish),
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        log::warn!(error:% = e; "broker connection lost; reconnecting (sessions are kept)");
+                    } else {
+                        log::warn!(error:% = e, retryInMs = delay.as_millis(); "cannot connect to broker; retrying");
+                    }
+                    connected = false;
+                    tokio::select! {
+                        () = &mut shutdown => return eventloop,
+                        () = tokio::time::sleep(bus::jittered(delay)) => {}
+                    }
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Lets queued replies reach the broker, then disconnects.
+pub(super) async fn drain(client: &AsyncClient, mut eventloop: EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

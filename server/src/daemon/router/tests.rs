@@ -1,0 +1,174 @@
+//! The router: topic and frame checks, the bounded queue, the config hand-over.
+
+use ekattest_protocol::encode;
+use ekattest_protocol::heapless;
+use ekattest_protocol::msg::{Answer, Login, Method, SessionId};
+
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::time::Duration;
+
+use ekattest_protocol::limits;
+
+use super::*;
+
+fn router(capacity: usize) -> (Router, Receiver<Job>, EventLoop) {
+    let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (jobs, rx) = sync_channel(capacity);
+    let r = Router {
+        client,
+        jobs,
+        capacity,
+        inbox: Arc::new(Inbox::default()),
+        metrics: Arc::new(Metrics::default()),
+        prefix: "ekattest/v1".to_owned(),
+        cluster: "c-1".to_owned(),
+        node: "n1".to_owned(),
+        broker: "mqtt://127.0.0.1:1".to_owned(),
+    };
+    (r, rx, eventloop)
+}
+
+fn frame(msg: &Uplink) -> Vec<u8> {
+    let mut buf = vec![0u8; limits::FRAME_MAX];
+    encode(msg, &mut buf).unwrap().to_vec()
+}
+
+fn login() -> Uplink {
+    Uplink::Login(Login {
+        methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+        ek_public: heapless::Vec::new(),
+        ek_cert: None,
+        ek_chain: heapless::Vec::new(),
+        ak_public: heapless::Vec::new(),
+        svid_key: None,
+    })
+}
+
+fn answer() -> Uplink {
+    Uplink::Answer(Answer {
+        session: SessionId([7; 16]),
+        secret: heapless::Vec::new(),
+        pop: None,
+    })
+}
+
+fn publish(topic: &str, payload: Vec<u8>) -> Publish {
+    Publish::new(topic, QoS::AtLeastOnce, payload)
+}
+
+fn count(r: &Router, series: &str) -> u64 {
+    r.metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn subscriptions_are_the_shared_logins_this_nodes_answers_and_config() {
+    let (r, _rx, _el) = router(4);
+    let filters: Vec<String> = r.subscriptions().into_iter().map(|f| f.path).collect();
+    assert_eq!(
+        filters,
+        [
+            "$share/ekattest/ekattest/v1/c-1/agents/+/login",
+            "ekattest/v1/c-1/servers/n1/answer/+",
+            "ekattest/v1/c-1/config",
+        ]
+    );
+}
+
+#[test]
+fn logins_and_answers_to_this_node_become_jobs() {
+    let (r, rx, _el) = router(4);
+    r.route(&publish(
+        "ekattest/v1/c-1/agents/ek-1/login",
+        frame(&login()),
+    ));
+    r.route(&publish(
+        "ekattest/v1/c-1/servers/n1/answer/ek-1",
+        frame(&answer()),
+    ));
+    assert!(matches!(rx.try_recv(), Ok(Job::Login { agent, .. }) if agent == "ek-1"));
+    assert!(matches!(rx.try_recv(), Ok(Job::Answer { agent, .. }) if agent == "ek-1"));
+    assert_eq!(count(&r, "attestation_logins_total"), 1);
+}
+
+#[test]
+fn foreign_topics_and_bad_frames_are_counted_not_queued() {
+    let (r, rx, _el) = router(4);
+    r.route(&publish("other/topic", frame(&login())));
+    r.route(&publish(
+        "ekattest/v1/c-1/servers/n2/answer/ek-1",
+        frame(&answer()),
+    ));
+    r.route(&publish("ekattest/v1/c-1/agents/ek-1/down", vec![1]));
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"unknown_topic\"}"
+        ),
+        3
+    );
+    r.route(&publish(
+        "ekattest/v1/c-1/agents/ek-1/login",
+        vec![1, 0xff, 0xff],
+    ));
+    r.route(&publish("ekattest/v1/c-1/agents/ek-1/login", vec![]));
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"malformed\"}"
+        ),
+        2
+    );
+    r.route(&publish(
+        "ekattest/v1/c-1/agents/ek-1/login",
+        vec![1; limits::UPLINK_FRAME_MAX + 1],
+    ));
+    assert_eq!(
+        count(&r, "attestation_frames_rejected_total{reason=\"oversize\"}"),
+        1
+    );
+    assert!(rx.try_recv().is_err());
+    assert_eq!(count(&r, "attestation_logins_total"), 0);
+}
+
+#[test]
+fn a_full_queue_refuses_with_busy_instead_of_growing() {
+    let (r, rx, _el) = router(1);
+    let topic = "ekattest/v1/c-1/agents/ek-1/login";
+    r.route(&publish(topic, frame(&login())));
+    r.route(&publish(topic, frame(&login())));
+    r.route(&publish(topic, frame(&login())));
+    assert_eq!(
+        count(&r, "attestation_frames_rejected_total{reason=\"busy\"}"),
+        2
+    );
+    assert_eq!(
+        count(
+            &r,
+            "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"busy\"}"
+        ),
+        2
+    );
+    assert!(rx.try_recv().is_ok());
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn config_payloads_go_to_the_reload_inbox() {
+    let (r, _rx, _el) = router(1);
+    r.route(&publish("ekattest/v1/c-1/config", b"doc".to_vec()));
+    assert_eq!(r.inbox.take(Duration::ZERO), Ok(Some(b"doc".to_vec())));
+    r.route(&publish(
+        "ekattest/v1/c-1/config",
+        vec![b'x'; MAX_DOCUMENT_BYTES + 1],
+    ));
+    assert_eq!(r.inbox.take(Duration::ZERO), Ok(None));
+    assert_eq!(
+        count(&r, "attestation_frames_rejected_total{reason=\"oversize\"}"),
+        1
+    );
+}

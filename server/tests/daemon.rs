@@ -1,0 +1,523 @@
+//! End-to-end tests of the `ekattest-server` binary against a real mosquitto (started here on
+//! a free loopback port) with a rumqttc client playing the agent, using the make-credential
+//! known-answer vectors' EK and AK. No TPM: the full TPM round trip is the workspace's
+//! end-to-end test. Needs `/usr/sbin/mosquitto` (fails loudly without it).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] fns fail loudly by design"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ekattest_protocol::msg::{Downlink, Login, Method, Outcome, Uplink};
+use ekattest_protocol::topic::Topics;
+use ekattest_protocol::{RejectCode, decode, encode, heapless, limits};
+use ekattest_server::svid::Authority;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use sha2::{Digest, Sha256};
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+const CLUSTER: &str = "c-test";
+const NODE: &str = "node-1";
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/testdata/make-credential"
+);
+const WAIT: Duration = Duration::from_secs(20);
+
+fn read(name: &str) -> Vec<u8> {
+    let path = format!("{VECTORS}/{name}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto(dir: &Path) -> (Guard, u16) {
+    assert!(
+        Path::new(MOSQUITTO).exists(),
+        "{MOSQUITTO} is missing: install mosquitto (apt-get install mosquitto)"
+    );
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let child = Command::new(MOSQUITTO)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {MOSQUITTO}: {e}"));
+    let guard = Guard(child);
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (guard, port)
+}
+
+fn policy(hash: &str) -> String {
+    format!(
+        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: fleet\n    \
+         requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"{hash}\"]\n"
+    )
+}
+
+const INVALID_POLICY: &str = "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
+requiredAttestors:\n    - type: tpm_ek\n      config:\n        caCerts: \"not pem\"\n";
+
+fn ek_hash() -> String {
+    hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")))
+}
+
+/// The server process and its collected JSON log lines.
+struct Server {
+    child: Guard,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    metrics_port: u16,
+}
+
+impl Server {
+    fn start(config: &Path, metrics_port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ekattest-server"))
+            .arg("--config")
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Self {
+            child: Guard(child),
+            logs,
+            metrics_port,
+        }
+    }
+
+    /// Waits for a log line matching `pred` at index >= `from`; returns its index.
+    fn wait_log(
+        &self,
+        from: usize,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let logs = self.logs.lock().unwrap();
+                if let Some(i) = logs.iter().skip(from).position(&pred) {
+                    return from + i;
+                }
+            }
+            if Instant::now() > deadline {
+                let logs = self.logs.lock().unwrap();
+                panic!("no log line {what}; logs:\n{logs:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_msg(&self, from: usize, msg: &str) -> usize {
+        self.wait_log(from, msg, |v| v["msg"] == msg)
+    }
+
+    fn log(&self, i: usize) -> serde_json::Value {
+        self.logs.lock().unwrap()[i].clone()
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        out
+    }
+
+    fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    }
+}
+
+/// A rumqttc client acting as an agent (or an operator publishing raw config).
+struct Peer {
+    client: Client,
+    downlinks: Receiver<(String, Vec<u8>)>,
+}
+
+impl Peer {
+    fn connect(port: u16, id: &str, subscribe: Option<&str>) -> Self {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = Client::new(o, 16);
+        let (tx, rx) = channel();
+        let (ready_tx, ready_rx) = channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(WAIT)
+            .expect("test client: no CONNACK");
+        if let Some(topic) = subscribe {
+            client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+            ready_rx.recv_timeout(WAIT).expect("test client: no SUBACK");
+        }
+        Self {
+            client,
+            downlinks: rx,
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .unwrap();
+    }
+
+    fn next_downlink(&self) -> (String, Downlink) {
+        let (topic, frame) = self
+            .downlinks
+            .recv_timeout(WAIT)
+            .expect("no downlink from the server");
+        let msg = decode::<Downlink>(&frame).unwrap();
+        (topic, msg)
+    }
+}
+
+fn login_frame() -> Vec<u8> {
+    let login = Login {
+        methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+        ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_cert: None,
+        ek_chain: heapless::Vec::new(),
+        ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        svid_key: None,
+    };
+    let mut buf = vec![0u8; limits::FRAME_MAX];
+    encode(&Uplink::Login(login), &mut buf).unwrap().to_vec()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    _broker: Guard,
+    port: u16,
+    config: PathBuf,
+    metrics_port: u16,
+}
+
+fn setup(policy_text: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, port) = start_mosquitto(dir.path());
+    let (_, cert, key) = Authority::generate("example.org", Duration::from_secs(86_400)).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("ca.key"), key).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), policy_text).unwrap();
+    let metrics_port = free_port();
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker: mqtt://127.0.0.1:{port}\ncluster-id: {CLUSTER}\nnode-id: {NODE}\n\
+             trust-domain: example.org\nca-cert: ca.pem\nca-key: ca.key\n\
+             metrics-address: 127.0.0.1:{metrics_port}\npolicy-files: [policy.yaml]\n\
+             reload-interval: 200ms\nsession-ttl: 30s\nlog-level: debug\nworkers: 2\n"
+        ),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        _broker: broker,
+        port,
+        config,
+        metrics_port,
+    }
+}
+
+fn rejected(msg: &Downlink) -> RejectCode {
+    match msg {
+        Downlink::Result(Outcome::Rejected(r)) => r.code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
+    let s = setup(&policy(&"ab".repeat(32)));
+    let server = Server::start(&s.config, s.metrics_port);
+    let started = server.wait_msg(0, "ekattest-server started");
+    let line = server.log(started);
+    assert_eq!(line["nodeId"], NODE);
+    assert_eq!(line["clusterId"], CLUSTER);
+    assert_eq!(line["trustDomain"], "example.org");
+    let first_doc = server.wait_msg(0, "Policy document in force");
+    let initial_sha = hex::encode(Sha256::digest(policy(&"ab".repeat(32))));
+    assert_eq!(server.log(first_doc)["sha256"], initial_sha.as_str());
+    server.wait_msg(0, "subscribed");
+
+    let topics = Topics::new("ekattest/v1", CLUSTER).unwrap();
+
+    // 1. A garbage frame on an agent's login topic: Rejected{Malformed} to that agent.
+    let junk = Peer::connect(
+        s.port,
+        "ek-junk",
+        Some(topics.down("ek-junk").unwrap().as_str()),
+    );
+    junk.publish(
+        topics.login("ek-junk").unwrap().as_str(),
+        vec![1, 0xff, 0xff, 0xff],
+        false,
+    );
+    let (topic, msg) = junk.next_downlink();
+    assert_eq!(topic, "ekattest/v1/c-test/agents/ek-junk/down");
+    assert_eq!(rejected(&msg), RejectCode::Malformed);
+    let i = server.wait_msg(0, "malformed message");
+    assert_eq!(server.log(i)["agentId"], "ek-junk");
+    assert_eq!(server.log(i)["level"], "warn");
+
+    // 2. A Login whose EK hash is not in the allow-list: EkNotTrusted, seed log lines.
+    let agent = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
+    let from = server.logs.lock().unwrap().len();
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert_eq!(rejected(&agent.next_downlink().1), RejectCode::EkNotTrusted);
+    let started = server.wait_msg(from, "Login started with multi-attestation support");
+    assert_eq!(
+        server.log(started)["providedMethods"],
+        serde_json::json!(["tpm_ek"])
+    );
+    assert_eq!(server.log(started)["agentId"], "ek-a");
+    let rej = server.wait_msg(started, "EK did not pass any configured validation check");
+    let line = server.log(rej);
+    assert_eq!(line["level"], "warn");
+    assert_eq!(line["agentId"], "ek-a");
+    assert_eq!(line["code"], "ek_not_trusted");
+    assert!(
+        line["error"].as_str().unwrap().contains("EK did not pass"),
+        "{line}"
+    );
+
+    // 3. The metrics count both.
+    assert_eq!(
+        server.metric(
+            "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"ek_not_trusted\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        server.metric("attestation_frames_rejected_total{reason=\"malformed\"}"),
+        1
+    );
+    assert_eq!(server.metric("attestation_logins_total"), 1);
+    assert_eq!(
+        server.metric("attestation_policy_reloads_total{result=\"applied\"}"),
+        1
+    );
+
+    // 4. `ekattestctl config set` with the hash added: the next Login gets a Challenge.
+    let good = s.dir.path().join("good.yaml");
+    std::fs::write(&good, policy(&ek_hash())).unwrap();
+    let from = server.logs.lock().unwrap().len();
+    let out = Command::new(env!("CARGO_BIN_EXE_ekattestctl"))
+        .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
+        .arg(format!("mqtt://127.0.0.1:{}", s.port))
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "config set failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = server.wait_msg(from, "Policy document in force");
+    let good_sha = hex::encode(Sha256::digest(policy(&ek_hash())));
+    assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
+    assert_eq!(server.log(applied)["source"], "config topic");
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    match agent.next_downlink().1 {
+        Downlink::Challenge(c) => {
+            assert_eq!(c.node.as_str(), NODE);
+            assert_eq!(c.expires_in, 30);
+            assert!(!c.credential_blob.is_empty() && !c.encrypted_secret.is_empty());
+        }
+        other => panic!("expected a Challenge, got {other:?}"),
+    }
+    assert_eq!(server.metric("attestation_sessions_active"), 1);
+
+    // 5. `config set` refuses an invalid document and publishes nothing.
+    let bad = s.dir.path().join("bad.yaml");
+    std::fs::write(&bad, INVALID_POLICY).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ekattestctl"))
+        .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
+        .arg(format!("mqtt://127.0.0.1:{}", s.port))
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("caCerts: could not parse any PEM certificates"),
+        "{err}"
+    );
+
+    // 6. An invalid document published anyway: the server logs it and keeps the previous.
+    let from = server.logs.lock().unwrap().len();
+    let admin = Peer::connect(s.port, "admin", None);
+    admin.publish(
+        topics.config().unwrap().as_str(),
+        INVALID_POLICY.as_bytes().to_vec(),
+        true,
+    );
+    let e = server.wait_log(from, "the invalid-document error", |v| {
+        v["level"] == "error"
+            && v["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("caCerts: could not parse any PEM certificates"))
+    });
+    assert_eq!(server.log(e)["source"], "config topic");
+    let kept = server.wait_msg(e, "Previous policy document stays in force");
+    assert_eq!(server.log(kept)["sha256"], good_sha.as_str());
+    assert_eq!(
+        server.metric("attestation_policy_reloads_total{result=\"invalid\"}"),
+        1
+    );
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
+
+    // 7. SIGTERM: a clean stop with exit status 0.
+    let mut server = server;
+    let pid = server.child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = server.child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    server.wait_msg(0, "ekattest-server stopped");
+}
+
+#[test]
+fn check_mode_and_usage_exit_codes() {
+    let s = setup(&policy(&ek_hash()));
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_ekattest-server"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&[
+        "--config".as_ref(),
+        s.config.as_os_str(),
+        "--check".as_ref(),
+    ]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("configuration valid"), "{text}");
+    assert!(
+        text.contains(&hex::encode(Sha256::digest(policy(&ek_hash())))),
+        "{text}"
+    );
+
+    std::fs::write(s.dir.path().join("policy.yaml"), INVALID_POLICY).unwrap();
+    let bad = run(&[
+        "--config".as_ref(),
+        s.config.as_os_str(),
+        "--check".as_ref(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("caCerts: could not parse any PEM certificates"),
+        "{err}"
+    );
+
+    let usage = run(&["--bogus".as_ref()]);
+    assert_eq!(usage.status.code(), Some(2));
+    let missing = run(&[]);
+    assert_eq!(missing.status.code(), Some(2));
+    let unknown_key = s.dir.path().join("unknown.yaml");
+    std::fs::write(&unknown_key, "brokr: x\n").unwrap();
+    let e = run(&[
+        "--config".as_ref(),
+        unknown_key.as_os_str(),
+        "--check".as_ref(),
+    ]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("unknown field `brokr`"));
+}
