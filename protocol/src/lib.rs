@@ -19,6 +19,7 @@
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
 
 pub mod der;
+pub mod duration;
 pub mod error;
 pub mod limits;
 pub mod msg;

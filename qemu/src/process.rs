@@ -88,7 +88,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The watchdog: runs `"$@"` in the background with its output already redirected by us,
 /// writes its pid to `$WATCHDOG_PID`, SIGTERMs it when fd 3 (our pipe) reaches EOF, and
 /// exits with the program's status (128 + signal if it was killed).
-const WATCHDOG: &str = "exec 3<&0
+pub(crate) const WATCHDOG: &str = "exec 3<&0
 \"$@\" </dev/null 3<&- &
 p=$!
 echo $p >\"$WATCHDOG_PID\"

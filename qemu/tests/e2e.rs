@@ -759,6 +759,25 @@ fn agent_waits_for_the_broker_and_survives_a_server_restart() {
         world.server.log()
     );
 
+    // Broker restarted under a running server: the server reconnects and subscribes again,
+    // so the next device attests without anyone touching the server.
+    std::fs::remove_file(spec.data_dir.join("svid.pem")).unwrap();
+    world.broker.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    world.broker.start_again().unwrap();
+    let exit = world.run_once(&spec, "after-broker-restart");
+    assert!(
+        exit.success(),
+        "{}\nserver:\n{}",
+        exit.log,
+        world.server.log()
+    );
+    assert!(
+        world.server.log().contains("broker connection lost"),
+        "the server never noticed the broker restart:\n{}",
+        world.server.log()
+    );
+
     // Server killed as soon as it has seen the Login, restarted 1 s later: the agent times
     // out, logs in again and lands on the new process.
     std::fs::remove_file(spec.data_dir.join("svid.pem")).unwrap();

@@ -214,28 +214,14 @@ struct Raw {
     renew_before: Option<f64>,
 }
 
-/// Parses `30s`, `5m`, `1h`, `500ms` (a whole number and one unit).
+/// Parses `30s`, `5m`, `1h`, `1h30m`, `500ms` ([`ekattest_protocol::duration::parse`],
+/// shared with the server); zero is refused.
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] for `key` with the accepted forms.
 pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    let bad = || {
-        invalid(
-            key,
-            format!("{text:?} is not a duration (write e.g. 500ms, 30s, 5m or 1h)"),
-        )
-    };
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-        _ => return Err(bad()),
-    };
+    let d = ekattest_protocol::duration::parse(text)
+        .map_err(|e| invalid(key, format!("{text:?} {e}")))?;
     if d.is_zero() {
         return Err(invalid(key, "must be more than zero"));
     }

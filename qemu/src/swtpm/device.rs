@@ -432,17 +432,6 @@ fn temp_dir(prefix: &str) -> Result<(tempfile::TempDir, PathBuf)> {
 /// swtpm SIGTERM, so a crashed or killed test run leaves no swtpm behind. The shell exits
 /// with swtpm's status; swtpm's stdout and stderr go to `log`.
 fn spawn_swtpm(state: &Path, log: &Path, port: u16) -> Result<Child> {
-    // fd 3 keeps the pipe for the watchdog: POSIX gives background jobs /dev/null as stdin.
-    const WATCHDOG: &str = "exec 3<&0
-swtpm \"$@\" </dev/null 3<&- &
-p=$!
-( read _ <&3; kill $p 2>/dev/null ) &
-w=$!
-exec 3<&-
-wait $p
-rc=$?
-kill $w 2>/dev/null
-exit $rc";
     let out = File::create(log).map_err(|source| Error::Io {
         op: "create",
         path: log.to_owned(),
@@ -456,19 +445,27 @@ exit $rc";
     let ctrl = port.saturating_add(1);
     let pid_file = state.join("swtpm.pid");
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", WATCHDOG, "swtpm", "socket", "--tpm2", "--tpmstate"])
-        .arg(format!("dir={}", state.display()))
-        .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .arg("--ctrl")
-        .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-        .args(["--flags", "not-need-init,startup-clear", "--pid"])
-        .arg(format!("file={}", pid_file.display()))
-        // No -d: swtpm stays in our process tree, so Drop can stop and reap it.
-        .current_dir(state)
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .stderr(err);
+    cmd.args([
+        "-c",
+        crate::process::WATCHDOG,
+        "watchdog",
+        "swtpm",
+        "socket",
+    ])
+    .args(["--tpm2", "--tpmstate"])
+    .arg(format!("dir={}", state.display()))
+    .arg("--server")
+    .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+    .arg("--ctrl")
+    .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+    .args(["--flags", "not-need-init,startup-clear", "--pid"])
+    .arg(format!("file={}", pid_file.display()))
+    // No -d: swtpm stays in our process tree, so Drop can stop and reap it.
+    .current_dir(state)
+    .env("WATCHDOG_PID", state.join("watchdog-child.pid"))
+    .stdin(Stdio::piped())
+    .stdout(out)
+    .stderr(err);
     // `sh` is always there; a missing swtpm shows up as exit code 127 in wait_ready.
     tool::spawn(&mut cmd, "sh")
 }

@@ -537,39 +537,13 @@ fn node_id_from(host: &str, pid: u32) -> String {
     id
 }
 
-/// Parses a duration such as `90s`, `5m`, `1h`, `1h30m`, `250ms`, `2d`: one or more
-/// `<number><unit>` pairs, units `ms`, `s`, `m`, `h`, `d`.
+/// Parses a duration such as `90s`, `5m`, `1h`, `1h30m`, `250ms`, `2d`
+/// ([`ekattest_protocol::duration::parse`], shared with the agent).
 ///
 /// # Errors
-/// A message naming the problem and the accepted form.
+/// A message naming the text and the accepted forms.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration; write e.g. 90s, 5m, 1h, 1h30m or 500ms");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 12 {
-            return Err(bad());
-        }
-        let (number, after) = rest.split_at(digits);
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let (unit, after) = after.split_at(unit_len);
-        let part = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-            "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
-            _ => return Err(bad()),
-        };
-        total = total.checked_add(part).ok_or_else(bad)?;
-        rest = after.trim_start();
-    }
-    Ok(total)
+    ekattest_protocol::duration::parse(text).map_err(|e| format!("{text:?} {e}"))
 }
 
 #[cfg(test)]
