@@ -1,12 +1,16 @@
-//! ekattest-fleet: the test and fleet harness of the workspace.
+//! ekattest-fleet: the test and fleet harness of the workspace, and the `ekattest-fleet`
+//! program.
 //!
-//! Today it holds [`swtpm`]: software TPM devices provisioned with a per-run certificate
-//! authority, started on free loopback ports and stopped on drop, plus command-line oracles
-//! (openssl, tpm2-tools) that the agent's and server's integration tests compare against.
-//! Later it becomes the fleet simulator (many devices, broker, QEMU boards).
-//!
-//! [`flow`] runs one device's attestation in process (agent library on a swtpm device, server
-//! library, protocol frames in between) and [`demo`] is the README's fleet demo on top of it.
+//! - [`swtpm`]: software TPM devices provisioned with a per-run certificate authority,
+//!   started on free loopback ports and stopped on drop, plus command-line oracles (openssl,
+//!   tpm2-tools) that the agent's and server's integration tests compare against.
+//! - [`broker`], [`daemons`], [`process`]: mosquitto and the `ekattest-server` /
+//!   `ekattest-agent` binaries as watched child processes.
+//! - [`fleet`]: `ekattest-fleet run` (and `demo`), the process fleet: N swtpm devices, K
+//!   servers, N agent processes; [`load`]: the software-TPM load generator; [`report`]: the
+//!   summary table, JSON report and latency histogram both produce.
+//! - [`flow`]: one device's attestation in process (agent library on a swtpm device, server
+//!   library, protocol frames in between), for tests.
 //!
 //! It shells out to swtpm, swtpm_setup, swtpm_localca, tpm2-tools and openssl, and must never
 //! be linked into the agent or server binaries (it depends on both; they use it only as a
@@ -16,9 +20,13 @@
 
 pub mod broker;
 pub mod daemons;
-pub mod demo;
+pub mod faults;
+pub mod fleet;
 pub mod flow;
+pub mod load;
 pub mod process;
+pub mod report;
+pub mod soft_tpm;
 pub mod swtpm;
 
 pub use swtpm::{

@@ -352,6 +352,11 @@ fn three_ek_kinds_attest_through_mosquitto() {
         check_seed_lines(&world, &agent, &hash);
     }
     assert_eq!(world.metric(SUCCESS), 3.0);
+    // Payload bytes: three Logins with EK certificates in, Challenges and Results out.
+    let bytes_in = world.metric("attestation_frame_bytes_total{direction=\"in\"}");
+    let bytes_out = world.metric("attestation_frame_bytes_total{direction=\"out\"}");
+    assert!(bytes_in > 3.0 * 1000.0, "in: {bytes_in}");
+    assert!(bytes_out > 3.0 * 700.0, "out: {bytes_out}");
 }
 
 fn hex_array(hash: &str) -> [u8; 32] {

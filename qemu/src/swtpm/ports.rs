@@ -36,9 +36,16 @@ mod tests {
 
     #[test]
     fn pair_is_adjacent_and_bindable() {
-        let p = free_pair().unwrap();
-        let a = TcpListener::bind((Ipv4Addr::LOCALHOST, p)).unwrap();
-        let b = TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).unwrap();
+        // Other tests bind ports concurrently, so a pair can be taken between the check and
+        // our bind (the same race the harness survives by retrying a start): a few tries
+        // must give a pair we can bind.
+        let bound = (0..10).find_map(|_| {
+            let p = free_pair().unwrap();
+            let a = TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok()?;
+            let b = TcpListener::bind((Ipv4Addr::LOCALHOST, p + 1)).ok()?;
+            Some((a, b))
+        });
+        let (a, b) = bound.expect("no bindable adjacent pair in 10 tries");
         assert_eq!(
             a.local_addr().unwrap().port() + 1,
             b.local_addr().unwrap().port()

@@ -208,16 +208,21 @@ impl Handler {
     /// Encodes `msg` and queues it on `agent`'s downlink topic; logs and returns `false` on
     /// failure.
     fn publish(&self, agent: &str, msg: &Downlink) -> bool {
-        match downlink_frame(&self.prefix, &self.cluster, agent, msg) {
-            Ok((topic, frame)) => match self.outbox.send(&topic, frame) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::error!(agentId = agent, error = e.as_str(); "cannot publish to the broker");
-                    false
-                }
-            },
+        let (topic, frame) = match downlink_frame(&self.prefix, &self.cluster, agent, msg) {
+            Ok(built) => built,
             Err(e) => {
                 log::error!(agentId = agent, error = e.as_str(); "cannot build the downlink frame");
+                return false;
+            }
+        };
+        let len = frame.len();
+        match self.outbox.send(&topic, frame) {
+            Ok(()) => {
+                self.metrics.frame_published(len);
+                true
+            }
+            Err(e) => {
+                log::error!(agentId = agent, error = e.as_str(); "cannot publish to the broker");
                 false
             }
         }

@@ -142,6 +142,8 @@ pub struct Metrics {
     pub answer_duration: Histogram,
     reloads_applied: AtomicU64,
     reloads_invalid: AtomicU64,
+    frame_bytes_in: AtomicU64,
+    frame_bytes_out: AtomicU64,
 }
 
 impl Metrics {
@@ -167,6 +169,22 @@ impl Metrics {
         if let Some(c) = self.frames_rejected.get(why as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Payload bytes of a frame received from the broker (any topic, before any check).
+    pub fn frame_received(&self, payload_len: usize) {
+        self.frame_bytes_in.fetch_add(
+            u64::try_from(payload_len).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Payload bytes of a frame published to the broker (Challenge or Result).
+    pub fn frame_published(&self, payload_len: usize) {
+        self.frame_bytes_out.fetch_add(
+            u64::try_from(payload_len).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Sets the pending-session gauge.
@@ -258,6 +276,20 @@ impl Metrics {
             out,
             "attestation_policy_reloads_total{{result=\"invalid\"}} {}",
             load(&self.reloads_invalid)
+        );
+        out.push_str(
+            "# HELP attestation_frame_bytes_total Payload bytes of frames received (in) and published (out).\n\
+             # TYPE attestation_frame_bytes_total counter\n",
+        );
+        let _ = writeln!(
+            out,
+            "attestation_frame_bytes_total{{direction=\"in\"}} {}",
+            load(&self.frame_bytes_in)
+        );
+        let _ = writeln!(
+            out,
+            "attestation_frame_bytes_total{{direction=\"out\"}} {}",
+            load(&self.frame_bytes_out)
         );
         out
     }

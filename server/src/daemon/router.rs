@@ -54,6 +54,7 @@ impl Router {
     }
 
     pub(super) fn route(&self, publish: &Publish) {
+        self.metrics.frame_received(publish.payload.len());
         let Some(topics) = self.topics() else {
             return;
         };
@@ -135,11 +136,14 @@ impl Router {
         let msg = Downlink::Result(Outcome::Rejected(Rejected::new(code)));
         match downlink_frame(&self.prefix, &self.cluster, agent, &msg) {
             Ok((topic, frame)) => {
+                let len = frame.len();
                 if let Err(e) = self
                     .client
                     .try_publish(topic, QoS::AtLeastOnce, false, frame)
                 {
                     log::debug!(agentId = agent, error:% = e; "rejection not sent: client queue full");
+                } else {
+                    self.metrics.frame_published(len);
                 }
             }
             Err(e) => {

@@ -24,6 +24,10 @@ fn every_series_is_registered_at_zero() {
         );
         assert_eq!(value(&text, &series).as_deref(), Some("0"), "{series}");
     }
+    for direction in ["in", "out"] {
+        let series = format!("attestation_frame_bytes_total{{direction=\"{direction}\"}}");
+        assert_eq!(value(&text, &series).as_deref(), Some("0"), "{series}");
+    }
     for reason in ["malformed", "oversize", "unknown_topic", "busy"] {
         let series = format!("attestation_frames_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(value(&text, &series).as_deref(), Some("0"), "{series}");
@@ -36,6 +40,7 @@ fn every_series_is_registered_at_zero() {
         "attestation_login_duration_seconds",
         "attestation_answer_duration_seconds",
         "attestation_policy_reloads_total",
+        "attestation_frame_bytes_total",
     ] {
         assert_eq!(
             text.matches(&format!("# HELP {name} ")).count(),
@@ -79,6 +84,9 @@ fn renders_exact_text_for_a_known_state() {
     m.policy_reload(true);
     m.policy_reload(false);
     m.policy_reload(true);
+    m.frame_received(120);
+    m.frame_received(1500);
+    m.frame_published(700);
     m.login_duration.observe(Duration::from_micros(50));
     m.login_duration.observe(Duration::from_millis(3));
     m.login_duration.observe(Duration::from_secs(2));
@@ -134,6 +142,10 @@ attestation_answer_duration_seconds_count 0
 # TYPE attestation_policy_reloads_total counter
 attestation_policy_reloads_total{result=\"applied\"} 2
 attestation_policy_reloads_total{result=\"invalid\"} 1
+# HELP attestation_frame_bytes_total Payload bytes of frames received (in) and published (out).
+# TYPE attestation_frame_bytes_total counter
+attestation_frame_bytes_total{direction=\"in\"} 1620
+attestation_frame_bytes_total{direction=\"out\"} 700
 "
     ));
 }

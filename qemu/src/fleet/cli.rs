@@ -1,0 +1,175 @@
+//! The `run` command line: options (with the fault options of [`crate::faults`]), usage,
+//! signal handling and the exit status. It never starts processes itself ([`super::run`]
+//! does) and never exits the process (it returns the exit code).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{EkChoice, RunOptions, run};
+use crate::faults::{FaultPlan, Mode};
+
+/// Usage of `run` (and `demo`).
+pub const USAGE: &str = "\
+usage: ekattest-fleet run --devices N [--ek rsa2048|p256|p384|mixed] [--servers K]
+                          [--broker URL] [--report FILE] [--plot FILE.png] [--parallel P]
+                          [--provision-parallel T] [--cache DIR] [--keep] [--wire-bytes] [--timeout D]
+                          [--bin-dir DIR]
+       ekattest-fleet demo [run options]      (alias of run --devices 25 --ek mixed)
+
+  --devices    swtpm devices to provision and attest (default 25)
+  --ek         EK the agents attest with; mixed cycles rsa2048, p256, p384 (default mixed)
+  --servers    ekattest-server processes sharing the login topic (default 1)
+  --broker     use this MQTT broker (mqtt://HOST:PORT) instead of a per-run mosquitto
+  --report     write the summary as JSON to FILE
+  --plot       draw the time-to-identity histogram to FILE.png
+  --parallel   agent processes alive at a time (default 64)
+  --provision-parallel  swtpm_setup runs at a time (default: cores)
+  --cache      reuse provisioned TPM states (and their CA) from DIR when it holds at least
+               N states made with the same options; otherwise provision and fill DIR
+  --keep       keep the run folder (configs, logs) and print its path
+  --wire-bytes route the agents through the harness's MQTT proxy (no faults) to count the
+               bytes on the wire per attestation (implied by --drop and --corrupt)
+  --timeout    per-device limit, agent start to identity (default 120s)
+  --bin-dir    folder of ekattest-agent and ekattest-server (default: beside this program)
+
+Needs swtpm, swtpm_setup, swtpm_localca, tpm2-tools, openssl and mosquitto
+(bash .ci/install, or apt-get install swtpm swtpm-tools tpm2-tools openssl mosquitto).";
+
+/// Parses `run` options (after the subcommand). `Ok(None)` means `--help`.
+pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
+    use lexopt::prelude::*;
+    let (plan, args) = FaultPlan::extract(args).map_err(|e| e.to_string())?;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut o = RunOptions {
+        faults: plan,
+        ..RunOptions::default()
+    };
+    let num = |p: &mut lexopt::Parser, name: &str| -> Result<usize, String> {
+        p.value()
+            .and_then(|v| v.parse())
+            .map_err(|e| format!("--{name}: {e}"))
+    };
+    let path = |p: &mut lexopt::Parser| -> Result<PathBuf, String> {
+        p.value().map(PathBuf::from).map_err(|e| e.to_string())
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("devices") => o.devices = num(&mut p, "devices")?,
+            Long("servers") => o.servers = num(&mut p, "servers")?,
+            Long("parallel") => o.parallel = num(&mut p, "parallel")?,
+            Long("provision-parallel") => o.provision_parallel = num(&mut p, "provision-parallel")?,
+            Long("ek") => {
+                let v = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .string()
+                    .map_err(|e| e.to_string())?;
+                o.ek = EkChoice::parse(&v)
+                    .ok_or_else(|| format!("--ek: {v:?} is not rsa2048, p256, p384 or mixed"))?;
+            }
+            Long("broker") => {
+                o.broker = Some(
+                    p.value()
+                        .map_err(|e| e.to_string())?
+                        .string()
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            Long("report") => o.report = Some(path(&mut p)?),
+            Long("plot") => o.plot = Some(path(&mut p)?),
+            Long("cache") => o.cache = Some(path(&mut p)?),
+            Long("bin-dir") => o.bin_dir = Some(path(&mut p)?),
+            Long("keep") => o.keep = true,
+            Long("wire-bytes") => o.wire_bytes = true,
+            Long("timeout") => {
+                let v = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .string()
+                    .map_err(|e| e.to_string())?;
+                o.timeout = ekattest_protocol::duration::parse(&v)
+                    .map_err(|e| format!("--timeout: {v:?}: {e}"))?;
+            }
+            Short('h') | Long("help") => return Ok(None),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    if o.devices == 0 || o.servers == 0 || o.parallel == 0 || o.provision_parallel == 0 {
+        return Err(
+            "--devices, --servers, --parallel and --provision-parallel must be at least 1".into(),
+        );
+    }
+    o.faults
+        .validate(Mode::Run, o.servers, o.broker.is_none())
+        .map_err(|e| e.to_string())?;
+    Ok(Some(o))
+}
+
+/// Makes SIGINT and SIGTERM set the returned flag (through `signal-hook`'s safe flag
+/// handler) instead of ending the process, so the run can stop its children and remove its
+/// folder. Signals are not blocked: children inherit the signal mask, and a blocked SIGTERM
+/// in the servers and agents would make every stop wait for the SIGKILL timeout.
+pub fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("ekattest-fleet: cannot handle signal {signal} ({e}); it will not clean up");
+        }
+    }
+    stop
+}
+
+/// `ekattest-fleet run ARGS` (and `demo`): parses, runs, prints the summary, writes the
+/// report files. Exit 0 when every device attested, 1 otherwise, 2 on usage errors, 130
+/// when interrupted.
+pub fn cli(args: Vec<OsString>) -> ExitCode {
+    let opts = match parse(args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{USAGE}\n\n{}", crate::faults::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ekattest-fleet run: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = stop_on_signals();
+    let result = run(&opts, &stop);
+    if stop.load(Ordering::Relaxed) {
+        eprintln!("ekattest-fleet: interrupted; every process stopped and the run folder removed");
+        return ExitCode::from(130);
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ekattest-fleet run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", summary.table());
+    let mut code = if summary.attested == summary.devices {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if let Some(path) = &opts.report
+        && let Err(e) = summary.write_json(path)
+    {
+        eprintln!(
+            "ekattest-fleet run: cannot write the report {}: {e}",
+            path.display()
+        );
+        code = ExitCode::FAILURE;
+    }
+    if let Some(path) = &opts.plot
+        && let Err(e) = summary.write_png(path)
+    {
+        eprintln!("ekattest-fleet run: {e}");
+        code = ExitCode::FAILURE;
+    }
+    code
+}

@@ -1,0 +1,264 @@
+//! The `load` command line: parses the arguments, runs [`super::run`] with Ctrl-C handling,
+//! prints the summary table and writes the JSON report and the PNG plot. The fault options
+//! are those of [`crate::faults`] (taken out first, then checked for load mode).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{EkMix, LoadOptions, Subscribe};
+use crate::faults::{FaultPlan, HELP, Mode};
+
+const USAGE: &str = "\
+usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--servers K]
+                           [--broker URL] [--threads T] [--window W] [--workers W]
+                           [--report FILE] [--plot FILE.png] [options] [fault options]
+
+  Software TPMs (EK and AK keys in the harness, ActivateCredential in software) attest over
+  MQTT to K real ekattest-server processes whose policy allow-lists the run's EK hashes.
+
+  --devices N        simulated devices (default 1000)
+  --rate R           logins per second across all threads (default: as fast as the window allows)
+  --ek KIND          rsa2048, p256 or mixed (default mixed)
+  --servers K        ekattest-server processes (default 1)
+  --broker URL       use this broker (mqtt://HOST:PORT) instead of starting mosquitto
+  --threads T        device threads, one MQTT connection each (default 2)
+  --window W         most devices in flight per thread (default 256)
+  --workers W        the servers' worker threads (default: one per CPU)
+  --rsa-keys N       distinct RSA-2048 EKs; more devices share them (default 64)
+  --p256-keys N      distinct P-256 EKs (default 10000; one policy holds about 15000 hashes)
+  --attempt-timeout D  wait for a Challenge or Result before logging in again (default 5s;
+                     --timeout is the same option); lost messages recover after D
+  --deadline D       stop the run after D; unfinished devices are errors (default 1h)
+  --verify-every N   check the server's Result signature on 1 Accepted in N (default 100; 1 = all)
+  --subscribe HOW    device (one filter per device, default) or wildcard (agents/+/down)
+  --server-log LEVEL the servers' log-level (default warn)
+  --ek-cert-bytes N  EK certificate size for the bytes-with-certificate estimate (default 1169)
+  --bin-dir DIR      where ekattest-server and ekattestctl are (default: beside this program)
+  --report FILE      write the summary as JSON
+  --plot FILE.png    draw the time-to-identity histogram
+
+  Exit status 0 when every device attested, 1 otherwise, 2 for a usage error.";
+
+fn duration(v: &str) -> Result<Duration, String> {
+    ekattest_protocol::duration::parse(v).map_err(|e| e.to_string())
+}
+
+struct Cli {
+    opts: LoadOptions,
+    report: Option<PathBuf>,
+    plot: Option<PathBuf>,
+}
+
+fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
+    use lexopt::prelude::*;
+    let (faults, args) = FaultPlan::extract(args).map_err(|e| e.to_string())?;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut opts = LoadOptions {
+        progress: true,
+        faults,
+        ..LoadOptions::default()
+    };
+    let (mut report, mut plot) = (None, None);
+    let mut seen_load = false;
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        fn text(p: &mut lexopt::Parser, name: &str) -> Result<String, String> {
+            p.value()
+                .map_err(|e| format!("--{name}: {e}"))?
+                .into_string()
+                .map_err(|_| format!("--{name}: not UTF-8"))
+        }
+        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e| format!("--{name} {v:?}: {e}"))
+        }
+        match arg {
+            Value(v) if !seen_load && v == "load" => seen_load = true,
+            Long("devices") => opts.devices = num("devices", text(&mut p, "devices")?)?,
+            Long("rate") => opts.rate = Some(num("rate", text(&mut p, "rate")?)?),
+            Long("ek") => {
+                let v = text(&mut p, "ek")?;
+                opts.ek = EkMix::parse(&v)
+                    .ok_or_else(|| format!("--ek {v:?}: use rsa2048, p256 or mixed"))?;
+            }
+            Long("servers") => opts.servers = num("servers", text(&mut p, "servers")?)?,
+            Long("broker") => opts.broker = Some(text(&mut p, "broker")?),
+            Long("threads") => opts.threads = num("threads", text(&mut p, "threads")?)?,
+            Long("window") => opts.window = num("window", text(&mut p, "window")?)?,
+            Long("workers") => opts.workers = Some(num("workers", text(&mut p, "workers")?)?),
+            Long("rsa-keys") => opts.rsa_keys = num("rsa-keys", text(&mut p, "rsa-keys")?)?,
+            Long("p256-keys") => opts.p256_keys = num("p256-keys", text(&mut p, "p256-keys")?)?,
+            Long(given @ ("attempt-timeout" | "timeout")) => {
+                let name = given.to_owned();
+                opts.timeout = duration(&text(&mut p, &name)?)?;
+                if opts.timeout.is_zero() {
+                    return Err(format!("--{name} must be longer than 0"));
+                }
+            }
+            Long("deadline") => opts.deadline = duration(&text(&mut p, "deadline")?)?,
+            Long("verify-every") => {
+                opts.verify_every = num("verify-every", text(&mut p, "verify-every")?)?;
+            }
+            Long("subscribe") => {
+                opts.subscribe = match text(&mut p, "subscribe")?.as_str() {
+                    "device" => Subscribe::PerDevice,
+                    "wildcard" => Subscribe::Wildcard,
+                    v => return Err(format!("--subscribe {v:?}: use device or wildcard")),
+                };
+            }
+            Long("server-log") => opts.server_log_level = text(&mut p, "server-log")?,
+            Long("ek-cert-bytes") => {
+                opts.ek_cert_bytes = num("ek-cert-bytes", text(&mut p, "ek-cert-bytes")?)?;
+            }
+            Long("bin-dir") => opts.bin_dir = Some(PathBuf::from(text(&mut p, "bin-dir")?)),
+            Long("report") => report = Some(PathBuf::from(text(&mut p, "report")?)),
+            Long("plot") => plot = Some(PathBuf::from(text(&mut p, "plot")?)),
+            Short('h') | Long("help") => return Ok(None),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    if opts.devices == 0 || opts.threads == 0 || opts.servers == 0 || opts.window == 0 {
+        return Err("--devices, --threads, --servers and --window must be at least 1".into());
+    }
+    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number".into());
+    }
+    opts.faults
+        .validate(Mode::Load, opts.servers, opts.broker.is_none())
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Cli { opts, report, plot }))
+}
+
+/// `ekattest-fleet load ...`: `args` are the arguments after the program name (a leading
+/// `load` is accepted). Exit status 0 when every device attested, 1 otherwise, 2 for a
+/// usage error.
+pub fn cli(args: Vec<OsString>) -> ExitCode {
+    let cli = match parse(args) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            println!("{USAGE}\n\n{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ekattest-fleet load: {e}\n\n{USAGE}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = crate::fleet::stop_on_signals();
+    let summary = match super::run(&cli.opts, &stop) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ekattest-fleet load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", summary.table());
+    let mut ok = summary.attested == summary.devices;
+    if let Some(path) = &cli.report
+        && let Err(e) = summary.write_json(path)
+    {
+        eprintln!("ekattest-fleet load: cannot write {}: {e}", path.display());
+        ok = false;
+    }
+    if let Some(path) = &cli.plot
+        && let Err(e) = summary.write_png(path)
+    {
+        eprintln!("ekattest-fleet load: cannot write {}: {e}", path.display());
+        ok = false;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_the_documented_options() {
+        let c = parse(args(
+            "load --devices 2000 --rate 500 --ek p256 --servers 2 --broker mqtt://h:1 --threads 3 \
+             --window 64 --workers 2 --timeout 2s --verify-every 1 --subscribe wildcard \
+             --report r.json --plot p.png",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.opts.devices, 2000);
+        assert_eq!(c.opts.rate, Some(500.0));
+        assert_eq!(c.opts.ek, EkMix::P256);
+        assert_eq!(c.opts.servers, 2);
+        assert_eq!(c.opts.broker.as_deref(), Some("mqtt://h:1"));
+        assert_eq!(
+            (c.opts.threads, c.opts.window, c.opts.workers),
+            (3, 64, Some(2))
+        );
+        assert_eq!(c.opts.timeout, Duration::from_secs(2));
+        assert_eq!(c.opts.subscribe, Subscribe::Wildcard);
+        assert_eq!(c.report, Some(PathBuf::from("r.json")));
+        assert_eq!(c.plot, Some(PathBuf::from("p.png")));
+        assert!(parse(args("load --help")).unwrap().is_none());
+    }
+
+    #[test]
+    fn takes_the_fault_options() {
+        let c = parse(args(
+            "load --devices 10 --servers 2 --drop 5% --corrupt 0.01 --kill-server-at 1s \
+             --broker-restart-at 2s --broker-down 500ms --fault-seed 7 --attempt-timeout 1500ms",
+        ))
+        .unwrap()
+        .unwrap();
+        let f = &c.opts.faults;
+        assert!((f.drop - 0.05).abs() < 1e-12 && (f.corrupt - 0.01).abs() < 1e-12);
+        assert_eq!(f.kill_server_at, Some(Duration::from_secs(1)));
+        assert_eq!(f.broker_restart_at, Some(Duration::from_secs(2)));
+        assert_eq!(f.broker_down(), Duration::from_millis(500));
+        assert_eq!(f.seed, 7);
+        assert_eq!(c.opts.timeout, Duration::from_millis(1500));
+        assert_eq!(c.opts.devices, 10);
+        assert!(parse(args("load")).unwrap().unwrap().opts.faults.is_empty());
+    }
+
+    #[test]
+    fn refuses_faults_load_mode_cannot_apply() {
+        for (bad, why) in [
+            ("load --slow-tpm 200ms", "run only"),
+            ("load --kill-server-at 1s", "--servers 2"),
+            (
+                "load --broker mqtt://h:1 --broker-restart-at 1s",
+                "--broker URL",
+            ),
+            ("load --broker-down 1s", "--broker-restart-at"),
+            ("load --drop 2", "fraction"),
+            ("load --attempt-timeout 0s", "longer than 0"),
+        ] {
+            let e = parse(args(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            "load --devices 0",
+            "load --ek rsa4096",
+            "load --rate -1",
+            "load --subscribe some",
+            "load --threads x",
+            "load --bogus",
+        ] {
+            assert!(parse(args(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! `ekattest-fleet load`: the software-TPM load generator. Simulated devices whose EK and
+//! AK live in the harness ([`crate::soft_tpm`]) attest over real MQTT (mosquitto, started
+//! here unless `--broker` names one) to K real `ekattest-server` processes whose policy
+//! allow-lists the run's EK hashes (the seed allows that for emulators).
+//!
+//! T threads each own many devices and ONE MQTT connection ([`worker`]); the run ends when
+//! every device is attested, rejected or out of attempts, or at the deadline, and produces
+//! a [`Summary`] (mode `load`). Every process started here runs under the harness watchdog
+//! and is stopped on success, failure and Ctrl-C (the `run` mode's
+//! [`crate::fleet::stop_on_signals`] flag), and every temporary folder is removed.
+//!
+//! Faults ([`crate::faults`], the same options as `run` except `--slow-tpm`): with `--drop`
+//! or `--corrupt` the device threads reach the broker through one
+//! [`MqttProxy`](crate::faults::mqtt_proxy::MqttProxy) while the servers connect directly;
+//! broker restarts and server kills are fired by a [`Scheduler`] against the run's own
+//! broker and servers; every device's attempts and times go into the fault report.
+//!
+//! This module never changes the process's working directory or environment and never
+//! binds a fixed port.
+
+pub mod keys;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use keys::EkMix;
+pub use worker::Subscribe;
+
+use crate::broker::{Broker, BrokerOptions};
+use crate::daemons::{ServerProcess, ServerSpec, metric_value};
+use crate::faults::mqtt_proxy::MqttProxy;
+use crate::faults::{FaultPlan, Mode, ProcessTargets, Scheduler};
+use crate::report::Summary;
+
+/// The cluster id of load runs.
+const CLUSTER: &str = "load";
+/// The SPIFFE trust domain of load runs.
+const TRUST_DOMAIN: &str = "load.test";
+/// Size of the real RSA-2048 EK certificate the bytes estimate adds by default (the STMicro
+/// ST33HTPHAHB4 certificate in `testdata/real-ek/leaf`, 1169 bytes DER).
+pub const RSA_EK_CERT_BYTES: usize = 1169;
+
+/// What a load run does.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Simulated devices.
+    pub devices: usize,
+    /// Logins per second across all threads (`None`: as fast as the window allows).
+    pub rate: Option<f64>,
+    /// EK templates.
+    pub ek: EkMix,
+    /// `ekattest-server` processes.
+    pub servers: usize,
+    /// An existing broker (`mqtt://HOST:PORT`) instead of a fresh mosquitto.
+    pub broker: Option<String>,
+    /// Device threads (one MQTT connection each).
+    pub threads: usize,
+    /// Most devices in flight per thread.
+    pub window: usize,
+    /// Server `workers` (None: the server's default, one per CPU).
+    pub workers: Option<usize>,
+    /// Most distinct RSA-2048 EKs (RSA generation is slow).
+    pub rsa_keys: usize,
+    /// Most distinct P-256 EKs (one policy document holds about 15,000 hashes).
+    pub p256_keys: usize,
+    /// How long a device waits for its Challenge or Result before logging in again
+    /// (`--attempt-timeout`): short, so lost messages recover quickly.
+    pub timeout: Duration,
+    /// The whole run's limit; devices unfinished then count as errors.
+    pub deadline: Duration,
+    /// Check the Result signature of one Accepted in N (1: all; 0: none).
+    pub verify_every: usize,
+    /// How threads subscribe to their devices' down topics.
+    pub subscribe: Subscribe,
+    /// The servers' `log-level`.
+    pub server_log_level: String,
+    /// EK certificate size assumed for the "with an RSA EK certificate" bytes figure.
+    pub ek_cert_bytes: usize,
+    /// Folder holding `ekattest-server` and `ekattestctl` (None: beside this program, then
+    /// `PATH`).
+    pub bin_dir: Option<PathBuf>,
+    /// Print progress to stderr.
+    pub progress: bool,
+    /// Faults to inject (`--drop`, `--corrupt`, `--broker-restart-at`, `--kill-server-at`).
+    pub faults: FaultPlan,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            devices: 1000,
+            rate: None,
+            ek: EkMix::Mixed,
+            servers: 1,
+            broker: None,
+            threads: 2,
+            window: 256,
+            workers: None,
+            rsa_keys: 64,
+            p256_keys: 10_000,
+            timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(3600),
+            verify_every: 100,
+            subscribe: Subscribe::PerDevice,
+            server_log_level: "warn".into(),
+            ek_cert_bytes: RSA_EK_CERT_BYTES,
+            bin_dir: None,
+            progress: false,
+            faults: FaultPlan::default(),
+        }
+    }
+}
+
+/// Finds `name`: in `dir` if given, else beside this executable (or its parent, for test
+/// binaries in `deps/`), else on `PATH`.
+fn find_bin(dir: Option<&Path>, name: &str) -> Result<PathBuf, String> {
+    let mut candidates = Vec::new();
+    if let Some(d) = dir {
+        candidates.push(d.join(name));
+    } else if let Ok(exe) = std::env::current_exe()
+        && let Some(d) = exe.parent()
+    {
+        candidates.push(d.join(name));
+        if let Some(p) = d.parent() {
+            candidates.push(p.join(name));
+        }
+    }
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    crate::process::find_program(name, "cargo build --profile fleet -p ekattest-server")
+        .map_err(|e| e.to_string())
+}
+
+/// `mqtt://HOST:PORT` -> (host, port).
+fn parse_broker(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| format!("--broker {url:?}: only mqtt://HOST:PORT is supported"))?;
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
+    let port = port
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("--broker {url:?}: port: {e}"))?;
+    Ok((host.to_owned(), port))
+}
+
+/// Peak resident set size (VmHWM, KiB) of process `pid`.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Runs a load test and returns its summary. `stop` ends it early (Ctrl-C).
+///
+/// # Errors
+/// A message naming what could not be set up (binaries, broker, servers, keys, policy).
+pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String> {
+    if opts.devices == 0 || opts.threads == 0 || opts.servers == 0 || opts.window == 0 {
+        return Err("--devices, --threads, --servers and --window must be at least 1".into());
+    }
+    opts.faults
+        .validate(Mode::Load, opts.servers, opts.broker.is_none())
+        .map_err(|e| e.to_string())?;
+    let server_bin = find_bin(opts.bin_dir.as_deref(), "ekattest-server")?;
+    let ctl_bin = find_bin(opts.bin_dir.as_deref(), "ekattestctl")?;
+    let dir = tempfile::Builder::new()
+        .prefix("ekattest-load-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    let mut notes = Vec::new();
+
+    // Keys and the policy that allow-lists them.
+    let t = Instant::now();
+    let (rsa, p256) = keys::pool_sizes(opts.ek, opts.devices, opts.rsa_keys, opts.p256_keys);
+    if rsa + p256 > keys::max_hashes() {
+        return Err(format!(
+            "{} distinct EKs do not fit one policy document (at most {}): lower --rsa-keys / \
+             --p256-keys",
+            rsa + p256,
+            keys::max_hashes()
+        ));
+    }
+    let gen_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = Arc::new(keys::KeyPool::generate(opts.ek, rsa, p256, gen_threads)?);
+    let keygen = t.elapsed();
+    let policy_file = dir.path().join("policy.yaml");
+    let policy_bytes = keys::write_policy(&policy_file, &pool.hashes())?;
+    notes.push(format!(
+        "keys: {rsa} RSA-2048 and {p256} P-256 EKs generated in {:.2} s; {} devices share them \
+         under distinct agent ids; policy document {policy_bytes} bytes",
+        keygen.as_secs_f64(),
+        opts.devices
+    ));
+
+    // The SVID CA.
+    let ca_cert = dir.path().join("svid-ca.pem");
+    let ca_key = dir.path().join("svid-ca.key");
+    let out = Command::new(&ctl_bin)
+        .args(["ca", "create", "--trust-domain", TRUST_DOMAIN, "--cert"])
+        .arg(&ca_cert)
+        .arg("--key")
+        .arg(&ca_key)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", ctl_bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ekattestctl ca create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let ca_point =
+        Arc::new(keys::ca_point(&std::fs::read(&ca_cert).map_err(|e| {
+            format!("cannot read {}: {e}", ca_cert.display())
+        })?)?);
+
+    // Broker and servers.
+    let mut broker = None;
+    let url = match &opts.broker {
+        Some(u) => u.clone(),
+        None => {
+            let b = Broker::start(&BrokerOptions {
+                tls: false,
+                acl: false,
+            })
+            .map_err(|e| format!("cannot start mosquitto: {e}"))?;
+            let u = b.url();
+            broker = Some(Arc::new(Mutex::new(b)));
+            u
+        }
+    };
+    let (host, port) = parse_broker(&url)?;
+    let mut servers: Vec<Arc<Mutex<ServerProcess>>> = Vec::new();
+    for k in 0..opts.servers {
+        let mut spec = ServerSpec::new(
+            url.clone(),
+            CLUSTER,
+            format!("node-{}", k + 1),
+            TRUST_DOMAIN,
+            &ca_cert,
+            &ca_key,
+        );
+        spec.policy_files = vec![policy_file.clone()];
+        spec.max_sessions = Some((opts.threads * opts.window * 4).max(100_000));
+        spec.log_level = Some(opts.server_log_level.clone());
+        spec.workers = opts.workers;
+        spec.reload_interval = Some(Duration::from_secs(60));
+        let sdir = dir.path().join(format!("server-{k}"));
+        std::fs::create_dir_all(&sdir)
+            .map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
+        let t = Instant::now();
+        let server = ServerProcess::start(&server_bin, &spec, &sdir)
+            .map_err(|e| format!("cannot start ekattest-server node-{}: {e}", k + 1))?;
+        notes.push(format!(
+            "server node-{} up in {:.0} ms with {} allow-listed hashes",
+            k + 1,
+            t.elapsed().as_secs_f64() * 1000.0,
+            rsa + p256
+        ));
+        servers.push(Arc::new(Mutex::new(server)));
+    }
+
+    // Devices reach the broker through the fault proxy when messages are dropped/corrupted.
+    let proxy = if opts.faults.needs_mqtt_proxy() {
+        use std::net::ToSocketAddrs;
+        let upstream = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve the broker {url:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("the broker {url:?} has no address"))?;
+        Some(
+            MqttProxy::start(upstream, opts.faults.proxy_options())
+                .map_err(|e| format!("cannot start the MQTT fault proxy: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let (dev_host, dev_port) = match &proxy {
+        Some(p) => (p.addr().ip().to_string(), p.addr().port()),
+        None => (host.clone(), port),
+    };
+
+    // The devices.
+    let run_id = format!("{:x}{:02x}", std::process::id(), ca_point[1]);
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop_all = Arc::new(AtomicBool::new(false));
+    // The fault clock starts with the attestation phase.
+    let scheduler = Scheduler::start(
+        &opts.faults,
+        Box::new(ProcessTargets {
+            broker: broker.clone(),
+            servers: servers.clone(),
+        }),
+    )
+    .map_err(|e| format!("cannot start the fault scheduler: {e}"))?;
+    let started = scheduler.started();
+    let specs: Vec<worker::WorkerSpec> = (0..opts.threads)
+        .map(|t| worker::WorkerSpec {
+            index: t,
+            host: dev_host.clone(),
+            port: dev_port,
+            run: run_id.clone(),
+            prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
+            cluster: CLUSTER.to_owned(),
+            devices: (t..opts.devices).step_by(opts.threads).collect(),
+            keys: Arc::clone(&pool),
+            window: opts.window,
+            rate: opts.rate.map(|r| r / opts.threads as f64),
+            timeout: opts.timeout,
+            verify_every: opts.verify_every,
+            ca_point: Arc::clone(&ca_point),
+            subscribe: opts.subscribe,
+            stop: Arc::clone(&stop_all),
+            done: Arc::clone(&done),
+            t0: started,
+            corrupt: opts.faults.corrupt > 0.0,
+        })
+        .collect();
+    let handles: Vec<_> = specs
+        .into_iter()
+        .map(|s| {
+            std::thread::Builder::new()
+                .name(format!("load-{}", s.index))
+                .spawn(move || worker::run(s))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot start a device thread: {e}"))?;
+    let mut last_print = Instant::now();
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if stop.load(Ordering::Relaxed) || started.elapsed() > opts.deadline {
+            stop_all.store(true, Ordering::Relaxed);
+        }
+        if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let n = done.load(Ordering::Relaxed);
+            eprint!(
+                "\r  {n}/{} devices done, {:.0}/s   ",
+                opts.devices,
+                n as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let elapsed = started.elapsed();
+    if opts.progress {
+        eprintln!();
+    }
+    let mut events = scheduler.finish();
+    events.extend(
+        opts.faults
+            .continuous_events(proxy.as_ref().map(MqttProxy::stats).as_ref()),
+    );
+    let mut total = worker::WorkerResult::default();
+    let mut failures = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => merge(&mut total, r),
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("a device thread panicked".into()),
+        }
+    }
+
+    // Server-side numbers before the servers stop.
+    let mut server_success = 0.0;
+    let mut rss = None;
+    for s in &servers {
+        let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = s.metrics().ok().and_then(|m| {
+            metric_value(
+                &m,
+                "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}",
+            )
+        }) {
+            server_success += v;
+        }
+        rss = rss.max(s.pid().and_then(vm_hwm));
+    }
+    for s in &servers {
+        s.lock().unwrap_or_else(PoisonError::into_inner).stop();
+    }
+    drop(proxy);
+    if let Some(b) = &broker {
+        b.lock().unwrap_or_else(PoisonError::into_inner).stop();
+    }
+    let faults = events.iter().map(|e| e.report(&total.records)).collect();
+
+    let finished = total.attested + total.rejected + total.errors;
+    let unfinished = opts.devices.saturating_sub(finished);
+    notes.extend(
+        failures
+            .iter()
+            .map(|f| format!("device thread failed: {f}")),
+    );
+    if unfinished > 0 {
+        notes.push(format!(
+            "{unfinished} devices unfinished at the end (deadline or stop): counted as errors"
+        ));
+    }
+    let bytes = (total.attested > 0).then(|| total.wire_bytes as f64 / total.attested as f64);
+    if let Some(b) = bytes {
+        notes.push(format!(
+            "bytes per attestation: MQTT PUBLISH + PUBACK of Login, Challenge, Answer and \
+             Result, as counted by the devices (retries included; no TCP/IP headers, no \
+             per-connection CONNECT/SUBSCRIBE); soft devices send no EK certificate: with an \
+             RSA EK certificate of {} bytes a Login grows by {} bytes, i.e. {:.0} bytes per \
+             attestation",
+            opts.ek_cert_bytes,
+            opts.ek_cert_bytes + 2,
+            b + (opts.ek_cert_bytes + 2) as f64
+        ));
+    }
+    notes.push(format!(
+        "{} threads, window {} per thread, attempt timeout {:.1} s, subscriptions {:?}; {} \
+         retries on {} devices ({} at once after a damaged frame or a rejection); {} \
+         reconnects; {} Result signatures verified; servers counted {} successes",
+        opts.threads,
+        opts.window,
+        opts.timeout.as_secs_f64(),
+        opts.subscribe,
+        total.retries,
+        total.retried_devices,
+        total.corrupt_retries,
+        total.reconnects,
+        total.signatures_checked,
+        server_success
+    ));
+    if let Some(kb) = vm_hwm(std::process::id()) {
+        notes.push(format!(
+            "load generator peak RSS {kb} KiB (all simulated devices)"
+        ));
+    }
+    for (reason, n) in &total.reasons {
+        notes.push(format!("{n} x {reason}"));
+    }
+    Ok(Summary {
+        mode: "load".into(),
+        devices: opts.devices,
+        attested: total.attested,
+        rejected: total.rejected,
+        errors: total.errors + unfinished,
+        servers: opts.servers,
+        provisioning: Some(keygen),
+        elapsed,
+        time_to_identity: total.time_to_identity,
+        bytes_per_attestation: bytes,
+        peak_rss_agent_kb: None,
+        peak_rss_server_kb: rss,
+        faults,
+        notes,
+    })
+}
+
+fn merge(into: &mut worker::WorkerResult, r: worker::WorkerResult) {
+    into.attested += r.attested;
+    into.rejected += r.rejected;
+    into.errors += r.errors;
+    into.retries += r.retries;
+    into.retried_devices += r.retried_devices;
+    into.time_to_identity.extend(r.time_to_identity);
+    into.wire_bytes += r.wire_bytes;
+    into.signatures_checked += r.signatures_checked;
+    into.reconnects += r.reconnects;
+    into.corrupt_retries += r.corrupt_retries;
+    into.records.extend(r.records);
+    for (k, v) in r.reasons {
+        *into.reasons.entry(k).or_default() += v;
+    }
+}
+
+mod cli;
+
+pub use cli::cli;
