@@ -284,7 +284,12 @@ fn scheduler_fires_in_order_at_their_times() {
     assert_eq!(restart.kind, FaultKind::BrokerRestart);
     assert!(restart.ok && restart.fired);
     let (at, until) = (restart.at.unwrap(), restart.until.unwrap());
-    assert!(at >= ms(100) && until >= at + ms(150), "{at:?} {until:?}");
+    // The restart is scheduled at 100 + 150 ms from the start, not 150 ms after the stop
+    // actually fired (which may be late on a loaded machine).
+    assert!(
+        at >= ms(100) && until >= ms(250) && until > at,
+        "{at:?} {until:?}"
+    );
     assert!(
         restart.detail.contains("stopped; started after"),
         "{}",
