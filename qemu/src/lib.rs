@@ -9,6 +9,8 @@
 //! - [`fleet`]: `ekattest-fleet run` (and `demo`), the process fleet: N swtpm devices, K
 //!   servers, N agent processes; [`load`]: the software-TPM load generator; [`report`]: the
 //!   summary table, JSON report and latency histogram both produce.
+//! - [`boards`]: board profiles (`boards/*.toml`) and `ekattest-fleet build-agent`, the
+//!   agent's cross build for a board.
 //! - [`flow`]: one device's attestation in process (agent library on a swtpm device, server
 //!   library, protocol frames in between), for tests.
 //!
@@ -18,6 +20,7 @@
 //! never changes the process's working directory or environment and never binds fixed
 //! ports, so many devices can be provisioned from parallel tests.
 
+pub mod boards;
 pub mod broker;
 pub mod daemons;
 pub mod faults;

@@ -10,6 +10,7 @@ const USAGE: &str = "\
 usage: ekattest-fleet run  --devices N [options]   process fleet: swtpm devices, real daemons
        ekattest-fleet load --devices N [options]   software-TPM load generator
        ekattest-fleet demo [run options]           run --devices 25 --ek mixed
+       ekattest-fleet build-agent --board NAME     cross-build the agent for boards/NAME.toml
        ekattest-fleet COMMAND --help               the command's options";
 
 fn main() -> ExitCode {
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             ekattest_fleet::fleet::cli(args)
         }
         Some("load") => ekattest_fleet::load::cli(args),
+        Some("build-agent") => ekattest_fleet::boards::build::cli(args),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

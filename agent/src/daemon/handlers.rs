@@ -2,7 +2,11 @@
 //! Answer with its proof of possession), a Rejected Result, an Accepted Result (verified
 //! before anything is written), and everything unexpected (logged and ignored).
 //!
-//! Nothing here panics on a frame, and nothing is written unless the Result verified.
+//! Nothing here panics on a frame, and nothing is written unless the Result verified. A
+//! Result that does not verify, or a Challenge naming an unusable node, is logged and
+//! ignored: the attestation in flight keeps waiting for the server's own message until the
+//! response timeout, so a forged message cannot cancel it (an unsigned Rejected can: the
+//! protocol does not sign rejections).
 
 use std::time::{Duration, Instant};
 
@@ -24,15 +28,35 @@ impl Runner<'_> {
         let msg = match decode::<Downlink>(payload) {
             Ok(m) => m,
             Err(e) => {
-                log::warn!(
+                self.ignored(&format!(
                     "ignoring a message on {} that is not a Downlink: {e}",
                     self.down_topic
-                );
+                ));
                 return Ok(phase);
             }
         };
         match (phase, msg) {
-            (Phase::AwaitChallenge { key, spki, .. }, Downlink::Challenge(challenge)) => {
+            (
+                Phase::AwaitChallenge {
+                    key,
+                    spki,
+                    deadline,
+                },
+                Downlink::Challenge(challenge),
+            ) => {
+                if let Err(e) = self.topics.answer(&challenge.node, &self.agent) {
+                    // Checked before the TPM is touched; the server's own Challenge may
+                    // still come.
+                    self.ignored(&format!(
+                        "ignoring a Challenge naming an unusable server node {:?}: {e}",
+                        challenge.node.as_str()
+                    ));
+                    return Ok(Phase::AwaitChallenge {
+                        key,
+                        spki,
+                        deadline,
+                    });
+                }
                 Ok(self.on_challenge(client, key, spki, &challenge))
             }
             (
@@ -48,16 +72,30 @@ impl Runner<'_> {
             }
             (
                 Phase::AwaitResult {
-                    key, spki, session, ..
+                    key,
+                    spki,
+                    session,
+                    deadline,
                 },
                 Downlink::Result(Outcome::Accepted(accepted)),
-            ) => self.on_accepted(&key, &spki, &session, &accepted),
+            ) => match self.on_accepted(&key, &spki, &session, &accepted) {
+                // Not verified: logged; keep waiting for the server's own Result until the
+                // response timeout (a forged Result must not cancel a good attestation).
+                Ok(false) => Ok(Phase::AwaitResult {
+                    key,
+                    spki,
+                    session,
+                    deadline,
+                }),
+                Ok(true) => Ok(Phase::Idle),
+                Err(end) => Err(end),
+            },
             (phase, msg) => {
-                log::warn!(
+                self.ignored(&format!(
                     "ignoring an unexpected {} message while waiting for {}",
                     msg.kind(),
                     phase.waiting_for()
-                );
+                ));
                 Ok(phase)
             }
         }
@@ -103,6 +141,7 @@ impl Runner<'_> {
         let topic = match self.topics.answer(&challenge.node, &self.agent) {
             Ok(t) => t,
             Err(e) => {
+                // Not reached: on_downlink checked the node.
                 let why = format!("the challenge names an unusable server node: {e}");
                 log::error!("{why}");
                 self.failed(why);
@@ -125,13 +164,15 @@ impl Runner<'_> {
         }
     }
 
+    /// Verifies and stores an Accepted Result: `Ok(true)` when the identity was written,
+    /// `Ok(false)` when the Result was refused (logged, nothing written).
     fn on_accepted(
         &mut self,
         key: &SvidKey,
         spki: &[u8],
         session: &SessionId,
         accepted: &Accepted,
-    ) -> Result<Phase, End> {
+    ) -> Result<bool, End> {
         match TrustBundle::load(&self.config.trust_bundle) {
             Ok(b) => self.bundle = b,
             Err(e) => log::warn!("keeping the trust bundle read earlier: {e}"),
@@ -147,9 +188,10 @@ impl Runner<'_> {
             Ok(v) => v,
             Err(e) => {
                 let why = format!("not accepting the server's Result: {e}");
-                log::error!("{why}");
-                self.failed(why);
-                return Ok(Phase::Idle);
+                log::error!("{why}; still waiting for a Result that verifies");
+                // Reported if no good Result comes (`--once` timeout, response timeout).
+                self.last_problem = why;
+                return Ok(false);
             }
         };
         log::info!(
@@ -174,6 +216,16 @@ impl Runner<'_> {
         if self.opts.once {
             return Err(End::Done);
         }
-        Ok(Phase::Idle)
+        Ok(true)
+    }
+
+    /// Logs a message the daemon ignores: the first ten, then each power of two, so a flood
+    /// from the broker cannot fill the log.
+    pub(super) fn ignored(&mut self, why: &str) {
+        self.ignored = self.ignored.saturating_add(1);
+        let n = self.ignored;
+        if n <= 10 || n.is_power_of_two() {
+            log::warn!("{why} ({n} messages ignored since start)");
+        }
     }
 }

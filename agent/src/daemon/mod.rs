@@ -8,15 +8,17 @@
 //!    for the SubAck (a refusal names the topic: usually the broker ACL).
 //! 3. Login with a fresh P-256 SVID key; on the Challenge, ActivateCredential (the TPM is
 //!    opened only for that) and Answer with the proof of possession to the challenge's node;
-//!    on the Result, verify it ([`identity::verify_result`]) and write the identity files.
+//!    on the Result, verify it ([`identity::verify_result`]) and write the identity files; a
+//!    Result that does not verify is logged and ignored (the server's own may still come).
 //! 4. Stay connected; log in again when `renew-before` of the SVID lifetime remains, after a
-//!    rejection or an unverifiable Result (with backoff), or when no Challenge / Result comes
+//!    rejection (with backoff), or when no Challenge / verified Result comes
 //!    within `response-timeout`. A lost connection is re-established with jittered
 //!    exponential backoff ([`backoff`]) and the subscription renewed.
 //!
 //! `--once` attests, writes the files and returns; it retries broker failures and timeouts
 //! until its overall timeout and fails at once on a rejection, with the server's message.
-//! Frames that are not Downlinks, or arrive when not expected, are logged and ignored; no
+//! Frames that are not Downlinks, are larger than a Downlink, or arrive when not expected,
+//! are logged (a flood only sparsely) and ignored; no
 //! input from the broker can crash the loop or make it write anything unverified.
 
 pub mod backoff;
@@ -30,7 +32,7 @@ pub mod x509;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ekattest_protocol::limits::FRAME_MAX;
+use ekattest_protocol::limits::{DOWNLINK_FRAME_MAX, FRAME_MAX};
 use ekattest_protocol::msg::{SessionId, Uplink};
 use ekattest_protocol::topic::{Topics, default_agent_id};
 use ekattest_protocol::{ErrorChain, encode};
@@ -223,6 +225,7 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
         textfile: Textfile(config.metrics_textfile.clone()),
         next_login: Instant::now(),
         last_problem: String::from("none"),
+        ignored: 0,
     };
     runner.run()
 }
@@ -244,6 +247,8 @@ struct Runner<'a> {
     textfile: Textfile,
     next_login: Instant,
     last_problem: String,
+    /// Messages ignored since start (throttles their log lines).
+    ignored: u64,
 }
 
 impl Runner<'_> {
@@ -354,11 +359,14 @@ impl Runner<'_> {
                     | Phase::AwaitResult { deadline, .. }
                         if now >= *deadline =>
                     {
-                        let why = format!(
+                        let mut why = format!(
                             "no {} from the server within {:?}; logging in again",
                             phase.awaited(),
                             self.config.response_timeout
                         );
+                        if self.last_problem.starts_with("not accepting") {
+                            why = format!("{why} (last problem: {})", self.last_problem);
+                        }
                         log::warn!("{why}");
                         self.failed(why);
                         phase = Phase::Idle;
@@ -407,7 +415,19 @@ impl Runner<'_> {
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     if p.topic != self.down_topic {
-                        log::warn!("ignoring a message on unexpected topic {:?}", p.topic);
+                        self.ignored(&format!(
+                            "ignoring a message on unexpected topic {:?}",
+                            p.topic
+                        ));
+                        continue;
+                    }
+                    if p.payload.len() > DOWNLINK_FRAME_MAX {
+                        self.ignored(&format!(
+                            "ignoring a {}-byte message on {}: larger than the largest \
+                             Downlink ({DOWNLINK_FRAME_MAX} bytes)",
+                            p.payload.len(),
+                            self.down_topic
+                        ));
                         continue;
                     }
                     match self.on_downlink(client, phase, &p.payload) {

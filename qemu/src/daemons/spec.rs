@@ -50,6 +50,8 @@ pub struct ServerSpec {
     pub log_level: Option<String>,
     /// `workers`.
     pub workers: Option<usize>,
+    /// `login-burst` (logins per agent id before the rate limit refuses; 0 disables).
+    pub login_burst: Option<u32>,
 }
 
 impl ServerSpec {
@@ -81,6 +83,7 @@ impl ServerSpec {
             reload_interval: None,
             log_level: None,
             workers: None,
+            login_burst: None,
         }
     }
 
@@ -128,6 +131,9 @@ impl ServerSpec {
             self.reload_interval.map(duration).as_deref(),
         );
         put(&mut m, "log-level", self.log_level.as_deref());
+        if let Some(n) = self.login_burst {
+            m.insert("login-burst".into(), Value::from(u64::from(n)));
+        }
         if let Some(n) = self.workers {
             m.insert("workers".into(), Value::from(n as u64));
         }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::bogus::BogusKind;
 use super::{EkMix, LoadOptions, Subscribe};
 use crate::faults::{FaultPlan, HELP, Mode};
 
@@ -38,6 +39,9 @@ usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--s
   --bin-dir DIR      where ekattest-server and ekattestctl are (default: beside this program)
   --report FILE      write the summary as JSON
   --plot FILE.png    draw the time-to-identity histogram
+  --bogus N          also send N bogus logins from distinct fake agent ids (default 0)
+  --bogus-kind K     random, garbage-cert, wrong-ek or mix (default mix: all three in turn);
+                     the Rejected results are counted per class and code in the notes
 
   Exit status 0 when every device attested, 1 otherwise, 2 for a usage error.";
 
@@ -116,6 +120,13 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
             Long("bin-dir") => opts.bin_dir = Some(PathBuf::from(text(&mut p, "bin-dir")?)),
             Long("report") => report = Some(PathBuf::from(text(&mut p, "report")?)),
             Long("plot") => plot = Some(PathBuf::from(text(&mut p, "plot")?)),
+            Long("bogus") => opts.bogus = num("bogus", text(&mut p, "bogus")?)?,
+            Long("bogus-kind") => {
+                let v = text(&mut p, "bogus-kind")?;
+                opts.bogus_kinds = BogusKind::parse_list(&v).ok_or_else(|| {
+                    format!("--bogus-kind {v:?}: use random, garbage-cert, wrong-ek or mix")
+                })?;
+            }
             Short('h') | Long("help") => return Ok(None),
             other => return Err(other.unexpected().to_string()),
         }
@@ -207,6 +218,12 @@ mod tests {
         assert_eq!(c.report, Some(PathBuf::from("r.json")));
         assert_eq!(c.plot, Some(PathBuf::from("p.png")));
         assert!(parse(args("load --help")).unwrap().is_none());
+        assert_eq!(c.opts.bogus, 0);
+        let c = parse(args("load --bogus 500 --bogus-kind garbage-cert"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.opts.bogus, 500);
+        assert_eq!(c.opts.bogus_kinds, vec![BogusKind::GarbageCert]);
     }
 
     #[test]
@@ -257,6 +274,7 @@ mod tests {
             "load --subscribe some",
             "load --threads x",
             "load --bogus",
+            "load --bogus 10 --bogus-kind some",
         ] {
             assert!(parse(args(bad)).is_err(), "{bad}");
         }

@@ -18,6 +18,7 @@
 //! This module never changes the process's working directory or environment and never
 //! binds a fixed port.
 
+pub mod bogus;
 pub mod keys;
 mod worker;
 
@@ -87,6 +88,10 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Faults to inject (`--drop`, `--corrupt`, `--broker-restart-at`, `--kill-server-at`).
     pub faults: FaultPlan,
+    /// Bogus logins sent alongside the devices (`--bogus N`, from distinct fake agent ids).
+    pub bogus: usize,
+    /// Their classes, used in turn (`--bogus-kind`).
+    pub bogus_kinds: Vec<bogus::BogusKind>,
 }
 
 impl Default for LoadOptions {
@@ -111,6 +116,8 @@ impl Default for LoadOptions {
             bin_dir: None,
             progress: false,
             faults: FaultPlan::default(),
+            bogus: 0,
+            bogus_kinds: bogus::BogusKind::ALL.to_vec(),
         }
     }
 }
@@ -251,6 +258,10 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         spec.max_sessions = Some((opts.threads * opts.window * 4).max(100_000));
         spec.log_level = Some(opts.server_log_level.clone());
         spec.workers = opts.workers;
+        // Soft devices retry on a short attempt timeout under faults, far more often than a
+        // real agent's backoff allows; the per-agent login limit would throttle the harness,
+        // not an attacker. It is tested by tests/flood.rs and the server's unit tests.
+        spec.login_burst = Some(0);
         spec.reload_interval = Some(Duration::from_secs(60));
         let sdir = dir.path().join(format!("server-{k}"));
         std::fs::create_dir_all(&sdir)
@@ -323,6 +334,35 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             corrupt: opts.faults.corrupt > 0.0,
         })
         .collect();
+    let flood = if opts.bogus > 0 {
+        let cert_pem = std::fs::read(&ca_cert)
+            .map_err(|e| format!("cannot read {}: {e}", ca_cert.display()))?;
+        let cert = pem::parse(&cert_pem)
+            .map_err(|e| format!("{}: {e}", ca_cert.display()))?
+            .into_contents();
+        let bopts = bogus::BogusOptions {
+            host: host.clone(),
+            port,
+            prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
+            cluster: CLUSTER.to_owned(),
+            run: run_id.clone(),
+            count: opts.bogus,
+            kinds: opts.bogus_kinds.clone(),
+            // A real, parseable certificate whose key is no EK: the SVID CA's.
+            wrong_ek_cert: cert,
+            window: 256,
+            settle: Duration::from_secs(5),
+        };
+        let stop = Arc::clone(&stop_all);
+        Some(
+            std::thread::Builder::new()
+                .name("load-bogus".into())
+                .spawn(move || bogus::flood(&bopts, &stop))
+                .map_err(|e| format!("cannot start the bogus thread: {e}"))?,
+        )
+    } else {
+        None
+    };
     let handles: Vec<_> = specs
         .into_iter()
         .map(|s| {
@@ -351,6 +391,23 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     let elapsed = started.elapsed();
     if opts.progress {
         eprintln!();
+    }
+    if let Some(f) = flood {
+        match f.join() {
+            Ok(Ok(r)) => {
+                notes.push(format!(
+                    "{} bogus logins from distinct fake agent ids in {:.1} s ({} window stalls, \
+                     {} unexpected replies)",
+                    r.total_sent(),
+                    r.elapsed.as_secs_f64(),
+                    r.stalls,
+                    r.unexpected
+                ));
+                notes.extend(r.lines());
+            }
+            Ok(Err(e)) => notes.push(format!("bogus flood failed: {e}")),
+            Err(_) => notes.push("the bogus thread panicked".into()),
+        }
     }
     let mut events = scheduler.finish();
     events.extend(

@@ -17,6 +17,7 @@ use std::time::Duration;
 use ekattest_protocol::topic::{self, Part};
 use serde::Deserialize;
 
+use super::ratelimit::LoginLimit;
 use crate::session::SessionConfig;
 
 /// Largest server config file read, in bytes.
@@ -225,6 +226,9 @@ pub struct ServerConfig {
     pub log_level: log::LevelFilter,
     /// `workers`: attestation worker threads; default the available parallelism.
     pub workers: usize,
+    /// `login-burst` and `login-interval`: the per-agent login rate limit (default 3 logins
+    /// at once, then one per 10s; `login-burst: 0` disables it).
+    pub login_limit: LoginLimit,
 }
 
 /// The file's shape, as serde reads it.
@@ -263,6 +267,10 @@ struct RawConfig {
     log_level: Option<String>,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    login_burst: Option<u32>,
+    #[serde(default)]
+    login_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +484,23 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         }
         Some(n) => n,
     };
+    let limit_defaults = LoginLimit::default();
+    let login_burst = match raw.login_burst {
+        None => limit_defaults.burst,
+        Some(n) if n > 1000 => {
+            return Err(invalid(
+                "login-burst",
+                format!("{n} is more than 1000 (0 disables the login rate limit)"),
+            ));
+        }
+        Some(n) => n,
+    };
+    let login_interval = duration(
+        "login-interval",
+        raw.login_interval,
+        limit_defaults.interval,
+        Duration::from_millis(1),
+    )?;
     Ok(ServerConfig {
         file: file.to_owned(),
         broker,
@@ -495,6 +520,11 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         reload_interval,
         log_level,
         workers,
+        login_limit: LoginLimit {
+            burst: login_burst,
+            interval: login_interval,
+            table: limit_defaults.table,
+        },
     })
 }
 

@@ -41,14 +41,18 @@ pub enum FrameRejection {
     UnknownTopic,
     /// The worker queue was full.
     Busy,
+    /// The agent's login rate limit (`login-burst`, `login-interval`) refused the Login.
+    RateLimited,
 }
 
 impl FrameRejection {
-    const ALL: [Self; 4] = [
+    /// Every reason, in exposition order.
+    pub const ALL: [Self; 5] = [
         Self::Malformed,
         Self::Oversize,
         Self::UnknownTopic,
         Self::Busy,
+        Self::RateLimited,
     ];
 
     /// The label value.
@@ -58,6 +62,7 @@ impl FrameRejection {
             Self::Oversize => "oversize",
             Self::UnknownTopic => "unknown_topic",
             Self::Busy => "busy",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`bus`]: rumqttc options and the rustls client configuration.
 //! - [`handler`]: what a worker does with a Login or an Answer (log lines, metrics).
 //! - [`metrics`]: Prometheus counters and the `/metrics` responder.
+//! - [`ratelimit`]: the per-agent login rate limit.
 //! - [`logging`]: the JSON logger.
 //! - [`reload`]: the policy document in force and its hot reload.
 //! - `router` (private): the MQTT event loop and routing of received messages.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod handler;
 pub mod logging;
 pub mod metrics;
+pub mod ratelimit;
 pub mod reload;
 mod router;
 
@@ -289,6 +291,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         cluster: config.cluster_id.clone(),
         node: config.node_id.clone(),
         broker: config.broker.url.clone(),
+        limiter: Mutex::new(ratelimit::LoginLimiter::new(config.login_limit)),
     };
     let eventloop = drive(router, eventloop).await;
 

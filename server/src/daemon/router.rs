@@ -4,17 +4,26 @@
 //! This task must never block or wait on an agent: a full worker queue refuses the Login
 //! with `server busy`, refusals use `try_publish` (a full client queue drops them, the agent
 //! retries), and policy parsing happens on the reload thread.
+//!
+//! Cheapest checks first, so a flood costs as little as possible: the topic (an unknown one
+//! is dropped), then the login rate limit of the agent the topic names
+//! ([`LoginLimiter`], before the frame is even decoded), then the payload size (larger than
+//! any valid uplink frame: `oversize`), then the decode; only a frame that passes all of
+//! these reaches the queue and the workers' certificate and public-key work. Every refusal
+//! is counted under its own `attestation_frames_rejected_total{reason}`.
 
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use ekattest_protocol::msg::{Downlink, Outcome, Rejected, Uplink};
 use ekattest_protocol::topic::{Inbound, Topics};
-use ekattest_protocol::{DecodeError, RejectCode, decode};
+use ekattest_protocol::{DecodeError, RejectCode, decode, limits};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
 
 use super::handler::{Job, downlink_frame, log_rejection};
 use super::metrics::{FrameRejection, Metrics};
+use super::ratelimit::LoginLimiter;
 use super::reload::Inbox;
 use super::{DRAIN_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN, bus};
 use crate::attest::Rejection;
@@ -31,6 +40,8 @@ pub(super) struct Router {
     pub(super) cluster: String,
     pub(super) node: String,
     pub(super) broker: String,
+    /// Per-agent login token buckets (only this task uses them: the lock is uncontended).
+    pub(super) limiter: Mutex<LoginLimiter>,
 }
 
 impl Router {
@@ -84,8 +95,40 @@ impl Router {
                 self.metrics.frame_rejected(FrameRejection::UnknownTopic);
                 return;
             }
-            Inbound::Login { agent } | Inbound::Answer { agent, .. } => agent,
+            Inbound::Login { agent } => {
+                let verdict = self
+                    .limiter
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .check(agent, Instant::now());
+                if let Err(wait) = verdict {
+                    self.metrics.frame_rejected(FrameRejection::RateLimited);
+                    self.metrics.proof_failed(RejectCode::Busy);
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    self.refuse(
+                        agent,
+                        RejectCode::Busy,
+                        format!("login rate limit for agent {agent}: retry after {secs} s"),
+                    );
+                    return;
+                }
+                agent
+            }
+            Inbound::Answer { agent, .. } => agent,
         };
+        if publish.payload.len() > limits::UPLINK_FRAME_MAX {
+            self.metrics.frame_rejected(FrameRejection::Oversize);
+            self.refuse(
+                agent,
+                RejectCode::Malformed,
+                format!(
+                    "frame of {} bytes is larger than the largest uplink message ({} bytes)",
+                    publish.payload.len(),
+                    limits::UPLINK_FRAME_MAX
+                ),
+            );
+            return;
+        }
         let job = match decode::<Uplink>(&publish.payload) {
             Ok(Uplink::Login(login)) => {
                 self.metrics.login_received();

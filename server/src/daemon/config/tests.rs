@@ -52,6 +52,9 @@ fn minimal_config_gets_the_documented_defaults() {
     );
     assert!(topic::validate(Part::Node, &c.node_id).is_ok());
     assert!(c.username.is_none() && c.password.is_none());
+    assert_eq!(c.login_limit, LoginLimit::default());
+    assert_eq!(c.login_limit.burst, 3);
+    assert_eq!(c.login_limit.interval, Duration::from_secs(10));
 }
 
 #[test]
@@ -81,6 +84,8 @@ policy-files: [a.yaml, /abs/b.yaml]
 reload-interval: 500ms
 log-level: debug
 workers: 3
+login-burst: 5
+login-interval: 2s
 ",
         pw.display()
     );
@@ -108,6 +113,10 @@ workers: 3
     assert_eq!(c.reload_interval, Duration::from_millis(500));
     assert_eq!(c.log_level, log::LevelFilter::Debug);
     assert_eq!(c.workers, 3);
+    assert_eq!(
+        (c.login_limit.burst, c.login_limit.interval),
+        (5, Duration::from_secs(2))
+    );
     // The password never shows in Debug output.
     assert!(!format!("{c:?}").contains("s3cret"));
 }
@@ -253,6 +262,17 @@ fn credentials_rules() {
 fn numeric_limits() {
     assert!(error(&format!("{MINIMAL}workers: 0\n")).contains("workers: must be at least 1"));
     assert!(error(&format!("{MINIMAL}max-sessions: 0\n")).contains("max-sessions: must be"));
+    assert!(error(&format!("{MINIMAL}login-burst: 5000\n")).contains("login-burst: 5000"));
+    assert!(error(&format!("{MINIMAL}login-burst: -1\n")).contains("login-burst"));
+    assert!(error(&format!("{MINIMAL}login-interval: 0s\n")).contains("login-interval"));
+    assert!(error(&format!("{MINIMAL}login-interval: soon\n")).contains("login-interval"));
+    assert_eq!(
+        parse(&format!("{MINIMAL}login-burst: 0\n"))
+            .unwrap()
+            .login_limit
+            .burst,
+        0
+    );
     assert!(error(&format!("{MINIMAL}log-level: loud\n")).contains("log-level: \"loud\""));
     assert!(
         error(&format!("{MINIMAL}metrics-address: localhost\n"))
@@ -306,6 +326,8 @@ fn the_deploy_example_parses_and_documents_every_key() {
         "reload-interval",
         "log-level",
         "workers",
+        "login-burst",
+        "login-interval",
     ] {
         let documented = EXAMPLE.lines().any(|l| {
             let l = l.trim_start().trim_start_matches('#').trim_start();
@@ -332,4 +354,5 @@ fn the_deploy_example_parses_and_documents_every_key() {
     let c = parse(&uncommented).unwrap();
     assert_eq!(c.node_id, "server-a");
     assert_eq!(c.workers, 4);
+    assert_eq!(c.login_limit, LoginLimit::default());
 }

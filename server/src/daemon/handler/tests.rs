@@ -266,3 +266,100 @@ fn policy_swap_applies_to_the_next_login() {
     h.handle(job());
     assert!(matches!(rec.take()[0].1, Downlink::Challenge(_)));
 }
+
+// ---- cheap rejection before public-key work --------------------------------------------
+
+const REAL_EK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/real-ek");
+
+/// A policy that needs the chain check: it trusts one real EK CA (which signs none of the
+/// certificates below), so a path build would be needed to pass it.
+fn chain_policy() -> Vec<u8> {
+    let path = format!("{REAL_EK}/ca/IFX1.pem");
+    let pem =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+    let indented: String = pem.lines().map(|l| format!("          {l}\n")).collect();
+    format!(
+        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
+         requiredAttestors:\n    - type: tpm_ek\n      config:\n        caCerts: |\n{indented}"
+    )
+    .into_bytes()
+}
+
+fn rejection_of(h: &Handler, rec: &Recorder, login: Login) -> RejectCode {
+    h.handle(Job::Login {
+        agent: "ek-flood".to_owned(),
+        login: Box::new(login),
+    });
+    let out = rec.take();
+    assert_eq!(out.len(), 1, "{out:?}");
+    match &out[0].1 {
+        Downlink::Result(Outcome::Rejected(r)) => r.code,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_garbage_certificate_is_refused_by_parsing_not_by_a_signature_check() {
+    let (h, rec) = handler(Some(&chain_policy()));
+    let mut l = login();
+    l.ek_cert = Some(heapless::Vec::from_slice(&[0x30, 0x82, 0x01, 0x00, 0xde, 0xad]).unwrap());
+    let code = rejection_of(&h, &rec, l);
+    // The chain check's verdict comes from the certificate parser: a path build (the first
+    // signature check) would have said the issuer is unknown instead.
+    assert_eq!(code, RejectCode::EkChain);
+    let log = h.metrics.render();
+    assert_eq!(metric(&h, &failed("ek_chain")), 1, "{log}");
+    // No session was opened, so MakeCredential never ran.
+    assert_eq!(h.attestor.pending(), 0);
+}
+
+#[test]
+fn a_valid_certificate_with_another_ek_public_fails_before_the_chain_and_makecredential() {
+    let (h, rec) = handler(Some(&chain_policy()));
+    let cert_path = format!("{REAL_EK}/leaf/stm-st33htphahb4-rsa2048.der");
+    let cert =
+        std::fs::read(&cert_path).unwrap_or_else(|e| panic!("test data {cert_path} missing: {e}"));
+    let mut l = login();
+    // A genuine EK certificate, but the EK public area is another key (the test vectors').
+    l.ek_cert = Some(heapless::Vec::from_slice(&cert).unwrap());
+    let code = rejection_of(&h, &rec, l);
+    // The policy's CA does not sign this certificate: had the chain been built first, the
+    // code would be ek_chain. The key comparison (no public-key operation) came first.
+    assert_eq!(code, RejectCode::EkMismatch);
+    assert_eq!(metric(&h, &failed("ek_mismatch")), 1);
+    assert_eq!(metric(&h, &failed("ek_chain")), 0);
+    assert_eq!(h.attestor.pending(), 0, "no session, so no MakeCredential");
+}
+
+#[test]
+fn the_attestor_checks_the_garbage_certificate_reason_is_a_parse_error() {
+    // The same order, through the sans-IO attestor, to read the full reason.
+    let (h, _rec) = handler(None);
+    let doc = {
+        let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), chain_policy())]);
+        let state = PolicyState::default();
+        apply(&d, "t", &state, &h.metrics);
+        state.current().unwrap()
+    };
+    let mut l = login();
+    l.ek_cert = Some(heapless::Vec::from_slice(&[0x30, 0x03, 0x02, 0x01, 0x00]).unwrap());
+    let err = h
+        .attestor
+        .login(
+            &doc,
+            "ek-flood",
+            &l,
+            Instant::now(),
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+        .unwrap_err();
+    assert_eq!(err.code, RejectCode::EkChain);
+    let reason = err.reason.to_lowercase();
+    assert!(
+        !reason.contains("signature") && !reason.contains("issuer"),
+        "reason mentions chain building: {}",
+        err.reason
+    );
+    assert_eq!(h.attestor.pending(), 0);
+}

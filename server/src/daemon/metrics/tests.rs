@@ -28,7 +28,13 @@ fn every_series_is_registered_at_zero() {
         let series = format!("attestation_frame_bytes_total{{direction=\"{direction}\"}}");
         assert_eq!(value(&text, &series).as_deref(), Some("0"), "{series}");
     }
-    for reason in ["malformed", "oversize", "unknown_topic", "busy"] {
+    for reason in [
+        "malformed",
+        "oversize",
+        "unknown_topic",
+        "busy",
+        "rate_limited",
+    ] {
         let series = format!("attestation_frames_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(value(&text, &series).as_deref(), Some("0"), "{series}");
     }
@@ -113,6 +119,7 @@ attestation_frames_rejected_total{reason=\"malformed\"} 1
 attestation_frames_rejected_total{reason=\"oversize\"} 0
 attestation_frames_rejected_total{reason=\"unknown_topic\"} 0
 attestation_frames_rejected_total{reason=\"busy\"} 1
+attestation_frames_rejected_total{reason=\"rate_limited\"} 0
 # HELP attestation_login_duration_seconds Server time to process a Login, seconds.
 # TYPE attestation_login_duration_seconds histogram
 attestation_login_duration_seconds_bucket{le=\"0.0001\"} 1
@@ -203,4 +210,28 @@ async fn http_endpoint_over_tcp() {
     let again = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
     assert!(again.starts_with("HTTP/1.1 200 OK"));
     server.abort();
+}
+
+#[test]
+fn every_frame_rejection_has_its_own_label() {
+    let m = Metrics::default();
+    for (i, why) in FrameRejection::ALL.iter().enumerate() {
+        for _ in 0..=i {
+            m.frame_rejected(*why);
+        }
+    }
+    let text = m.render();
+    let mut labels = std::collections::HashSet::new();
+    for (i, why) in FrameRejection::ALL.iter().enumerate() {
+        assert!(labels.insert(why.as_str()), "{} used twice", why.as_str());
+        let series = format!(
+            "attestation_frames_rejected_total{{reason=\"{}\"}}",
+            why.as_str()
+        );
+        assert_eq!(value(&text, &series), Some((i + 1).to_string()), "{series}");
+    }
+    let mut codes = std::collections::HashSet::new();
+    for code in RejectCode::ALL {
+        assert!(codes.insert(reason_label(*code)), "{code:?} shares a label");
+    }
 }

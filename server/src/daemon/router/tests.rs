@@ -9,9 +9,20 @@ use std::time::Duration;
 
 use ekattest_protocol::limits;
 
+use super::super::ratelimit::LoginLimit;
 use super::*;
 
 fn router(capacity: usize) -> (Router, Receiver<Job>, EventLoop) {
+    limited_router(
+        capacity,
+        LoginLimit {
+            burst: 100,
+            ..LoginLimit::default()
+        },
+    )
+}
+
+fn limited_router(capacity: usize, limit: LoginLimit) -> (Router, Receiver<Job>, EventLoop) {
     let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (jobs, rx) = sync_channel(capacity);
@@ -25,6 +36,7 @@ fn router(capacity: usize) -> (Router, Receiver<Job>, EventLoop) {
         cluster: "c-1".to_owned(),
         node: "n1".to_owned(),
         broker: "mqtt://127.0.0.1:1".to_owned(),
+        limiter: Mutex::new(LoginLimiter::new(limit)),
     };
     (r, rx, eventloop)
 }
@@ -171,4 +183,90 @@ fn config_payloads_go_to_the_reload_inbox() {
         count(&r, "attestation_frames_rejected_total{reason=\"oversize\"}"),
         1
     );
+}
+
+#[test]
+fn the_login_rate_limit_refuses_before_decoding_and_counts_rate_limited() {
+    let (r, rx, _el) = limited_router(
+        64,
+        LoginLimit {
+            burst: 2,
+            interval: Duration::from_secs(60),
+            table: 16,
+        },
+    );
+    let topic = "ekattest/v1/c-1/agents/ek-loop/login";
+    r.route(&publish(topic, frame(&login())));
+    r.route(&publish(topic, frame(&login())));
+    // Over the burst: refused whatever the payload, even one that would not decode.
+    r.route(&publish(topic, frame(&login())));
+    r.route(&publish(topic, vec![0xff; 3]));
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"rate_limited\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"malformed\"}"
+        ),
+        0,
+        "the limited frame must not have been decoded"
+    );
+    assert_eq!(
+        count(
+            &r,
+            "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"busy\"}"
+        ),
+        2
+    );
+    assert_eq!(count(&r, "attestation_logins_total"), 2);
+    // Answers are not limited; other agents have their own buckets.
+    r.route(&publish(
+        "ekattest/v1/c-1/servers/n1/answer/ek-loop",
+        frame(&answer()),
+    ));
+    r.route(&publish(
+        "ekattest/v1/c-1/agents/ek-other/login",
+        frame(&login()),
+    ));
+    let queued: Vec<Job> = rx.try_iter().collect();
+    assert_eq!(queued.len(), 4, "{queued:?}");
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"rate_limited\"}"
+        ),
+        2
+    );
+}
+
+#[test]
+fn a_flood_of_fake_agent_ids_keeps_the_limiter_bounded() {
+    let (r, rx, _el) = limited_router(
+        4,
+        LoginLimit {
+            burst: 1,
+            interval: Duration::from_secs(60),
+            table: 64,
+        },
+    );
+    for i in 0..5000 {
+        r.route(&publish(
+            &format!("ekattest/v1/c-1/agents/fake-{i}/login"),
+            vec![0xff; 3],
+        ));
+        assert!(r.limiter.lock().unwrap().len() <= 64);
+    }
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"malformed\"}"
+        ),
+        5000
+    );
+    assert!(rx.try_recv().is_err());
 }

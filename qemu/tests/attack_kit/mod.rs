@@ -1,0 +1,326 @@
+//! Helpers of the attack tests (tests/attacks.rs): a world of one mosquitto and one or more
+//! real `ekattest-server` processes of one cluster, and a scripted attacker built on the
+//! software TPM (qemu/src/soft_tpm.rs) that publishes hand-made frames over MQTT.
+//!
+//! A test fixture: it fails loudly (panics with the server log) and never hides a missing
+//! binary or tool.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test helper; fails loudly"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+use ekattest_fleet::broker::{Broker, BrokerOptions};
+use ekattest_fleet::daemons::{ServerProcess, ServerSpec, metric_value};
+use ekattest_fleet::soft_tpm::{EkAlg, SoftAk, SoftEk};
+use ekattest_protocol::msg::{Answer, Challenge, Downlink, Login, Method, Outcome, Uplink};
+use ekattest_protocol::topic::{Topics, default_agent_id};
+use ekattest_protocol::{RejectCode, decode, encode, heapless, limits, sign};
+use tempfile::TempDir;
+
+use crate::mqtt_peer::{self, Peer, Via};
+
+/// The cluster every attack world uses.
+pub const CLUSTER: &str = "c-attacks";
+/// The SVID trust domain.
+pub const TRUST_DOMAIN: &str = "attacks.test";
+/// How long to wait for a downlink.
+pub const REPLY: Duration = Duration::from_secs(10);
+
+/// A binary built beside this test (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build -p ekattest-server`, or run the tests \
+         with `cargo test --workspace --all-features`)",
+        path.display()
+    );
+    path
+}
+
+/// The `attestation_signer_proof` series of a failed proof with `reason`.
+pub fn failed(reason: &str) -> String {
+    format!(
+        "attestation_signer_proof{{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"{reason}\"}}"
+    )
+}
+
+/// The `attestation_signer_proof` series of a successful proof.
+pub const SUCCESS: &str = "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}";
+
+/// One test's world: temp folder, SVID CA, broker and servers (one per node id).
+pub struct World {
+    pub dir: TempDir,
+    pub ca_cert: PathBuf,
+    pub broker: Broker,
+    /// `(node id, server)`.
+    pub servers: Vec<(String, ServerProcess)>,
+}
+
+impl World {
+    /// Starts mosquitto and one server per `nodes` entry, all on `policy_doc`.
+    pub fn start(policy_doc: &str, nodes: &[&str], session_ttl: Option<Duration>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_cert = dir.path().join("svid-ca.pem");
+        let ca_key = dir.path().join("svid-ca.key");
+        let out = Command::new(bin("ekattestctl"))
+            .args(["ca", "create", "--trust-domain", TRUST_DOMAIN, "--cert"])
+            .arg(&ca_cert)
+            .arg("--key")
+            .arg(&ca_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ekattestctl ca create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let policy_file = dir.path().join("policy.yaml");
+        std::fs::write(&policy_file, policy_doc).unwrap();
+        let broker = Broker::start(&BrokerOptions {
+            tls: false,
+            acl: false,
+        })
+        .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
+        let servers = nodes
+            .iter()
+            .map(|node| {
+                let mut spec = ServerSpec::new(
+                    broker.url(),
+                    CLUSTER,
+                    *node,
+                    TRUST_DOMAIN,
+                    &ca_cert,
+                    &ca_key,
+                );
+                spec.policy_files = vec![policy_file.clone()];
+                spec.session_ttl = session_ttl;
+                spec.log_level = Some("debug".into());
+                let server_dir = dir.path().join(node);
+                std::fs::create_dir_all(&server_dir).unwrap();
+                let server = ServerProcess::start(&bin("ekattest-server"), &spec, &server_dir)
+                    .unwrap_or_else(|e| panic!("cannot start ekattest-server {node}: {e}"));
+                ((*node).to_owned(), server)
+            })
+            .collect();
+        World {
+            dir,
+            ca_cert,
+            broker,
+            servers,
+        }
+    }
+
+    /// The server whose node id is `node`.
+    pub fn server(&self, node: &str) -> &ServerProcess {
+        self.servers
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| panic!("no server with node id {node}"))
+    }
+
+    /// A metric of `node`'s server (0 when the series is absent: a counter never bumped).
+    pub fn metric(&self, node: &str, series: &str) -> f64 {
+        let text = self.server(node).metrics().unwrap();
+        metric_value(&text, series).unwrap_or(0.0)
+    }
+
+    /// Every server's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(|(n, s)| format!("[{n}]\n{}", s.log()))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+/// An allow-list policy for `eks` (no certificates: software EKs have none).
+pub fn allow_list(eks: &[&SoftEk]) -> String {
+    let hashes: Vec<String> = eks.iter().map(|e| hex::encode(e.public_hash())).collect();
+    ekattest_fleet::load::keys::policy_document(&hashes)
+}
+
+/// A scripted device on the software TPM: its EK, AK, SVID key and MQTT connection.
+pub struct SoftDevice {
+    pub ek: SoftEk,
+    pub ak: SoftAk,
+    pub agent: String,
+    svid_key: EcdsaKeyPair,
+    rng: SystemRandom,
+    wire: Wire,
+}
+
+impl SoftDevice {
+    /// A fresh P-256 EK (fast) with its AK, connected to `world`'s broker as its default
+    /// agent id, subscribed to its downlink topic.
+    pub fn new(world: &World) -> SoftDevice {
+        Self::with_ek(world, SoftEk::generate(EkAlg::P256).unwrap())
+    }
+
+    /// A device around `ek`.
+    pub fn with_ek(world: &World, ek: SoftEk) -> SoftDevice {
+        let agent = default_agent_id(ek.public_hash()).to_string();
+        let wire = Wire::connect(world, &agent);
+        SoftDevice {
+            ek,
+            ak: SoftAk::generate().unwrap(),
+            agent,
+            svid_key: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap(),
+            rng: SystemRandom::new(),
+            wire,
+        }
+    }
+
+    /// The Login a correct agent sends (own EK, own AK, own SVID key).
+    pub fn login(&self) -> Login {
+        self.login_with(self.ek.tpm2b_public(), self.ak.tpm2b_public())
+    }
+
+    /// A Login with these EK and AK public areas and this device's SVID key.
+    pub fn login_with(&self, ek_public: &[u8], ak_public: &[u8]) -> Login {
+        let spki =
+            ekattest_fleet::load::keys::p256_spki(self.svid_key.public_key().as_ref()).unwrap();
+        Login {
+            methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+            ek_public: heapless::Vec::from_slice(ek_public).unwrap(),
+            ek_cert: None,
+            ek_chain: heapless::Vec::new(),
+            ak_public: heapless::Vec::from_slice(ak_public).unwrap(),
+            svid_key: Some(spki),
+        }
+    }
+
+    /// Publishes `login` on this device's login topic and returns the server's reply.
+    pub fn send_login(&mut self, login: &Login) -> Downlink {
+        self.wire.send_login(login)
+    }
+
+    /// Logs in with [`Self::login`] and returns the Challenge (panics on anything else).
+    pub fn challenge(&mut self, world: &World) -> Challenge {
+        let login = self.login();
+        match self.send_login(&login) {
+            Downlink::Challenge(c) => c,
+            other => panic!("expected a Challenge, got {other:?}\n{}", world.logs()),
+        }
+    }
+
+    /// The correct Answer to `c`: software ActivateCredential with this EK and AK Name, and a
+    /// proof of possession of the SVID key.
+    pub fn answer(&self, c: &Challenge) -> Answer {
+        let secret = self
+            .ek
+            .activate_credential(self.ak.name(), &c.credential_blob, &c.encrypted_secret)
+            .unwrap();
+        self.answer_with(c.session, &secret)
+    }
+
+    /// An Answer for `session` carrying `secret`, signed with this device's SVID key.
+    pub fn answer_with(&self, session: ekattest_protocol::msg::SessionId, secret: &[u8]) -> Answer {
+        let signed = sign::pop_signed_bytes(&session, secret).unwrap();
+        let pop = self.svid_key.sign(&self.rng, &signed).unwrap();
+        Answer {
+            session,
+            secret: heapless::Vec::from_slice(secret).unwrap(),
+            pop: Some(heapless::Vec::from_slice(pop.as_ref()).unwrap()),
+        }
+    }
+
+    /// Publishes `answer` on `node`'s answer topic for this device's agent id and returns
+    /// the reply.
+    pub fn send_answer(&mut self, node: &str, answer: &Answer) -> Downlink {
+        self.wire.send_answer(node, answer)
+    }
+
+    /// Asserts that nothing arrives on this device's downlink for a short while.
+    pub fn expect_silence(&mut self) {
+        self.wire.expect_silence();
+    }
+}
+
+/// One agent id's MQTT connection: publishes uplink frames on its topics and reads its
+/// downlink.
+pub struct Wire {
+    pub agent: String,
+    peer: Peer,
+}
+
+impl Wire {
+    /// Connects to `world`'s broker as `agent` and subscribes to its downlink topic.
+    pub fn connect(world: &World, agent: &str) -> Wire {
+        let mut peer = mqtt_peer::connect(&world.broker, agent, None, Via::Plain).unwrap();
+        peer.subscribe(&topics().down(agent).unwrap()).unwrap();
+        Wire {
+            agent: agent.to_owned(),
+            peer,
+        }
+    }
+
+    /// Publishes `login` on the login topic and returns the reply.
+    pub fn send_login(&mut self, login: &Login) -> Downlink {
+        let topic = topics().login(&self.agent).unwrap();
+        self.publish(topic.as_str(), &Uplink::Login(login.clone()));
+        self.receive()
+    }
+
+    /// Publishes `answer` on `node`'s answer topic and returns the reply.
+    pub fn send_answer(&mut self, node: &str, answer: &Answer) -> Downlink {
+        let topic = topics().answer(node, &self.agent).unwrap();
+        self.publish(topic.as_str(), &Uplink::Answer(answer.clone()));
+        self.receive()
+    }
+
+    fn publish(&mut self, topic: &str, msg: &Uplink) {
+        let mut buf = [0u8; limits::FRAME_MAX];
+        let frame = encode(msg, &mut buf).unwrap();
+        self.peer.publish(topic, frame, false).unwrap();
+    }
+
+    /// The next downlink for this agent id.
+    pub fn receive(&mut self) -> Downlink {
+        let topic = topics().down(&self.agent).unwrap();
+        let publish = self
+            .peer
+            .expect_publish(topic.as_str(), REPLY)
+            .unwrap_or_else(|| panic!("no downlink for {} within {REPLY:?}", self.agent));
+        decode::<Downlink>(&publish.payload).unwrap()
+    }
+
+    /// Asserts that nothing arrives on this agent's downlink for a short while.
+    pub fn expect_silence(&mut self) {
+        let got = self.peer.drain(mqtt_peer::QUIET);
+        assert!(got.is_empty(), "unexpected downlinks: {got:?}");
+    }
+}
+
+/// The cluster's topics.
+pub fn topics() -> Topics<'static> {
+    Topics::with_default_prefix(CLUSTER).unwrap()
+}
+
+/// The reject code of a Rejected result (panics on anything else).
+pub fn rejected(down: &Downlink) -> RejectCode {
+    match down {
+        Downlink::Result(Outcome::Rejected(r)) => r.code,
+        other => panic!("expected a Rejected result, got {other:?}"),
+    }
+}
+
+/// Whether `down` is an Accepted result.
+pub fn accepted(down: &Downlink) -> bool {
+    matches!(down, Downlink::Result(Outcome::Accepted(_)))
+}
