@@ -16,6 +16,7 @@
 )]
 
 mod attack_kit;
+mod common;
 mod mqtt_peer;
 
 use std::time::Duration;
@@ -273,25 +274,6 @@ fn answer_after_the_session_ttl_is_refused() {
     assert!(accepted(&dev.send_answer(&c.node, &answer)));
 }
 
-/// The CA-chain policy for swtpm devices of `ca`.
-fn ca_policy(ca: &Ca) -> String {
-    let indent = |path: &std::path::Path| -> String {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| format!("              {l}\n"))
-            .collect()
-    };
-    format!(
-        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: tpm_ek_policy\n      \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.public_hash}}}}\n      requiredAttestors:\n        \
-         - type: tpm_ek\n          config:\n            caCerts: |\n{}            \
-         intermediateCerts: |\n{}",
-        indent(ca.root_cert_pem()),
-        indent(ca.intermediate_cert_pem())
-    )
-}
-
 /// A real swtpm device read through the agent library: its Login evidence and its TPM.
 struct TpmDevice {
     login: Login,
@@ -330,7 +312,7 @@ impl TpmDevice {
 #[test]
 fn copied_certificate_on_swtpm_is_a_mismatch_or_an_unopenable_challenge() {
     let ca = Ca::create().unwrap();
-    let world = World::start(&ca_policy(&ca), &["node-1"], None);
+    let world = World::start(&common::policy(Some(&ca), &[]), &["node-1"], None);
     let opts = ProvisionOptions {
         rsa_keysize: 2048,
         p256_ek_cert: false,

@@ -11,12 +11,14 @@
     reason = "test helpers fail loudly"
 )]
 
+mod common;
 mod mqtt_peer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{SUCCESS, bin, failed, policy, read};
 use ekattest_agent::tpm::ak::{self as agent_ak, AkOptions};
 use ekattest_agent::tpm::commands::Tpm;
 use ekattest_agent::tpm::ek::{self as agent_ek, EkKind as AgentEkKind};
@@ -33,53 +35,6 @@ use tempfile::TempDir;
 const CLUSTER: &str = "c-e2e";
 const TRUST_DOMAIN: &str = "fleet.test";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A binary built beside this test (`target/<profile>/NAME`).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p ekattest-agent -p ekattest-server`, \
-         or run the tests with `cargo test --workspace --all-features`)",
-        path.display()
-    );
-    path
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn indent(pem: &str, by: usize) -> String {
-    pem.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(by)))
-        .collect()
-}
-
-/// A policy document: the swtpm CA (chain check) and/or an allow-list.
-fn policy(ca: Option<&Ca>, hashes: &[&str]) -> String {
-    let mut config = String::new();
-    if let Some(ca) = ca {
-        config += &format!(
-            "            caCerts: |\n{}            intermediateCerts: |\n{}",
-            indent(&read(ca.root_cert_pem()), 14),
-            indent(&read(ca.intermediate_cert_pem()), 14)
-        );
-    }
-    if !hashes.is_empty() {
-        config += "            allowedHashes:\n";
-        for h in hashes {
-            config += &format!("              - \"{h}\"\n");
-        }
-    }
-    format!(
-        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: tpm_ek_policy\n      \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.public_hash}}}}\n      \
-         requiredAttestors:\n        - type: tpm_ek\n          config:\n{config}"
-    )
-}
 
 /// One test's world: a temp folder, the SVID CA, a broker and a server.
 struct World {
@@ -203,14 +158,6 @@ fn public_hash(dev: &Device, kind: EkKind) -> String {
     let path = dev.work_dir().join(format!("ek-{kind:?}.der"));
     std::fs::write(&path, der).unwrap();
     openssl_public_hash(&path).unwrap()
-}
-
-const SUCCESS: &str = "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}";
-
-fn failed(reason: &str) -> String {
-    format!(
-        "attestation_signer_proof{{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"{reason}\"}}"
-    )
 }
 
 /// The agent's files: SVID chains to the server CA (openssl), URI SAN, key mode 0600.

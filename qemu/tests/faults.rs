@@ -12,14 +12,17 @@
     reason = "tests fail loudly"
 )]
 
+mod common;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::bin;
 use ekattest_fleet::broker::{Broker, BrokerOptions};
 use ekattest_fleet::faults::mqtt_frame::{encode_remaining_length, read_packet};
 use ekattest_fleet::faults::mqtt_proxy::{MqttProxy, ProxyOptions, ProxyStats};
@@ -355,20 +358,6 @@ fn broker_down_closes_clients_and_recovers() {
     b.start_again().unwrap_or_else(|e| panic!("{e}"));
     let mut sub = connect(px.addr(), "sub-after");
     sub.subscribe(TOPIC);
-}
-
-/// A binary built beside this test (`target/<profile>/NAME`).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p ekattest-agent`, or run the tests \
-         with `cargo test --workspace --all-features`)",
-        path.display()
-    );
-    path
 }
 
 fn tpm_info(spec: &str) -> (String, Duration) {

@@ -13,11 +13,13 @@
     reason = "test helpers fail loudly"
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use common::bin;
 use ekattest_fleet::broker::{Broker, BrokerOptions};
 use ekattest_fleet::daemons::{AgentProcess, AgentSpec, ServerProcess, ServerSpec, metric_value};
 use ekattest_fleet::load::bogus::{BogusKind, BogusOptions, BogusReport, flood};
@@ -31,40 +33,6 @@ const DEFAULT_LOGINS: usize = 100_000;
 /// (2 cores, debug build: 19,180 KiB with 100,000 bogus logins and 20 devices; the
 /// login rate-limit table of at most 65,536 fake ids is most of the growth).
 const SERVER_RSS_BOUND_KB: u64 = 38_400;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p ekattest-agent -p ekattest-server`, \
-         or run the tests with `cargo test --workspace --all-features`)",
-        path.display()
-    );
-    path
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn indent(pem: &str, by: usize) -> String {
-    pem.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(by)))
-        .collect()
-}
-
-fn policy(ca: &Ca) -> String {
-    format!(
-        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: tpm_ek_policy\n      \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.public_hash}}}}\n      \
-         requiredAttestors:\n        - type: tpm_ek\n          config:\n            \
-         caCerts: |\n{}            intermediateCerts: |\n{}",
-        indent(&read(ca.root_cert_pem()), 14),
-        indent(&read(ca.intermediate_cert_pem()), 14)
-    )
-}
 
 fn vm_hwm_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -134,7 +102,7 @@ fn twenty_devices_attest_through_a_flood_of_bogus_logins() {
         String::from_utf8_lossy(&out.stderr)
     );
     let policy_file = dir.path().join("policy.yaml");
-    std::fs::write(&policy_file, policy(&ca)).unwrap();
+    std::fs::write(&policy_file, common::policy(Some(&ca), &[])).unwrap();
     let broker = Broker::start(&BrokerOptions {
         tls: false,
         acl: false,

@@ -15,7 +15,8 @@
     reason = "test helpers fail loudly"
 )]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -23,21 +24,6 @@ use std::time::Duration;
 use ekattest_fleet::faults::FaultPlan;
 use ekattest_fleet::load::{self, EkMix, LoadOptions};
 use ekattest_fleet::report::{FaultReport, Summary};
-
-/// The folder of the workspace binaries built beside this test (`target/<profile>`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_owned();
-    for name in ["ekattest-server", "ekattestctl"] {
-        assert!(
-            dir.join(name).is_file(),
-            "{} is missing: build it first (`cargo build -p ekattest-server`, or run the \
-             tests with `cargo test --workspace --all-features`)",
-            dir.join(name).display()
-        );
-    }
-    dir
-}
 
 #[test]
 fn two_thousand_soft_devices_attest_through_mosquitto() {
@@ -52,7 +38,7 @@ fn two_thousand_soft_devices_attest_through_mosquitto() {
         verify_every: 1,
         timeout: Duration::from_secs(10),
         deadline: Duration::from_secs(600),
-        bin_dir: Some(bin_dir()),
+        bin_dir: Some(common::bin_dir_with(&["ekattest-server", "ekattestctl"])),
         ..LoadOptions::default()
     };
     let summary = load::run(&opts, &Arc::new(AtomicBool::new(false)))
@@ -100,7 +86,7 @@ fn faulty_run(devices: usize, servers: usize, rate: Option<f64>, faults: &str) -
         verify_every: 1,
         timeout: Duration::from_millis(1500),
         deadline: Duration::from_secs(120),
-        bin_dir: Some(bin_dir()),
+        bin_dir: Some(common::bin_dir_with(&["ekattest-server", "ekattestctl"])),
         faults: plan,
         ..LoadOptions::default()
     };
@@ -209,7 +195,7 @@ fn measure() {
     let args = std::env::var("EKATTEST_LOAD_ARGS")
         .expect("set EKATTEST_LOAD_ARGS, e.g. \"--devices 2000 --ek mixed\"");
     let mut argv: Vec<std::ffi::OsString> = vec!["load".into(), "--bin-dir".into()];
-    argv.push(bin_dir().into_os_string());
+    argv.push(common::bin_dir_with(&["ekattest-server", "ekattestctl"]).into_os_string());
     argv.extend(args.split_whitespace().map(Into::into));
     assert_eq!(load::cli(argv), std::process::ExitCode::SUCCESS);
 }

@@ -14,7 +14,7 @@
     reason = "a test helper; fails loudly"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use ekattest_protocol::topic::{Topics, default_agent_id};
 use ekattest_protocol::{RejectCode, decode, encode, heapless, limits, sign};
 use tempfile::TempDir;
 
+pub use crate::common::{SUCCESS, bin, failed};
 use crate::mqtt_peer::{self, Peer, Via};
 
 /// The cluster every attack world uses.
@@ -36,30 +37,6 @@ pub const CLUSTER: &str = "c-attacks";
 pub const TRUST_DOMAIN: &str = "attacks.test";
 /// How long to wait for a downlink.
 pub const REPLY: Duration = Duration::from_secs(10);
-
-/// A binary built beside this test (`target/<profile>/NAME`).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p ekattest-server`, or run the tests \
-         with `cargo test --workspace --all-features`)",
-        path.display()
-    );
-    path
-}
-
-/// The `attestation_signer_proof` series of a failed proof with `reason`.
-pub fn failed(reason: &str) -> String {
-    format!(
-        "attestation_signer_proof{{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"{reason}\"}}"
-    )
-}
-
-/// The `attestation_signer_proof` series of a successful proof.
-pub const SUCCESS: &str = "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}";
 
 /// One test's world: temp folder, SVID CA, broker and servers (one per node id).
 pub struct World {
