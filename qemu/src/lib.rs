@@ -4,6 +4,7 @@
 //! - [`swtpm`]: software TPM devices provisioned with a per-run certificate authority,
 //!   started on free loopback ports and stopped on drop, plus command-line oracles (openssl,
 //!   tpm2-tools) that the agent's and server's integration tests compare against.
+//! - [`nats`]: a local nats-server cluster (MQTT listeners, JetStream) for scale-out tests.
 //! - [`broker`], [`daemons`], [`process`]: mosquitto and the `ekattest-server` /
 //!   `ekattest-agent` binaries as watched child processes.
 //! - [`fleet`]: `ekattest-fleet run` (and `demo`), the process fleet: N swtpm devices, K
@@ -27,10 +28,12 @@ pub mod faults;
 pub mod fleet;
 pub mod flow;
 pub mod load;
+pub mod nats;
 pub mod process;
 pub mod report;
 pub mod soft_tpm;
 pub mod swtpm;
+pub mod vm;
 
 pub use swtpm::{
     Ak, Ca, Device, EkKind, Error, ProvisionOptions, Result, openssl_public_hash,

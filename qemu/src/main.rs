@@ -1,6 +1,6 @@
 //! `ekattest-fleet`: the fleet harness's command line. `run` is the process fleet (swtpm
 //! devices, mosquitto, `ekattest-server` and `ekattest-agent` processes), `load` the
-//! software-TPM load generator, `demo` the README's first command (`run --devices 25 --ek
+//! software-TPM load generator, `vm` the QEMU VM fleet, `demo` the README's first command (`run --devices 25 --ek
 //! mixed` unless options are given).
 
 use std::ffi::OsString;
@@ -11,6 +11,7 @@ usage: ekattest-fleet run  --devices N [options]   process fleet: swtpm devices,
        ekattest-fleet load --devices N [options]   software-TPM load generator
        ekattest-fleet demo [run options]           run --devices 25 --ek mixed
        ekattest-fleet build-agent --board NAME     cross-build the agent for boards/NAME.toml
+       ekattest-fleet vm --board NAME --count N    boot N QEMU boards of NAME and attest them
        ekattest-fleet COMMAND --help               the command's options";
 
 fn main() -> ExitCode {
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         }
         Some("load") => ekattest_fleet::load::cli(args),
         Some("build-agent") => ekattest_fleet::boards::build::cli(args),
+        Some("vm") => ekattest_fleet::vm::cli::cli(args),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

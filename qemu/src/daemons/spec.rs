@@ -52,6 +52,9 @@ pub struct ServerSpec {
     pub workers: Option<usize>,
     /// `login-burst` (logins per agent id before the rate limit refuses; 0 disables).
     pub login_burst: Option<u32>,
+    /// `bus: nats` with these `nats-url`s when not empty (then `broker` is left out);
+    /// empty: `bus` unset (MQTT on `broker`).
+    pub nats_urls: Vec<String>,
 }
 
 impl ServerSpec {
@@ -84,6 +87,7 @@ impl ServerSpec {
             log_level: None,
             workers: None,
             login_burst: None,
+            nats_urls: Vec::new(),
         }
     }
 
@@ -93,7 +97,13 @@ impl ServerSpec {
     /// [`Error::Invalid`] for a path that is not UTF-8.
     pub fn to_yaml(&self) -> Result<String> {
         let mut m = Mapping::new();
-        put(&mut m, "broker", Some(self.broker.as_str()));
+        if self.nats_urls.is_empty() {
+            put(&mut m, "broker", Some(self.broker.as_str()));
+        } else {
+            put(&mut m, "bus", Some("nats"));
+            let urls = self.nats_urls.iter().map(|u| Value::from(u.as_str()));
+            m.insert("nats-url".into(), Value::Sequence(urls.collect()));
+        }
         if let Some(ca) = &self.tls_ca {
             let mut tls = Mapping::new();
             put(&mut tls, "ca", Some(path_str(ca)?));

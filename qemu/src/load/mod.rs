@@ -92,6 +92,12 @@ pub struct LoadOptions {
     pub bogus: usize,
     /// Their classes, used in turn (`--bogus-kind`).
     pub bogus_kinds: Vec<bogus::BogusKind>,
+    /// More MQTT listeners (`mqtt://HOST:PORT`) beside `broker`: device threads use
+    /// `broker` and these round-robin (scale-out on a NATS cluster's MQTT listeners).
+    pub broker_urls: Vec<String>,
+    /// Servers run on `bus: nats` with these `nats-url`s when not empty (then `broker`
+    /// must be a NATS node's MQTT listener).
+    pub nats_urls: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -118,6 +124,8 @@ impl Default for LoadOptions {
             faults: FaultPlan::default(),
             bogus: 0,
             bogus_kinds: bogus::BogusKind::ALL.to_vec(),
+            broker_urls: Vec::new(),
+            nats_urls: Vec::new(),
         }
     }
 }
@@ -255,6 +263,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             &ca_key,
         );
         spec.policy_files = vec![policy_file.clone()];
+        spec.nats_urls.clone_from(&opts.nats_urls);
         spec.max_sessions = Some((opts.threads * opts.window * 4).max(100_000));
         spec.log_level = Some(opts.server_log_level.clone());
         spec.workers = opts.workers;
@@ -312,11 +321,15 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     )
     .map_err(|e| format!("cannot start the fault scheduler: {e}"))?;
     let started = scheduler.started();
+    let mut listeners = vec![(dev_host.clone(), dev_port)];
+    for u in &opts.broker_urls {
+        listeners.push(parse_broker(u)?);
+    }
     let specs: Vec<worker::WorkerSpec> = (0..opts.threads)
         .map(|t| worker::WorkerSpec {
             index: t,
-            host: dev_host.clone(),
-            port: dev_port,
+            host: listeners[t % listeners.len()].0.clone(),
+            port: listeners[t % listeners.len()].1,
             run: run_id.clone(),
             prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
             cluster: CLUSTER.to_owned(),
@@ -427,8 +440,17 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     // Server-side numbers before the servers stop.
     let mut server_success = 0.0;
     let mut rss = None;
-    for s in &servers {
+    for (k, s) in servers.iter().enumerate() {
         let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(m) = s.metrics() {
+            let get = |series: &str| metric_value(&m, series).unwrap_or(0.0);
+            notes.push(format!(
+                "server node-{}: {} logins, {} attested",
+                k + 1,
+                get("attestation_logins_total"),
+                get("attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}")
+            ));
+        }
         if let Some(v) = s.metrics().ok().and_then(|m| {
             metric_value(
                 &m,

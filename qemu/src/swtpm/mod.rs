@@ -20,6 +20,7 @@ pub mod oracle;
 mod p256;
 mod ports;
 pub(crate) mod tool;
+pub mod vm;
 
 use std::path::PathBuf;
 

@@ -175,6 +175,56 @@ impl Broker {
     }
 }
 
+/// Which message bus the server uses (`bus:`). Agents always speak MQTT; with NATS they
+/// connect to the MQTT listeners of the nats-server cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bus {
+    /// `bus: mqtt` (default): one MQTT broker (`broker`), logins through `$share`.
+    Mqtt,
+    /// `bus: nats`: a NATS cluster (`nats-url`), logins through the queue group `ekattest`.
+    Nats {
+        /// `nats-url`: `nats://HOST:PORT` or `tls://HOST:PORT`, one or more (the client
+        /// fails over between them).
+        urls: Vec<String>,
+    },
+}
+
+/// `nats-url`: one URL or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Parses a `nats-url` entry: `nats://HOST[:PORT]` or `tls://HOST[:PORT]` (default port
+/// 4222). Returns the address as a [`Broker`] (`tls` for `tls://`).
+///
+/// # Errors
+/// A message saying what is wrong with the URL.
+pub fn parse_nats_url(url: &str) -> Result<Broker, String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("tls://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("nats://") {
+        (false, rest)
+    } else {
+        return Err(format!(
+            "{url:?} is not a NATS URL; write nats://HOST:PORT or tls://HOST:PORT"
+        ));
+    };
+    let scheme = if tls { "mqtts" } else { "mqtt" };
+    let mut b = Broker::parse(&format!("{scheme}://{rest}")).map_err(|m| {
+        m.replace("mqtts://", "tls://")
+            .replace("mqtt://", "nats://")
+    })?;
+    if !rest.trim_end_matches('/').contains(':') || rest.ends_with(']') {
+        b.port = 4222;
+    }
+    b.url = url.to_owned();
+    b.tls = tls;
+    Ok(b)
+}
+
 /// TLS files for the broker connection (`tls:`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -191,7 +241,10 @@ pub struct TlsFiles {
 pub struct ServerConfig {
     /// The file it was read from.
     pub file: PathBuf,
-    /// `broker`: `mqtt://host:port` or `mqtts://host:port` (required).
+    /// `bus`: MQTT (default) or NATS.
+    pub bus: Bus,
+    /// `broker` with `bus: mqtt` (`mqtt://host:port` or `mqtts://host:port`, required);
+    /// with `bus: nats`, the first `nats-url` (its `url` lists them all, for logs).
     pub broker: Broker,
     /// `tls`: `{ca, cert, key}`; `ca` is required with `mqtts://`.
     pub tls: TlsFiles,
@@ -235,8 +288,13 @@ pub struct ServerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct RawConfig {
-    /// See [`ServerConfig::broker`].
-    broker: String,
+    /// See [`ServerConfig::broker`] (required with `bus: mqtt`).
+    #[serde(default)]
+    broker: Option<String>,
+    #[serde(default)]
+    bus: Option<String>,
+    #[serde(default)]
+    nats_url: Option<RawUrls>,
     #[serde(default)]
     tls: Option<RawTls>,
     #[serde(default)]
@@ -348,7 +406,7 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
     let base = file.parent().unwrap_or_else(|| Path::new(""));
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
 
-    let broker = Broker::parse(&raw.broker).map_err(|m| invalid("broker", m))?;
+    let (bus, broker) = bus_and_broker(&raw, &invalid)?;
     let tls = match raw.tls {
         None => TlsFiles::default(),
         Some(t) => TlsFiles {
@@ -358,7 +416,8 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         },
     };
     let tls_set = tls.ca.is_some() || tls.cert.is_some() || tls.key.is_some();
-    if !broker.tls && tls_set {
+    let mqtt = bus == Bus::Mqtt;
+    if mqtt && !broker.tls && tls_set {
         return Err(invalid(
             "tls",
             "set, but broker is an mqtt:// URL; use mqtts:// for TLS or remove tls".to_owned(),
@@ -367,8 +426,14 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
     if broker.tls && tls.ca.is_none() {
         return Err(invalid(
             "tls.ca",
-            "required with an mqtts:// broker: the PEM bundle that signs the broker's certificate"
-                .to_owned(),
+            if mqtt {
+                "required with an mqtts:// broker: the PEM bundle that signs the broker's \
+                 certificate"
+            } else {
+                "required with a tls:// nats-url: the PEM bundle that signs the NATS servers' \
+                 certificates"
+            }
+            .to_owned(),
         ));
     }
     if tls.cert.is_some() != tls.key.is_some() {
@@ -399,6 +464,8 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         .map_err(|e| invalid("cluster-id", e.to_string()))?;
     let node_id = match raw.node_id {
         Some(n) => n,
+        // A dot cannot cross nats-server 2.9's MQTT gateway: keep it out of the default.
+        None if !mqtt => default_node_id().replace('.', "-"),
         None => default_node_id(),
     };
     topic::validate(Part::Node, &node_id).map_err(|e| invalid("node-id", e.to_string()))?;
@@ -407,6 +474,23 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         .unwrap_or_else(|| topic::DEFAULT_PREFIX.to_owned());
     topic::validate(Part::Prefix, &topic_prefix)
         .map_err(|e| invalid("topic-prefix", e.to_string()))?;
+    if !mqtt {
+        for (key, value) in [
+            ("cluster-id", raw.cluster_id.as_str()),
+            ("node-id", node_id.as_str()),
+            ("topic-prefix", topic_prefix.as_str()),
+        ] {
+            if value.contains('.') {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value:?} holds '.', which nats-server 2.9 refuses in MQTT topics (2.10 \
+                         maps it to \"//\"); with bus: nats use - or _ instead"
+                    ),
+                ));
+            }
+        }
+    }
     if !valid_trust_domain(&raw.trust_domain) {
         return Err(invalid(
             "trust-domain",
@@ -503,6 +587,7 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
     )?;
     Ok(ServerConfig {
         file: file.to_owned(),
+        bus,
         broker,
         tls,
         username: raw.username,
@@ -526,6 +611,80 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
             table: limit_defaults.table,
         },
     })
+}
+
+type Invalid<'a> = dyn Fn(&'static str, String) -> ServerConfigError + 'a;
+
+/// `bus`, `broker` and `nats-url`: which bus, and its (first) address.
+fn bus_and_broker(
+    raw: &RawConfig,
+    invalid: &Invalid<'_>,
+) -> Result<(Bus, Broker), ServerConfigError> {
+    match raw.bus.as_deref() {
+        None | Some("mqtt") => {
+            if raw.nats_url.is_some() {
+                return Err(invalid(
+                    "nats-url",
+                    "set, but bus is mqtt; set bus: nats or remove nats-url".to_owned(),
+                ));
+            }
+            let url = raw.broker.as_deref().ok_or_else(|| {
+                invalid(
+                    "broker",
+                    "missing field `broker` (required with bus: mqtt): mqtt://HOST:PORT or \
+                     mqtts://HOST:PORT"
+                        .to_owned(),
+                )
+            })?;
+            let broker = Broker::parse(url).map_err(|m| invalid("broker", m))?;
+            Ok((Bus::Mqtt, broker))
+        }
+        Some("nats") => {
+            if raw.broker.is_some() {
+                return Err(invalid(
+                    "broker",
+                    "set, but bus is nats: the server connects to nats-url (agents keep using \
+                     the MQTT listeners); remove broker"
+                        .to_owned(),
+                ));
+            }
+            let urls = match &raw.nats_url {
+                None => Vec::new(),
+                Some(RawUrls::One(u)) => vec![u.clone()],
+                Some(RawUrls::Many(u)) => u.clone(),
+            };
+            if urls.is_empty() {
+                return Err(invalid(
+                    "nats-url",
+                    "required with bus: nats: nats://HOST:PORT (or a list of them)".to_owned(),
+                ));
+            }
+            if urls.len() > 64 {
+                return Err(invalid(
+                    "nats-url",
+                    format!("{} URLs; at most 64", urls.len()),
+                ));
+            }
+            let mut parsed = Vec::with_capacity(urls.len());
+            for u in &urls {
+                parsed.push(parse_nats_url(u).map_err(|m| invalid("nats-url", m))?);
+            }
+            if parsed.iter().any(|b| b.tls) != parsed.iter().all(|b| b.tls) {
+                return Err(invalid(
+                    "nats-url",
+                    "mixes nats:// and tls:// URLs; use one scheme for the whole cluster"
+                        .to_owned(),
+                ));
+            }
+            let mut broker = parsed.swap_remove(0);
+            broker.url = urls.join(",");
+            Ok((Bus::Nats { urls }, broker))
+        }
+        Some(other) => Err(invalid(
+            "bus",
+            format!("{other:?} is not a bus; use mqtt (default) or nats"),
+        )),
+    }
 }
 
 /// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-`, `_` (SPIFFE ID spec 2.1).

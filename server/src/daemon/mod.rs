@@ -5,12 +5,14 @@
 //! - [`bus`]: rumqttc options and the rustls client configuration.
 //! - [`handler`]: what a worker does with a Login or an Answer (log lines, metrics).
 //! - [`metrics`]: Prometheus counters and the `/metrics` responder.
+//! - [`nats`]: `bus: nats` (queue-group logins on a NATS cluster; MQTT topic mapping).
 //! - [`ratelimit`]: the per-agent login rate limit.
 //! - [`logging`]: the JSON logger.
 //! - [`reload`]: the policy document in force and its hot reload.
 //! - `router` (private): the MQTT event loop and routing of received messages.
 //!
-//! Shape: one tokio task drives the rumqttc event loop and never blocks: it parses the topic,
+//! Shape: one tokio task drives the rumqttc event loop (or, with `bus: nats`, the NATS
+//! subscriptions) and never blocks: it parses the topic,
 //! decodes the frame and hands the job to a bounded queue served by `workers` threads (a
 //! full queue rejects the Login with `server busy` instead of growing). Workers call the
 //! sans-IO [`crate::attest::Attestor`] and queue the reply on the MQTT client. Sessions live
@@ -22,6 +24,7 @@ pub mod config;
 pub mod handler;
 pub mod logging;
 pub mod metrics;
+pub mod nats;
 pub mod ratelimit;
 pub mod reload;
 mod router;
@@ -36,11 +39,11 @@ use ekattest_protocol::limits;
 use rumqttc::{AsyncClient, QoS};
 
 use self::bus::Connection;
-use self::config::ServerConfig;
+use self::config::{Bus, ServerConfig};
 use self::handler::{Handler, Job, Outbox};
 use self::metrics::Metrics;
 use self::reload::{Decision, Inbox, PolicyState, Reloader, Source};
-use self::router::{Router, drain, drive};
+use self::router::{Refusals, Router, drain, drive};
 use crate::attest::Attestor;
 use crate::config::{ConfigError, MAX_DOCUMENT_BYTES};
 use crate::svid::{Authority, SvidError};
@@ -89,6 +92,9 @@ pub enum DaemonError {
     /// The broker connection cannot be configured (TLS files).
     #[error("{0}")]
     Bus(#[from] bus::BusError),
+    /// The NATS connection cannot be set up (`nats-url`, subscriptions).
+    #[error("nats: {0}")]
+    Nats(String),
     /// The metrics address cannot be bound.
     #[error("metrics-address {addr}: {source}")]
     Metrics {
@@ -129,7 +135,7 @@ pub fn load(config: &ServerConfig) -> Result<Loaded, DaemonError> {
             ca: ca.to_owned(),
         });
     }
-    if config.broker.tls {
+    if config.broker.tls || config.bus != Bus::Mqtt {
         bus::tls_config(&config.tls)?;
     }
     Attestor::new(&config.node_id, Some(&config.trust_domain), config.sessions)
@@ -199,6 +205,28 @@ impl Outbox for MqttOutbox {
     }
 }
 
+/// The connection the daemon serves on.
+enum Link {
+    /// rumqttc's client and event loop.
+    Mqtt(AsyncClient, Box<rumqttc::EventLoop>),
+    /// async-nats's client.
+    Nats(async_nats::Client),
+}
+
+fn mqtt_client(config: &ServerConfig) -> Result<(AsyncClient, rumqttc::EventLoop), DaemonError> {
+    let connection = Connection {
+        broker: &config.broker,
+        tls: &config.tls,
+        username: config.username.as_deref(),
+        password: config.password.as_ref(),
+        // Config documents (CA bundles) are far larger than protocol frames.
+        max_incoming: MAX_DOCUMENT_BYTES + 4096,
+        max_outgoing: 2 * limits::FRAME_MAX,
+    };
+    let options = connection.options(&format!("ekattest-server-{}", config.node_id))?;
+    Ok(AsyncClient::new(options, 1024))
+}
+
 async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::default());
     let policy = Arc::new(PolicyState::default());
@@ -220,17 +248,23 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         None => None,
     };
 
-    let connection = Connection {
-        broker: &config.broker,
-        tls: &config.tls,
-        username: config.username.as_deref(),
-        password: config.password.as_ref(),
-        // Config documents (CA bundles) are far larger than protocol frames.
-        max_incoming: MAX_DOCUMENT_BYTES + 4096,
-        max_outgoing: 2 * limits::FRAME_MAX,
+    let link = match &config.bus {
+        Bus::Mqtt => {
+            let (client, eventloop) = mqtt_client(&config)?;
+            Link::Mqtt(client, Box::new(eventloop))
+        }
+        Bus::Nats { urls } => Link::Nats(nats::connect(&config, urls).await?),
     };
-    let options = connection.options(&format!("ekattest-server-{}", config.node_id))?;
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let outbox: Box<dyn Outbox> = match &link {
+        Link::Mqtt(client, _) => Box::new(MqttOutbox {
+            client: client.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+        Link::Nats(client) => Box::new(nats::NatsOutbox {
+            client: client.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+    };
 
     let attestor = Attestor::new(&config.node_id, Some(&config.trust_domain), config.sessions)
         .map_err(DaemonError::Node)?;
@@ -242,10 +276,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         prefix: config.topic_prefix.clone(),
         cluster: config.cluster_id.clone(),
         svid_ttl: config.svid_ttl,
-        outbox: Box::new(MqttOutbox {
-            client: client.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        }),
+        outbox,
     });
     let capacity = config.workers.saturating_mul(QUEUE_PER_WORKER);
     let (jobs, workers) = start_workers(&handler, config.workers, capacity)?;
@@ -281,8 +312,21 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         metricsAddress = metrics_address.as_str();
         "ekattest-server started"
     );
+    let (replies, nats_subs): (Box<dyn Refusals>, _) = match &link {
+        Link::Mqtt(client, _) => (Box::new(client.clone()), None),
+        Link::Nats(client) => {
+            let (subs, replies) = nats::subscribe(
+                client,
+                &config.topic_prefix,
+                &config.cluster_id,
+                &config.node_id,
+            )
+            .await?;
+            (replies, Some(subs))
+        }
+    };
     let router = Router {
-        client: client.clone(),
+        replies,
         jobs,
         capacity,
         inbox: Arc::clone(&inbox),
@@ -293,14 +337,34 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         broker: config.broker.url.clone(),
         limiter: Mutex::new(ratelimit::LoginLimiter::new(config.login_limit)),
     };
-    let eventloop = drive(router, eventloop).await;
-
-    log::info!("ekattest-server stopping");
-    inbox.stop();
-    sweep_task.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
+    let stop = || {
+        log::info!("ekattest-server stopping");
+        inbox.stop();
+        sweep_task.abort();
+        if let Some(t) = &metrics_task {
+            t.abort();
+        }
+    };
+    let (client, eventloop) = match (link, nats_subs) {
+        (Link::Mqtt(client, eventloop), _) => (client, *eventloop),
+        (Link::Nats(client), subs) => {
+            if let Some(subs) = subs {
+                nats::drive(router, subs).await;
+            }
+            stop();
+            let join = tokio::task::spawn_blocking(move || {
+                for w in workers {
+                    let _ = w.join();
+                }
+                let _ = reload_thread.join();
+            });
+            nats::finish(&client, join).await;
+            log::info!("ekattest-server stopped");
+            return Ok(());
+        }
+    };
+    let eventloop = drive(router, client.clone(), eventloop).await;
+    stop();
     // The router (and with it the job sender) is gone: workers finish the queue and exit.
     // Keep polling meanwhile, so a worker waiting on a full client queue can finish.
     let mut eventloop = eventloop;

@@ -1,4 +1,6 @@
-//! The MQTT event loop: routes each received publish to the worker queue, the reload inbox
+//! The receive side: [`Router`] checks and routes each received message (MQTT or NATS) to
+//! the worker queue, the reload inbox or a refusal; the MQTT event loop (the NATS one is in
+//! `nats.rs`) routes each received publish to the worker queue, the reload inbox
 //! or a refusal, reconnects with jittered backoff, and stops on SIGTERM/SIGINT.
 //!
 //! This task must never block or wait on an agent: a full worker queue refuses the Login
@@ -29,9 +31,24 @@ use super::{DRAIN_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN, bus};
 use crate::attest::Rejection;
 use crate::config::MAX_DOCUMENT_BYTES;
 
-/// Routes each received publish; owned by the event-loop task, never blocks.
+/// Where the receive loop's refusals go: never waits (a full queue drops the refusal; the
+/// agent retries).
+pub(super) trait Refusals: Send + Sync {
+    /// Queues `frame` for MQTT `topic` without waiting.
+    fn try_send(&self, topic: &str, frame: Vec<u8>) -> Result<(), String>;
+}
+
+impl Refusals for AsyncClient {
+    fn try_send(&self, topic: &str, frame: Vec<u8>) -> Result<(), String> {
+        self.try_publish(topic, QoS::AtLeastOnce, false, frame)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Routes each received message (MQTT publish or NATS message); owned by the receive task,
+/// never blocks.
 pub(super) struct Router {
-    pub(super) client: AsyncClient,
+    pub(super) replies: Box<dyn Refusals>,
     pub(super) jobs: SyncSender<Job>,
     pub(super) capacity: usize,
     pub(super) inbox: Arc<Inbox>,
@@ -64,27 +81,32 @@ impl Router {
         .collect()
     }
 
-    pub(super) fn route(&self, publish: &Publish) {
-        self.metrics.frame_received(publish.payload.len());
+    pub(super) fn route_publish(&self, publish: &Publish) {
+        self.route(&publish.topic, &publish.payload);
+    }
+
+    /// Routes `payload` received on MQTT `topic` (NATS subjects are converted back first).
+    pub(super) fn route(&self, topic: &str, payload: &[u8]) {
+        self.metrics.frame_received(payload.len());
         let Some(topics) = self.topics() else {
             return;
         };
-        let inbound = match topics.parse(&publish.topic) {
+        let inbound = match topics.parse(topic) {
             Ok(i) => i,
             Err(e) => {
                 self.metrics.frame_rejected(FrameRejection::UnknownTopic);
-                log::debug!(topic = publish.topic.as_str(), error:% = e; "message on an unknown topic dropped");
+                log::debug!(topic = topic, error:% = e; "message on an unknown topic dropped");
                 return;
             }
         };
         let agent = match inbound {
             Inbound::Config => {
-                if publish.payload.len() > MAX_DOCUMENT_BYTES {
+                if payload.len() > MAX_DOCUMENT_BYTES {
                     self.metrics.frame_rejected(FrameRejection::Oversize);
-                    log::error!(bytes = publish.payload.len(); "config topic document is larger than {MAX_DOCUMENT_BYTES} bytes; ignored");
+                    log::error!(bytes = payload.len(); "config topic document is larger than {MAX_DOCUMENT_BYTES} bytes; ignored");
                     return;
                 }
-                self.inbox.put(publish.payload.to_vec());
+                self.inbox.put(payload.to_vec());
                 return;
             }
             Inbound::Down { .. } => {
@@ -116,20 +138,20 @@ impl Router {
             }
             Inbound::Answer { agent, .. } => agent,
         };
-        if publish.payload.len() > limits::UPLINK_FRAME_MAX {
+        if payload.len() > limits::UPLINK_FRAME_MAX {
             self.metrics.frame_rejected(FrameRejection::Oversize);
             self.refuse(
                 agent,
                 RejectCode::Malformed,
                 format!(
                     "frame of {} bytes is larger than the largest uplink message ({} bytes)",
-                    publish.payload.len(),
+                    payload.len(),
                     limits::UPLINK_FRAME_MAX
                 ),
             );
             return;
         }
-        let job = match decode::<Uplink>(&publish.payload) {
+        let job = match decode::<Uplink>(payload) {
             Ok(Uplink::Login(login)) => {
                 self.metrics.login_received();
                 Job::Login {
@@ -180,10 +202,7 @@ impl Router {
         match downlink_frame(&self.prefix, &self.cluster, agent, &msg) {
             Ok((topic, frame)) => {
                 let len = frame.len();
-                if let Err(e) = self
-                    .client
-                    .try_publish(topic, QoS::AtLeastOnce, false, frame)
-                {
+                if let Err(e) = self.replies.try_send(&topic, frame) {
                     log::debug!(agentId = agent, error:% = e; "rejection not sent: client queue full");
                 } else {
                     self.metrics.frame_published(len);
@@ -197,7 +216,11 @@ impl Router {
 }
 
 /// Drives the MQTT event loop until SIGTERM/SIGINT; returns it for the final drain.
-pub(super) async fn drive(router: Router, mut eventloop: EventLoop) -> EventLoop {
+pub(super) async fn drive(
+    router: Router,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+) -> EventLoop {
     let mut delay = RECONNECT_MIN;
     let mut connected = false;
     let shutdown = shutdown_signal();
@@ -211,7 +234,7 @@ pub(super) async fn drive(router: Router, mut eventloop: EventLoop) -> EventLoop
                     connected = true;
                     let filters = router.subscriptions();
                     log::info!(broker = router.broker.as_str(); "connected to broker");
-                    if let Err(e) = router.client.try_subscribe_many(filters) {
+                    if let Err(e) = client.try_subscribe_many(filters) {
                         log::error!(error:% = e; "cannot subscribe");
                     }
                 }
@@ -223,7 +246,7 @@ pub(super) async fn drive(router: Router, mut eventloop: EventLoop) -> EventLoop
                         log::debug!(filters = ack.return_codes.len(); "subscribed");
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(publish))) => router.route(&publish),
+                Ok(Event::Incoming(Packet::Publish(publish))) => router.route_publish(&publish),
                 Ok(_) => {}
                 Err(e) => {
                     if connected {
@@ -257,7 +280,8 @@ pub(super) async fn drain(client: &AsyncClient, mut eventloop: EventLoop) {
     .await;
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub(super) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -305,6 +305,8 @@ fn the_deploy_example_parses_and_documents_every_key() {
     assert_eq!(c.cluster_id, "c-xxxxxx");
     assert!(c.broker.tls);
     for key in [
+        "bus",
+        "nats-url",
         "broker",
         "tls",
         "ca",

@@ -27,7 +27,7 @@ fn limited_router(capacity: usize, limit: LoginLimit) -> (Router, Receiver<Job>,
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (jobs, rx) = sync_channel(capacity);
     let r = Router {
-        client,
+        replies: Box::new(client),
         jobs,
         capacity,
         inbox: Arc::new(Inbox::default()),
@@ -94,11 +94,11 @@ fn subscriptions_are_the_shared_logins_this_nodes_answers_and_config() {
 #[test]
 fn logins_and_answers_to_this_node_become_jobs() {
     let (r, rx, _el) = router(4);
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/agents/ek-1/login",
         frame(&login()),
     ));
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/servers/n1/answer/ek-1",
         frame(&answer()),
     ));
@@ -110,12 +110,12 @@ fn logins_and_answers_to_this_node_become_jobs() {
 #[test]
 fn foreign_topics_and_bad_frames_are_counted_not_queued() {
     let (r, rx, _el) = router(4);
-    r.route(&publish("other/topic", frame(&login())));
-    r.route(&publish(
+    r.route_publish(&publish("other/topic", frame(&login())));
+    r.route_publish(&publish(
         "ekattest/v1/c-1/servers/n2/answer/ek-1",
         frame(&answer()),
     ));
-    r.route(&publish("ekattest/v1/c-1/agents/ek-1/down", vec![1]));
+    r.route_publish(&publish("ekattest/v1/c-1/agents/ek-1/down", vec![1]));
     assert_eq!(
         count(
             &r,
@@ -123,11 +123,11 @@ fn foreign_topics_and_bad_frames_are_counted_not_queued() {
         ),
         3
     );
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/agents/ek-1/login",
         vec![1, 0xff, 0xff],
     ));
-    r.route(&publish("ekattest/v1/c-1/agents/ek-1/login", vec![]));
+    r.route_publish(&publish("ekattest/v1/c-1/agents/ek-1/login", vec![]));
     assert_eq!(
         count(
             &r,
@@ -135,7 +135,7 @@ fn foreign_topics_and_bad_frames_are_counted_not_queued() {
         ),
         2
     );
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/agents/ek-1/login",
         vec![1; limits::UPLINK_FRAME_MAX + 1],
     ));
@@ -151,9 +151,9 @@ fn foreign_topics_and_bad_frames_are_counted_not_queued() {
 fn a_full_queue_refuses_with_busy_instead_of_growing() {
     let (r, rx, _el) = router(1);
     let topic = "ekattest/v1/c-1/agents/ek-1/login";
-    r.route(&publish(topic, frame(&login())));
-    r.route(&publish(topic, frame(&login())));
-    r.route(&publish(topic, frame(&login())));
+    r.route_publish(&publish(topic, frame(&login())));
+    r.route_publish(&publish(topic, frame(&login())));
+    r.route_publish(&publish(topic, frame(&login())));
     assert_eq!(
         count(&r, "attestation_frames_rejected_total{reason=\"busy\"}"),
         2
@@ -172,9 +172,9 @@ fn a_full_queue_refuses_with_busy_instead_of_growing() {
 #[test]
 fn config_payloads_go_to_the_reload_inbox() {
     let (r, _rx, _el) = router(1);
-    r.route(&publish("ekattest/v1/c-1/config", b"doc".to_vec()));
+    r.route_publish(&publish("ekattest/v1/c-1/config", b"doc".to_vec()));
     assert_eq!(r.inbox.take(Duration::ZERO), Ok(Some(b"doc".to_vec())));
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/config",
         vec![b'x'; MAX_DOCUMENT_BYTES + 1],
     ));
@@ -196,11 +196,11 @@ fn the_login_rate_limit_refuses_before_decoding_and_counts_rate_limited() {
         },
     );
     let topic = "ekattest/v1/c-1/agents/ek-loop/login";
-    r.route(&publish(topic, frame(&login())));
-    r.route(&publish(topic, frame(&login())));
+    r.route_publish(&publish(topic, frame(&login())));
+    r.route_publish(&publish(topic, frame(&login())));
     // Over the burst: refused whatever the payload, even one that would not decode.
-    r.route(&publish(topic, frame(&login())));
-    r.route(&publish(topic, vec![0xff; 3]));
+    r.route_publish(&publish(topic, frame(&login())));
+    r.route_publish(&publish(topic, vec![0xff; 3]));
     assert_eq!(
         count(
             &r,
@@ -225,11 +225,11 @@ fn the_login_rate_limit_refuses_before_decoding_and_counts_rate_limited() {
     );
     assert_eq!(count(&r, "attestation_logins_total"), 2);
     // Answers are not limited; other agents have their own buckets.
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/servers/n1/answer/ek-loop",
         frame(&answer()),
     ));
-    r.route(&publish(
+    r.route_publish(&publish(
         "ekattest/v1/c-1/agents/ek-other/login",
         frame(&login()),
     ));
@@ -255,7 +255,7 @@ fn a_flood_of_fake_agent_ids_keeps_the_limiter_bounded() {
         },
     );
     for i in 0..5000 {
-        r.route(&publish(
+        r.route_publish(&publish(
             &format!("ekattest/v1/c-1/agents/fake-{i}/login"),
             vec![0xff; 3],
         ));
