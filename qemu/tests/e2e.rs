@@ -91,8 +91,14 @@ impl World {
         }
         let server_dir = dir.path().join("server");
         std::fs::create_dir_all(&server_dir).unwrap();
+        spec.log_level = Some("debug".into());
         let server = ServerProcess::start(&bin("ekattest-server"), &spec, &server_dir)
             .unwrap_or_else(|e| panic!("cannot start ekattest-server: {e}"));
+        // The scripted agents publish once and never retry: wait until the server's
+        // subscriptions are acknowledged (its debug line) before anyone logs in.
+        server
+            .wait_for_msg("subscribed", None, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("ekattest-server never subscribed: {e}"));
         World {
             dir,
             ca_cert,

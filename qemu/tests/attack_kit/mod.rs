@@ -90,6 +90,12 @@ impl World {
                 std::fs::create_dir_all(&server_dir).unwrap();
                 let server = ServerProcess::start(&bin("ekattest-server"), &spec, &server_dir)
                     .unwrap_or_else(|e| panic!("cannot start ekattest-server {node}: {e}"));
+                // The scripted attackers publish once and never retry: wait until the
+                // server's subscriptions are acknowledged (its debug line), or a Login sent
+                // right after start-up could reach the broker before the server listens.
+                server
+                    .wait_for_msg("subscribed", None, Duration::from_secs(30))
+                    .unwrap_or_else(|e| panic!("ekattest-server {node} never subscribed: {e}"));
                 ((*node).to_owned(), server)
             })
             .collect();
