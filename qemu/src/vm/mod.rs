@@ -151,23 +151,6 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// The policy trusting the run's swtpm CA (the same shape as the process fleet's).
-fn policy(root_pem: &str, intermediate_pem: &str) -> String {
-    let indent = |pem: &str| {
-        pem.lines()
-            .map(|l| format!("              {l}\n"))
-            .collect::<String>()
-    };
-    format!(
-        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: tpm_ek_policy\n      \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.public_hash}}}}\n      \
-         requiredAttestors:\n        - type: tpm_ek\n          config:\n            \
-         caCerts: |\n{}            intermediateCerts: |\n{}",
-        indent(root_pem),
-        indent(intermediate_pem)
-    )
-}
-
 /// Provisions board `i`'s TPM state into `dir/tpm`; returns its expected SPIFFE ID.
 fn provision(ca: &Ca, dir: &Path) -> Result<String, String> {
     let device = Device::provision(
@@ -345,7 +328,7 @@ fn run_in(
     let policy_file = dir.join("policy.yaml");
     let root = String::from_utf8_lossy(&read(ca.root_cert_pem())?).into_owned();
     let inter = String::from_utf8_lossy(&read(ca.intermediate_cert_pem())?).into_owned();
-    write(&policy_file, policy(&root, &inter))?;
+    write(&policy_file, crate::fleet::policy(&root, &inter))?;
     let sdir = dir.join("server");
     std::fs::create_dir_all(&sdir).map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
     let mut spec = ServerSpec::new(
