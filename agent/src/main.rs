@@ -26,7 +26,8 @@ usage: ekattest-agent run --config FILE [--once] [--timeout DURATION] [--tpm SPE
 
 run: attest over MQTT and keep the SVID fresh; --once attests, writes the files and exits
      (0 attested, 1 rejected / failed / --timeout reached, default 5m). Flags override the file.
-SPEC: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or swtpm-unix:PATH
+SPEC: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or swtpm-unix:PATH; without a kernel
+      TPM driver: spi:/dev/spidevB.C[@HZ] (TIS over SPI, default 10 MHz) or tis-mmio:0xADDR
 options: -v/--verbose (repeat for more log output), -h/--help";
 
 /// The `run` subcommand's arguments.

@@ -2,19 +2,30 @@
 //! and the flows above it, fed arbitrary TPM response bytes.
 //!
 //! The input is a stream of responses, each as long as its header's size field says (a
-//! single response is a valid input). It is replayed two ways:
+//! single response is a valid input). It is replayed three ways:
 //! 1. `Replay`: a lenient fake transport that hands every command the next response cut to
 //!    any length (shorter than a header, or disagreeing with its size field), as a broken
 //!    driver might; every parsing command runs on its own fresh `Tpm` over the whole input.
 //! 2. The real byte-stream transport (`Stream`, as used for swtpm) over the input, driving EK
 //!    discovery, then ActivateCredential for the first EK found, then the AK.
+//! 3. The agent's own TIS driver (`tis::Tis`, as used for `spi:` and `tis-mmio:`) over fake
+//!    TIS registers whose every read (DID_VID, TPM_ACCESS, TPM_STS with its status bits and
+//!    burstCount, the FIFO's response bytes) is the next bytes of the input, running the same
+//!    flows as 2 with 1 ms timeouts. Here the input is register contents, not responses;
+//!    `seeds/tpm_response/tis-*` are the `success` seeds in that form.
 //!
 //! Invariants: nothing panics; retries stay within MAX_ATTEMPTS and the handle walk within
 //! the input; successful results are consistent with the request (NV index, NV read length,
-//! TPM2B size prefixes, EKs whose public area, Name and hash agree).
+//! TPM2B size prefixes, EKs whose public area, Name and hash agree). Through TIS: no hang
+//! (every wait ends at its timeout or when the input runs out), the driver never writes more
+//! command bytes than the command has, and a successful exchange wrote the whole command and
+//! read exactly the response its header declares.
 #![no_main]
 
+use std::cell::Cell;
 use std::io::{self, Cursor, Read, Write};
+use std::rc::Rc;
+use std::time::Duration;
 
 use ekattest_agent::tpm::activate::{self, Credential};
 use ekattest_agent::tpm::ak::{self, AkOptions};
@@ -23,6 +34,8 @@ use ekattest_agent::tpm::commands::{
 };
 use ekattest_agent::tpm::ek;
 use ekattest_agent::tpm::stream::Stream;
+use ekattest_agent::tpm::tis::regs::DATA_FIFO;
+use ekattest_agent::tpm::tis::{Tis, TisRegisters, Timeouts};
 use ekattest_agent::tpm::{FRAME_MAX, HEADER_LEN, Transport, TransportError};
 use ekattest_protocol::public::Public;
 use libfuzzer_sys::fuzz_target;
@@ -179,10 +192,100 @@ impl Write for Peer<'_> {
     }
 }
 
-/// Discovery, ActivateCredential and the AK over the real stream transport.
-fn flows(data: &[u8]) {
-    let stream = Stream::new(Peer(Cursor::new(data)), "fuzz");
-    let mut tpm = Tpm::new(stream).with_sleep(|_| {});
+/// FIFO bytes moved through the fake TIS registers during one command.
+#[derive(Default)]
+struct Fifo {
+    written: Cell<usize>,
+    read: Cell<usize>,
+}
+
+/// TIS registers whose reads are the next bytes of the input (an exhausted input is an I/O
+/// error); writes are accepted and FIFO bytes counted.
+struct TisFeed<'a> {
+    rest: &'a [u8],
+    fifo: Rc<Fifo>,
+}
+
+impl TisRegisters for TisFeed<'_> {
+    fn read(&mut self, _locality: u8, reg: u16, buf: &mut [u8]) -> io::Result<()> {
+        let Some((now, later)) = self.rest.split_at_checked(buf.len()) else {
+            self.rest = &[];
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "fuzz input exhausted",
+            ));
+        };
+        buf.copy_from_slice(now);
+        self.rest = later;
+        if reg == DATA_FIFO {
+            self.fifo.read.set(self.fifo.read.get() + buf.len());
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, _locality: u8, reg: u16, data: &[u8]) -> io::Result<()> {
+        if reg == DATA_FIFO {
+            self.fifo.written.set(self.fifo.written.get() + data.len());
+        }
+        Ok(())
+    }
+}
+
+/// The TIS driver with the per-command invariants checked.
+struct Checked<'a> {
+    tis: Tis<TisFeed<'a>>,
+    fifo: Rc<Fifo>,
+}
+
+impl Transport for Checked<'_> {
+    fn transact(&mut self, cmd: &[u8], rsp: &mut [u8; FRAME_MAX]) -> Result<usize, TransportError> {
+        self.fifo.written.set(0);
+        self.fifo.read.set(0);
+        let result = self.tis.transact(cmd, rsp);
+        let written = self.fifo.written.get();
+        assert!(
+            written <= cmd.len(),
+            "wrote {written} FIFO bytes for a {}-byte command",
+            cmd.len()
+        );
+        if let Ok(n) = result {
+            assert_eq!(written, cmd.len(), "success without sending the whole command");
+            assert!((HEADER_LEN..=FRAME_MAX).contains(&n), "response of {n} bytes");
+            let declared = u32::from_be_bytes([rsp[2], rsp[3], rsp[4], rsp[5]]);
+            assert_eq!(declared as usize, n, "response length disagrees with its header");
+            assert_eq!(self.fifo.read.get(), n, "read a different number of FIFO bytes");
+        }
+        result
+    }
+}
+
+/// Timeouts short enough that a status the input never satisfies cannot stall the fuzzer.
+const TINY: Timeouts = Timeouts {
+    a: Duration::from_millis(1),
+    b: Duration::from_millis(1),
+    c: Duration::from_millis(1),
+    d: Duration::from_millis(1),
+    command: Duration::from_millis(1),
+};
+
+/// Opens the TIS driver over the input as register contents and runs the flows.
+fn tis(data: &[u8]) {
+    let fifo = Rc::new(Fifo::default());
+    let feed = TisFeed {
+        rest: data,
+        fifo: fifo.clone(),
+    };
+    if let Ok(tis) = Tis::open(feed, "fuzz-tis", TINY) {
+        let info = tis.info();
+        assert!(info.vendor_id != 0xFFFF || info.device_id != 0xFFFF);
+        let _ = info.vendor();
+        flows(Checked { tis, fifo });
+    }
+}
+
+/// Discovery, ActivateCredential and the AK over a real transport.
+fn flows<T: Transport>(transport: T) {
+    let mut tpm = Tpm::new(transport).with_sleep(|_| {});
     let opts = AkOptions::default();
     if let Ok(found) = ek::discover(&mut tpm) {
         assert!(!found.eks.is_empty(), "discovery succeeded without an EK");
@@ -218,7 +321,8 @@ fn flows(data: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     each_command(data);
-    flows(data);
+    flows(Stream::new(Peer(Cursor::new(data)), "fuzz"));
+    tis(data);
     // The challenge credential file format the agent reads (`activate --credential`).
     if let Ok(c) = Credential::decode_tpm2_tools(data) {
         assert_eq!(

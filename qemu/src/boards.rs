@@ -1,8 +1,8 @@
 //! Board profiles (`boards/*.toml`): what a device needs to run the agent. One TOML file per
-//! board gives the Rust target triple and linker of its cross build, its TPM (transport,
-//! device, kernel driver, SPI wiring, persistent EK handle), the QEMU machine for virtual
-//! boards (the VM fleet boots these), and the default agent configuration, rendered to the
-//! agent's YAML keys (deploy/agent.yaml).
+//! board gives the Rust target triple and linker of its cross build, its TPM ([`tpm`]:
+//! transport `kernel`, `spi` or `tis-mmio`, device, kernel driver, SPI wiring, persistent EK
+//! handle), the QEMU machine for virtual boards (the VM fleet boots these), and the default
+//! agent configuration, rendered to the agent's YAML keys (deploy/agent.yaml).
 //!
 //! Parsing is strict: unknown keys are errors at every level, triples must be in
 //! [`targets::TARGETS`], and [`Board::validate`] renders the agent configuration and runs it
@@ -13,17 +13,17 @@
 
 pub mod build;
 pub mod targets;
+pub mod tpm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ekattest_agent::daemon::config::Config;
-use ekattest_agent::spec::TpmSpec;
-use ekattest_agent::tpm::ek::PERSISTENT_EK_RANGE;
 use serde::Deserialize;
 
 pub use build::{BuildOptions, Built, build_agent};
 pub use targets::{StaticBy, TARGETS, Target};
+pub use tpm::{Spi, Tpm, Transport};
 
 /// Largest profile file read.
 pub const PROFILE_MAX: u64 = 64 * 1024;
@@ -134,52 +134,6 @@ pub struct Build {
     pub linker: String,
 }
 
-/// `[tpm] transport`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// A kernel driver binds the TPM and the agent opens its character device.
-    Kernel,
-    /// The agent drives the TPM on SPI from user space (spidev); not in the agent yet
-    /// (issue 7), so [`Board::validate`] refuses it.
-    Spi,
-}
-
-/// `[tpm]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Tpm {
-    /// How the agent reaches the TPM.
-    pub transport: Transport,
-    /// The character device the agent opens (`/dev/tpmrm0`): the agent config's `tpm`.
-    pub device: String,
-    /// The kernel module that binds the TPM (`tpm_tis`, `tpm_tis_spi`) with the kernel
-    /// transport.
-    pub driver: Option<String>,
-    /// The TPM part, for people (`Infineon SLB9670`).
-    pub chip: Option<String>,
-    /// Raspberry Pi `config.txt` device-tree overlay (`dtoverlay=tpm-slb9670`).
-    pub dtoverlay: Option<String>,
-    /// Persistent EK handle made by the board's provisioning (within the range the agent
-    /// searches, 0x81010000..=0x810100FF).
-    pub ek_handle: Option<u32>,
-    /// `[tpm.spi]`: SPI wiring (the user-space SPI backend uses it from issue 7 on; with the
-    /// kernel transport it documents the overlay's wiring).
-    pub spi: Option<Spi>,
-}
-
-/// `[tpm.spi]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Spi {
-    /// SPI controller (`/dev/spidevBUS.CS`).
-    pub bus: u8,
-    /// Chip select.
-    pub cs: u8,
-    /// Clock in Hz.
-    pub hz: u32,
-}
-
 /// `[qemu]`: what the VM fleet boots. The emulator, Debian architecture and kernel `ARCH=`
 /// come from the target ([`Board::target`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -195,7 +149,8 @@ pub struct Qemu {
     pub memory_mib: u32,
     /// Serial console device of the guest kernel (`ttyAMA0`).
     pub console: String,
-    /// The TPM device model (`tpm-tis-device`, bound by the guest's `tpm_tis`).
+    /// The TPM device model (`tpm-tis-device`: bound by the guest's `tpm_tis` with the
+    /// kernel transport, driven by the agent itself through `/dev/mem` with `tis-mmio`).
     pub tpm_device: String,
     /// The network device model (`virtio-net-pci`).
     pub net_device: String,
@@ -307,96 +262,11 @@ impl Board {
                 ),
             );
         }
-        self.validate_tpm()?;
+        tpm::validate(name, &self.tpm, self.qemu.is_some())?;
         if let Some(q) = &self.qemu {
             validate_qemu(name, q, target)?;
         }
         self.render_agent_config(CHECK_CLUSTER).map(drop)
-    }
-
-    fn validate_tpm(&self) -> Result<()> {
-        let name = self.name.as_str();
-        let t = &self.tpm;
-        match TpmSpec::parse(&t.device) {
-            Ok(TpmSpec::Device(_) | TpmSpec::Default) if t.device.starts_with("/dev/") => {}
-            _ => {
-                return Err(invalid(
-                    name,
-                    "tpm.device",
-                    format!("{:?} is not a /dev path (write /dev/tpmrm0)", t.device),
-                ));
-            }
-        }
-        match (t.transport, &t.driver) {
-            (Transport::Spi, _) => {
-                return Err(invalid(
-                    name,
-                    "tpm.transport",
-                    "the agent has no user-space SPI transport yet (issue 7): use transport = \
-                     \"kernel\" with driver = \"tpm_tis_spi\" and device = \"/dev/tpmrm0\"",
-                ));
-            }
-            (Transport::Kernel, None) => {
-                return Err(invalid(
-                    name,
-                    "tpm.driver",
-                    "missing: name the kernel module that binds the TPM (tpm_tis, tpm_tis_spi)",
-                ));
-            }
-            (Transport::Kernel, Some(driver)) => {
-                if !plain(driver) {
-                    return Err(invalid(name, "tpm.driver", format!("{driver:?}")));
-                }
-                if t.spi.is_some() && driver != "tpm_tis_spi" {
-                    return Err(invalid(
-                        name,
-                        "tpm.driver",
-                        format!("{driver:?} with [tpm.spi]: a SPI TPM is bound by tpm_tis_spi"),
-                    ));
-                }
-            }
-        }
-        if let Some(o) = &t.dtoverlay
-            && !plain(o)
-        {
-            return Err(invalid(name, "tpm.dtoverlay", format!("{o:?}")));
-        }
-        if let Some(h) = t.ek_handle {
-            let (lo, hi) = PERSISTENT_EK_RANGE;
-            if !(lo..=hi).contains(&h) {
-                return Err(invalid(
-                    name,
-                    "tpm.ek-handle",
-                    format!(
-                        "{h:#010x} is outside {lo:#010x}..={hi:#010x}, the persistent EK \
-                         handles the agent searches"
-                    ),
-                ));
-            }
-        }
-        if let Some(spi) = &t.spi {
-            if spi.bus > 15 || spi.cs > 7 {
-                return Err(invalid(
-                    name,
-                    "tpm.spi",
-                    format!(
-                        "bus {} cs {}: expected bus 0-15, cs 0-7 (/dev/spidevBUS.CS)",
-                        spi.bus, spi.cs
-                    ),
-                ));
-            }
-            if !(100_000..=66_000_000).contains(&spi.hz) {
-                return Err(invalid(
-                    name,
-                    "tpm.spi.hz",
-                    format!(
-                        "{} Hz: a TPM's SPI clock is 0.1-66 MHz (e.g. 32000000)",
-                        spi.hz
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The agent's YAML configuration for this board: `cluster-id`, `agent-attestors`

@@ -14,6 +14,9 @@ use ekattest_agent::daemon::config::Config;
 use ekattest_agent::spec::TpmSpec;
 use ekattest_fleet::boards::{self, Board, Error, StaticBy, Transport};
 
+#[path = "boards/transports.rs"]
+mod transports;
+
 fn boards_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../boards"))
 }
@@ -41,6 +44,8 @@ fn every_profile_loads_and_renders_a_config_the_agent_accepts() {
         "qemu-virt-aarch64",
         "qemu-virt-armv7",
         "rpi4-slb9670",
+        "qemu-virt-aarch64-tis",
+        "rpi4-slb9670-spi",
     ] {
         assert!(
             names.contains(&required),
@@ -134,7 +139,7 @@ fn qemu_boards_reach_the_host_broker_and_fit_their_emulator() {
         b.render_agent_config_with("c-vm", &port).is_err(),
         "tpm comes from [tpm]"
     );
-    for hardware in ["rpi4-slb9670", "generic-aarch64"] {
+    for hardware in ["rpi4-slb9670", "rpi4-slb9670-spi", "generic-aarch64"] {
         assert!(board(hardware).qemu.is_none(), "{hardware} is not a VM");
     }
 }

@@ -1,8 +1,12 @@
 //! The QEMU VM fleet end to end: one aarch64 and one armv7 board boot Debian's kernel with
-//! our out-of-tree `tpm_tis`, each guest agent attests with its swtpm's EK through the
-//! host's mosquitto against `ekattest-server`, and gets the SPIFFE ID the policy gives that
-//! EK (checked in the console marker, the server's log and its metrics). Then the image
-//! builder runs again and must download nothing.
+//! our out-of-tree `tpm_tis`, and a third board (`qemu-virt-aarch64-tis`) boots the same
+//! aarch64 kernel with no TPM module at all, its agent driving QEMU's TIS registers itself
+//! through /dev/mem (`--tpm tis-mmio:ADDR`, the address from the guest's device tree): our
+//! TIS state machine against QEMU's TIS model, an implementation we did not write. Each guest
+//! agent attests with its swtpm's EK through the host's mosquitto against
+//! `ekattest-server`, and gets the SPIFFE ID the policy gives that EK (checked in the console
+//! marker, the server's log and its metrics). Then the image builder runs again and must
+//! download nothing.
 //!
 //! Needs qemu-system-arm, swtpm, mosquitto, the ARM cross compilers, make and network
 //! access to deb.debian.org on the first run (bash .ci/install). Each run's folder
@@ -23,7 +27,29 @@ use ekattest_fleet::vm::{VmOptions, image, run};
 
 const RUNS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/vm-test");
 
-fn boot_one(board: &str) -> (f64, u64) {
+/// What one boot left for the caller to check.
+struct Booted {
+    /// Host-measured QEMU start to identity, seconds.
+    secs: f64,
+    /// The serial console.
+    console: String,
+    /// The run folder (for messages).
+    keep: String,
+}
+
+impl Booted {
+    /// The agent's own log, as /init printed it between its markers.
+    fn agent_log(&self) -> &str {
+        let from = self
+            .console
+            .split_once("EKATTEST-AGENT-LOG-BEGIN")
+            .map_or("", |(_, rest)| rest);
+        from.split_once("EKATTEST-AGENT-LOG-END")
+            .map_or(from, |(log, _)| log)
+    }
+}
+
+fn boot_one(board: &str) -> Booted {
     let dir = PathBuf::from(RUNS).join(board);
     let _ = std::fs::remove_dir_all(&dir);
     let mut opts = VmOptions::new(board, 1);
@@ -75,17 +101,92 @@ fn boot_one(board: &str) -> (f64, u64) {
     );
     let secs = b.boot_to_identity.unwrap().as_secs_f64();
     eprintln!("{board}: {spiffe_id} in {secs:.2} s from QEMU start, agent peak RSS {rss_kb:?} kB");
-    (secs, rss_kb.unwrap_or(0))
+    Booted {
+        secs,
+        console,
+        keep,
+    }
+}
+
+/// The kernel-driver board: the guest's tpm_tis bound the TPM, the agent used /dev/tpmrm0.
+fn check_kernel_driver(board: &str, b: &Booted) {
+    let keep = &b.keep;
+    assert!(
+        !b.console.contains("EKATTEST-STEP tis-mmio"),
+        "{board}: a kernel-driver board ran the tis-mmio setup\n{keep}"
+    );
+    assert!(
+        !b.console.contains("EKATTEST-STEP insmod tpm_tis"),
+        "{board}: a TPM module did not load\n{keep}\n{}",
+        b.console
+    );
+}
+
+/// The tis-mmio board: no TPM module, the address from the device tree, and the agent's
+/// own TIS driver logged QEMU's TIS identity (vendor 0x1014, IBM) at that address.
+fn check_tis_mmio(board: &str, b: &Booted) {
+    let keep = &b.keep;
+    let console = &b.console;
+    assert!(
+        console.contains("EKATTEST-STEP tpm_tis loaded=no"),
+        "{board}: tpm_tis was loaded or not checked\n{keep}\n{console}"
+    );
+    let addr = console
+        .lines()
+        .find_map(|l| {
+            l.trim_end_matches('\r')
+                .split_once("EKATTEST-STEP tis-mmio address=")
+                .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_else(|| panic!("{board}: no tis-mmio address marker\n{keep}\n{console}"));
+    let value = addr
+        .strip_prefix("0x")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| panic!("{board}: address {addr:?} is not hex\n{keep}"));
+    assert!(
+        value != 0 && value.is_multiple_of(0x1000),
+        "{board}: {addr} is not a page-aligned register window\n{keep}"
+    );
+    let log = b.agent_log();
+    let vendor = log
+        .lines()
+        .find(|l| l.contains("TIS") && l.contains("0x1014"))
+        .unwrap_or_else(|| {
+            panic!("{board}: the agent did not log the TIS vendor 0x1014 (QEMU's TIS model)\n{keep}\nagent log:\n{log}")
+        });
+    assert!(
+        vendor.contains(&addr),
+        "{board}: the vendor line names another address than {addr}: {vendor}\n{keep}"
+    );
+    eprintln!("{board}: TIS at {addr}: {}", vendor.trim());
+    // No TPM module in the image: nothing to insmod, no kernel TPM device appeared.
+    assert!(
+        !console.contains("insmod tpm_tis") && !console.contains("no /dev/tpmrm0"),
+        "{board}\n{keep}"
+    );
 }
 
 #[test]
-fn one_aarch64_and_one_armv7_board_attest_and_the_image_cache_downloads_nothing() {
-    let (a64, _) = boot_one("qemu-virt-aarch64");
-    let (a32, _) = boot_one("qemu-virt-armv7");
-    assert!(a64 > 0.0 && a32 > 0.0);
+fn aarch64_armv7_and_tis_mmio_boards_attest_and_the_image_cache_downloads_nothing() {
+    let a64 = boot_one("qemu-virt-aarch64");
+    check_kernel_driver("qemu-virt-aarch64", &a64);
+    let tis = boot_one("qemu-virt-aarch64-tis");
+    check_tis_mmio("qemu-virt-aarch64-tis", &tis);
+    let a32 = boot_one("qemu-virt-armv7");
+    check_kernel_driver("qemu-virt-armv7", &a32);
+    assert!(a64.secs > 0.0 && tis.secs > 0.0 && a32.secs > 0.0);
+    eprintln!(
+        "boot to identity: qemu-virt-aarch64 (kernel tpm_tis) {:.2} s, qemu-virt-aarch64-tis \
+         (agent's TIS driver over /dev/mem) {:.2} s, qemu-virt-armv7 {:.2} s",
+        a64.secs, tis.secs, a32.secs
+    );
     // Second run of the builder: everything from the cache, no apt at all.
     let cache = PathBuf::from(image::DEFAULT_CACHE);
-    for name in ["qemu-virt-aarch64", "qemu-virt-armv7"] {
+    for name in [
+        "qemu-virt-aarch64",
+        "qemu-virt-aarch64-tis",
+        "qemu-virt-armv7",
+    ] {
         let board = boards::find(std::path::Path::new(boards::DEFAULT_DIR), name).unwrap();
         let lists = cache.join("apt/state/lists");
         let before = std::fs::metadata(&lists).and_then(|m| m.modified()).ok();

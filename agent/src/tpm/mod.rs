@@ -3,8 +3,11 @@
 //!
 //! Layering (DESIGN.md section 4, STYLE.md section 3):
 //! - [`Transport`] moves whole frames and never parses payloads; backends are
-//!   [`chardev::CharDev`] (`/dev/tpmrm0`, `/dev/tpm0`) and [`stream::Stream`] (swtpm TCP/unix,
-//!   in-memory fakes). A later SPI TIS backend implements the same trait unchanged.
+//!   [`chardev::CharDev`] (`/dev/tpmrm0`, `/dev/tpm0`), [`stream::Stream`] (swtpm TCP/unix,
+//!   in-memory fakes) and [`tis::Tis`], the agent's own TIS driver for a TPM without a kernel
+//!   driver: a state machine over a register-access trait, with SPI (spidev) and
+//!   memory-mapped (`/dev/mem`) register backends. `tis`'s `sys` module holds the agent's
+//!   only unsafe code.
 //! - [`commands`] is the only module that touches `tpm2_protocol`: one function per command,
 //!   retries, response-code decoding ([`rc`]) and flushing of transient handles.
 //! - [`ek`], [`ak`] and [`activate`] hold the attestation logic on top of [`commands`].
@@ -24,6 +27,7 @@ mod reader;
 pub mod scope;
 pub mod stream;
 mod templates;
+pub mod tis;
 
 use std::io;
 
@@ -132,6 +136,26 @@ pub enum TransportError {
         /// Command length.
         len: usize,
     },
+    /// A TIS backend (spidev node, `/dev/mem`) could not be opened or set up.
+    #[error("cannot open TPM {device}: {hint}")]
+    Open {
+        /// The `--tpm` spec or device path.
+        device: String,
+        /// What to do about it.
+        hint: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A TIS TPM broke the interface protocol (status bits or sizes that contradict the
+    /// exchange), or is not a TPM 2.0 at all.
+    #[error("TPM {device}: {what}")]
+    Protocol {
+        /// The `--tpm` spec.
+        device: String,
+        /// What happened, with the byte counts involved.
+        what: String,
+    },
 }
 
 impl TransportError {
@@ -148,7 +172,9 @@ impl TransportError {
             | Self::PermissionDenied { .. }
             | Self::ShortResponse { .. }
             | Self::BadSize { .. }
-            | Self::CommandTooLong { .. } => false,
+            | Self::CommandTooLong { .. }
+            | Self::Open { .. }
+            | Self::Protocol { .. } => false,
         }
     }
 }
@@ -219,5 +245,24 @@ mod tests {
         assert!(!n.is_transient());
         assert!(n.to_string().contains("/dev/tpmrm0"));
         assert!(n.to_string().contains("tpm_tis"));
+        let p = TransportError::Protocol {
+            device: "spi:/dev/spidev0.1".into(),
+            what: "TPM still expects data after the whole 12-byte command".into(),
+        };
+        assert!(!p.is_transient());
+        assert_eq!(
+            p.to_string(),
+            "TPM spi:/dev/spidev0.1: TPM still expects data after the whole 12-byte command"
+        );
+        let o = TransportError::Open {
+            device: "tis-mmio:0xc000000".into(),
+            hint: "unload tpm_tis",
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(!o.is_transient());
+        assert_eq!(
+            o.to_string(),
+            "cannot open TPM tis-mmio:0xc000000: unload tpm_tis"
+        );
     }
 }

@@ -11,11 +11,13 @@ use super::{VmOptions, run};
 
 /// Usage of `vm`.
 pub const USAGE: &str = "\
-usage: ekattest-fleet vm --board qemu-virt-aarch64|qemu-virt-armv7 --count N [--cache DIR]
+usage: ekattest-fleet vm --board qemu-virt-aarch64|qemu-virt-aarch64-tis|qemu-virt-armv7
+                         --count N [--cache DIR]
                          [--report FILE] [--keep] [--run-dir DIR] [--parallel P]
                          [--agent FILE] [--bin-dir DIR] [--boards DIR]
 
-  --board     a board profile with a [qemu] section (boards/NAME.toml)
+  --board     a board profile with a [qemu] section (boards/NAME.toml); -tis: the agent
+              drives QEMU's TIS registers itself (no tpm_tis.ko)
   --count     boards to boot (default 1)
   --cache     guest image cache: Debian packages, kernel, tpm_tis.ko, initramfs
               (default target/vm-cache); a second run downloads nothing

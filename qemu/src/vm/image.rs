@@ -6,10 +6,15 @@
 //! `tpm-tis-device`): [`prepare`] builds it from `linux-source` against the matching
 //! headers and kbuild; for 32-bit ARM it first builds a `modpost` whose device-table offsets
 //! come from the ARM cross compiler (Debian's amd64 one has 64-bit offsets baked in and
-//! aborts). The per-run part (the agent, its configuration, the trust bundle) is a second
-//! cpio archive from [`run_archive`], appended to the cached base. This module runs dpkg-deb,
-//! tar, xz, make, gcc and the cross compilers, writes only under the cache folder, and never
-//! changes the process's working directory or environment.
+//! aborts). Boards with the tis-mmio transport need none of that: their initramfs has no TPM
+//! module at all (the agent drives the TIS registers), so only the kernel image and busybox
+//! are fetched for them. The base initramfs is named by a hash of its `/init`
+//! ([`super::init::render`]) and busybox version, so boards of both transports share one
+//! kernel folder and keep separate base archives. The per-run part (the agent, its
+//! configuration, the trust bundle) is a second cpio archive from [`run_archive`], appended
+//! to the cached base. This module runs dpkg-deb, tar, xz, make, gcc and the cross
+//! compilers, writes only under the cache folder, and never changes the process's working
+//! directory or environment.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::apt::{self, Apt, Resolved};
 use super::cpio::Archive;
+use super::init;
 use crate::boards::{Board, Target};
 
 /// Default cache folder, relative to the workspace root.
@@ -25,7 +31,8 @@ pub const DEFAULT_CACHE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/
 
 /// Kernel modules from the Debian image that the guest loads (with our `tpm_tis`), as paths
 /// under `lib/modules/<release>/kernel/`. They are loaded in dependency order (from their
-/// `.modinfo depends=`), not in this order.
+/// `.modinfo depends=`), not in this order. Those under [`TPM_MODULES`] go only into
+/// kernel-transport images.
 const IMAGE_MODULES: &[&str] = &[
     "drivers/char/tpm/tpm_tis_core.ko",
     "drivers/virtio/virtio_pci_legacy_dev.ko",
@@ -36,6 +43,9 @@ const IMAGE_MODULES: &[&str] = &[
     "drivers/net/virtio_net.ko",
 ];
 
+/// The folder of the TPM modules in [`IMAGE_MODULES`].
+const TPM_MODULES: &str = "drivers/char/tpm/";
+
 /// Files of `linux-source` the module build uses.
 const SOURCE_FILES: &[&str] = &[
     "drivers/char/tpm/tpm_tis.c",
@@ -45,9 +55,6 @@ const SOURCE_FILES: &[&str] = &[
     "include/linux/mod_devicetable.h",
     "include/linux/license.h",
 ];
-
-/// The guest's `/init` (busybox sh). `@TPM@` is replaced by the board's TPM device.
-const INIT: &str = include_str!("init.sh");
 
 /// A board's prepared image.
 #[derive(Debug, Clone)]
@@ -150,7 +157,8 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
     let resolved = apt.resolve(&cache, target.debian_arch, flavour)?;
     let release = format!("{}-{flavour}", resolved.abi);
     let out = cache.join("build").join(&release);
-    let init = INIT.replace("@TPM@", &board.tpm.device);
+    let init = init::render(board)?;
+    let with_tpm = init::needs_tpm_modules(board);
     let base_name = format!(
         "base-{}.cpio",
         fnv(&[init.as_bytes(), resolved.busybox_version.as_bytes()])
@@ -167,19 +175,22 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
             elapsed: started.elapsed(),
         });
     }
-    let wanted = apt::packages(&resolved, target.debian_arch, flavour);
+    let mut wanted = apt::packages(&resolved, target.debian_arch, flavour);
+    if !with_tpm {
+        // No tpm_tis to build: skip the headers, kbuild and the 139 MB linux-source.
+        wanted.retain(|p| p.name.starts_with("linux-image-") || p.name == "busybox-static");
+    }
     let (debs, downloaded) = apt.fetch(&cache, &wanted)?;
-    let [
-        image_deb,
-        headers_deb,
-        common_deb,
-        kbuild_deb,
-        source_deb,
-        busybox_deb,
-    ] = debs.as_slice()
-    else {
-        return Err("internal: package list changed".into());
+    let deb = |prefix: &str| {
+        wanted
+            .iter()
+            .zip(&debs)
+            .find(|(p, _)| p.name.starts_with(prefix))
+            .map(|(_, d)| d)
+            .ok_or_else(|| format!("internal: no {prefix} package in the list"))
     };
+    let image_deb = deb("linux-image-")?;
+    let busybox_deb = deb("busybox-static")?;
     mkdir(&out)?;
     // Kernel and the image's modules.
     let modules = out.join("modules");
@@ -205,7 +216,11 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
             .map_err(|e| format!("cannot copy the kernel: {e}"))?;
         let _ = fs::remove_dir_all(&x);
     }
-    if !tpm_tis.is_file() {
+    if with_tpm && !tpm_tis.is_file() {
+        let headers_deb = deb(&format!("linux-headers-{}-{flavour}", resolved.abi))?;
+        let common_deb = deb(&format!("linux-headers-{}-common", resolved.abi))?;
+        let kbuild_deb = deb("linux-kbuild-")?;
+        let source_deb = deb("linux-source-")?;
         build_tpm_tis(
             &cache,
             &out,
@@ -219,7 +234,12 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
     let bb_dir = out.join("busybox");
     extract_deb(busybox_deb, &bb_dir, &["./bin/busybox".to_owned()])?;
     let busybox = read(&bb_dir.join("bin/busybox"))?;
-    let base = base_archive(&init, &busybox, &modules, &tpm_tis)?;
+    let base = base_archive(
+        &init,
+        &busybox,
+        &modules,
+        with_tpm.then_some(tpm_tis.as_path()),
+    )?;
     let tmp = base_initrd.with_extension("tmp");
     fs::write(&tmp, base).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     fs::rename(&tmp, &base_initrd)
@@ -396,11 +416,13 @@ pub fn load_order(modules: &[(String, Vec<String>)]) -> Result<Vec<String>, Stri
     Ok(done)
 }
 
+/// The base initramfs; `tpm_tis` is our module for kernel-transport boards, `None` for
+/// tis-mmio boards (then no TPM module goes in at all).
 fn base_archive(
     init: &str,
     busybox: &[u8],
     modules: &Path,
-    tpm_tis: &Path,
+    tpm_tis: Option<&Path>,
 ) -> Result<Vec<u8>, String> {
     let mut a = Archive::new();
     for d in [
@@ -427,9 +449,10 @@ fn base_archive(
     let mut mods = Vec::new();
     let mut files: Vec<PathBuf> = IMAGE_MODULES
         .iter()
+        .filter(|m| tpm_tis.is_some() || !m.starts_with(TPM_MODULES))
         .filter_map(|m| Path::new(m).file_name().map(|n| modules.join(n)))
         .collect();
-    files.push(tpm_tis.to_owned());
+    files.extend(tpm_tis.map(Path::to_owned));
     for f in &files {
         let bytes = read(f)?;
         let name = f

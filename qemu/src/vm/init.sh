@@ -2,6 +2,11 @@
 # /init of the ekattest VM-fleet guest (qemu/src/vm/image.rs): brings up eth0, loads the
 # TPM and network modules, runs the agent once and prints EKATTEST-* markers on the console,
 # then powers off. The host reads the markers from the serial console log.
+#@ A template, rendered by image.rs (render_init): @TPM_SETUP@ becomes init-kernel.sh (wait
+#@ for the kernel driver's TPM device) or init-tis-mmio.sh (no TPM module; find the TIS
+#@ registers in the device tree), @AGENT_ARGS@ the agent's extra arguments. Lines starting
+#@ with #@ are dropped, so a kernel board's /init, and with it its image cache key, is the
+#@ same as before the tis-mmio transport existed: do not change the other lines lightly.
 export PATH=/bin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -19,16 +24,9 @@ if ! { ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add 
   echo "EKATTEST-RESULT fail network: eth0 did not come up"
   poweroff -f
 fi
-tpm=@TPM@
-i=0
-while [ ! -e "$tpm" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-if [ ! -e "$tpm" ]; then
-  dmesg | grep -i tpm
-  echo "EKATTEST-RESULT fail no $tpm: tpm_tis did not bind the TPM"
-  poweroff -f
-fi
+@TPM_SETUP@
 echo "EKATTEST-STEP agent uptime=$(cut -d' ' -f1 /proc/uptime)"
-/bin/ekattest-agent run --config /etc/ekattest/agent.yaml --once --timeout 90s >/tmp/agent.log 2>&1 &
+/bin/ekattest-agent run --config /etc/ekattest/agent.yaml --once --timeout 90s@AGENT_ARGS@ >/tmp/agent.log 2>&1 &
 pid=$!
 hwm=0
 while kill -0 $pid 2>/dev/null; do

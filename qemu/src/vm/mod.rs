@@ -1,11 +1,14 @@
 //! `ekattest-fleet vm`: the QEMU VM fleet. N virtual ARM boards of one board profile
 //! (`boards/qemu-virt-*.toml`), each with its own swtpm provisioned with EK certificates
-//! from the run's CA behind QEMU's `tpm-tis-device`; the guest kernel's `tpm_tis` binds it,
-//! and the cross-built agent in the initramfs attests through the host's mosquitto (seen
-//! from the guest as 10.0.2.2) against one `ekattest-server`.
+//! from the run's CA behind QEMU's `tpm-tis-device`; the guest kernel's `tpm_tis` binds it
+//! (transport `kernel`), or on `tis-mmio` boards (`qemu-virt-aarch64-tis`) no TPM module is
+//! loaded and the agent drives the TIS registers itself through `/dev/mem` at the address
+//! the guest's device tree gives. The cross-built agent in the initramfs attests through the
+//! host's mosquitto (seen from the guest as 10.0.2.2) against one `ekattest-server`.
 //!
 //! - [`image`]: the guest image (Debian kernel, out-of-tree `tpm_tis.ko`, busybox
 //!   initramfs), fetched with a private apt configuration ([`apt`]) and cached by version.
+//! - [`init`]: the guest's `/init`, rendered for the board's TPM transport.
 //! - [`boot`]: one board (swtpm on a unix control socket, QEMU, the serial console in a file).
 //! - [`cpio`]: the newc archive writer for the initramfs.
 //!
@@ -21,6 +24,7 @@ pub mod boot;
 pub mod cli;
 pub mod cpio;
 pub mod image;
+pub mod init;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
