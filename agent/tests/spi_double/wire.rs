@@ -186,42 +186,13 @@ impl Wire {
                     }
                     Ok(hdr) => {
                         target.transaction(&hdr);
-                        match waits {
-                            Some(0) => {
-                                self.begin_data(target, hdr);
-                                READY
-                            }
-                            Some(n) => {
-                                self.phase = Phase::Wait {
-                                    hdr,
-                                    left: Some(n - 1),
-                                };
-                                0x00
-                            }
-                            None => {
-                                self.phase = Phase::Wait { hdr, left: None };
-                                0x00
-                            }
-                        }
+                        self.wait_or_begin(target, hdr, waits)
                     }
                 }
             }
             Phase::Wait { hdr, left } => {
                 target.wait_byte();
-                match left {
-                    Some(0) => {
-                        self.begin_data(target, hdr);
-                        READY
-                    }
-                    Some(n) => {
-                        self.phase = Phase::Wait {
-                            hdr,
-                            left: Some(n - 1),
-                        };
-                        0x00
-                    }
-                    None => 0x00,
-                }
+                self.wait_or_begin(target, hdr, left)
             }
             Phase::Data { hdr, done } => {
                 if done >= hdr.size {
@@ -244,6 +215,28 @@ impl Wire {
                 if hdr.read { miso } else { FLOAT }
             }
             Phase::Ignored => FLOAT,
+        }
+    }
+
+    /// The MISO byte of a wait-state decision point: ready (bit 0 set) and into the data
+    /// phase when no wait states are `left`, else one more wait state (`None`: forever).
+    fn wait_or_begin(&mut self, target: &mut impl Target, hdr: Header, left: Option<u32>) -> u8 {
+        match left {
+            Some(0) => {
+                self.begin_data(target, hdr);
+                READY
+            }
+            Some(n) => {
+                self.phase = Phase::Wait {
+                    hdr,
+                    left: Some(n - 1),
+                };
+                0x00
+            }
+            None => {
+                self.phase = Phase::Wait { hdr, left: None };
+                0x00
+            }
         }
     }
 
