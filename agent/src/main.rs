@@ -2,7 +2,7 @@
 //! commands that debug a device's TPM:
 //!
 //! ```text
-//! ekattest-agent run --config FILE [--once] [--timeout 5m] [--tpm SPEC] [--broker URL] [--ek KIND]
+//! ekattest-agent run --config FILE [--once] [--timeout 5m] [--tpm SPEC] [--broker URL[,URL...]] [--ek KIND]
 //! ekattest-agent tpm info [--tpm SPEC] [--json]
 //! ekattest-agent tpm activate --credential FILE [--tpm SPEC] [--ek rsa2048|p256|p384|rsa3072]
 //! ```
@@ -19,7 +19,8 @@ use ekattest_agent::daemon::{self, RunOptions, config::Config};
 use ekattest_agent::ops::{self, Command};
 
 const USAGE: &str = "\
-usage: ekattest-agent run --config FILE [--once] [--timeout DURATION] [--tpm SPEC] [--broker URL]
+usage: ekattest-agent run --config FILE [--once] [--timeout DURATION] [--tpm SPEC]
+                          [--broker URL[,URL...]]
                           [--ek rsa2048|p256|p384|rsa3072]
        ekattest-agent tpm info [--tpm SPEC] [--json]
        ekattest-agent tpm activate --credential FILE [--tpm SPEC] [--ek rsa2048|p256|p384|rsa3072]
@@ -118,8 +119,9 @@ fn load(args: &RunArgs) -> Result<Config, String> {
         config.tpm = ops::parse_spec(Some(tpm)).map_err(|e| format!("usage: --tpm: {e}"))?;
     }
     if let Some(url) = &args.broker {
-        config.broker =
-            daemon::config::Broker::parse(url).map_err(|e| format!("usage: --broker: {e}"))?;
+        config
+            .set_brokers(url)
+            .map_err(|e| format!("usage: --broker: {e}"))?;
     }
     if let Some(ek) = &args.ek {
         config.ek = Some(ops::parse_ek(ek).map_err(|e| format!("usage: --ek: {e}"))?);

@@ -34,9 +34,7 @@ use ekattest_fleet::flow::{self, Server};
 use ekattest_fleet::{Ca, Device, ProvisionOptions};
 use ekattest_protocol::ErrorChain;
 use ekattest_protocol::msg::AttributeName;
-use ekattest_server::attest::{Attestor, Identity};
-use ekattest_server::config::Document;
-use ekattest_server::session::SessionConfig;
+use ekattest_server::attest::Identity;
 use spi_double::{Config, Fault, INTF_CAPABILITY, Probe, SpiDouble, Stats};
 
 impl SpiBus for SpiDouble {
@@ -60,25 +58,7 @@ fn provision(ca: &Ca) -> Device {
 
 /// The server library with a policy trusting `ca` (as qemu/tests/attest.rs builds it).
 fn server(ca: &Ca) -> Server {
-    let pem = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| format!("            {l}\n"))
-            .collect::<String>()
-    };
-    let yaml = format!(
-        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: fleet\n    \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.model}}}}/{{{{tpm_ek.public_hash}}}}\n    \
-         requiredAttestors:\n    - type: tpm_ek\n      config:\n        caCerts: |\n{}        \
-         intermediateCerts: |\n{}",
-        pem(ca.root_cert_pem()),
-        pem(ca.intermediate_cert_pem())
-    );
-    Server {
-        attestor: Attestor::new("node-q", Some("fleet.test"), SessionConfig::default()).unwrap(),
-        doc: Document::parse(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{yaml}")),
-    }
+    Server::trusting(ca, "node-q").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn public_hash(identity: &Identity) -> &str {

@@ -16,6 +16,7 @@ use ekattest_protocol::{DecodeError, EncodeError, ErrorChain, decode, encode};
 use ekattest_server::attest::{Attestor, Identity, Rejection};
 use ekattest_server::config::Document;
 use ekattest_server::credential::SystemRandom;
+use ekattest_server::session::SessionConfig;
 
 /// Why a device could not run its side of the flow (distinct from the server rejecting it).
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,31 @@ pub struct Server {
     pub attestor: Attestor,
     /// The `AgentAttestation` document in force.
     pub doc: Document,
+}
+
+impl Server {
+    /// A node named `node` in trust domain `fleet.test` whose policy trusts every EK chaining
+    /// to `ca` (the run's swtpm CA), with SPIFFE IDs
+    /// `spiffe://fleet.test/agents/tpm/<tpm_ek.model>/<tpm_ek.public_hash>`: what the
+    /// in-process tests attest against.
+    ///
+    /// # Errors
+    /// When the CA's certificates cannot be read or the document does not parse.
+    pub fn trusting(ca: &crate::swtpm::Ca, node: &str) -> Result<Self, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let yaml = crate::fleet::policy_with_template(
+            "/agents/tpm/{{tpm_ek.model}}/{{tpm_ek.public_hash}}",
+            &read(ca.root_cert_pem())?,
+            &read(ca.intermediate_cert_pem())?,
+        );
+        let doc = Document::parse(yaml.as_bytes())
+            .map_err(|e| format!("the test policy does not parse: {e}"))?;
+        let attestor = Attestor::new(node, Some("fleet.test"), SessionConfig::default())
+            .map_err(|e| format!("cannot create node {node}: {e}"))?;
+        Ok(Self { attestor, doc })
+    }
 }
 
 /// Where the time of one attestation went.

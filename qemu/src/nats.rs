@@ -1,8 +1,10 @@
 //! A local nats-server cluster for tests and the fleet: N nodes on free loopback ports, each
 //! with a client listener, a route listener, an MQTT listener (for agents) and JetStream
 //! (which nats-server's MQTT support requires), config files and JetStream stores in a temp
-//! dir. [`NatsCluster::start`] returns once every node has all its routes and reports
-//! healthy; [`NatsCluster::kill`] crashes one node.
+//! dir. [`NatsCluster::start`] returns once every node has all its routes, reports healthy
+//! and grants an MQTT QoS 1 subscription; [`NatsCluster::kill`] crashes one node. The MQTT
+//! streams are replicated on 3 nodes (or all, below 3: [`mqtt_replicas`]), so a 3-node
+//! cluster keeps serving MQTT with one node down.
 //!
 //! Never binds fixed ports and never touches a system nats-server; every node runs under the
 //! watchdog of [`crate::process`], so nothing outlives the harness.
@@ -104,13 +106,15 @@ impl NatsCluster {
              http: 127.0.0.1:{http}\n\
              jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n\
              cluster {{\n  name: ekattest\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n\
-             mqtt {{\n  listen: 127.0.0.1:{mqtt}\n  ack_wait: \"10s\"\n  max_ack_pending: 1000\n}}\n",
+             mqtt {{\n  listen: 127.0.0.1:{mqtt}\n  ack_wait: \"10s\"\n  max_ack_pending: 1000\n  \
+             stream_replicas: {replicas}\n}}\n",
             client = p.client,
             http = p.http,
             store = store.display(),
             route = p.route,
             routes = routes.join(", "),
             mqtt = p.mqtt,
+            replicas = mqtt_replicas(self.ports.len()),
         );
         let path = self.base.join(format!("n{i}.conf"));
         fs::write(&path, conf).map_err(|source| process::io("write", &path, source))?;
@@ -141,6 +145,12 @@ impl NatsCluster {
                         if healthy { "ok" } else { "not ok" },
                         if mqtt { "up" } else { "down" }
                     ));
+                    break;
+                }
+                // Healthy is not yet usable: the MQTT streams may still be placed, and a
+                // QoS 1 subscription (a JetStream consumer) refused until they are.
+                if let Err(why) = mqtt_probe(p.mqtt, i) {
+                    pending = Some(format!("n{i}: MQTT not usable yet: {why}"));
                     break;
                 }
             }
@@ -181,6 +191,16 @@ impl NatsCluster {
             .collect()
     }
 
+    /// How many nodes the cluster was started with (killed ones included).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Node `i`'s pid while it runs (`None` once killed).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes.get(i)?.as_ref()?.pid()
+    }
+
     /// SIGKILL to node `i` (a crash, as clients and peers see it). Idempotent.
     pub fn kill(&mut self, i: usize) {
         if let Some(node) = self.nodes.get_mut(i).and_then(Option::take) {
@@ -194,10 +214,93 @@ impl NatsCluster {
         process::read_text(&self.base.join(format!("n{i}.log")))
     }
 
+    /// One line on node `i`'s log for a report: how many `[ERR]` and `[WRN]` lines it has,
+    /// how many of those are MQTT clients it could not serve, and the last `[ERR]` line
+    /// (shortened). The log is read whole (nats-server logs are small at the default level).
+    pub fn log_summary(&self, i: usize) -> String {
+        let log = self.log(i);
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("[ERR]")).collect();
+        let warnings = log.lines().filter(|l| l.contains("[WRN]")).count();
+        let routes = errors
+            .iter()
+            .filter(|l| l.contains("Error trying to connect to route"))
+            .count();
+        let last = errors
+            .iter()
+            .rev()
+            .find(|l| !l.contains("Error trying to connect to route"))
+            .map(|l| {
+                let text = l.split_once("[ERR] ").map_or(*l, |(_, t)| t);
+                text.chars().take(240).collect::<String>()
+            });
+        format!(
+            "NATS node n{i}: {} [ERR] lines ({routes} failed route dials), {warnings} [WRN]{}",
+            errors.len(),
+            last.map(|l| format!("; last other error: {l}"))
+                .unwrap_or_default()
+        )
+    }
+
     /// The folder holding configs, stores and logs.
     pub fn dir(&self) -> &Path {
         &self.base
     }
+}
+
+/// `mqtt.stream_replicas` for an `n`-node cluster: 3 from 3 nodes up (1 or 2 below).
+///
+/// Never left to nats-server: unset, it counts the `routes` of the node's own config (here
+/// the `n - 1` others) and so makes R2 streams on 3 nodes. Measured: with R2, SIGKILLing a
+/// node that holds a replica leaves `$MQTT_msgs` and the session consumers without quorum
+/// ("has NO quorum, stalled"), every MQTT QoS 1 publish and subscribe on the surviving
+/// nodes times out ("timeout for request type MS/CC") and devices never recover.
+pub fn mqtt_replicas(n: usize) -> usize {
+    n.clamp(1, 3)
+}
+
+/// Connects to the MQTT listener on 127.0.0.1:`port` (clean session), subscribes QoS 1 and
+/// waits (at most 5 s) for a SUBACK that grants it.
+fn mqtt_probe(port: u16, node: usize) -> std::result::Result<(), String> {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+    let mut options = MqttOptions::new(format!("ekattest-probe-n{node}"), "127.0.0.1", port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(10));
+    let (client, mut connection) = Client::new(options, 4);
+    client
+        .subscribe("ekattest-probe/ready", QoS::AtLeastOnce)
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err("no SUBACK within 5 s".to_owned());
+        }
+        match connection.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                break if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    Err("QoS 1 subscription refused".to_owned())
+                } else {
+                    Ok(())
+                };
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Err(e.to_string()),
+            Err(_) => break Err("no SUBACK within 5 s".to_owned()),
+        }
+    };
+    let _ = client.try_disconnect();
+    for _ in 0..10 {
+        match connection.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+        }
+    }
+    outcome
 }
 
 /// GET `path` from 127.0.0.1:`port`; the body, or `None` on any failure.

@@ -12,10 +12,7 @@ use ekattest_fleet::flow::{self, Server};
 use ekattest_fleet::{Ca, Device, EkKind, ProvisionOptions, openssl_public_hash};
 use ekattest_protocol::RejectCode;
 use ekattest_protocol::msg::AttributeName;
-use ekattest_server::attest::Attestor;
-use ekattest_server::config::Document;
 use ekattest_server::ek::Check;
-use ekattest_server::session::SessionConfig;
 
 fn provision(ca: &Ca) -> Device {
     let opts = ProvisionOptions {
@@ -26,25 +23,7 @@ fn provision(ca: &Ca) -> Device {
 }
 
 fn server(ca: &Ca) -> Server {
-    let pem = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| format!("            {l}\n"))
-            .collect::<String>()
-    };
-    let yaml = format!(
-        "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: fleet\n    \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.model}}}}/{{{{tpm_ek.public_hash}}}}\n    \
-         requiredAttestors:\n    - type: tpm_ek\n      config:\n        caCerts: |\n{}        \
-         intermediateCerts: |\n{}",
-        pem(ca.root_cert_pem()),
-        pem(ca.intermediate_cert_pem())
-    );
-    Server {
-        attestor: Attestor::new("node-7", Some("fleet.test"), SessionConfig::default()).unwrap(),
-        doc: Document::parse(yaml.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{yaml}")),
-    }
+    Server::trusting(ca, "node-7").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn transport(dev: &Device) -> Stream<std::net::TcpStream> {

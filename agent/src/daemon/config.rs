@@ -7,6 +7,14 @@
 //! `broker` then defaults to `mqtt://localhost:1883` and `trust-bundle` to
 //! `/etc/ekattest/bundle.pem`. Parsing is pure: nothing here opens a file other than the
 //! one handed to [`Config::load`], and nothing panics on any input.
+//!
+//! `broker` is one URL or a list of URLs (the MQTT listeners of one clustered broker:
+//! nodes of a NATS cluster, an EMQX or HiveMQ cluster): `broker: [mqtt://a:1883,
+//! mqtt://b:1883]`. The agent connects to the first; when a connection fails or is lost it
+//! moves to the next, in turn, after its usual jittered backoff ([`Config::brokers`]). All
+//! URLs of a list share one scheme and so one `tls:` block: a list mixing `mqtt://` and
+//! `mqtts://` is an error, so that losing a TLS node never sends the agent to a plaintext
+//! one. A list holds 1 to [`BROKERS_MAX`] distinct URLs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +27,9 @@ use crate::tpm::ek::EkKind;
 
 /// Largest configuration file read.
 pub const CONFIG_MAX: u64 = 64 * 1024;
+
+/// Most URLs in a `broker` list.
+pub const BROKERS_MAX: usize = 16;
 
 /// A configuration that cannot be used; the message names the key and what to write.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +62,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The broker address from `broker: mqtt[s]://HOST[:PORT]`.
+/// One broker address from `broker: mqtt[s]://HOST[:PORT]` (or one URL of a list).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
     /// `mqtts://`: TLS.
@@ -117,6 +128,100 @@ impl Broker {
             port,
         })
     }
+
+    /// The URL again (`mqtt://HOST:PORT`, IPv6 hosts in brackets), for logs.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Parses a `broker` list (the first URL, then the others), checking it as the config
+    /// key is checked: 1 to [`BROKERS_MAX`] URLs, one scheme, no URL twice.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for `broker`, naming the URL at fault.
+    pub fn parse_list<S: AsRef<str>>(urls: &[S]) -> Result<(Self, Vec<Self>), ConfigError> {
+        if urls.is_empty() {
+            return Err(invalid(
+                "broker",
+                "an empty list: give one URL (broker: mqtt://HOST:PORT) or several \
+                 (broker: [mqtt://a:1883, mqtt://b:1883])",
+            ));
+        }
+        if urls.len() > BROKERS_MAX {
+            return Err(invalid(
+                "broker",
+                format!("more than {BROKERS_MAX} URLs: list at most {BROKERS_MAX}"),
+            ));
+        }
+        let mut all: Vec<Self> = Vec::with_capacity(urls.len());
+        for url in urls {
+            let b = Self::parse(url.as_ref())?;
+            if all.contains(&b) {
+                return Err(invalid(
+                    "broker",
+                    format!("{:?} is listed twice", url.as_ref()),
+                ));
+            }
+            if let Some(first) = all.first()
+                && first.tls != b.tls
+            {
+                return Err(invalid(
+                    "broker",
+                    format!(
+                        "{:?} mixes mqtt:// and mqtts:// in one list: use one scheme for \
+                         every URL (they share the tls: settings, and a failover must never \
+                         drop TLS)",
+                        url.as_ref()
+                    ),
+                ));
+            }
+            all.push(b);
+        }
+        let first = all.remove(0);
+        Ok((first, all))
+    }
+}
+
+/// `broker:` as written: one URL or a list of URLs.
+#[derive(Debug)]
+struct RawBrokers(Vec<String>);
+
+impl<'de> Deserialize<'de> for RawBrokers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawBrokers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a broker URL or a list of broker URLs")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawBrokers, E> {
+                Ok(RawBrokers(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawBrokers, A::Error> {
+                // Bounded: one more URL than allowed is enough to refuse the list; the
+                // rest is read and dropped.
+                let mut urls = Vec::new();
+                while urls.len() <= BROKERS_MAX {
+                    match seq.next_element::<String>()? {
+                        Some(url) => urls.push(url),
+                        None => return Ok(RawBrokers(urls)),
+                    }
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(RawBrokers(urls))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `tls:` files for an `mqtts://` broker.
@@ -145,8 +250,11 @@ pub struct Retry {
 pub struct Config {
     /// `cluster-id`.
     pub cluster_id: String,
-    /// `broker`.
+    /// `broker`: the first (or only) URL.
     pub broker: Broker,
+    /// `broker` as a list: the URLs after the first, tried in turn after a connection
+    /// failure (empty for one URL). Same scheme as `broker`.
+    pub fallback_brokers: Vec<Broker>,
     /// `tls` (required with mqtts://, `ca` at least).
     pub tls: Option<Tls>,
     /// `username`.
@@ -197,7 +305,7 @@ struct Raw {
     cluster_id: Option<String>,
     disable_kubernetes_attestation: Option<bool>,
     agent_attestors: Option<Vec<Attestor>>,
-    broker: Option<String>,
+    broker: Option<RawBrokers>,
     tls: Option<Tls>,
     username: Option<String>,
     password_file: Option<PathBuf>,
@@ -277,7 +385,10 @@ impl Config {
         if attestors.is_empty() {
             return Err(invalid("agent-attestors", "must contain {type: tpm_ek}"));
         }
-        let broker = Broker::parse(raw.broker.as_deref().unwrap_or("mqtt://localhost:1883"))?;
+        let urls = raw
+            .broker
+            .map_or_else(|| vec!["mqtt://localhost:1883".to_owned()], |b| b.0);
+        let (broker, fallback_brokers) = Broker::parse_list(&urls)?;
         if broker.tls && raw.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
             return Err(invalid(
                 "tls",
@@ -350,6 +461,7 @@ impl Config {
         Ok(Self {
             cluster_id,
             broker,
+            fallback_brokers,
             tls: raw.tls,
             username: raw.username,
             password_file: raw.password_file,
@@ -369,6 +481,33 @@ impl Config {
             response_timeout,
             renew_before,
         })
+    }
+}
+
+impl Config {
+    /// Every broker in failover order: `broker`, then `fallback_brokers`.
+    pub fn brokers(&self) -> impl Iterator<Item = &Broker> {
+        std::iter::once(&self.broker).chain(&self.fallback_brokers)
+    }
+
+    /// Replaces the brokers with a comma-separated list (`--broker URL[,URL...]` on the
+    /// command line), checked as the config key is, including the `tls:` requirement of
+    /// `mqtts://`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the URL or the missing `tls:` block.
+    pub fn set_brokers(&mut self, urls: &str) -> Result<(), ConfigError> {
+        let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let (broker, fallback) = Broker::parse_list(&urls)?;
+        if broker.tls && self.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
+            return Err(invalid(
+                "tls",
+                "an mqtts:// broker needs tls: {ca: FILE} (the broker's CA certificate, PEM)",
+            ));
+        }
+        self.broker = broker;
+        self.fallback_brokers = fallback;
+        Ok(())
     }
 }
 

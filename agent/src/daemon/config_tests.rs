@@ -196,3 +196,78 @@ fn load_reports_the_path() {
         .to_string();
     assert!(e.contains("/no/such/agent.yaml"), "{e}");
 }
+
+#[test]
+fn broker_takes_one_url_or_a_list() {
+    let one = with("broker: mqtt://a.example:1884\n").unwrap();
+    assert_eq!(one.broker, Broker::parse("mqtt://a.example:1884").unwrap());
+    assert!(one.fallback_brokers.is_empty());
+    assert_eq!(one.brokers().count(), 1);
+
+    let list = with("broker: [mqtt://a:1883, mqtt://b, 'mqtt://[::1]:1885']\n").unwrap();
+    assert_eq!(list.broker.host, "a");
+    let urls: Vec<String> = list.brokers().map(Broker::url).collect();
+    assert_eq!(
+        urls,
+        ["mqtt://a:1883", "mqtt://b:1883", "mqtt://[::1]:1885"]
+    );
+
+    // The block form, and a one-element list, are the same key.
+    let block = with("broker:\n  - mqtt://a:1883\n  - mqtt://b:1883\n").unwrap();
+    assert_eq!(block.fallback_brokers.len(), 1);
+    let single = with("broker: [mqtt://a:1883]\n").unwrap();
+    assert!(single.fallback_brokers.is_empty());
+
+    // mqtts lists share the tls: block (its ca is required as for one URL).
+    let tls = with("broker: [mqtts://a, mqtts://b:18883]\ntls: {ca: /ca.pem}\n").unwrap();
+    assert!(tls.brokers().all(|b| b.tls));
+    assert_eq!(tls.fallback_brokers[0].port, 18883);
+    let e = with("broker: [mqtts://a, mqtts://b]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs tls: {ca: FILE}"), "{e}");
+}
+
+#[test]
+fn bad_broker_lists_name_the_problem() {
+    for (value, what) in [
+        ("[]", "an empty list"),
+        ("[mqtt://a, mqtts://b]", "mixes mqtt:// and mqtts://"),
+        ("[mqtts://a, mqtt://b]", "a failover must never drop TLS"),
+        ("[mqtt://a, mqtt://a:1883]", "listed twice"),
+        ("[mqtt://a, http://b]", "unknown scheme"),
+        ("[mqtt://a, '']", "unknown scheme"),
+        ("{url: mqtt://a}", "a broker URL or a list of broker URLs"),
+        ("[mqtt://a, [mqtt://b]]", "expected a string"),
+    ] {
+        let e = with(&format!("broker: {value}\ntls: {{ca: /ca.pem}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what), "broker: {value}: {e}");
+    }
+    let many: Vec<String> = (0..=BROKERS_MAX).map(|i| format!("mqtt://h{i}")).collect();
+    let e = with(&format!("broker: [{}]\n", many.join(", ")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("at most {BROKERS_MAX}")), "{e}");
+    let fits = &many[..BROKERS_MAX];
+    let c = with(&format!("broker: [{}]\n", fits.join(", "))).unwrap();
+    assert_eq!(c.brokers().count(), BROKERS_MAX);
+}
+
+#[test]
+fn command_line_brokers_replace_the_list() {
+    let mut c = with("broker: [mqtt://a, mqtt://b]\n").unwrap();
+    c.set_brokers("mqtt://x:1, mqtt://y:2").unwrap();
+    let urls: Vec<String> = c.brokers().map(Broker::url).collect();
+    assert_eq!(urls, ["mqtt://x:1", "mqtt://y:2"]);
+    c.set_brokers("mqtt://z:3").unwrap();
+    assert_eq!(c.brokers().count(), 1);
+    assert_eq!(c.broker.port, 3);
+    let e = c.set_brokers("mqtts://z").unwrap_err().to_string();
+    assert!(e.contains("config key tls"), "{e}");
+    let e = c.set_brokers("mqtt://a,mqtts://b").unwrap_err().to_string();
+    assert!(e.contains("mixes"), "{e}");
+    // A refused list leaves the brokers as they were.
+    assert_eq!(c.broker.port, 3);
+}

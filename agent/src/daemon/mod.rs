@@ -14,9 +14,16 @@
 //!    rejection (with backoff), or when no Challenge / verified Result comes
 //!    within `response-timeout`. A lost connection is re-established with jittered
 //!    exponential backoff ([`backoff`]) and the subscription renewed.
+//! 5. With a `broker` list ([`config`]), every connection that fails or is lost (refused,
+//!    unreachable, dropped, no SUBACK) moves the agent to the next URL of the list, in turn,
+//!    after the same backoff; each connection logs (info) which broker it reached. A
+//!    session's Challenge names its server node, not the broker, so an attestation in
+//!    flight simply starts again on the next broker.
 //!
 //! `--once` attests, writes the files and returns; it retries broker failures and timeouts
-//! until its overall timeout and fails at once on a rejection, with the server's message.
+//! until its overall timeout and fails at once on a rejection, with the server's message,
+//! and on a broker's refusal (credentials, ACL) once every broker of the list has refused
+//! in a row (with one broker: at once).
 //! Frames that are not Downlinks, are larger than a Downlink, or arrive when not expected,
 //! are logged (a flood only sparsely) and ignored; no
 //! input from the broker can crash the loop or make it write anything unverified.
@@ -201,12 +208,12 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
     let topics = Topics::new(&config.topic_prefix, &config.cluster_id)?;
     let login_topic = topics.login(&agent)?.to_string();
     let down_topic = topics.down(&agent)?.to_string();
+    let brokers: Vec<String> = config.brokers().map(config::Broker::url).collect();
     log::info!(
-        "agent {agent}: {} EK, public_hash {}, broker {}:{}",
+        "agent {agent}: {} EK, public_hash {}, broker {}",
         device.ek.kind.as_str(),
         hex::encode(device.ek.public_hash),
-        config.broker.host,
-        config.broker.port
+        brokers.join(", then ")
     );
     let mut runner = Runner {
         config,
@@ -226,6 +233,8 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
         next_login: Instant::now(),
         last_problem: String::from("none"),
         ignored: 0,
+        broker: 0,
+        refused_in_a_row: 0,
     };
     runner.run()
 }
@@ -249,30 +258,50 @@ struct Runner<'a> {
     last_problem: String,
     /// Messages ignored since start (throttles their log lines).
     ignored: u64,
+    /// Index of the broker in `config.brokers()` the next connection goes to.
+    broker: usize,
+    /// Brokers that refused us one after the other (reset by a connection that works).
+    refused_in_a_row: usize,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
     fn run(&mut self) -> Result<(), DaemonError> {
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             self.check_deadline()?;
+            let brokers = self.config.brokers().count();
             match self.connection() {
                 End::Done | End::Stopped => return Ok(()),
                 End::Fatal(e) => return Err(e),
-                End::Refused(why) if self.opts.once => return Err(DaemonError::Broker(why)),
+                End::Refused(why) if self.opts.once && self.refused_in_a_row + 1 >= brokers => {
+                    return Err(DaemonError::Broker(why));
+                }
                 End::Refused(why) => {
                     log::error!("{why}");
+                    self.refused_in_a_row += 1;
                     self.last_problem = why;
                 }
                 End::Transient(why) => {
                     log::warn!("{why}");
+                    self.refused_in_a_row = 0;
                     self.last_problem = why;
                 }
             }
+            // The next connection goes to the next broker of the list (the same one when
+            // there is only one).
+            self.broker = (self.broker + 1) % brokers.max(1);
             let delay = self.connect_backoff.next_delay();
-            log::info!("reconnecting to the broker in {delay:?}");
+            if brokers > 1 {
+                log::info!(
+                    "reconnecting to the broker in {delay:?}: {} ({} of {brokers})",
+                    self.current_broker().url(),
+                    self.broker + 1
+                );
+            } else {
+                log::info!("reconnecting to the broker in {delay:?}");
+            }
             if !self.sleep(delay) {
                 return Ok(());
             }
@@ -304,9 +333,16 @@ impl Runner<'_> {
         }
     }
 
+    /// The broker the next (or current) connection goes to.
+    fn current_broker(&self) -> &'a config::Broker {
+        let config: &'a Config = self.config;
+        config.brokers().nth(self.broker).unwrap_or(&config.broker)
+    }
+
     /// One broker connection, until it fails, `--once` finishes, or a stop.
     fn connection(&mut self) -> End {
-        let (client, mut conn) = match mqtt::client(self.config, &self.agent) {
+        let broker = self.current_broker();
+        let (client, mut conn) = match mqtt::client(self.config, broker, &self.agent) {
             Ok(c) => c,
             Err(e) => return End::Fatal(e.into()),
         };
@@ -328,7 +364,9 @@ impl Runner<'_> {
     }
 
     fn drive(&mut self, client: &Client, conn: &mut Connection) -> End {
-        let broker = format!("{}:{}", self.config.broker.host, self.config.broker.port);
+        let current = self.current_broker();
+        let broker = format!("{}:{}", current.host, current.port);
+        let url = current.url();
         let subscribe_deadline = Instant::now() + self.config.response_timeout;
         let mut subscribed = false;
         let mut phase = Phase::Idle;
@@ -395,7 +433,7 @@ impl Runner<'_> {
                     return End::Transient(format!("connection to broker {broker} failed: {e}"));
                 }
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    log::debug!("connected to broker {broker} as {}", self.agent);
+                    log::info!("connected to broker {url} as {}", self.agent);
                 }
                 Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
                     if ack
@@ -411,6 +449,7 @@ impl Runner<'_> {
                     }
                     log::debug!("subscribed to {}", self.down_topic);
                     subscribed = true;
+                    self.refused_in_a_row = 0;
                     self.connect_backoff.reset();
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {

@@ -1,7 +1,10 @@
 //! The agent's only rumqttc user: builds the sync client (clean session, keepalive 30 s,
 //! packets up to twice the protocol's largest frame) and its TLS configuration on rustls with
 //! the ring provider, passed explicitly (rustls never picks a process default here, so a
-//! workspace build with aws-lc compiled in cannot change or break it).
+//! workspace build with aws-lc compiled in cannot change or break it). One client per
+//! connection attempt, to the broker the caller picks from the config's list (every URL of
+//! a list shares the scheme and the `tls:` files, so the TLS configuration is the same for
+//! all of them; only the server name checked against the certificate differs).
 //!
 //! Credentials come from files named in the config; the password is never logged.
 
@@ -15,7 +18,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::config::Config;
+use super::config::{Broker, Config};
 
 /// MQTT keepalive.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -49,12 +52,17 @@ fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> MqttErr
     }
 }
 
-/// Builds the client for `config` with MQTT client id `agent_id`.
+/// Builds the client for `broker` (one of `config.brokers()`) with the settings of `config`
+/// and MQTT client id `agent_id`.
 ///
 /// # Errors
 /// [`MqttError`] if a TLS or password file cannot be used.
-pub fn client(config: &Config, agent_id: &str) -> Result<(Client, Connection), MqttError> {
-    let mut options = MqttOptions::new(agent_id, config.broker.host.clone(), config.broker.port);
+pub fn client(
+    config: &Config,
+    broker: &Broker,
+    agent_id: &str,
+) -> Result<(Client, Connection), MqttError> {
+    let mut options = MqttOptions::new(agent_id, broker.host.clone(), broker.port);
     options
         .set_clean_session(true)
         .set_keep_alive(KEEPALIVE)
@@ -66,7 +74,7 @@ pub fn client(config: &Config, agent_id: &str) -> Result<(Client, Connection), M
         };
         options.set_credentials(user.clone(), password);
     }
-    if config.broker.tls {
+    if broker.tls {
         let tls = tls_config(config)?;
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(tls),

@@ -154,8 +154,11 @@ impl ServerSpec {
 /// What the `ekattest-agent` config file says (keys of `deploy/agent.yaml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSpec {
-    /// `broker`.
+    /// `broker` (the first URL when `fallback_brokers` is not empty).
     pub broker: String,
+    /// More `broker` URLs: when not empty, `broker` is written as the list `[broker,
+    /// fallback...]` and the agent fails over along it.
+    pub fallback_brokers: Vec<String>,
     /// `tls.ca`: the broker's CA (PEM), for `mqtts://`.
     pub tls_ca: Option<PathBuf>,
     /// `username`.
@@ -201,6 +204,7 @@ impl AgentSpec {
     ) -> Self {
         Self {
             broker: broker.into(),
+            fallback_brokers: Vec::new(),
             tls_ca: None,
             username: None,
             password_file: None,
@@ -236,7 +240,14 @@ impl AgentSpec {
             "agent-attestors".into(),
             Value::Sequence(vec![Value::Mapping(tpm_ek)]),
         );
-        put(&mut m, "broker", Some(self.broker.as_str()));
+        if self.fallback_brokers.is_empty() {
+            put(&mut m, "broker", Some(self.broker.as_str()));
+        } else {
+            let urls = std::iter::once(&self.broker)
+                .chain(&self.fallback_brokers)
+                .map(|u| Value::from(u.as_str()));
+            m.insert("broker".into(), Value::Sequence(urls.collect()));
+        }
         if let Some(ca) = &self.tls_ca {
             let mut tls = Mapping::new();
             put(&mut tls, "ca", Some(path_str(ca)?));

@@ -125,6 +125,17 @@ fn agent_yaml_starts_with_the_seed_keys() {
     assert_eq!(key(&doc, "response-timeout").as_str(), Some("5s"));
     assert!(doc.get("tls").is_none());
     assert!(doc.get("username").is_none());
+    assert_eq!(key(&doc, "broker").as_str(), Some("mqtt://127.0.0.1:1883"));
+
+    // A failover list: the agent's own parser reads it back in order.
+    a.fallback_brokers = vec![
+        "mqtt://127.0.0.1:1884".into(),
+        "mqtt://127.0.0.1:1885".into(),
+    ];
+    let text = a.to_yaml().unwrap();
+    let config = ekattest_agent::daemon::config::Config::parse(&text).unwrap();
+    let ports: Vec<u16> = config.brokers().map(|b| b.port).collect();
+    assert_eq!(ports, [1883, 1884, 1885], "{text}");
 }
 
 #[test]

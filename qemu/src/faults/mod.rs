@@ -1,7 +1,9 @@
 //! Fault injection for the fleet harness (`ekattest-fleet run` and `load`): the fault plan
 //! (the command-line options, [`FaultPlan`]), a scheduler that fires timed faults
 //! ([`schedule`]), an MQTT proxy that drops or corrupts PUBLISH packets in flight
-//! ([`mqtt_proxy`]) and a TCP forwarder that delays TPM responses ([`tpm_proxy`]).
+//! ([`mqtt_proxy`]) and a TCP forwarder that delays TPM responses ([`tpm_proxy`]). With
+//! `--nats-nodes N` the broker is a local NATS cluster ([`crate::nats`]) and
+//! `--kill-nats-node-at` crashes one of its nodes.
 //!
 //! Where the proxies sit: devices (agents, or load-mode threads) connect to the broker
 //! through one [`mqtt_proxy::MqttProxy`] when `--drop` or `--corrupt` is given; servers
@@ -11,8 +13,11 @@
 //!
 //! How a fault's effect is counted ([`FaultEvent::tally`]): a device is *affected* by a
 //! timed fault (broker restart, server kill) if its attestation was in flight while the
-//! fault was active; by a message fault (drop, corrupt) if it needed more than one attempt
-//! or never attested; by a slow TPM always. An affected device *recovered* if it attested.
+//! fault was active; by a NATS node kill if its MQTT connection was on that node and it
+//! had not finished when the node died (also if it had not started); by a message fault
+//! (drop, corrupt) if it needed more than one attempt or started and never attested; by a
+//! slow TPM always. An affected device
+//! *recovered* if it attested.
 //!
 //! This module never touches processes other than through the [`schedule::FaultTarget`] the
 //! caller hands it, never binds fixed ports, and leaves no thread running after its values
@@ -39,6 +44,7 @@ pub const OPTIONS: &[&str] = &[
     "broker-restart-at",
     "broker-down",
     "kill-server-at",
+    "kill-nats-node-at",
     "drop",
     "corrupt",
     "slow-tpm",
@@ -54,13 +60,18 @@ Fault injection (run and load):
   --broker-down D        how long the broker stays down (default 2s)
   --kill-server-at D     SIGKILL one ekattest-server D after the attestation phase starts
                          (needs --servers 2 or more: the others must finish the work)
+  --kill-nats-node-at D  SIGKILL one node of the harness's NATS cluster D after the
+                         attestation phase starts (needs --nats-nodes 3 or more: JetStream,
+                         which holds nats-server's MQTT state, needs a majority of the nodes);
+                         devices on that node move to another node's MQTT listener
   --drop F               drop a fraction F of the MQTT PUBLISH packets between devices and
                          the broker, in each direction (0..1, or a percentage: 0.05 = 5%);
                          devices and servers recover through their timeouts and retries
   --corrupt F            flip bytes in the payload of a fraction F of those PUBLISH packets
                          (headers stay intact, so receivers must reject the frame)
-  --slow-tpm D[±J]       run only: delay every TPM response by D, plus or minus J (uniform);
-                         write +- for ±, e.g. --slow-tpm 200ms+-50ms
+  --slow-tpm D[±J]       delay every TPM response by D, plus or minus J (uniform); write +-
+                         for ±, e.g. --slow-tpm 200ms+-50ms (load: each simulated
+                         ActivateCredential, so each Answer comes D after its Challenge)
   --fault-seed N         seed of the drop, corrupt, jitter and kill choices (default 0): the
                          same seed makes the same choices
   Durations: 500ms, 3s, 1m. With --drop or --corrupt, devices reach the broker through a
@@ -100,6 +111,8 @@ pub struct FaultPlan {
     pub broker_down: Option<Duration>,
     /// `--kill-server-at`.
     pub kill_server_at: Option<Duration>,
+    /// `--kill-nats-node-at`.
+    pub kill_nats_node_at: Option<Duration>,
     /// `--drop` (0..=1).
     pub drop: f64,
     /// `--corrupt` (0..=1).
@@ -125,6 +138,7 @@ impl FaultPlan {
             "broker-restart-at" => self.broker_restart_at = Some(dur(value)?),
             "broker-down" => self.broker_down = Some(dur(value)?),
             "kill-server-at" => self.kill_server_at = Some(dur(value)?),
+            "kill-nats-node-at" => self.kill_nats_node_at = Some(dur(value)?),
             "drop" => self.drop = fraction(name, value)?,
             "corrupt" => self.corrupt = fraction(name, value)?,
             "slow-tpm" => self.slow_tpm = Some(slow_tpm(value)?),
@@ -179,12 +193,21 @@ impl FaultPlan {
         Ok((plan, rest))
     }
 
-    /// Checks the combination: `servers` is K, `own_broker` whether the harness started
-    /// mosquitto (no `--broker URL`).
+    /// Checks the combination for `_mode` (every fault applies to both commands; load mode
+    /// slows its simulated ActivateCredential for `--slow-tpm`): `servers` is K,
+    /// `own_broker` whether the harness started
+    /// mosquitto (no `--broker URL`, no `--nats-nodes`), `nats_nodes` the size of the
+    /// harness's NATS cluster (0: none).
     ///
     /// # Errors
     /// A fault the run cannot apply, saying which option to change.
-    pub fn validate(&self, mode: Mode, servers: usize, own_broker: bool) -> Result<(), PlanError> {
+    pub fn validate(
+        &self,
+        _mode: Mode,
+        servers: usize,
+        own_broker: bool,
+        nats_nodes: usize,
+    ) -> Result<(), PlanError> {
         if self.broker_down.is_some() && self.broker_restart_at.is_none() {
             return Err(PlanError(
                 "--broker-down needs --broker-restart-at (when to stop the broker)".into(),
@@ -192,9 +215,17 @@ impl FaultPlan {
         }
         if self.broker_restart_at.is_some() && !own_broker {
             return Err(PlanError(
-                "--broker-restart-at restarts the harness's own mosquitto: drop --broker URL"
+                "--broker-restart-at restarts the harness's own mosquitto: drop --broker URL \
+                 and --nats-nodes (use --kill-nats-node-at on a NATS cluster)"
                     .into(),
             ));
+        }
+        if self.kill_nats_node_at.is_some() && nats_nodes < 3 {
+            return Err(PlanError(format!(
+                "--kill-nats-node-at needs --nats-nodes 3 or more (got {nats_nodes}): the \
+                 cluster's JetStream, which holds the MQTT sessions, needs a majority of its \
+                 nodes up"
+            )));
         }
         if self.kill_server_at.is_some() && servers < 2 {
             return Err(PlanError(format!(
@@ -202,9 +233,11 @@ impl FaultPlan {
                  nobody is left to answer"
             )));
         }
-        if self.slow_tpm.is_some() && mode == Mode::Load {
+        if self.needs_mqtt_proxy() && nats_nodes > 0 {
             return Err(PlanError(
-                "--slow-tpm applies to run only: load-mode devices have no TPM to slow down".into(),
+                "--drop and --corrupt put one proxy in front of one broker: they do not combine \
+                 with --nats-nodes"
+                    .into(),
             ));
         }
         Ok(())
@@ -214,6 +247,7 @@ impl FaultPlan {
     pub fn is_empty(&self) -> bool {
         self.broker_restart_at.is_none()
             && self.kill_server_at.is_none()
+            && self.kill_nats_node_at.is_none()
             && self.slow_tpm.is_none()
             && !self.needs_mqtt_proxy()
     }
@@ -320,6 +354,8 @@ pub enum FaultKind {
     BrokerRestart,
     /// `--kill-server-at`.
     ServerKill,
+    /// `--kill-nats-node-at`.
+    NatsNodeKill,
     /// `--drop`.
     Drop,
     /// `--corrupt`.
@@ -329,12 +365,13 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The report's `kind` string: `broker-restart`, `kill-server`, `drop`, `corrupt`,
-    /// `slow-tpm`.
+    /// The report's `kind` string: `broker-restart`, `kill-server`, `kill-nats-node`,
+    /// `drop`, `corrupt`, `slow-tpm`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BrokerRestart => "broker-restart",
             Self::ServerKill => "kill-server",
+            Self::NatsNodeKill => "kill-nats-node",
             Self::Drop => "drop",
             Self::Corrupt => "corrupt",
             Self::SlowTpm => "slow-tpm",
@@ -357,6 +394,8 @@ pub struct FaultEvent {
     pub fired: bool,
     /// Whether the action worked (the broker stopped and started again, the kill landed).
     pub ok: bool,
+    /// The NATS node killed (index into the cluster's nodes), for a NATS node kill.
+    pub node: Option<usize>,
     /// What happened, for operators.
     pub detail: String,
 }
@@ -374,6 +413,9 @@ pub struct DeviceRecord {
     pub attempts: u32,
     /// Whether it ended with an identity.
     pub attested: bool,
+    /// The NATS node (index) its MQTT connection started on, when the broker is a NATS
+    /// cluster; `None` otherwise.
+    pub node: Option<usize>,
 }
 
 /// Devices a fault affected and how many of those recovered.
@@ -393,6 +435,7 @@ impl FaultEvent {
             until: None,
             fired: true,
             ok: true,
+            node: None,
             detail,
         }
     }
@@ -428,7 +471,15 @@ impl FaultEvent {
                 }
                 None => false,
             },
-            FaultKind::Drop | FaultKind::Corrupt => d.attempts > 1 || !d.attested,
+            FaultKind::NatsNodeKill => match (self.at, self.node) {
+                (Some(at), Some(node)) => {
+                    d.node == Some(node) && d.finished.is_none_or(|f| f >= at)
+                }
+                _ => false,
+            },
+            FaultKind::Drop | FaultKind::Corrupt => {
+                d.attempts > 1 || (d.attempts > 0 && !d.attested)
+            }
             FaultKind::SlowTpm => true,
         };
         devices

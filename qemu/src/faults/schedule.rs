@@ -1,5 +1,5 @@
 //! The fault scheduler: one thread that fires the plan's timed faults (broker restart,
-//! server kill) at their times after the attestation phase starts, against whatever the
+//! server kill, NATS node kill) at their times after the attestation phase starts, against whatever the
 //! caller hands it as a [`FaultTarget`], and records what happened as
 //! [`super::FaultEvent`]s.
 //!
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::{FaultEvent, FaultKind, FaultPlan};
 use crate::broker::Broker;
 use crate::daemons::ServerProcess;
+use crate::nats::NatsCluster;
 
 /// What the scheduler acts on. Each method returns a detail line for the report, or why
 /// the action failed.
@@ -34,6 +35,15 @@ pub trait FaultTarget: Send {
     /// # Errors
     /// Why no server could be killed.
     fn kill_server(&mut self, seed: u64) -> Result<String, String>;
+    /// SIGKILLs one node of the NATS cluster; `seed` chooses which, reproducibly. Returns
+    /// the node's index with the detail line. The default: the run has no NATS cluster.
+    ///
+    /// # Errors
+    /// Why no node could be killed.
+    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String), String> {
+        let _ = seed;
+        Err("the run has no NATS cluster of its own (--nats-nodes)".into())
+    }
 }
 
 /// The harness's own processes as a [`FaultTarget`]: the caller keeps them in `Arc<Mutex>`
@@ -44,6 +54,8 @@ pub struct ProcessTargets {
     pub broker: Option<Arc<Mutex<Broker>>>,
     /// The servers, in node order (`node-1` first); one of them is killed.
     pub servers: Vec<Arc<Mutex<ServerProcess>>>,
+    /// The NATS cluster (`--nats-nodes`), if the harness started one; one node is killed.
+    pub nats: Option<Arc<Mutex<NatsCluster>>>,
 }
 
 impl FaultTarget for ProcessTargets {
@@ -82,6 +94,28 @@ impl FaultTarget for ProcessTargets {
         s.kill();
         Ok(format!("server node-{} (pid {pid}) SIGKILLed", i + 1))
     }
+
+    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String), String> {
+        let nats = self
+            .nats
+            .as_ref()
+            .ok_or("the run has no NATS cluster of its own (--nats-nodes)")?;
+        let mut cluster = nats.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = cluster.node_count();
+        if n == 0 {
+            return Err("the NATS cluster has no node".into());
+        }
+        let i = usize::try_from(seed % n as u64).unwrap_or(0);
+        let pid = cluster
+            .pid(i)
+            .ok_or_else(|| format!("NATS node n{i} was not running"))?;
+        let mqtt = cluster.ports().get(i).map_or(0, |p| p.mqtt);
+        cluster.kill(i);
+        Ok((
+            i,
+            format!("NATS node n{i} (pid {pid}, MQTT port {mqtt}) SIGKILLed"),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +123,7 @@ enum Action {
     StopBroker,
     StartBroker,
     KillServer,
+    KillNatsNode,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +159,9 @@ impl Scheduler {
         }
         if let Some(at) = plan.kill_server_at {
             actions.push((at, Action::KillServer));
+        }
+        if let Some(at) = plan.kill_nats_node_at {
+            actions.push((at, Action::KillNatsNode));
         }
         actions.sort_by_key(|(at, _)| *at);
         let shared: Shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
@@ -204,7 +242,8 @@ fn run(
                 _ => {
                     let kind = match action {
                         Action::KillServer => FaultKind::ServerKill,
-                        _ => FaultKind::BrokerRestart,
+                        Action::KillNatsNode => FaultKind::NatsNodeKill,
+                        Action::StopBroker | Action::StartBroker => FaultKind::BrokerRestart,
                     };
                     if action != Action::StartBroker {
                         lock(shared).events.push(FaultEvent {
@@ -213,6 +252,7 @@ fn run(
                             until: None,
                             fired: false,
                             ok: true,
+                            node: None,
                             detail: format!(
                                 "not fired: the run ended at {:.1} s, before {:.1} s",
                                 when.as_secs_f64(),
@@ -236,6 +276,7 @@ fn run(
                     until: None,
                     fired: true,
                     ok: r.is_ok(),
+                    node: None,
                     detail: r.unwrap_or_else(|e| format!("broker not stopped: {e}")),
                 });
             }
@@ -262,7 +303,24 @@ fn run(
                     until: Some(now),
                     fired: true,
                     ok: r.is_ok(),
+                    node: None,
                     detail: r.unwrap_or_else(|e| format!("no server killed: {e}")),
+                });
+            }
+            Action::KillNatsNode => {
+                let r = target.kill_nats_node(seed);
+                let (node, detail) = match r {
+                    Ok((i, d)) => (Some(i), d),
+                    Err(e) => (None, format!("no NATS node killed: {e}")),
+                };
+                lock(shared).events.push(FaultEvent {
+                    kind: FaultKind::NatsNodeKill,
+                    at: Some(now),
+                    until: Some(now),
+                    fired: true,
+                    ok: node.is_some(),
+                    node,
+                    detail,
                 });
             }
         }

@@ -23,6 +23,7 @@ fn every_option_parses_and_is_documented() {
         "--broker-down=500ms",
         "--kill-server-at",
         "1m",
+        "--kill-nats-node-at=4s",
         "--drop",
         "5%",
         "--corrupt=0.01",
@@ -38,6 +39,7 @@ fn every_option_parses_and_is_documented() {
     assert_eq!(plan.broker_restart_at, Some(Duration::from_secs(3)));
     assert_eq!(plan.broker_down(), ms(500));
     assert_eq!(plan.kill_server_at, Some(Duration::from_secs(60)));
+    assert_eq!(plan.kill_nats_node_at, Some(Duration::from_secs(4)));
     assert!((plan.drop - 0.05).abs() < 1e-12);
     assert!((plan.corrupt - 0.01).abs() < 1e-12);
     assert_eq!(
@@ -104,22 +106,76 @@ fn bad_values_name_the_option() {
 fn validation_explains_what_to_change() {
     let mut p = FaultPlan::default();
     p.set("kill-server-at", "2s").unwrap();
-    let e = p.validate(Mode::Run, 1, true).unwrap_err();
+    let e = p.validate(Mode::Run, 1, true, 0).unwrap_err();
     assert!(e.to_string().contains("--servers 2"), "{e}");
-    assert!(p.validate(Mode::Run, 2, true).is_ok());
+    assert!(p.validate(Mode::Run, 2, true, 0).is_ok());
 
     let mut p = FaultPlan::default();
     p.set("broker-down", "1s").unwrap();
-    assert!(p.validate(Mode::Run, 1, true).is_err());
+    assert!(p.validate(Mode::Run, 1, true, 0).is_err());
     p.set("broker-restart-at", "1s").unwrap();
-    assert!(p.validate(Mode::Run, 1, true).is_ok());
-    let e = p.validate(Mode::Load, 1, false).unwrap_err();
+    assert!(p.validate(Mode::Run, 1, true, 0).is_ok());
+    let e = p.validate(Mode::Load, 1, false, 0).unwrap_err();
     assert!(e.to_string().contains("--broker URL"), "{e}");
 
     let mut p = FaultPlan::default();
     p.set("slow-tpm", "10ms").unwrap();
-    assert!(p.validate(Mode::Run, 1, false).is_ok());
-    assert!(p.validate(Mode::Load, 1, true).is_err());
+    assert!(p.validate(Mode::Run, 1, false, 0).is_ok());
+    assert!(p.validate(Mode::Load, 1, true, 0).is_ok());
+
+    let mut p = FaultPlan::default();
+    p.set("kill-nats-node-at", "3s").unwrap();
+    assert!(!p.is_empty());
+    for nodes in [0, 1, 2] {
+        let e = p.validate(Mode::Load, 1, false, nodes).unwrap_err();
+        assert!(e.to_string().contains("--nats-nodes 3"), "{nodes}: {e}");
+    }
+    assert!(p.validate(Mode::Load, 1, false, 3).is_ok());
+    assert!(p.validate(Mode::Run, 3, false, 5).is_ok());
+    let mut q = p.clone();
+    q.set("drop", "1%").unwrap();
+    let e = q.validate(Mode::Load, 1, false, 3).unwrap_err();
+    assert!(e.to_string().contains("--nats-nodes"), "{e}");
+    p.set("broker-restart-at", "1s").unwrap();
+    let e = p.validate(Mode::Load, 1, false, 3).unwrap_err();
+    assert!(e.to_string().contains("--kill-nats-node-at"), "{e}");
+}
+
+#[test]
+fn a_nats_node_kill_affects_the_unfinished_devices_on_that_node() {
+    let on = |node: usize, started: u64, finished: Option<u64>, attested: bool| DeviceRecord {
+        node: Some(node),
+        ..dev(started, finished, 1, attested)
+    };
+    let devices = [
+        on(1, 0, Some(900), true),      // on the node, done before the kill
+        on(1, 500, Some(5_000), true),  // on the node, in flight: recovered
+        on(1, 4_000, None, false),      // on the node, started later, never finished
+        on(0, 500, Some(5_000), true),  // another node
+        dev(500, Some(5_000), 1, true), // no node known
+    ];
+    let kill = FaultEvent {
+        kind: FaultKind::NatsNodeKill,
+        at: Some(ms(1_000)),
+        until: Some(ms(1_000)),
+        fired: true,
+        ok: true,
+        node: Some(1),
+        detail: String::new(),
+    };
+    assert_eq!(
+        kill.tally(&devices),
+        Tally {
+            affected: 2,
+            recovered: 1
+        }
+    );
+    assert_eq!(kill.report(&devices).kind, "kill-nats-node");
+    let nowhere = FaultEvent {
+        node: None,
+        ..kill.clone()
+    };
+    assert_eq!(nowhere.tally(&devices), Tally::default());
 }
 
 fn dev(started: u64, finished: Option<u64>, attempts: u32, attested: bool) -> DeviceRecord {
@@ -128,6 +184,7 @@ fn dev(started: u64, finished: Option<u64>, attempts: u32, attested: bool) -> De
         finished: finished.map(ms),
         attempts,
         attested,
+        node: None,
     }
 }
 
@@ -146,6 +203,7 @@ fn tallies_follow_the_documented_rules() {
         until: Some(ms(3_000)),
         fired: true,
         ok: true,
+        node: None,
         detail: String::new(),
     };
     assert_eq!(
@@ -253,6 +311,13 @@ impl FaultTarget for Recorder {
         self.calls.lock().unwrap().push(("kill", Instant::now()));
         Ok(format!("killed #{seed}"))
     }
+    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String), String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("kill-nats", Instant::now()));
+        Ok((usize::try_from(seed % 3).unwrap(), "node killed".into()))
+    }
 }
 
 #[test]
@@ -261,6 +326,7 @@ fn scheduler_fires_in_order_at_their_times() {
     plan.set("broker-restart-at", "100ms").unwrap();
     plan.set("broker-down", "150ms").unwrap();
     plan.set("kill-server-at", "50ms").unwrap();
+    plan.set("kill-nats-node-at", "300ms").unwrap();
     plan.set("fault-seed", "9").unwrap();
     let rec = Recorder::default();
     let sched = Scheduler::start(&plan, Box::new(rec.clone())).unwrap();
@@ -273,11 +339,14 @@ fn scheduler_fires_in_order_at_their_times() {
     let events = sched.finish();
     let calls = rec.calls.lock().unwrap().clone();
     let names: Vec<_> = calls.iter().map(|c| c.0).collect();
-    assert_eq!(names, ["kill", "stop", "start"]);
+    assert_eq!(names, ["kill", "stop", "start", "kill-nats"]);
     assert!(calls[0].1 - t0 >= ms(50));
     assert!(calls[1].1 - t0 >= ms(100));
     assert!(calls[2].1 - t0 >= ms(250));
-    assert_eq!(events.len(), 2);
+    assert!(calls[3].1 - t0 >= ms(300));
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[2].kind, FaultKind::NatsNodeKill);
+    assert_eq!((events[2].node, events[2].ok), (Some(0), true));
     assert_eq!(events[0].kind, FaultKind::ServerKill);
     assert_eq!(events[0].detail, "killed #9");
     let restart = &events[1];
@@ -339,4 +408,23 @@ fn cancelling_restarts_a_stopped_broker_and_reports_unfired_faults() {
 fn a_plan_without_timed_faults_is_done_at_once() {
     let sched = Scheduler::start(&FaultPlan::default(), Box::new(Recorder::default())).unwrap();
     assert!(sched.finish().is_empty());
+}
+
+#[test]
+fn a_target_without_a_nats_cluster_reports_the_kill_as_failed() {
+    let mut plan = FaultPlan::default();
+    plan.set("kill-nats-node-at", "10ms").unwrap();
+    let sched = Scheduler::start(&plan, Box::new(ProcessTargets::default())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sched.is_done() && Instant::now() < deadline {
+        std::thread::sleep(ms(5));
+    }
+    let events = sched.finish();
+    assert_eq!(events.len(), 1);
+    assert!(!events[0].ok && events[0].node.is_none(), "{:?}", events[0]);
+    assert!(
+        events[0].detail.contains("--nats-nodes"),
+        "{}",
+        events[0].detail
+    );
 }

@@ -44,7 +44,8 @@ pub(crate) struct Outcome {
 pub(crate) struct Phase<'a> {
     pub(crate) agent_bin: &'a Path,
     pub(crate) dir: &'a Path,
-    pub(crate) broker: &'a str,
+    /// Broker URLs; device `i` gets them all, starting at `i % len` (its failover list).
+    pub(crate) brokers: &'a [String],
     pub(crate) cluster: &'a str,
     pub(crate) trust_bundle: &'a Path,
     pub(crate) states: &'a [PathBuf],
@@ -151,7 +152,11 @@ fn one(p: &Phase<'_>, index: usize) -> Outcome {
         None => None,
     };
     let tpm = proxy.as_ref().map_or_else(|| device.spec(), TpmProxy::spec);
-    let mut spec = AgentSpec::new(p.broker, p.cluster, tpm, p.trust_bundle, data);
+    let n = p.brokers.len().max(1);
+    let mut urls = (0..p.brokers.len()).filter_map(|k| p.brokers.get((index + k) % n));
+    let first = urls.next().map_or("", String::as_str);
+    let mut spec = AgentSpec::new(first, p.cluster, tpm, p.trust_bundle, data);
+    spec.fallback_brokers = urls.cloned().collect();
     if p.debug_log {
         spec.log_level = Some("debug".into());
     }

@@ -14,7 +14,8 @@ use crate::faults::{FaultPlan, Mode};
 /// Usage of `run` (and `demo`).
 pub const USAGE: &str = "\
 usage: ekattest-fleet run --devices N [--ek rsa2048|p256|p384|mixed] [--servers K]
-                          [--broker URL] [--report FILE] [--plot FILE.png] [--parallel P]
+                          [--broker URL | --nats-nodes N] [--report FILE] [--plot FILE.png]
+                          [--parallel P]
                           [--provision-parallel T] [--cache DIR] [--keep] [--wire-bytes] [--timeout D]
                           [--bin-dir DIR]
        ekattest-fleet demo [run options]      (alias of run --devices 25 --ek mixed)
@@ -23,6 +24,9 @@ usage: ekattest-fleet run --devices N [--ek rsa2048|p256|p384|mixed] [--servers 
   --ek         EK the agents attest with; mixed cycles rsa2048, p256, p384 (default mixed)
   --servers    ekattest-server processes sharing the login topic (default 1)
   --broker     use this MQTT broker (mqtt://HOST:PORT) instead of a per-run mosquitto
+  --nats-nodes start a per-run N-node nats-server cluster (MQTT and JetStream on) instead
+               of mosquitto: servers on bus: nats, agent i on node i mod N with the other
+               nodes as its failover list (broker: [...]); --kill-nats-node-at kills one
   --report     write the summary as JSON to FILE
   --plot       draw the time-to-identity histogram to FILE.png
   --parallel   agent processes alive at a time (default 64)
@@ -35,8 +39,9 @@ usage: ekattest-fleet run --devices N [--ek rsa2048|p256|p384|mixed] [--servers 
   --timeout    per-device limit, agent start to identity (default 120s)
   --bin-dir    folder of ekattest-agent and ekattest-server (default: beside this program)
 
-Needs swtpm, swtpm_setup, swtpm_localca, tpm2-tools, openssl and mosquitto
-(bash .ci/install, or apt-get install swtpm swtpm-tools tpm2-tools openssl mosquitto).";
+Needs swtpm, swtpm_setup, swtpm_localca, tpm2-tools, openssl and mosquitto (nats-server
+for --nats-nodes) (bash .ci/install, or apt-get install swtpm swtpm-tools tpm2-tools
+openssl mosquitto nats-server).";
 
 /// Parses `run` options (after the subcommand). `Ok(None)` means `--help`.
 pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
@@ -59,6 +64,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
         match arg {
             Long("devices") => o.devices = num(&mut p, "devices")?,
             Long("servers") => o.servers = num(&mut p, "servers")?,
+            Long("nats-nodes") => o.nats_nodes = num(&mut p, "nats-nodes")?,
             Long("parallel") => o.parallel = num(&mut p, "parallel")?,
             Long("provision-parallel") => o.provision_parallel = num(&mut p, "provision-parallel")?,
             Long("ek") => {
@@ -102,8 +108,26 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
             "--devices, --servers, --parallel and --provision-parallel must be at least 1".into(),
         );
     }
+    if o.nats_nodes > 9 {
+        return Err(format!("--nats-nodes {}: use 1 to 9", o.nats_nodes));
+    }
+    if o.nats_nodes > 0 && o.broker.is_some() {
+        return Err("--nats-nodes starts a cluster of its own: drop --broker".into());
+    }
+    if o.nats_nodes > 0 && o.wire_bytes {
+        return Err(
+            "--wire-bytes puts one proxy in front of one broker: it does not combine with \
+             --nats-nodes"
+                .into(),
+        );
+    }
     o.faults
-        .validate(Mode::Run, o.servers, o.broker.is_none())
+        .validate(
+            Mode::Run,
+            o.servers,
+            o.broker.is_none() && o.nats_nodes == 0,
+            o.nats_nodes,
+        )
         .map_err(|e| e.to_string())?;
     Ok(Some(o))
 }
@@ -172,4 +196,45 @@ pub fn cli(args: Vec<OsString>) -> ExitCode {
         code = ExitCode::FAILURE;
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn nats_nodes_and_the_node_kill() {
+        let o = parse(args(
+            "--devices 30 --servers 3 --nats-nodes 3 --kill-nats-node-at 5s --kill-server-at 6s",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!((o.devices, o.servers, o.nats_nodes), (30, 3, 3));
+        assert_eq!(
+            o.faults.kill_nats_node_at,
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(parse(args("--devices 3")).unwrap().unwrap().nats_nodes, 0);
+        for (bad, why) in [
+            ("--kill-nats-node-at 1s", "--nats-nodes 3"),
+            ("--nats-nodes 2 --kill-nats-node-at 1s", "--nats-nodes 3"),
+            ("--nats-nodes 3 --broker mqtt://h:1", "drop --broker"),
+            ("--nats-nodes 3 --wire-bytes", "--wire-bytes"),
+            ("--nats-nodes 3 --drop 1%", "--nats-nodes"),
+            (
+                "--nats-nodes 3 --broker-restart-at 1s",
+                "--kill-nats-node-at",
+            ),
+            ("--nats-nodes 12", "1 to 9"),
+        ] {
+            let e = parse(args(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! `ekattest-fleet run`: a process fleet. Per-run swtpm CA and devices (or a state cache),
-//! mosquitto (unless `--broker`), an SVID CA, K `ekattest-server` processes with a policy
-//! trusting the run's swtpm CA, then N `ekattest-agent run --once` processes, at most P at
-//! a time, timed from spawn to exit; ends with a [`Summary`](crate::report::Summary).
+//! mosquitto (unless `--broker`; with `--nats-nodes N` a local N-node nats-server cluster,
+//! [`crate::nats`], the servers on `bus: nats`, each agent given every node's MQTT listener
+//! as its `broker` list, its own node first, so agents spread over the nodes and fail over
+//! to the others), an SVID CA, K `ekattest-server` processes with a policy trusting the
+//! run's swtpm CA, then N `ekattest-agent run --once` processes, at most P at a time,
+//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary).
 //!
 //! Everything lives in one per-run temp folder; every child (agents, swtpm, servers,
 //! mosquitto) is stopped and the folder removed on success, failure and SIGINT/SIGTERM
@@ -23,6 +26,7 @@ use crate::broker::{Broker, BrokerOptions};
 use crate::daemons::{ServerProcess, ServerSpec, metric_value};
 use crate::faults::mqtt_proxy::MqttProxy;
 use crate::faults::{DeviceRecord, FaultPlan, ProcessTargets, Scheduler};
+use crate::nats::NatsCluster;
 use crate::report::Summary;
 use crate::swtpm::ProvisionOptions;
 
@@ -79,6 +83,8 @@ pub struct RunOptions {
     pub servers: usize,
     /// An existing broker (`mqtt://HOST:PORT`) instead of a per-run mosquitto.
     pub broker: Option<String>,
+    /// A per-run local NATS cluster of this many nodes instead of mosquitto (0: none).
+    pub nats_nodes: usize,
     /// JSON report file.
     pub report: Option<PathBuf>,
     /// PNG histogram file.
@@ -108,6 +114,7 @@ impl Default for RunOptions {
             ek: EkChoice::Mixed,
             servers: 1,
             broker: None,
+            nats_nodes: 0,
             report: None,
             plot: None,
             parallel: 64,
@@ -152,6 +159,20 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 /// The policy document trusting the run's swtpm CA (as in qemu/tests/e2e.rs); the VM fleet
 /// uses it too.
 pub(crate) fn policy(root_pem: &str, intermediate_pem: &str) -> String {
+    policy_with_template(
+        "/agents/tpm/{{tpm_ek.public_hash}}",
+        root_pem,
+        intermediate_pem,
+    )
+}
+
+/// A one-policy `AgentAttestation` document trusting the given swtpm CA certificates, whose
+/// SPIFFE IDs follow `template`.
+pub(crate) fn policy_with_template(
+    template: &str,
+    root_pem: &str,
+    intermediate_pem: &str,
+) -> String {
     let indent = |pem: &str| {
         pem.lines()
             .map(|l| format!("              {l}\n"))
@@ -159,7 +180,7 @@ pub(crate) fn policy(root_pem: &str, intermediate_pem: &str) -> String {
     };
     format!(
         "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n    - name: tpm_ek_policy\n      \
-         spiffeIdTemplate: /agents/tpm/{{{{tpm_ek.public_hash}}}}\n      \
+         spiffeIdTemplate: {template}\n      \
          requiredAttestors:\n        - type: tpm_ek\n          config:\n            \
          caCerts: |\n{}            intermediateCerts: |\n{}",
         indent(root_pem),
@@ -272,10 +293,33 @@ fn run_in(
                 .unwrap_or_default()
         ));
     }
-    // 2. Broker, SVID CA, policy, servers.
+    // 2. Broker (mosquitto, an existing one or a NATS cluster), SVID CA, policy, servers.
     let mut broker = None;
+    let mut nats = None;
+    let mut agent_urls = Vec::new();
+    let mut nats_urls = Vec::new();
     let url = match &opts.broker {
         Some(u) => u.clone(),
+        None if opts.nats_nodes > 0 => {
+            let t = std::time::Instant::now();
+            let cluster = NatsCluster::start(opts.nats_nodes)
+                .map_err(|e| format!("cannot start the NATS cluster: {e}"))?;
+            summary.notes.push(format!(
+                "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} \
+                 s; servers on bus: nats; agent i starts on node i mod {} and fails over to the \
+                 others",
+                opts.nats_nodes,
+                t.elapsed().as_secs_f64(),
+                opts.nats_nodes
+            ));
+            agent_urls = cluster.mqtt_urls();
+            nats_urls = cluster.nats_urls();
+            nats = Some(Arc::new(Mutex::new(cluster)));
+            agent_urls
+                .first()
+                .cloned()
+                .ok_or("the NATS cluster has no node")?
+        }
         None => {
             let b = Broker::start(&BrokerOptions {
                 tls: false,
@@ -317,6 +361,7 @@ fn run_in(
             &ca_key,
         );
         spec.policy_files = vec![policy_file.clone()];
+        spec.nats_urls.clone_from(&nats_urls);
         spec.max_sessions = Some(opts.devices.saturating_mul(2).max(1024));
         servers.push(Arc::new(Mutex::new(
             ServerProcess::start(server_bin, &spec, &sdir)
@@ -334,6 +379,9 @@ fn run_in(
         None
     };
     let agent_url = proxy.as_ref().map_or_else(|| url.clone(), MqttProxy::url);
+    if agent_urls.is_empty() {
+        agent_urls.push(agent_url);
+    }
     if stop.load(Ordering::Relaxed) {
         return Err("interrupted".into());
     }
@@ -352,13 +400,14 @@ fn run_in(
         Box::new(ProcessTargets {
             broker: broker.clone(),
             servers: servers.clone(),
+            nats: nats.clone(),
         }),
     )
     .map_err(|e| format!("cannot start the fault scheduler: {e}"))?;
     let phase = agents::Phase {
         agent_bin,
         dir: &agents_dir,
-        broker: &agent_url,
+        brokers: &agent_urls,
         cluster: CLUSTER,
         trust_bundle: &ca_cert,
         states: &states.files,
@@ -383,6 +432,7 @@ fn run_in(
             finished: Some(o.started + o.time),
             attempts: o.attempts,
             attested: o.attested,
+            node: nats.is_some().then(|| o.index % agent_urls.len()),
         })
         .collect();
     summary.faults = events.iter().map(|e| e.report(&records)).collect();
@@ -449,9 +499,16 @@ fn run_in(
             o.last_line
         ));
     }
+    if let Some(cluster) = &nats {
+        let cluster = cluster.lock().unwrap_or_else(PoisonError::into_inner);
+        summary
+            .notes
+            .extend((0..cluster.node_count()).map(|i| cluster.log_summary(i)));
+    }
     drop(servers);
     drop(proxy);
     drop(broker);
+    drop(nats);
     Ok(summary)
 }
 

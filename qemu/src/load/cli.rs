@@ -13,7 +13,8 @@ use crate::faults::{FaultPlan, HELP, Mode};
 
 const USAGE: &str = "\
 usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--servers K]
-                           [--broker URL] [--threads T] [--window W] [--workers W]
+                           [--broker URL[,URL...] | --nats-nodes N] [--threads T]
+                           [--window W] [--workers W]
                            [--report FILE] [--plot FILE.png] [options] [fault options]
 
   Software TPMs (EK and AK keys in the harness, ActivateCredential in software) attest over
@@ -23,14 +24,21 @@ usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--s
   --rate R           logins per second across all threads (default: as fast as the window allows)
   --ek KIND          rsa2048, p256 or mixed (default mixed)
   --servers K        ekattest-server processes (default 1)
-  --broker URL       use this broker (mqtt://HOST:PORT) instead of starting mosquitto
+  --broker URL[,URL...]  use this broker (mqtt://HOST:PORT) instead of starting mosquitto;
+                     several URLs (the MQTT listeners of one clustered broker): device
+                     threads start on them in turn and fail over to the next
+  --nats-nodes N     start a local N-node nats-server cluster (MQTT and JetStream on) instead
+                     of mosquitto: servers on bus: nats, device threads spread over the
+                     nodes' MQTT listeners (use --subscribe wildcard: every MQTT QoS 1
+                     subscription is a replicated JetStream consumer there)
   --threads T        device threads, one MQTT connection each (default 2)
   --window W         most devices in flight per thread (default 256)
   --workers W        the servers' worker threads (default: one per CPU)
   --rsa-keys N       distinct RSA-2048 EKs; more devices share them (default 64)
   --p256-keys N      distinct P-256 EKs (default 10000; one policy holds about 15000 hashes)
-  --attempt-timeout D  wait for a Challenge or Result before logging in again (default 5s;
-                     --timeout is the same option); lost messages recover after D
+  --attempt-timeout D  wait for a Challenge or Result before logging in again (default 5s,
+                     30s with --nats-nodes; --timeout is the same option); lost messages
+                     recover after D
   --deadline D       stop the run after D; unfinished devices are errors (default 1h)
   --verify-every N   check the server's Result signature on 1 Accepted in N (default 100; 1 = all)
   --subscribe HOW    device (one filter per device, default) or wildcard (agents/+/down)
@@ -44,6 +52,11 @@ usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--s
                      the Rejected results are counted per class and code in the notes
 
   Exit status 0 when every device attested, 1 otherwise, 2 for a usage error.";
+
+/// The attempt timeout with `--nats-nodes` unless `--attempt-timeout` is given: clustered
+/// MQTT QoS 1 (a JetStream write per message, replicated) takes seconds per attempt under
+/// load, and a 5 s timeout turns that into a storm of repeated logins.
+const NATS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn duration(v: &str) -> Result<Duration, String> {
     ekattest_protocol::duration::parse(v).map_err(|e| e.to_string())
@@ -66,6 +79,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
     };
     let (mut report, mut plot) = (None, None);
     let mut seen_load = false;
+    let mut timeout_given = false;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         fn text(p: &mut lexopt::Parser, name: &str) -> Result<String, String> {
             p.value()
@@ -89,7 +103,13 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
                     .ok_or_else(|| format!("--ek {v:?}: use rsa2048, p256 or mixed"))?;
             }
             Long("servers") => opts.servers = num("servers", text(&mut p, "servers")?)?,
-            Long("broker") => opts.broker = Some(text(&mut p, "broker")?),
+            Long("broker") => {
+                let v = text(&mut p, "broker")?;
+                let mut urls = v.split(',').map(str::trim).filter(|u| !u.is_empty());
+                opts.broker = Some(urls.next().ok_or("--broker needs a URL")?.to_owned());
+                opts.broker_urls = urls.map(str::to_owned).collect();
+            }
+            Long("nats-nodes") => opts.nats_nodes = num("nats-nodes", text(&mut p, "nats-nodes")?)?,
             Long("threads") => opts.threads = num("threads", text(&mut p, "threads")?)?,
             Long("window") => opts.window = num("window", text(&mut p, "window")?)?,
             Long("workers") => opts.workers = Some(num("workers", text(&mut p, "workers")?)?),
@@ -98,6 +118,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
             Long(given @ ("attempt-timeout" | "timeout")) => {
                 let name = given.to_owned();
                 opts.timeout = duration(&text(&mut p, &name)?)?;
+                timeout_given = true;
                 if opts.timeout.is_zero() {
                     return Err(format!("--{name} must be longer than 0"));
                 }
@@ -137,8 +158,22 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
     if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number".into());
     }
+    if opts.nats_nodes > 0 && !timeout_given {
+        opts.timeout = NATS_ATTEMPT_TIMEOUT;
+    }
+    if opts.nats_nodes > 9 {
+        return Err(format!("--nats-nodes {}: use 1 to 9", opts.nats_nodes));
+    }
+    if opts.nats_nodes > 0 && opts.broker.is_some() {
+        return Err("--nats-nodes starts a cluster of its own: drop --broker".into());
+    }
     opts.faults
-        .validate(Mode::Load, opts.servers, opts.broker.is_none())
+        .validate(
+            Mode::Load,
+            opts.servers,
+            opts.broker.is_none() && opts.nats_nodes == 0,
+            opts.nats_nodes,
+        )
         .map_err(|e| e.to_string())?;
     Ok(Some(Cli { opts, report, plot }))
 }
@@ -224,6 +259,28 @@ mod tests {
             .unwrap();
         assert_eq!(c.opts.bogus, 500);
         assert_eq!(c.opts.bogus_kinds, vec![BogusKind::GarbageCert]);
+        let c = parse(args("load --broker mqtt://a:1,mqtt://b:2,mqtt://c:3"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.opts.broker.as_deref(), Some("mqtt://a:1"));
+        assert_eq!(c.opts.broker_urls, ["mqtt://b:2", "mqtt://c:3"]);
+        assert_eq!(c.opts.nats_nodes, 0);
+        let c = parse(args(
+            "load --nats-nodes 3 --servers 3 --kill-nats-node-at 2s --kill-server-at 3s",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.opts.nats_nodes, 3);
+        assert_eq!(c.opts.timeout, NATS_ATTEMPT_TIMEOUT);
+        let t = parse(args("load --nats-nodes 3 --attempt-timeout 8s"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.opts.timeout, Duration::from_secs(8));
+        assert_eq!(
+            c.opts.faults.kill_nats_node_at,
+            Some(Duration::from_secs(2))
+        );
+        assert!(c.opts.broker.is_none() && c.opts.broker_urls.is_empty());
     }
 
     #[test]
@@ -242,13 +299,20 @@ mod tests {
         assert_eq!(f.seed, 7);
         assert_eq!(c.opts.timeout, Duration::from_millis(1500));
         assert_eq!(c.opts.devices, 10);
+        let c = parse(args("load --slow-tpm 300ms+-100ms"))
+            .unwrap()
+            .unwrap();
+        let slow = c.opts.faults.slow_tpm.unwrap();
+        assert_eq!(
+            (slow.delay, slow.jitter),
+            (Duration::from_millis(300), Duration::from_millis(100))
+        );
         assert!(parse(args("load")).unwrap().unwrap().opts.faults.is_empty());
     }
 
     #[test]
     fn refuses_faults_load_mode_cannot_apply() {
         for (bad, why) in [
-            ("load --slow-tpm 200ms", "run only"),
             ("load --kill-server-at 1s", "--servers 2"),
             (
                 "load --broker mqtt://h:1 --broker-restart-at 1s",
@@ -256,6 +320,17 @@ mod tests {
             ),
             ("load --broker-down 1s", "--broker-restart-at"),
             ("load --drop 2", "fraction"),
+            ("load --kill-nats-node-at 1s", "--nats-nodes 3"),
+            (
+                "load --nats-nodes 2 --kill-nats-node-at 1s",
+                "--nats-nodes 3",
+            ),
+            ("load --nats-nodes 3 --broker mqtt://h:1", "drop --broker"),
+            (
+                "load --nats-nodes 3 --broker-restart-at 1s",
+                "--kill-nats-node-at",
+            ),
+            ("load --nats-nodes 10", "1 to 9"),
             ("load --attempt-timeout 0s", "longer than 0"),
         ] {
             let e = parse(args(bad))

@@ -1,25 +1,34 @@
 //! `ekattest-fleet load`: the software-TPM load generator. Simulated devices whose EK and
 //! AK live in the harness ([`crate::soft_tpm`]) attest over real MQTT (mosquitto, started
 //! here unless `--broker` names one) to K real `ekattest-server` processes whose policy
-//! allow-lists the run's EK hashes (the seed allows that for emulators).
+//! allow-lists the run's EK hashes (the seed allows that for emulators). With
+//! `--nats-nodes N` the broker is a local N-node nats-server cluster instead
+//! ([`crate::nats`]): the servers run on `bus: nats` and the device threads are spread over
+//! the nodes' MQTT listeners.
 //!
-//! T threads each own many devices and ONE MQTT connection ([`worker`]); the run ends when
+//! T threads each own many devices and ONE MQTT connection at a time ([`worker`]); a thread
+//! whose connection fails moves to the next broker of the list ([`link`]); the run ends when
 //! every device is attested, rejected or out of attempts, or at the deadline, and produces
 //! a [`Summary`] (mode `load`). Every process started here runs under the harness watchdog
 //! and is stopped on success, failure and Ctrl-C (the `run` mode's
 //! [`crate::fleet::stop_on_signals`] flag), and every temporary folder is removed.
 //!
-//! Faults ([`crate::faults`], the same options as `run` except `--slow-tpm`): with `--drop`
+//! Faults ([`crate::faults`], the same options as `run`; `--slow-tpm` delays each simulated
+//! ActivateCredential, i.e. each Answer): with `--drop`
 //! or `--corrupt` the device threads reach the broker through one
 //! [`MqttProxy`](crate::faults::mqtt_proxy::MqttProxy) while the servers connect directly;
-//! broker restarts and server kills are fired by a [`Scheduler`] against the run's own
-//! broker and servers; every device's attempts and times go into the fault report.
+//! broker restarts, server kills and NATS node kills are fired by a [`Scheduler`] against
+//! the run's own broker, servers and NATS cluster; every device's attempts and times go
+//! into the fault report.
 //!
 //! This module never changes the process's working directory or environment and never
 //! binds a fixed port.
 
 pub mod bogus;
+mod cpu;
 pub mod keys;
+mod link;
+mod summary;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +44,7 @@ use crate::broker::{Broker, BrokerOptions};
 use crate::daemons::{ServerProcess, ServerSpec, metric_value};
 use crate::faults::mqtt_proxy::MqttProxy;
 use crate::faults::{FaultPlan, Mode, ProcessTargets, Scheduler};
+use crate::nats::NatsCluster;
 use crate::report::Summary;
 
 /// The cluster id of load runs.
@@ -58,6 +68,9 @@ pub struct LoadOptions {
     pub servers: usize,
     /// An existing broker (`mqtt://HOST:PORT`) instead of a fresh mosquitto.
     pub broker: Option<String>,
+    /// Start a local NATS cluster of this many nodes (0: none) instead of mosquitto: servers
+    /// on `bus: nats`, device threads spread over the nodes' MQTT listeners.
+    pub nats_nodes: usize,
     /// Device threads (one MQTT connection each).
     pub threads: usize,
     /// Most devices in flight per thread.
@@ -92,8 +105,9 @@ pub struct LoadOptions {
     pub bogus: usize,
     /// Their classes, used in turn (`--bogus-kind`).
     pub bogus_kinds: Vec<bogus::BogusKind>,
-    /// More MQTT listeners (`mqtt://HOST:PORT`) beside `broker`: device threads use
-    /// `broker` and these round-robin (scale-out on a NATS cluster's MQTT listeners).
+    /// More MQTT listeners (`mqtt://HOST:PORT`) beside `broker`: device threads start on
+    /// `broker` and these round-robin and fail over to the others (scale-out on an existing
+    /// NATS cluster's MQTT listeners).
     pub broker_urls: Vec<String>,
     /// Servers run on `bus: nats` with these `nats-url`s when not empty (then `broker`
     /// must be a NATS node's MQTT listener).
@@ -108,6 +122,7 @@ impl Default for LoadOptions {
             ek: EkMix::Mixed,
             servers: 1,
             broker: None,
+            nats_nodes: 0,
             threads: 2,
             window: 256,
             workers: None,
@@ -164,13 +179,36 @@ fn parse_broker(url: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// Peak resident set size (VmHWM, KiB) of process `pid`.
-fn vm_hwm(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+/// The processes whose CPU the report counts: the servers, the broker processes (mosquitto,
+/// or every NATS node) and this program.
+fn cpu_groups(
+    servers: &[Arc<Mutex<ServerProcess>>],
+    broker: Option<&Arc<Mutex<Broker>>>,
+    nats: Option<&Arc<Mutex<NatsCluster>>>,
+) -> Vec<cpu::Group> {
+    let lock_pid =
+        |s: &Arc<Mutex<ServerProcess>>| s.lock().unwrap_or_else(PoisonError::into_inner).pid();
+    let mut groups = vec![cpu::Group::start(
+        "servers",
+        servers.iter().filter_map(lock_pid),
+    )];
+    if let Some(b) = broker {
+        // The harness watchdog's pid file beside mosquitto's config.
+        let conf = b.lock().unwrap_or_else(PoisonError::into_inner).conf_path();
+        let pid = std::fs::read_to_string(conf.with_file_name("mosquitto.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        groups.push(cpu::Group::start("mosquitto", pid));
+    }
+    if let Some(c) = nats {
+        let c = c.lock().unwrap_or_else(PoisonError::into_inner);
+        groups.push(cpu::Group::start(
+            "NATS nodes",
+            (0..c.node_count()).filter_map(|i| c.pid(i)),
+        ));
+    }
+    groups.push(cpu::Group::start("load generator", [std::process::id()]));
+    groups
 }
 
 /// Runs a load test and returns its summary. `stop` ends it early (Ctrl-C).
@@ -181,8 +219,18 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     if opts.devices == 0 || opts.threads == 0 || opts.servers == 0 || opts.window == 0 {
         return Err("--devices, --threads, --servers and --window must be at least 1".into());
     }
+    if opts.nats_nodes > 0 && (opts.broker.is_some() || !opts.nats_urls.is_empty()) {
+        return Err(
+            "--nats-nodes starts a cluster of its own: drop --broker (and nats_urls)".into(),
+        );
+    }
     opts.faults
-        .validate(Mode::Load, opts.servers, opts.broker.is_none())
+        .validate(
+            Mode::Load,
+            opts.servers,
+            opts.broker.is_none() && opts.nats_nodes == 0,
+            opts.nats_nodes,
+        )
         .map_err(|e| e.to_string())?;
     let server_bin = find_bin(opts.bin_dir.as_deref(), "ekattest-server")?;
     let ctl_bin = find_bin(opts.bin_dir.as_deref(), "ekattestctl")?;
@@ -236,10 +284,29 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             format!("cannot read {}: {e}", ca_cert.display())
         })?)?);
 
-    // Broker and servers.
+    // Broker (mosquitto, an existing one, or a local NATS cluster) and servers.
     let mut broker = None;
+    let mut nats = None;
+    let mut nats_urls = opts.nats_urls.clone();
+    let mut more_listeners = opts.broker_urls.clone();
     let url = match &opts.broker {
         Some(u) => u.clone(),
+        None if opts.nats_nodes > 0 => {
+            let t = Instant::now();
+            let cluster = NatsCluster::start(opts.nats_nodes)
+                .map_err(|e| format!("cannot start the NATS cluster: {e}"))?;
+            notes.push(format!(
+                "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} s",
+                opts.nats_nodes,
+                t.elapsed().as_secs_f64()
+            ));
+            nats_urls = cluster.nats_urls();
+            let mut mqtt = cluster.mqtt_urls();
+            more_listeners = mqtt.split_off(1.min(mqtt.len()));
+            let first = mqtt.pop().ok_or("the NATS cluster has no node")?;
+            nats = Some(Arc::new(Mutex::new(cluster)));
+            first
+        }
         None => {
             let b = Broker::start(&BrokerOptions {
                 tls: false,
@@ -263,7 +330,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             &ca_key,
         );
         spec.policy_files = vec![policy_file.clone()];
-        spec.nats_urls.clone_from(&opts.nats_urls);
+        spec.nats_urls.clone_from(&nats_urls);
         spec.max_sessions = Some((opts.threads * opts.window * 4).max(100_000));
         spec.log_level = Some(opts.server_log_level.clone());
         spec.workers = opts.workers;
@@ -317,19 +384,23 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         Box::new(ProcessTargets {
             broker: broker.clone(),
             servers: servers.clone(),
+            nats: nats.clone(),
         }),
     )
     .map_err(|e| format!("cannot start the fault scheduler: {e}"))?;
     let started = scheduler.started();
     let mut listeners = vec![(dev_host.clone(), dev_port)];
-    for u in &opts.broker_urls {
+    for u in &more_listeners {
         listeners.push(parse_broker(u)?);
     }
     let specs: Vec<worker::WorkerSpec> = (0..opts.threads)
         .map(|t| worker::WorkerSpec {
             index: t,
-            host: listeners[t % listeners.len()].0.clone(),
-            port: listeners[t % listeners.len()].1,
+            // Its own listener first, then the others in turn (failover order).
+            brokers: (0..listeners.len())
+                .filter_map(|k| listeners.get((t + k) % listeners.len()).cloned())
+                .collect(),
+            node: nats.is_some().then_some(t % listeners.len()),
             run: run_id.clone(),
             prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
             cluster: CLUSTER.to_owned(),
@@ -345,6 +416,8 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             done: Arc::clone(&done),
             t0: started,
             corrupt: opts.faults.corrupt > 0.0,
+            slow_tpm: opts.faults.slow_tpm.map(|s| (s.delay, s.jitter)),
+            seed: opts.faults.seed,
         })
         .collect();
     let flood = if opts.bogus > 0 {
@@ -376,6 +449,8 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     } else {
         None
     };
+    // CPU from here on: servers, broker processes and this program (devices + MQTT).
+    let cpu_groups = cpu_groups(&servers, broker.as_ref(), nats.as_ref());
     let handles: Vec<_> = specs
         .into_iter()
         .map(|s| {
@@ -429,13 +504,18 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     );
     let mut total = worker::WorkerResult::default();
     let mut failures = Vec::new();
-    for h in handles {
+    let mut thread_lines = Vec::new();
+    for (t, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(r)) => merge(&mut total, r),
+            Ok(Ok(r)) => {
+                thread_lines.extend(summary::thread_line(t, &r));
+                summary::merge(&mut total, r);
+            }
             Ok(Err(e)) => failures.push(e),
             Err(_) => failures.push("a device thread panicked".into()),
         }
     }
+    notes.push(cpu::line(&cpu_groups, total.attested, elapsed));
 
     // Server-side numbers before the servers stop.
     let mut server_success = 0.0;
@@ -459,7 +539,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         }) {
             server_success += v;
         }
-        rss = rss.max(s.pid().and_then(vm_hwm));
+        rss = rss.max(s.pid().and_then(summary::vm_hwm));
     }
     for s in &servers {
         s.lock().unwrap_or_else(PoisonError::into_inner).stop();
@@ -468,6 +548,12 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     if let Some(b) = &broker {
         b.lock().unwrap_or_else(PoisonError::into_inner).stop();
     }
+    if let Some(cluster) = &nats {
+        let cluster = cluster.lock().unwrap_or_else(PoisonError::into_inner);
+        notes.extend((0..cluster.node_count()).map(|i| cluster.log_summary(i)));
+    }
+    drop(nats);
+    notes.extend(thread_lines);
     let faults = events.iter().map(|e| e.report(&total.records)).collect();
 
     let finished = total.attested + total.rejected + total.errors;
@@ -482,42 +568,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             "{unfinished} devices unfinished at the end (deadline or stop): counted as errors"
         ));
     }
-    let bytes = (total.attested > 0).then(|| total.wire_bytes as f64 / total.attested as f64);
-    if let Some(b) = bytes {
-        notes.push(format!(
-            "bytes per attestation: MQTT PUBLISH + PUBACK of Login, Challenge, Answer and \
-             Result, as counted by the devices (retries included; no TCP/IP headers, no \
-             per-connection CONNECT/SUBSCRIBE); soft devices send no EK certificate: with an \
-             RSA EK certificate of {} bytes a Login grows by {} bytes, i.e. {:.0} bytes per \
-             attestation",
-            opts.ek_cert_bytes,
-            opts.ek_cert_bytes + 2,
-            b + (opts.ek_cert_bytes + 2) as f64
-        ));
-    }
-    notes.push(format!(
-        "{} threads, window {} per thread, attempt timeout {:.1} s, subscriptions {:?}; {} \
-         retries on {} devices ({} at once after a damaged frame or a rejection); {} \
-         reconnects; {} Result signatures verified; servers counted {} successes",
-        opts.threads,
-        opts.window,
-        opts.timeout.as_secs_f64(),
-        opts.subscribe,
-        total.retries,
-        total.retried_devices,
-        total.corrupt_retries,
-        total.reconnects,
-        total.signatures_checked,
-        server_success
-    ));
-    if let Some(kb) = vm_hwm(std::process::id()) {
-        notes.push(format!(
-            "load generator peak RSS {kb} KiB (all simulated devices)"
-        ));
-    }
-    for (reason, n) in &total.reasons {
-        notes.push(format!("{n} x {reason}"));
-    }
+    let bytes = summary::totals_notes(opts, &total, server_success, &mut notes);
     Ok(Summary {
         mode: "load".into(),
         devices: opts.devices,
@@ -534,23 +585,6 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         faults,
         notes,
     })
-}
-
-fn merge(into: &mut worker::WorkerResult, r: worker::WorkerResult) {
-    into.attested += r.attested;
-    into.rejected += r.rejected;
-    into.errors += r.errors;
-    into.retries += r.retries;
-    into.retried_devices += r.retried_devices;
-    into.time_to_identity.extend(r.time_to_identity);
-    into.wire_bytes += r.wire_bytes;
-    into.signatures_checked += r.signatures_checked;
-    into.reconnects += r.reconnects;
-    into.corrupt_retries += r.corrupt_retries;
-    into.records.extend(r.records);
-    for (k, v) in r.reasons {
-        *into.reasons.entry(k).or_default() += v;
-    }
 }
 
 mod cli;

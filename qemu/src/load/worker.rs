@@ -1,41 +1,48 @@
-//! One load thread: many simulated devices behind ONE MQTT connection (rumqttc sync
-//! client, clean session). Each device publishes its Login, answers its Challenge with the
-//! software ActivateCredential and an SVID-key proof of possession, and checks its Result
-//! (the server's signature on a sample). A device whose Challenge or Result does not come
-//! within the attempt timeout, or that hears "server busy", logs in again.
+//! One load thread: many simulated devices behind ONE MQTT connection at a time (rumqttc
+//! sync client, clean session, [`super::link`]). Each device publishes its Login, answers
+//! its Challenge with the software ActivateCredential (delayed by `--slow-tpm`) and an
+//! SVID-key proof of possession, and checks its Result (the server's signature on a
+//! sample; one signed for another session is ignored, as the agent ignores it). A device
+//! whose Challenge or Result does not come within the attempt timeout, or that hears
+//! "server busy", logs in again.
 //!
-//! Recovery from injected faults ([`crate::faults`]): after a reconnect (broker restart)
-//! the thread subscribes again and logs in every device in flight; a lost message (dropped,
+//! Recovery from injected faults ([`crate::faults`]): when the connection fails (broker
+//! restart, NATS node killed) or the broker refuses a subscription, the thread connects to
+//! the next broker of its list (its own node first, then the others in turn; with one
+//! broker, that one again), subscribes again and, once the SUBACKs granted everything,
+//! logs in every device in flight; no Login goes out meanwhile. A lost message (dropped,
 //! or sent to a killed server) is recovered by the attempt timeout; with `--corrupt` every
 //! Result signature is checked, and a frame that does not decode, a credential that does
 //! not activate, a signature that does not verify or any rejection (a corrupted Login or
-//! Answer) starts a new attempt at once, up to the attempt limit.
+//! Answer) starts a new attempt at once, up to the attempt limit. A second Accepted for a
+//! device that already has its identity is counted as a duplicate.
+//!
+//! The connection handling lives in `connection` (brokers, failover, subscriptions), the
+//! handling of what the servers send in `downlink`.
 //!
 //! The MQTT event loop runs on its own thread and hands inbound publishes to the device
-//! thread over a channel, so publishing never waits on itself. This module never panics on
+//! thread over a channel, so publishing never waits on itself; a publish that fails because
+//! the connection just died is counted and left to the recovery above. This module never panics on
 //! any frame the broker delivers and never keeps more than `window` devices in flight.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, EcdsaKeyPair, UnparsedPublicKey};
-use ekattest_protocol::msg::{
-    Answer, Challenge, Downlink, Login, Method, Outcome, SessionId, Uplink,
-};
-use ekattest_protocol::topic::{Inbound, Topics};
-use ekattest_protocol::{RejectCode, decode, encode, heapless, limits, sign};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter};
-
 use super::keys::KeyPool;
+use super::link::{Inbound as Net, Link};
 use crate::faults::DeviceRecord;
 
-/// Largest MQTT packet either way (the harness broker's `max_packet_size`).
-const PACKET_MAX: usize = 16 * 1024;
+mod connection;
+mod downlink;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::EcdsaKeyPair;
+use ekattest_protocol::msg::{Login, Method, SessionId, Uplink};
+use ekattest_protocol::topic::Topics;
+use ekattest_protocol::{encode, heapless, limits};
+
 /// Down-topic filters per SUBSCRIBE packet (about 60 bytes each, under [`PACKET_MAX`]).
 const FILTERS_PER_SUBSCRIBE: usize = 200;
 /// Attempts per device before it counts as an error.
@@ -54,8 +61,11 @@ pub enum Subscribe {
 /// Everything one thread needs.
 pub(crate) struct WorkerSpec {
     pub(crate) index: usize,
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    /// Brokers (`host`, `port`), its own first; on a failed connection the next is tried.
+    pub(crate) brokers: Vec<(String, u16)>,
+    /// The NATS node of `brokers[0]`, when the harness runs a NATS cluster (device
+    /// records carry it for the node-kill tally).
+    pub(crate) node: Option<usize>,
     pub(crate) run: String,
     pub(crate) prefix: String,
     pub(crate) cluster: String,
@@ -78,6 +88,11 @@ pub(crate) struct WorkerSpec {
     /// Payloads may be corrupted in flight (`--corrupt`): check every Result signature and
     /// treat every failure of an attempt as retryable (see the module docs).
     pub(crate) corrupt: bool,
+    /// `--slow-tpm`: (delay, jitter) of the simulated ActivateCredential, i.e. of each
+    /// Answer after its Challenge.
+    pub(crate) slow_tpm: Option<(Duration, Duration)>,
+    /// `--fault-seed`, for the jitter.
+    pub(crate) seed: u64,
 }
 
 /// What one thread saw.
@@ -95,6 +110,23 @@ pub(crate) struct WorkerResult {
     pub(crate) signatures_checked: usize,
     pub(crate) reasons: BTreeMap<String, usize>,
     pub(crate) reconnects: usize,
+    /// Connections moved to another broker of the list after a failure.
+    pub(crate) failovers: usize,
+    /// Connections closed because the broker refused a subscription.
+    pub(crate) refused_subscriptions: usize,
+    /// Publishes that failed because the connection was gone (recovered by logging in
+    /// again).
+    pub(crate) lost_publishes: usize,
+    /// `host:port` of the first broker and of the one connected at the end.
+    pub(crate) first_broker: String,
+    /// `host:port` connected at the end (empty: none).
+    pub(crate) last_broker: String,
+    /// Devices of this thread not finished at the end.
+    pub(crate) unfinished: usize,
+    /// Accepted Results for devices already attested (identities issued twice).
+    pub(crate) duplicates: usize,
+    /// Why the last failed connection failed (empty: none failed).
+    pub(crate) last_lost: String,
     /// Attempts that failed on a damaged frame or rejection and were retried at once
     /// (`--corrupt` only).
     pub(crate) corrupt_retries: usize,
@@ -119,9 +151,12 @@ struct Dev {
     session: Option<SessionId>,
 }
 
-enum Inbound2 {
-    Connected,
-    Publish(String, Vec<u8>),
+/// The frame of an uplink message.
+fn encode_frame(msg: &Uplink) -> Result<Vec<u8>, String> {
+    let mut buf = [0u8; limits::UPLINK_FRAME_MAX];
+    encode(msg, &mut buf)
+        .map(<[u8]>::to_vec)
+        .map_err(|e| format!("encode {}: {e}", msg.kind()))
 }
 
 /// MQTT bytes of one QoS 1 PUBLISH of `payload` on `topic` plus its 4-byte PUBACK.
@@ -138,56 +173,33 @@ pub(crate) fn publish_wire_bytes(topic: usize, payload: usize) -> u64 {
 
 /// Runs one thread's devices to completion (or until `stop`).
 pub(crate) fn run(spec: WorkerSpec) -> Result<WorkerResult, String> {
-    let mut opts = MqttOptions::new(
-        format!("load-{}-{}", spec.run, spec.index),
-        spec.host.clone(),
-        spec.port,
-    );
-    opts.set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(PACKET_MAX, PACKET_MAX)
-        .set_request_channel_capacity(4096)
-        .set_inflight(u16::try_from(spec.window.clamp(16, 4096) * 2).unwrap_or(u16::MAX));
-    let (client, mut connection) = Client::new(opts, 4096);
-    let (tx, rx) = mpsc::channel::<Inbound2>();
-    let stop_loop = Arc::new(AtomicBool::new(false));
-    let stop_flag = Arc::clone(&stop_loop);
-    let net = thread::Builder::new()
-        .name(format!("load-mqtt-{}", spec.index))
-        .spawn(move || {
-            for event in connection.iter() {
-                if stop_flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let sent = match event {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        tx.send(Inbound2::Publish(p.topic, p.payload.to_vec()))
-                    }
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => tx.send(Inbound2::Connected),
-                    Ok(_) => Ok(()),
-                    Err(_) => {
-                        thread::sleep(Duration::from_millis(200));
-                        Ok(())
-                    }
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the MQTT thread: {e}"))?;
-    let mut sim = Sim::new(&spec, &client)?;
+    if spec.brokers.is_empty() {
+        return Err("no broker to connect to".into());
+    }
+    let (tx, rx) = mpsc::channel::<(u64, Net)>();
+    let mut sim = Sim::new(&spec, tx)?;
+    sim.open(0)?;
     let outcome = sim.drive(&rx);
-    stop_loop.store(true, Ordering::Relaxed);
-    let _ = client.disconnect();
+    let result = sim.into_result();
     drop(rx);
-    let _ = net.join();
-    outcome.map(|()| sim.into_result())
+    outcome.map(|()| result)
 }
 
 struct Sim<'a> {
     spec: &'a WorkerSpec,
-    client: &'a Client,
+    /// The current connection (`None` between a failure and the next attempt).
+    link: Option<Link>,
+    /// Where the event-loop threads send their events.
+    tx: mpsc::Sender<(u64, Net)>,
+    /// Generations handed out so far.
+    generation: u64,
+    /// When to open the next connection, after a failure.
+    reopen_at: Option<(Instant, usize)>,
+    client_id: String,
+    /// Answers waiting for their simulated TPM (`--slow-tpm`): (due, device, attempt,
+    /// topic, frame); at most one per device in flight, so at most `window`.
+    delayed: Vec<(Instant, usize, u32, String, Vec<u8>)>,
+    tpm_rng: crate::faults::rng::Rng,
     topics: Topics<'a>,
     devs: Vec<Dev>,
     svid_key: EcdsaKeyPair,
@@ -207,7 +219,7 @@ struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
-    fn new(spec: &'a WorkerSpec, client: &'a Client) -> Result<Self, String> {
+    fn new(spec: &'a WorkerSpec, tx: mpsc::Sender<(u64, Net)>) -> Result<Self, String> {
         let topics = Topics::new(&spec.prefix, &spec.cluster)
             .map_err(|e| format!("topic prefix or cluster: {e}"))?;
         let svid_key =
@@ -229,7 +241,13 @@ impl<'a> Sim<'a> {
             .collect();
         Ok(Self {
             spec,
-            client,
+            link: None,
+            tx,
+            generation: 0,
+            reopen_at: None,
+            client_id: format!("load-{}-{}", spec.run, spec.index),
+            delayed: Vec::new(),
+            tpm_rng: crate::faults::rng::Rng::derive(spec.seed, spec.index as u64),
             topics,
             devs,
             svid_key,
@@ -244,25 +262,41 @@ impl<'a> Sim<'a> {
             last_refill: Instant::now(),
             connected_once: false,
             agent_prefix: format!("{}-{}-", spec.run, spec.index),
-            result: WorkerResult::default(),
+            result: WorkerResult {
+                first_broker: spec
+                    .brokers
+                    .first()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .unwrap_or_default(),
+                ..WorkerResult::default()
+            },
         })
     }
 
-    /// The result with one [`DeviceRecord`] per device that started.
+    /// The result with one [`DeviceRecord`] per device; one that never started (the run
+    /// ended first) is recorded as starting at the end, unfinished.
     fn into_result(mut self) -> WorkerResult {
         let t0 = self.spec.t0;
+        let end = Instant::now();
+        let node = self.spec.node;
         self.result.records = self
             .devs
             .iter()
-            .filter_map(|d| {
-                Some(DeviceRecord {
-                    started: d.started?.saturating_duration_since(t0),
-                    finished: d.finished.map(|f| f.saturating_duration_since(t0)),
-                    attempts: d.attempts,
-                    attested: d.attested,
-                })
+            .map(|d| DeviceRecord {
+                started: d.started.unwrap_or(end).saturating_duration_since(t0),
+                finished: d.finished.map(|f| f.saturating_duration_since(t0)),
+                attempts: d.attempts,
+                attested: d.attested,
+                node,
             })
             .collect();
+        self.result.unfinished = self.devs.len().saturating_sub(self.finished);
+        if let Some(mut l) = self.link.take() {
+            if let Some((host, port)) = self.spec.brokers.get(l.broker) {
+                self.result.last_broker = format!("{host}:{port}");
+            }
+            l.close();
+        }
         self.result
     }
 
@@ -270,30 +304,33 @@ impl<'a> Sim<'a> {
         format!("{}{local}", self.agent_prefix)
     }
 
-    fn drive(&mut self, rx: &mpsc::Receiver<Inbound2>) -> Result<(), String> {
-        // Wait for the first CONNACK, then subscribe before any Login goes out (one
-        // connection keeps order, so the subscriptions are in place first).
+    fn drive(&mut self, rx: &mpsc::Receiver<(u64, Net)>) -> Result<(), String> {
+        // Wait for the first CONNACK (from any broker of the list); logins go out once
+        // the broker granted every subscription (its SUBACKs).
         let start = Instant::now();
         while !self.connected_once {
             if self.spec.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Inbound2::Connected) => self.on_connected()?,
-                Ok(Inbound2::Publish(..)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(msg) => self.on_inbound(msg)?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err("the MQTT thread ended before connecting".into());
                 }
             }
+            self.reopen()?;
             if start.elapsed() > Duration::from_secs(30) {
                 return Err(format!(
-                    "no CONNACK from the broker {}:{} within 30 s",
-                    self.spec.host, self.spec.port
+                    "no CONNACK from any of the brokers {:?} within 30 s",
+                    self.spec.brokers
                 ));
             }
         }
         while self.finished < self.devs.len() && !self.spec.stop.load(Ordering::Relaxed) {
-            self.start_logins()?;
+            if self.connected() {
+                self.start_logins()?;
+            }
             match rx.recv_timeout(Duration::from_millis(5)) {
                 Ok(msg) => self.on_inbound(msg)?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -304,49 +341,12 @@ impl<'a> Sim<'a> {
             while let Ok(msg) = rx.try_recv() {
                 self.on_inbound(msg)?;
             }
-            self.expire()?;
-        }
-        Ok(())
-    }
-
-    fn on_inbound(&mut self, msg: Inbound2) -> Result<(), String> {
-        match msg {
-            Inbound2::Connected => self.on_connected(),
-            Inbound2::Publish(topic, payload) => self.on_publish(&topic, &payload),
-        }
-    }
-
-    fn on_connected(&mut self) -> Result<(), String> {
-        let reconnect = self.connected_once;
-        self.connected_once = true;
-        let filters: Vec<String> = match self.spec.subscribe {
-            Subscribe::Wildcard => {
-                vec![format!(
-                    "{}/{}/agents/+/down",
-                    self.spec.prefix, self.spec.cluster
-                )]
-            }
-            Subscribe::PerDevice => (0..self.devs.len())
-                .filter(|&i| self.devs[i].state != State::Done)
-                .map(|i| self.down_topic(i))
-                .collect::<Result<_, _>>()?,
-        };
-        for chunk in filters.chunks(FILTERS_PER_SUBSCRIBE) {
-            let batch = chunk
-                .iter()
-                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-            self.client
-                .subscribe_many(batch)
-                .map_err(|e| format!("cannot subscribe: {e}"))?;
-        }
-        if reconnect {
-            // Clean session: whatever was in flight is lost; log those devices in again.
-            self.result.reconnects += 1;
-            let waiting: Vec<usize> = (0..self.devs.len())
-                .filter(|&i| matches!(self.devs[i].state, State::WaitChallenge | State::WaitResult))
-                .collect();
-            for i in waiting {
-                self.login(i)?;
+            self.reopen()?;
+            // Without a connection nothing can be sent: the reconnect logs in again
+            // whatever is in flight.
+            if self.connected() {
+                self.send_due_answers();
+                self.expire()?;
             }
         }
         Ok(())
@@ -421,12 +421,21 @@ impl<'a> Sim<'a> {
     }
 
     fn publish(&mut self, topic: &str, msg: &Uplink) -> Result<(), String> {
-        let mut buf = [0u8; limits::UPLINK_FRAME_MAX];
-        let frame = encode(msg, &mut buf).map_err(|e| format!("encode {}: {e}", msg.kind()))?;
+        let frame = encode_frame(msg)?;
+        self.publish_frame(topic, frame);
+        Ok(())
+    }
+
+    fn publish_frame(&mut self, topic: &str, frame: Vec<u8>) {
         self.result.wire_bytes += publish_wire_bytes(topic.len(), frame.len());
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, frame.to_vec())
-            .map_err(|e| format!("publish: {e}"))
+        let sent = self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.publish(topic, frame).is_ok());
+        if !sent {
+            // The connection is gone: the reconnect logs this device in again.
+            self.result.lost_publishes += 1;
+        }
     }
 
     fn expire(&mut self) -> Result<(), String> {
@@ -449,125 +458,6 @@ impl<'a> Sim<'a> {
     fn local_device(&self, agent: &str) -> Option<usize> {
         let i: usize = agent.strip_prefix(&self.agent_prefix)?.parse().ok()?;
         (i < self.devs.len()).then_some(i)
-    }
-
-    fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
-        let Ok(Inbound::Down { agent }) = self.topics.parse(topic) else {
-            return Ok(());
-        };
-        let Some(i) = self.local_device(agent) else {
-            return Ok(()); // another thread's device (wildcard subscription)
-        };
-        self.result.wire_bytes += publish_wire_bytes(topic.len(), payload.len());
-        let Ok(down) = decode::<Downlink>(payload) else {
-            return self.failed_attempt(i, "undecodable downlink frame");
-        };
-        match (self.devs[i].state, down) {
-            (State::WaitChallenge, Downlink::Challenge(c)) => {
-                // Every field of the Challenge is the server's (or a corrupted frame's).
-                let (topic, answer) = match self.answer(i, agent, &c) {
-                    Ok(a) => a,
-                    Err(why) => return self.failed_attempt(i, &why),
-                };
-                self.devs[i].state = State::WaitResult;
-                self.devs[i].session = Some(c.session);
-                self.publish(&topic, &answer)
-            }
-            (State::WaitResult, Downlink::Result(Outcome::Accepted(a))) => {
-                let Some(session) = self.devs[i].session else {
-                    return Ok(());
-                };
-                if a.svid.is_empty() {
-                    return self.failed_attempt(i, "Accepted without an X.509-SVID");
-                }
-                self.accepted_seen += 1;
-                let every = if self.spec.corrupt {
-                    1
-                } else {
-                    self.spec.verify_every
-                };
-                if every > 0 && (self.accepted_seen - 1).is_multiple_of(every) {
-                    let bytes = match sign::result_signed_bytes(agent, &session, &a) {
-                        Ok(b) => b,
-                        Err(e) => return self.failed_attempt(i, &format!("Result bytes: {e}")),
-                    };
-                    let key = UnparsedPublicKey::new(
-                        &ECDSA_P256_SHA256_ASN1,
-                        self.spec.ca_point.as_slice(),
-                    );
-                    if key.verify(&bytes, &a.signature).is_err() {
-                        return self.failed_attempt(
-                            i,
-                            "Result signature does not verify with the server CA",
-                        );
-                    }
-                    self.result.signatures_checked += 1;
-                }
-                let tti = self.devs[i]
-                    .started
-                    .map(|s| s.elapsed())
-                    .unwrap_or_default();
-                self.result.time_to_identity.push(tti);
-                self.result.attested += 1;
-                self.devs[i].attested = true;
-                self.finish(i);
-                Ok(())
-            }
-            (State::WaitChallenge | State::WaitResult, Downlink::Result(Outcome::Rejected(r))) => {
-                // The code's own text: a corrupted message field must not add reasons.
-                *self.result.reasons.entry(r.code.to_string()).or_default() += 1;
-                match r.code {
-                    // The server shed load: the attempt's timeout logs in again later.
-                    RejectCode::Busy => return Ok(()),
-                    // The answer of an earlier attempt (after a retry, a reconnect or a
-                    // lost frame) met a replaced or expired session: log in again now.
-                    RejectCode::UnknownSession | RejectCode::SessionExpired => {
-                        return self.login(i);
-                    }
-                    // A corrupted Login or Answer: whatever the server made of it.
-                    _ if self.spec.corrupt => {
-                        self.result.corrupt_retries += 1;
-                        return self.login(i);
-                    }
-                    _ => {}
-                }
-                self.result.rejected += 1;
-                self.finish(i);
-                Ok(())
-            }
-            // Stale: a Challenge or Result of an earlier attempt.
-            _ => Ok(()),
-        }
-    }
-
-    /// Device `i`'s Answer to `c` and its topic; `Err` says why the Challenge cannot be
-    /// answered (a damaged frame, a credential for another key).
-    fn answer(&self, i: usize, agent: &str, c: &Challenge) -> Result<(String, Uplink), String> {
-        let key = self.spec.keys.for_device(self.spec.devices[i]);
-        let secret = key
-            .ek
-            .activate_credential(key.ak.name(), &c.credential_blob, &c.encrypted_secret)
-            .map_err(|e| format!("ActivateCredential: {e}"))?;
-        let signed = sign::pop_signed_bytes(&c.session, &secret)
-            .map_err(|e| format!("proof-of-possession bytes: {e}"))?;
-        let pop = self
-            .svid_key
-            .sign(&self.rng, &signed)
-            .map_err(|_| "cannot sign the proof of possession".to_owned())?;
-        let answer = Uplink::Answer(Answer {
-            session: c.session,
-            secret: heapless::Vec::from_slice(&secret)
-                .map_err(|_| "activated secret too long".to_owned())?,
-            pop: Some(
-                heapless::Vec::from_slice(pop.as_ref())
-                    .map_err(|_| "proof-of-possession signature too long".to_owned())?,
-            ),
-        });
-        let topic = self
-            .topics
-            .answer(c.node.as_str(), agent)
-            .map_err(|e| format!("Challenge node id: {e}"))?;
-        Ok((topic.as_str().to_owned(), answer))
     }
 
     fn finish(&mut self, i: usize) {
