@@ -29,6 +29,21 @@ fn bin_dir() -> PathBuf {
 }
 
 /// Pids of processes whose command line mentions `needle`.
+/// No process names `dir` and `dir` is empty: the fleet cleaned up (`when` for the message).
+fn assert_nothing_left(dir: &Path, when: &str) {
+    let left = processes_naming(dir);
+    assert!(left.is_empty(), "processes left running {when}: {left:?}");
+    let leftover: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "temp folders left behind {when}: {leftover:?}"
+    );
+}
+
 fn processes_naming(needle: &Path) -> Vec<(u32, String)> {
     let needle = needle.to_string_lossy().into_owned();
     let mut found = Vec::new();
@@ -109,20 +124,7 @@ fn ten_mixed_devices_attest_and_leave_nothing_behind() {
     let png = std::fs::read(&plot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 
-    let left = processes_naming(tmp.path());
-    assert!(
-        left.is_empty(),
-        "processes left running after the run: {left:?}"
-    );
-    let leftover: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(
-        leftover.is_empty(),
-        "temp folders left behind: {leftover:?}"
-    );
+    assert_nothing_left(tmp.path(), "after the run");
 }
 
 #[test]
@@ -230,18 +232,5 @@ fn sigint_stops_everything_and_removes_the_run_folder() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "stderr: {seen:?} {rest:?}");
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
-    let left = processes_naming(tmp.path());
-    assert!(
-        left.is_empty(),
-        "processes left running after SIGINT: {left:?}"
-    );
-    let leftover: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(
-        leftover.is_empty(),
-        "temp folders left behind after SIGINT: {leftover:?}"
-    );
+    assert_nothing_left(tmp.path(), "after SIGINT");
 }

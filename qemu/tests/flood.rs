@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -87,20 +86,7 @@ fn twenty_devices_attest_through_a_flood_of_bogus_logins() {
     assert_eq!(devices.len(), DEVICES);
     let provisioned = t0.elapsed();
 
-    let ca_cert = dir.path().join("svid-ca.pem");
-    let ca_key = dir.path().join("svid-ca.key");
-    let out = Command::new(bin("ekattestctl"))
-        .args(["ca", "create", "--trust-domain", TRUST_DOMAIN, "--cert"])
-        .arg(&ca_cert)
-        .arg("--key")
-        .arg(&ca_key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ca_cert, ca_key) = common::svid_ca(dir.path(), TRUST_DOMAIN);
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, common::policy(Some(&ca), &[])).unwrap();
     let broker = Broker::start(&BrokerOptions {

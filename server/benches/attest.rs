@@ -33,9 +33,11 @@
     reason = "benchmark setup: a failure aborts the run"
 )]
 
+mod common;
+
+use common::{openssl, pem_der};
 use std::hint::black_box;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::agreement::{self, ECDH_P256, ECDH_P384, UnparsedPublicKey};
@@ -55,10 +57,6 @@ const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testda
 
 fn read(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("bench input {path} is missing: {e}"))
-}
-
-fn pem_der(path: &str) -> Vec<u8> {
-    pem::parse(read(path)).unwrap().into_contents()
 }
 
 /// TPM2B_PUBLIC of an EK: TCG L-1 (RSA-2048), L-2 (P-256) or swtpm's H-3 style P-384.
@@ -150,8 +148,8 @@ fn stm_case() -> Case {
     let leaf = read(&format!(
         "{TESTDATA}/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
     ));
-    let inter = pem_der(&format!("{TESTDATA}/real-ek/ca/STM_RSA_05I.pem"));
-    let root = pem_der(&format!("{TESTDATA}/real-ek/ca/STM_RSA_RT.pem"));
+    let inter = pem_der(format!("{TESTDATA}/real-ek/ca/STM_RSA_05I.pem"));
+    let root = pem_der(format!("{TESTDATA}/real-ek/ca/STM_RSA_RT.pem"));
     let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
     let key = PublicKey::from_spki_der(cert.tbs_certificate.subject_pki.raw).unwrap();
     Case {
@@ -186,19 +184,6 @@ authorityKeyIdentifier = keyid
 2.2.23.133.2.2 = swtpm
 3.2.23.133.2.3 = id:20191023
 ";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed to make the ECC bench chain: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// root -> intermediate -> EK, all on `curve` (P-256 or P-384) with the matching SHA.
 fn ecc_case(dir: &Path, curve: &str) -> Case {

@@ -33,9 +33,11 @@
     reason = "benchmark setup: a failure aborts the run"
 )]
 
+mod common;
+
+use common::{openssl, pem_der};
 use std::hint::black_box;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,12 +72,6 @@ const VECTORS: &str = concat!(
 fn read(rel: &str) -> Vec<u8> {
     let path = format!("{VECTORS}/{rel}");
     std::fs::read(&path).unwrap_or_else(|e| panic!("bench input {path} is missing: {e}"))
-}
-
-fn pem_der(path: &Path) -> Vec<u8> {
-    pem::parse(std::fs::read(path).unwrap())
-        .unwrap()
-        .into_contents()
 }
 
 /// The EK's private half, as a software TPM holds it.
@@ -318,19 +314,6 @@ authorityKeyIdentifier = keyid
 2.2.23.133.2.2 = swtpm
 3.2.23.133.2.3 = id:20191023
 ";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed to make the EK chain: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// root -> intermediate -> EK certificate for `dev`'s EK key, all of the EK's algorithm.
 /// Returns the EK certificate (DER) and the policy's chain configuration.

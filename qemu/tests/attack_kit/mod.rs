@@ -15,7 +15,6 @@
 )]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
@@ -51,20 +50,7 @@ impl World {
     /// Starts mosquitto and one server per `nodes` entry, all on `policy_doc`.
     pub fn start(policy_doc: &str, nodes: &[&str], session_ttl: Option<Duration>) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let ca_cert = dir.path().join("svid-ca.pem");
-        let ca_key = dir.path().join("svid-ca.key");
-        let out = Command::new(bin("ekattestctl"))
-            .args(["ca", "create", "--trust-domain", TRUST_DOMAIN, "--cert"])
-            .arg(&ca_cert)
-            .arg("--key")
-            .arg(&ca_key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ekattestctl ca create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ca_cert, ca_key) = crate::common::svid_ca(dir.path(), TRUST_DOMAIN);
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy_doc).unwrap();
         let broker = Broker::start(&BrokerOptions {

@@ -36,6 +36,26 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir_with(&[name]).join(name)
 }
 
+/// A fresh SVID CA for `trust_domain` from `ekattestctl ca create`, as `(cert, key)` files in
+/// `dir`.
+pub fn svid_ca(dir: &Path, trust_domain: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join("svid-ca.pem");
+    let key = dir.join("svid-ca.key");
+    let out = std::process::Command::new(bin("ekattestctl"))
+        .args(["ca", "create", "--trust-domain", trust_domain, "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ekattestctl ca create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
 /// A text file, or a panic naming it.
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
