@@ -46,13 +46,16 @@ fn real_login() -> Uplink {
         ek_chain: Vec::new(),
         ak_public: v(&testdata("make-credential/ak.tpm2b_public")),
         svid_key: Some(v(&[0x30; 91])),
+        key_certify: None,
+        nonce: [0x5a; 16],
+        signer_hint: Some([0x2a; 8]),
     })
 }
 
 fn answer() -> Uplink {
     Uplink::Answer(Answer {
         session: SessionId([7; 16]),
-        secret: v(&testdata("make-credential/secret.bin")),
+        mac: [0x3c; 32],
         pop: Some(v(&[0x30; 71])),
     })
 }
@@ -68,6 +71,9 @@ fn challenge() -> Downlink {
             "make-credential/rsa2048/expected_secret.tpm2b_encrypted_secret",
         )),
         expires_in: 300,
+        transcript: [0x11; 32],
+        signer: Vec::new(),
+        signature: v(&[0x30; 71]),
     })
 }
 

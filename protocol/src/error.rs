@@ -142,6 +142,9 @@ pub enum EncodeError {
         /// Its limit in bytes.
         max: usize,
     },
+    /// No frame of this protocol version can be written
+    /// ([`crate::msg::encode_legacy_rejection`]).
+    UnsupportedVersion(u8),
 }
 
 impl fmt::Display for EncodeError {
@@ -153,6 +156,9 @@ impl fmt::Display for EncodeError {
                  use a buffer of limits::FRAME_MAX bytes"
             ),
             Self::Serialize(error) => write!(f, "cannot encode message: {error}"),
+            Self::UnsupportedVersion(v) => {
+                write!(f, "cannot write a frame of protocol version {v}")
+            }
             Self::FieldTooLong { field, max } => {
                 write!(f, "{field} is longer than its limit of {max} bytes")
             }
@@ -164,7 +170,9 @@ impl core::error::Error for EncodeError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             Self::Serialize(error) => Some(error),
-            Self::BufferTooSmall { .. } | Self::FieldTooLong { .. } => None,
+            Self::BufferTooSmall { .. }
+            | Self::FieldTooLong { .. }
+            | Self::UnsupportedVersion(_) => None,
         }
     }
 }
@@ -194,7 +202,8 @@ impl core::error::Error for EncodeError {
 /// | 13 `UnsupportedVersion` | unsupported protocol version | agent and server speak different protocol versions: upgrade the older side |
 /// | 14 `EkUnsupported` | EK key type is not supported | the EK's algorithm or size has no MakeCredential support (supported: RSA-2048/3072, P-256, P-384) |
 /// | 15 `Internal` | internal server error | the server failed (random numbers, signing): see the server log |
-/// | 16 `ProofOfPossession` | SVID key proof of possession failed | the Login's `svid_key` is not a P-256 SubjectPublicKeyInfo, or the Answer's `pop` is missing or is not that key's signature over this session |
+/// | 16 `ProofOfPossession` | SVID key proof of possession failed | the Login's `svid_key` is not a P-256 SubjectPublicKeyInfo, or the Answer's `pop` is missing or is not that key's signature over this Login's transcript and MAC |
+/// | 17 `AgentIdMismatch` | agent id is not the one derived from the EK | the server requires agent ids of the form `ek-` + 32 hex digits of the EK's public_hash (`agent-id-from-ek`): the agent's `agent-id` is set, or a Login was replayed under another id |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RejectCode {
     /// No cluster policy authorizes the provided attestors.
@@ -231,6 +240,8 @@ pub enum RejectCode {
     Internal,
     /// SVID key proof of possession failed.
     ProofOfPossession,
+    /// Agent id is not the one derived from the EK.
+    AgentIdMismatch,
 }
 
 impl RejectCode {
@@ -253,6 +264,7 @@ impl RejectCode {
         Self::EkUnsupported,
         Self::Internal,
         Self::ProofOfPossession,
+        Self::AgentIdMismatch,
     ];
 
     /// The operator string (also this code's `Display`).
@@ -278,6 +290,7 @@ impl RejectCode {
             Self::EkUnsupported => "EK key type is not supported",
             Self::Internal => "internal server error",
             Self::ProofOfPossession => "SVID key proof of possession failed",
+            Self::AgentIdMismatch => "agent id is not the one derived from the EK",
         }
     }
 

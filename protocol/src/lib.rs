@@ -18,6 +18,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod der;
 pub mod duration;
 pub mod error;

@@ -41,6 +41,32 @@ pub const SECRET_MAX: usize = 64;
 /// The length of a [`SessionId`](crate::msg::SessionId): 128 random bits.
 pub const SESSION_ID_LEN: usize = 16;
 
+/// The Login transcript `T`: a SHA-256 digest ([`crate::sign::transcript`]).
+pub const TRANSCRIPT_LEN: usize = 32;
+
+/// The Answer's MAC: HMAC-SHA256 ([`crate::sign::answer_mac`]).
+pub const MAC_LEN: usize = 32;
+
+/// The Login's fresh random nonce.
+pub const NONCE_LEN: usize = 16;
+
+/// The Login's signer hint: the first bytes of the SHA-256 of a signer certificate. It only
+/// selects a cached certificate (the Challenge signature is what is trusted), so 64 bits
+/// are plenty.
+pub const SIGNER_HINT_LEN: usize = 8;
+
+/// The signer certificate a Challenge carries (DER): an ECDSA P-256 certificate with short
+/// names is 450-600 B.
+pub const SIGNER_CERT_MAX: usize = 1024;
+
+/// A TPM2B_ATTEST (TPM2_Certify's `certifyInfo`), size prefix included: magic, type,
+/// qualifiedSigner and the certified Name (each up to a SHA-512 Name), extraData (up to 64
+/// B), clock info and firmware version come to about 300 B.
+pub const ATTEST_MAX: usize = 512;
+
+/// A TPMT_SIGNATURE as the TPM marshals it: RSA-4096 (2 + 2 + 2 + 512 B) is the largest.
+pub const TPM_SIGNATURE_MAX: usize = 520;
+
 /// A SPIFFE ID (`spiffe://trust-domain/path`), in bytes of UTF-8. The SPIFFE specification
 /// caps the whole URI at 2048 bytes.
 pub const SPIFFE_ID_MAX: usize = 2048;
@@ -119,7 +145,8 @@ const OPTION: usize = 1;
 const VERSION: usize = 1;
 
 /// Largest encoded `Uplink::Login` frame: version, tag, methods, EK public, optional EK
-/// certificate, EK chain, AK public, optional SVID key, every one full.
+/// certificate, EK chain, AK public, optional SVID key, optional key certification (public
+/// area, attestation, signature), nonce, optional signer hint, every one full.
 pub const LOGIN_FRAME_MAX: usize = VERSION
     + TAG
     + varint_len(METHODS_MAX)
@@ -130,22 +157,33 @@ pub const LOGIN_FRAME_MAX: usize = VERSION
     + field(EK_CHAIN_MAX)
     + field(TPM_PUBLIC_MAX)
     + OPTION
-    + field(SVID_KEY_MAX);
+    + field(SVID_KEY_MAX)
+    + OPTION
+    + field(TPM_PUBLIC_MAX)
+    + field(ATTEST_MAX)
+    + field(TPM_SIGNATURE_MAX)
+    + NONCE_LEN
+    + OPTION
+    + SIGNER_HINT_LEN;
 
-/// Largest encoded `Uplink::Answer` frame: version, tag, session id (16 raw bytes), secret,
-/// optional proof-of-possession signature.
+/// Largest encoded `Uplink::Answer` frame: version, tag, session id (16 raw bytes), MAC (32
+/// raw bytes), optional proof-of-possession signature.
 pub const ANSWER_FRAME_MAX: usize =
-    VERSION + TAG + SESSION_ID_LEN + field(SECRET_MAX) + OPTION + field(SIGNATURE_MAX);
+    VERSION + TAG + SESSION_ID_LEN + MAC_LEN + OPTION + field(SIGNATURE_MAX);
 
 /// Largest encoded `Downlink::Challenge` frame: version, tag, session id, node id,
-/// credential blob, encrypted secret, `expires_in` (a u32 varint: at most 5 bytes).
+/// credential blob, encrypted secret, `expires_in` (a u32 varint: at most 5 bytes),
+/// transcript, signer certificate, signature.
 pub const CHALLENGE_FRAME_MAX: usize = VERSION
     + TAG
     + SESSION_ID_LEN
     + field(NODE_ID_MAX)
     + field(CREDENTIAL_BLOB_MAX)
     + field(ENCRYPTED_SECRET_MAX)
-    + 5;
+    + 5
+    + TRANSCRIPT_LEN
+    + field(SIGNER_CERT_MAX)
+    + field(SIGNATURE_MAX);
 
 /// Largest encoded `Downlink::Result(Accepted)` frame: version, two tags, SPIFFE ID,
 /// attributes (each a name tag and a value), SVID, signature.
@@ -176,7 +214,7 @@ pub const DOWNLINK_FRAME_MAX: usize = max(
     max(ACCEPTED_FRAME_MAX, REJECTED_FRAME_MAX),
 );
 
-/// Largest frame in either direction (a Login with every field full, 7571 bytes): a buffer
+/// Largest frame in either direction (a Login with every field full, 9,275 bytes): a buffer
 /// of this size holds any message, and brokers must accept payloads at least this large.
 pub const FRAME_MAX: usize = max(UPLINK_FRAME_MAX, DOWNLINK_FRAME_MAX);
 
@@ -197,7 +235,7 @@ mod tests {
     #[test]
     fn login_is_the_largest_frame() {
         assert_eq!(FRAME_MAX, LOGIN_FRAME_MAX);
-        assert_eq!(FRAME_MAX, 7571);
+        assert_eq!(FRAME_MAX, 9275);
         const { assert!(DOWNLINK_FRAME_MAX < FRAME_MAX) };
     }
 }

@@ -23,16 +23,27 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{DecodeError, EncodeError, RejectCode};
 use crate::limits::{
-    ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX, CREDENTIAL_BLOB_MAX, DOWNLINK_FRAME_MAX, EK_CERT_MAX,
-    EK_CHAIN_MAX, ENCRYPTED_SECRET_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, SECRET_MAX,
-    SESSION_ID_LEN, SIGNATURE_MAX, SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX,
+    ATTEST_MAX, ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX, CREDENTIAL_BLOB_MAX, DOWNLINK_FRAME_MAX,
+    EK_CERT_MAX, EK_CHAIN_MAX, ENCRYPTED_SECRET_MAX, MAC_LEN, MESSAGE_MAX, METHODS_MAX,
+    NODE_ID_MAX, NONCE_LEN, SESSION_ID_LEN, SIGNATURE_MAX, SIGNER_CERT_MAX, SIGNER_HINT_LEN,
+    SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX, TPM_SIGNATURE_MAX, TRANSCRIPT_LEN,
     UPLINK_FRAME_MAX,
 };
 
 /// The protocol version: the first byte of every frame. It sits outside postcard and is
 /// checked first, so a peer speaking another version shows up as
 /// [`DecodeError::Version`], not as a malformed message.
-pub const VERSION: u8 = 1;
+///
+/// Version 2 binds every message to the Login transcript (DESIGN.md section 2): the Answer
+/// carries a MAC instead of the secret, Challenges are signed. There is no fallback to
+/// version 1: its Answer sent the secret in clear and nothing bound the SVID key to the TPM
+/// proof. A server answers a version 1 frame with [`encode_legacy_rejection`], which a
+/// version 1 agent can read.
+pub const VERSION: u8 = 2;
+
+/// Versions whose `Downlink::Result(Rejected)` frame has the same layout as this version's,
+/// so a server can tell an old agent, in its own version, that it must be upgraded.
+pub const LEGACY_VERSIONS: &[u8] = &[1];
 
 /// Agent to server. Append-only: postcard encodes the variant index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +143,31 @@ pub struct Login {
     /// wants one.
     #[serde(with = "bounded::opt_bytes")]
     pub svid_key: Option<Vec<u8, SVID_KEY_MAX>>,
+    /// The AK's certification of a TPM-resident `svid_key` (TPM2_Certify); `None` for a
+    /// software key.
+    pub key_certify: Option<KeyCertify>,
+    /// Fresh random bytes, so that every Login, and so its transcript, is unique even when
+    /// every other field repeats (a TPM-resident key, a deterministic AK).
+    pub nonce: [u8; NONCE_LEN],
+    /// The first bytes of the SHA-256 of the signer certificate the agent already holds
+    /// ([`crate::sign::signer_hint`]); a server whose signer matches leaves its certificate
+    /// out of the Challenge.
+    pub signer_hint: Option<[u8; SIGNER_HINT_LEN]>,
+}
+
+/// A TPM-resident SVID key certified by the AK: TPM2_Certify's output, as the TPM marshals
+/// it, size prefixes included. `qualifyingData` is [`crate::sign::certify_qualifying_data`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCertify {
+    /// The certified key's TPM2B_PUBLIC (its Name is what the attestation names).
+    #[serde(with = "bounded::bytes")]
+    pub public: Vec<u8, TPM_PUBLIC_MAX>,
+    /// The TPM2B_ATTEST (`certifyInfo`).
+    #[serde(with = "bounded::bytes")]
+    pub attest: Vec<u8, ATTEST_MAX>,
+    /// The AK's TPMT_SIGNATURE over the attestation.
+    #[serde(with = "bounded::bytes")]
+    pub signature: Vec<u8, TPM_SIGNATURE_MAX>,
 }
 
 /// Identifies one pending challenge on one server node: 128 random bits.
@@ -172,30 +208,30 @@ pub struct Challenge {
     pub encrypted_secret: Vec<u8, ENCRYPTED_SECRET_MAX>,
     /// Seconds until the server discards the session.
     pub expires_in: u32,
+    /// The Login transcript `T` the server computed ([`crate::sign::transcript`]): an agent
+    /// acts only on a Challenge whose `T` is its own Login's.
+    pub transcript: [u8; TRANSCRIPT_LEN],
+    /// The signer's certificate (DER), issued by a CA of the agent's trust bundle; empty when
+    /// the Login's `signer_hint` named it.
+    #[serde(with = "bounded::bytes")]
+    pub signer: Vec<u8, SIGNER_CERT_MAX>,
+    /// The signer's ECDSA signature (DER) over [`crate::sign::challenge_signed_bytes`].
+    #[serde(with = "bounded::bytes")]
+    pub signature: Vec<u8, SIGNATURE_MAX>,
 }
 
-/// The agent's answer to a [`Challenge`]. `Debug` does not print the secret.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The agent's answer to a [`Challenge`]. It never carries the secret: only a MAC keyed with
+/// it over the transcript ([`crate::sign::answer_mac`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     /// The challenge's session.
     pub session: SessionId,
-    /// The credential ActivateCredential recovered.
-    #[serde(with = "bounded::bytes")]
-    pub secret: Vec<u8, SECRET_MAX>,
-    /// Proof of possession of the Login's `svid_key`: a signature by that key, if one was
-    /// sent. The signed bytes are defined by the server that checks it.
+    /// `HMAC-SHA256(secret, context || T || session || node)`.
+    pub mac: [u8; MAC_LEN],
+    /// Proof of possession of the Login's `svid_key`: its signature over
+    /// [`crate::sign::pop_signed_bytes`], if a key was sent.
     #[serde(with = "bounded::opt_bytes")]
     pub pop: Option<Vec<u8, SIGNATURE_MAX>>,
-}
-
-impl fmt::Debug for Answer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Answer")
-            .field("session", &self.session)
-            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
-            .field("pop", &self.pop.as_ref().map(|pop| pop.len()))
-            .finish()
-    }
 }
 
 /// How an attestation ended. Append-only.
@@ -379,6 +415,37 @@ pub fn encode<'b, M: Message>(msg: &M, out: &'b mut [u8]) -> Result<&'b [u8], En
     }
 }
 
+/// Writes a rejection as a frame of an older protocol `version` (one of
+/// [`LEGACY_VERSIONS`], whose Rejected Result is laid out as in this version), so an agent
+/// that speaks only that version reads why it was refused (usually
+/// [`RejectCode::UnsupportedVersion`]) instead of an undecodable frame.
+///
+/// # Errors
+/// [`EncodeError::UnsupportedVersion`] for a version not in [`LEGACY_VERSIONS`], or the
+/// errors of [`encode`].
+pub fn encode_legacy_rejection<'b>(
+    version: u8,
+    rejected: &Rejected,
+    out: &'b mut [u8],
+) -> Result<&'b [u8], EncodeError> {
+    if !LEGACY_VERSIONS.contains(&version) {
+        return Err(EncodeError::UnsupportedVersion(version));
+    }
+    let frame = encode(
+        &Downlink::Result(Outcome::Rejected(rejected.clone())),
+        out,
+    )?;
+    let len = frame.len();
+    let out = out.get_mut(..len).ok_or(EncodeError::BufferTooSmall {
+        capacity: len,
+        needed: len,
+    })?;
+    if let Some(first) = out.first_mut() {
+        *first = version;
+    }
+    Ok(out)
+}
+
 /// Reads one frame of direction `M` (`decode::<Uplink>` on the server,
 /// `decode::<Downlink>` on the agent).
 ///
@@ -418,22 +485,6 @@ pub fn decode<M: Message>(frame: &[u8]) -> Result<M, DecodeError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn answer_debug_hides_the_secret() {
-        let answer = Answer {
-            session: SessionId([0xab; SESSION_ID_LEN]),
-            secret: Vec::from_slice(&[0x5e; 32]).unwrap(),
-            pop: None,
-        };
-        let debug = alloc_free_format(&answer);
-        assert!(debug.contains("<32 bytes>"), "{debug}");
-        assert!(
-            !debug.contains("94"),
-            "secret byte 0x5e = 94 leaked: {debug}"
-        );
-        assert!(debug.contains("abababab"), "{debug}");
-    }
-
     /// `format!` without alloc: writes into a heapless string.
     fn alloc_free_format(value: &impl fmt::Debug) -> String<256> {
         use core::fmt::Write;
@@ -463,12 +514,34 @@ mod tests {
     }
 
     #[test]
+    fn legacy_rejection_is_the_current_frame_with_the_old_version_byte() {
+        let rejected = Rejected::new(RejectCode::UnsupportedVersion);
+        let mut current = [0u8; 300];
+        let current =
+            encode(&Downlink::Result(Outcome::Rejected(rejected.clone())), &mut current).unwrap();
+        let mut legacy = [0u8; 300];
+        let legacy = encode_legacy_rejection(1, &rejected, &mut legacy).unwrap();
+        assert_eq!(legacy[0], 1);
+        assert_eq!(current[0], VERSION);
+        assert_eq!(legacy[1..], current[1..]);
+        let mut buf = [0u8; 300];
+        assert_eq!(
+            encode_legacy_rejection(VERSION, &rejected, &mut buf),
+            Err(EncodeError::UnsupportedVersion(VERSION))
+        );
+        assert_eq!(
+            encode_legacy_rejection(0, &rejected, &mut buf),
+            Err(EncodeError::UnsupportedVersion(0))
+        );
+    }
+
+    #[test]
     fn kinds_name_the_message() {
         let rejected = Downlink::Result(Outcome::Rejected(Rejected::new(RejectCode::Busy)));
         assert_eq!(rejected.kind(), "rejected");
         let answer = Uplink::Answer(Answer {
             session: SessionId([0; SESSION_ID_LEN]),
-            secret: Vec::new(),
+            mac: [0; MAC_LEN],
             pop: None,
         });
         assert_eq!(answer.kind(), "answer");

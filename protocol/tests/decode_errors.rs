@@ -48,7 +48,7 @@ fn empty_frame() {
 #[test]
 fn unknown_version() {
     let mut frame = golden("login");
-    for version in [0u8, 2, 0xff] {
+    for version in [0u8, 1, 3, 0xff] {
         frame[0] = version;
         let err = decode::<Uplink>(&frame).unwrap_err();
         assert_eq!(

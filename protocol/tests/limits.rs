@@ -101,6 +101,9 @@ fn login_size() {
         ek_chain: bytes(&[]),
         ak_public: bytes(&ak_public),
         svid_key: None,
+        key_certify: None,
+        nonce: [0x5a; 16],
+        signer_hint: None,
     });
     let size = encoded_len(&login);
     let field = |n: usize| varint_len(n) + n;
@@ -111,7 +114,10 @@ fn login_size() {
         + 1 + field(cert.len()) // Some + certificate
         + field(0) // empty chain
         + field(ak_public.len())
-        + 1; // svid_key: None
+        + 1 // svid_key: None
+        + 1 // key_certify: None
+        + 16 // nonce
+        + 1; // signer_hint: None
     println!(
         "login_size: {size} bytes (EK cert {} B, EK TPM2B_PUBLIC {} B, AK TPM2B_PUBLIC {} B, \
          framing {} B); FRAME_MAX {FRAME_MAX} B",
@@ -121,7 +127,7 @@ fn login_size() {
         size - cert.len() - ek_public.len() - ak_public.len()
     );
     assert_eq!(size, expected);
-    assert_eq!(size, 1587);
+    assert_eq!(size, 1605);
     assert!(size < FRAME_MAX);
 
     // With a P-256 SVID key (91-byte SubjectPublicKeyInfo) the Login grows by 92 bytes.

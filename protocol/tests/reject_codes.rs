@@ -7,7 +7,7 @@
 )]
 
 use ekattest_protocol::error::RejectCode;
-use ekattest_protocol::msg::{Downlink, Outcome, Rejected, decode, encode};
+use ekattest_protocol::msg::{Downlink, Outcome, Rejected, VERSION, decode, encode};
 
 fn seed() -> String {
     let path = concat!(
@@ -78,10 +78,10 @@ fn all_is_complete_and_each_code_is_one_byte() {
         }));
         let mut buf = [0u8; 16];
         let frame = encode(&msg, &mut buf).unwrap();
-        assert_eq!(frame, [1, 1, 1, index as u8, 0], "{code:?}");
+        assert_eq!(frame, [VERSION, 1, 1, index as u8, 0], "{code:?}");
         assert_eq!(decode::<Downlink>(frame).unwrap(), msg);
     }
-    let unknown = [1, 1, 1, RejectCode::ALL.len() as u8, 0];
+    let unknown = [VERSION, 1, 1, RejectCode::ALL.len() as u8, 0];
     assert!(decode::<Downlink>(&unknown).is_err());
 }
 

@@ -13,11 +13,12 @@ use ekattest_protocol::error::RejectCode;
 use ekattest_protocol::limits::{
     ACCEPTED_FRAME_MAX, ANSWER_FRAME_MAX, ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX, CHALLENGE_FRAME_MAX,
     CREDENTIAL_BLOB_MAX, EK_CERT_MAX, EK_CHAIN_MAX, ENCRYPTED_SECRET_MAX, FRAME_MAX,
-    LOGIN_FRAME_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, REJECTED_FRAME_MAX, SECRET_MAX,
-    SIGNATURE_MAX, SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX,
+    LOGIN_FRAME_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, REJECTED_FRAME_MAX, SIGNATURE_MAX,
+    SIGNER_CERT_MAX, SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX, ATTEST_MAX,
+    TPM_SIGNATURE_MAX,
 };
 use ekattest_protocol::msg::{
-    Accepted, Answer, Attribute, AttributeName, Challenge, Downlink, Login, Message, Method,
+    Accepted, Answer, Attribute, AttributeName, Challenge, Downlink, KeyCertify, Login, Message, Method,
     Outcome, Rejected, SessionId, Uplink, VERSION, decode, encode,
 };
 use heapless::{String, Vec};
@@ -52,9 +53,22 @@ fn login() -> impl Strategy<Value = Uplink> {
         bytes::<EK_CHAIN_MAX>(),
         bytes::<TPM_PUBLIC_MAX>(),
         prop::option::of(bytes::<SVID_KEY_MAX>()),
+        prop::option::of(key_certify()),
+        any::<[u8; 16]>(),
+        prop::option::of(any::<[u8; 8]>()),
     )
         .prop_map(
-            |(methods, ek_public, ek_cert, ek_chain, ak_public, svid_key)| {
+            |(
+                methods,
+                ek_public,
+                ek_cert,
+                ek_chain,
+                ak_public,
+                svid_key,
+                key_certify,
+                nonce,
+                signer_hint,
+            )| {
                 Uplink::Login(Login {
                     methods: Vec::from_slice(&methods).unwrap(),
                     ek_public,
@@ -62,24 +76,34 @@ fn login() -> impl Strategy<Value = Uplink> {
                     ek_chain,
                     ak_public,
                     svid_key,
+                    key_certify,
+                    nonce,
+                    signer_hint,
                 })
             },
         )
 }
 
+fn key_certify() -> impl Strategy<Value = KeyCertify> {
+    (
+        bytes::<TPM_PUBLIC_MAX>(),
+        bytes::<ATTEST_MAX>(),
+        bytes::<TPM_SIGNATURE_MAX>(),
+    )
+        .prop_map(|(public, attest, signature)| KeyCertify {
+            public,
+            attest,
+            signature,
+        })
+}
+
 fn answer() -> impl Strategy<Value = Uplink> {
     (
         session(),
-        bytes::<SECRET_MAX>(),
+        any::<[u8; 32]>(),
         prop::option::of(bytes::<SIGNATURE_MAX>()),
     )
-        .prop_map(|(session, secret, pop)| {
-            Uplink::Answer(Answer {
-                session,
-                secret,
-                pop,
-            })
-        })
+        .prop_map(|(session, mac, pop)| Uplink::Answer(Answer { session, mac, pop }))
 }
 
 fn challenge() -> impl Strategy<Value = Downlink> {
@@ -89,15 +113,30 @@ fn challenge() -> impl Strategy<Value = Downlink> {
         bytes::<CREDENTIAL_BLOB_MAX>(),
         bytes::<ENCRYPTED_SECRET_MAX>(),
         any::<u32>(),
+        any::<[u8; 32]>(),
+        bytes::<SIGNER_CERT_MAX>(),
+        bytes::<SIGNATURE_MAX>(),
     )
         .prop_map(
-            |(session, node, credential_blob, encrypted_secret, expires_in)| {
+            |(
+                session,
+                node,
+                credential_blob,
+                encrypted_secret,
+                expires_in,
+                transcript,
+                signer,
+                signature,
+            )| {
                 Downlink::Challenge(Challenge {
                     session,
                     node,
                     credential_blob,
                     encrypted_secret,
                     expires_in,
+                    transcript,
+                    signer,
+                    signature,
                 })
             },
         )

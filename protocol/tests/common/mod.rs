@@ -10,13 +10,13 @@
 
 use ekattest_protocol::error::RejectCode;
 use ekattest_protocol::limits::{
-    ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX, CREDENTIAL_BLOB_MAX, EK_CERT_MAX, EK_CHAIN_MAX,
-    ENCRYPTED_SECRET_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, SECRET_MAX, SIGNATURE_MAX,
-    SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX,
+    ATTEST_MAX, ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX, CREDENTIAL_BLOB_MAX, EK_CERT_MAX,
+    EK_CHAIN_MAX, ENCRYPTED_SECRET_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, SIGNATURE_MAX,
+    SIGNER_CERT_MAX, SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX, TPM_SIGNATURE_MAX,
 };
 use ekattest_protocol::msg::{
-    Accepted, Answer, Attribute, AttributeName, Challenge, Downlink, Login, Method, Outcome,
-    Rejected, SessionId, Uplink,
+    Accepted, Answer, Attribute, AttributeName, Challenge, Downlink, KeyCertify, Login, Method,
+    Outcome, Rejected, SessionId, Uplink,
 };
 use heapless::{String, Vec};
 
@@ -55,14 +55,21 @@ pub fn golden_login() -> Uplink {
         ek_chain: bytes(&[0x5a; 130]),
         ak_public: bytes(&[0x04, 0x05]),
         svid_key: Some(bytes(&[0x06])),
+        key_certify: Some(KeyCertify {
+            public: bytes(&[0x07]),
+            attest: bytes(&[0x08, 0x09]),
+            signature: bytes(&[0x0a]),
+        }),
+        nonce: core::array::from_fn(|i| 0x10 + i as u8),
+        signer_hint: Some([0x2a; 8]),
     })
 }
 
 pub fn golden_answer() -> Uplink {
     Uplink::Answer(Answer {
         session: SessionId(core::array::from_fn(|i| i as u8)),
-        secret: (0u8..32).collect(),
-        pop: None,
+        mac: core::array::from_fn(|i| 0x40 + i as u8),
+        pop: Some(bytes(&[0x30, 0x01, 0x02])),
     })
 }
 
@@ -73,6 +80,9 @@ pub fn golden_challenge() -> Downlink {
         credential_blob: bytes(&[0x00, 0x02, 0xca, 0xfe]),
         encrypted_secret: bytes(&[0x00, 0x01, 0x5e]),
         expires_in: 300,
+        transcript: core::array::from_fn(|i| 0x70 + i as u8),
+        signer: bytes(&[0x30, 0x02, 0x05, 0x00]),
+        signature: bytes(&[0x30, 0x00]),
     })
 }
 
@@ -108,13 +118,20 @@ pub fn max_login() -> Uplink {
         ek_chain: filled::<EK_CHAIN_MAX>(0xe3),
         ak_public: filled::<TPM_PUBLIC_MAX>(0xe4),
         svid_key: Some(filled::<SVID_KEY_MAX>(0xe5)),
+        key_certify: Some(KeyCertify {
+            public: filled::<TPM_PUBLIC_MAX>(0xe6),
+            attest: filled::<ATTEST_MAX>(0xe7),
+            signature: filled::<TPM_SIGNATURE_MAX>(0xe8),
+        }),
+        nonce: [0xe9; 16],
+        signer_hint: Some([0xea; 8]),
     })
 }
 
 pub fn max_answer() -> Uplink {
     Uplink::Answer(Answer {
         session: SessionId([0xff; 16]),
-        secret: filled::<SECRET_MAX>(0xa1),
+        mac: [0xa1; 32],
         pop: Some(filled::<SIGNATURE_MAX>(0xa2)),
     })
 }
@@ -126,6 +143,9 @@ pub fn max_challenge() -> Downlink {
         credential_blob: filled::<CREDENTIAL_BLOB_MAX>(0xc1),
         encrypted_secret: filled::<ENCRYPTED_SECRET_MAX>(0xc2),
         expires_in: u32::MAX,
+        transcript: [0xc3; 32],
+        signer: filled::<SIGNER_CERT_MAX>(0xc4),
+        signature: filled::<SIGNATURE_MAX>(0xc5),
     })
 }
 
