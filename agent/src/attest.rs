@@ -1,14 +1,17 @@
 //! The agent's half of an attestation: the Login it sends and the Answer to a Challenge.
 //!
 //! Sans-IO apart from the TPM: the MQTT loop ([`crate::daemon`]) and the fleet demo move the
-//! messages; this module only turns TPM state into protocol messages and back. With an SVID
-//! key, the Login carries its SubjectPublicKeyInfo and the Answer its proof of possession (an
-//! ECDSA signature over [`sign::pop_signed_bytes`]). It never logs the recovered secret.
+//! messages; this module only turns TPM state into protocol messages and back. The Answer
+//! carries a MAC keyed with the recovered secret over the Login transcript
+//! ([`sign::answer_mac`]), never the secret. With an SVID key, the Login carries its
+//! SubjectPublicKeyInfo and the Answer its proof of possession (an ECDSA signature over
+//! [`sign::pop_signed_bytes`]). The caller checks the Challenge's signature and transcript
+//! before [`answer`] touches the TPM. It never logs the recovered secret.
 
 use ekattest_protocol::heapless;
-use ekattest_protocol::limits::EK_CHAIN_MAX;
+use ekattest_protocol::limits::{EK_CHAIN_MAX, NONCE_LEN, SIGNER_HINT_LEN};
 use ekattest_protocol::msg::{Answer, Challenge, Login, Method};
-use ekattest_protocol::sign;
+use ekattest_protocol::sign::{self, Transcript};
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 
@@ -37,9 +40,9 @@ pub enum AttestError {
     /// The TPM refused the credential or failed.
     #[error("ActivateCredential failed")]
     Tpm(#[source] crate::tpm::Error),
-    /// The proof of possession could not be built (a secret longer than the protocol allows).
-    #[error("cannot sign the proof of possession")]
-    Pop(#[source] ekattest_protocol::EncodeError),
+    /// The MAC could not be computed (a node id longer than the protocol allows).
+    #[error("cannot compute the Answer's MAC")]
+    Mac(#[source] ekattest_protocol::EncodeError),
 }
 
 fn bounded<const N: usize>(
@@ -54,7 +57,8 @@ fn bounded<const N: usize>(
 }
 
 /// Builds the Login for `ek` (with the chain certificates found in NV) and `ak`, asking for
-/// an SVID for `svid_key` (DER SubjectPublicKeyInfo) if given.
+/// an SVID for `svid_key` (DER SubjectPublicKeyInfo) if given, with a fresh `nonce` and the
+/// hint of the signer certificate the agent holds.
 ///
 /// # Errors
 /// [`AttestError::TooLarge`] if a structure exceeds the protocol's limits.
@@ -63,6 +67,8 @@ pub fn login(
     chain: &[Vec<u8>],
     ak: &Ak,
     svid_key: Option<&[u8]>,
+    nonce: [u8; NONCE_LEN],
+    signer_hint: Option<[u8; SIGNER_HINT_LEN]>,
 ) -> Result<Login, AttestError> {
     let chain_len: usize = chain.iter().map(Vec::len).sum();
     if chain_len > EK_CHAIN_MAX {
@@ -90,12 +96,17 @@ pub fn login(
         ek_chain,
         ak_public: bounded("AK public area", &ak.public)?,
         svid_key: svid_key.map(|k| bounded("SVID key", k)).transpose()?,
+        key_certify: None,
+        nonce,
+        signer_hint,
     })
 }
 
 /// Opens `challenge` with the TPM (ActivateCredential with this AK and `ek`) and returns the
-/// Answer carrying the recovered secret and, with `svid_key` (the private half of the
-/// Login's `svid_key`), the proof of possession.
+/// Answer: the MAC keyed with the recovered secret over `transcript` (the Login's), the
+/// session and the node, and, with `svid_key` (the private half of the Login's `svid_key`),
+/// the proof of possession. Call it only for a Challenge whose signature and transcript
+/// verified.
 ///
 /// # Errors
 /// [`AttestError::Challenge`] for a malformed credential, [`AttestError::Tpm`] if the TPM
@@ -105,17 +116,33 @@ pub fn answer<T: Transport>(
     ek: &Ek,
     ak: &AkOptions,
     challenge: &Challenge,
+    transcript: &Transcript,
     svid_key: Option<&SigningKey>,
 ) -> Result<Answer, AttestError> {
     let credential =
         Credential::from_tpm2b(&challenge.credential_blob, &challenge.encrypted_secret)
             .map_err(AttestError::Challenge)?;
     let secret = activate::activate(tpm, ek, ak, &credential).map_err(AttestError::Tpm)?;
+    answer_with_secret(&secret, challenge, transcript, svid_key)
+}
+
+/// The Answer for a `secret` recovered from `challenge` (by the TPM, or by a software TPM in
+/// the fleet's load generator).
+///
+/// # Errors
+/// [`AttestError::Mac`] if the challenge's node id exceeds the protocol limit.
+pub fn answer_with_secret(
+    secret: &[u8],
+    challenge: &Challenge,
+    transcript: &Transcript,
+    svid_key: Option<&SigningKey>,
+) -> Result<Answer, AttestError> {
+    let mac = sign::answer_mac(secret, transcript, &challenge.session, &challenge.node)
+        .map_err(AttestError::Mac)?;
     let pop = match svid_key {
         None => None,
         Some(key) => {
-            let message =
-                sign::pop_signed_bytes(&challenge.session, &secret).map_err(AttestError::Pop)?;
+            let message = sign::pop_signed_bytes(transcript, &challenge.session, &mac);
             let signature: Signature = key.sign(&message);
             Some(bounded(
                 "proof of possession",
@@ -125,7 +152,7 @@ pub fn answer<T: Transport>(
     };
     Ok(Answer {
         session: challenge.session,
-        secret: bounded("recovered secret", &secret)?,
+        mac,
         pop,
     })
 }

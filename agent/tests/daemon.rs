@@ -1,8 +1,8 @@
 //! `ekattest-agent run` as a process (feature `it`): a real swtpm device, a real mosquitto
 //! (started by the fleet harness on free ports) and a fake server in the test, built on
 //! rumqttc, that answers the agent's Login with crafted Challenges and Results. Credentials
-//! come from tpm2_makecredential, SVIDs from the openssl CLI, Result signatures from p256:
-//! none of them from the agent's code.
+//! come from tpm2_makecredential, certificates and SVIDs from the openssl CLI, Challenge and
+//! Result signatures from p256: none of them from the agent's code.
 
 #![allow(
     clippy::panic,
@@ -22,9 +22,10 @@ use ekattest_protocol::error::RejectCode;
 use ekattest_protocol::msg::{Downlink, Method, Outcome, SessionId};
 use ekattest_protocol::sign;
 use fake::*;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, VerifyingKey};
+use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::DecodePublicKey as _;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 
 #[test]
 fn once_rejected_exits_1_with_the_seed_string() {
@@ -46,6 +47,12 @@ fn once_rejected_exits_1_with_the_seed_string() {
     assert_eq!(spki.len(), 91);
     VerifyingKey::from_public_key_der(spki).unwrap();
     assert!(login.ek_cert.is_some());
+    // Wire version 2: no key certification for a software key, a fresh nonce, and the hint
+    // of the bundle's single CA (the agent holds no signer yet).
+    assert!(login.key_certify.is_none());
+    assert_ne!(login.nonce, [0; 16]);
+    assert_eq!(login.signer_hint, Some(ca.hint()));
+    assert_eq!(login.frame[0], ekattest_protocol::msg::VERSION);
     server.send(&id, &rejected(RejectCode::EkNotTrusted));
 
     let status = agent.wait(Duration::from_secs(30));
@@ -119,23 +126,29 @@ fn hostile_frames_then_a_verified_identity_and_sigterm() {
     server.send_raw(&id, b"\x01garbage".to_vec());
     server.send_raw(&id, Vec::new());
     let spki = login.svid_key.clone().unwrap();
-    let early = ca.accepted(&id, &SessionId([1; 16]), &spki, spiffe);
+    let t = login.transcript;
+    let early = ca.accepted(&id, &SessionId([1; 16]), &t, &spki, spiffe);
     server.send(&id, &Downlink::Result(Outcome::Accepted(early)));
     let secret: Vec<u8> = (0u8..32).collect();
     let session = SessionId([2; 16]);
-    server.send(
-        &id,
-        &Downlink::Challenge(challenge(&login, &secret, session)),
-    );
-    let (from, answer) = server.answer(Duration::from_secs(60));
+    let challenge = ca.challenge(&id, &login, &secret, session);
+    // The Login named the bundle's CA: its certificate stays out of the Challenge.
+    assert!(challenge.signer.is_empty());
+    server.send(&id, &Downlink::Challenge(challenge));
+    // The Answer carries the MAC keyed with the secret over T, never the secret itself.
+    let (from, answer, frame) = server.answer_frame(Duration::from_secs(60));
     assert_eq!(from, id);
     assert_eq!(answer.session, session);
-    assert_eq!(answer.secret.as_slice(), secret.as_slice());
-    let pop = Signature::from_der(answer.pop.as_ref().expect("the Answer carries a pop")).unwrap();
-    let key = VerifyingKey::from_public_key_der(&spki).unwrap();
-    key.verify(&sign::pop_signed_bytes(&session, &secret).unwrap(), &pop)
-        .expect("pop verifies with the Login's SVID key");
-    let mut forged = ca.accepted(&id, &session, &spki, spiffe);
+    assert_eq!(
+        answer.mac,
+        sign::answer_mac(&secret, &t, &session, NODE).unwrap()
+    );
+    assert!(
+        !frame.windows(secret.len()).any(|w| w == secret.as_slice()),
+        "the secret appears in the Answer frame"
+    );
+    check_answer(&login, &secret, &answer, &frame);
+    let mut forged = ca.accepted(&id, &session, &t, &spki, spiffe);
     forged.signature[10] ^= 1;
     server.send(&id, &Downlink::Result(Outcome::Accepted(forged)));
 
@@ -145,7 +158,7 @@ fn hostile_frames_then_a_verified_identity_and_sigterm() {
         Duration::from_secs(30),
     );
     assert!(!data.join("svid.pem").exists() && !data.join("svid.key").exists());
-    let good = ca.accepted(&id, &session, &spki, spiffe);
+    let good = ca.accepted(&id, &session, &t, &spki, spiffe);
     let svid = good.svid.to_vec();
     server.send(&id, &Downlink::Result(Outcome::Accepted(good)));
     agent.wait_for_log("Connected to server", Duration::from_secs(30));
@@ -157,7 +170,7 @@ fn hostile_frames_then_a_verified_identity_and_sigterm() {
         "{log}"
     );
     assert!(
-        log.contains("not signed by a CA in the trust bundle"),
+        log.contains("not signed by the server that signed the Challenge"),
         "{log}"
     );
     assert!(log.contains(spiffe), "{log}");
@@ -188,6 +201,65 @@ fn hostile_frames_then_a_verified_identity_and_sigterm() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = agent.wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn intermediate_signer_is_accepted_and_svid_pem_holds_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    // As `ekattestctl ca issue-signer` issues it: the root stays offline, the intermediate
+    // signs Challenges, Results and SVIDs; agents keep the root as their bundle.
+    let signer = ca.issue_signer("signer", 3, true);
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    let mut server = FakeServer::connect(broker.port());
+    let cfg = config(broker.port(), &device, &ca, dir.path(), "");
+    let mut agent = Agent::start(dir.path(), &cfg, &["--once"]);
+    let data = dir.path().join("data");
+    let spiffe = "spiffe://td.example/device/intermediate";
+
+    let (id, login) = server.login(Duration::from_secs(60));
+    // The agent holds no signer yet: it names the bundle's CA, so the Challenge carries the
+    // intermediate's certificate.
+    assert_eq!(login.signer_hint, Some(ca.hint()));
+    let secret: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(7)).collect();
+    let session = SessionId([0x31; 16]);
+    let challenge = signer.challenge(&id, &login, &secret, session);
+    assert_eq!(challenge.signer.as_slice(), signer.der.as_slice());
+    server.send(&id, &Downlink::Challenge(challenge));
+    let (_, answer) = server.checked_answer(Duration::from_secs(60), &login, &secret);
+    assert_eq!(answer.session, session);
+    let spki = login.svid_key.clone().unwrap();
+    let good = signer.accepted(&id, &session, &login.transcript, &spki, spiffe);
+    let svid = good.svid.to_vec();
+    server.send(&id, &Downlink::Result(Outcome::Accepted(good)));
+    let status = agent.wait(Duration::from_secs(30));
+    let log = agent.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains(spiffe), "{log}");
+
+    // svid.pem: the SVID, then the intermediate; bundle.pem: the root.
+    let pem = std::fs::read(data.join("svid.pem")).unwrap();
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    assert_eq!(certs, [svid, signer.der.clone()]);
+    assert_eq!(
+        std::fs::read(data.join("bundle.pem")).unwrap(),
+        std::fs::read(ca.bundle()).unwrap()
+    );
+    // A relying party with the bundle builds the chain from svid.pem alone.
+    openssl(
+        dir.path(),
+        &[
+            "verify",
+            "-CAfile",
+            "td.pem",
+            "-untrusted",
+            "data/svid.pem",
+            "data/svid.pem",
+        ],
+    );
 }
 
 #[test]

@@ -52,12 +52,15 @@ fn attest_through(server: &mut FakeServer, ca: &TdCa, session: SessionId) -> Str
     let secret: Vec<u8> = (100u8..132).collect();
     server.send(
         &id,
-        &Downlink::Challenge(challenge(&login, &secret, session)),
+        &Downlink::Challenge(ca.challenge(&id, &login, &secret, session)),
     );
-    let (from, answer) = server.answer(Duration::from_secs(60));
+    let (from, answer) = server.checked_answer(Duration::from_secs(60), &login, &secret);
     assert_eq!((from.as_str(), answer.session), (id.as_str(), session));
-    let spki = login.svid_key.expect("the Login carries an SVID key");
-    let accepted = ca.accepted(&id, &session, &spki, SPIFFE);
+    let spki = login
+        .svid_key
+        .clone()
+        .expect("the Login carries an SVID key");
+    let accepted = ca.accepted(&id, &session, &login.transcript, &spki, SPIFFE);
     server.send(&id, &Downlink::Result(Outcome::Accepted(accepted)));
     id
 }

@@ -4,17 +4,19 @@
 //!
 //! Input: records `[ctl: u8][len: u16 BE][frame: len bytes]` (a short last record takes what
 //! is left). `ctl` bits: 0-1 the sending agent (of 4); 2 an Answer names the live session of
-//! agent (bits 4-5) instead of its own; 3 an Answer carries that session's true secret; 6
-//! time jumps past the session TTL before the record (expiring every session).
+//! agent (bits 4-5) instead of its own; 3 an Answer carries that session's true MAC (over its
+//! Login transcript, with its secret); 6 time jumps past the session TTL before the record
+//! (expiring every session).
 //!
 //! The policy is an allow-list of the EKs in ../shared/testdata/make-credential (cheap: no
 //! certificate chain), the session cap is 3. The target keeps its own model of the live
-//! sessions (agent -> session id, secret; the secret read from the random source, which
-//! `SessionStore::begin` draws before the id) and checks after every record that
-//! `pending()` equals the model and stays within the cap; that a Login is accepted only for
-//! an allow-listed EK, with a Challenge the agent can parse; that an Answer is accepted
-//! exactly when it names a live session of the same agent with its secret, and that every
-//! answer consumes the session it names.
+//! sessions (one per EK: EK hash -> agent, session id, secret, transcript; the secret read
+//! from the random source, which `SessionStore::begin` draws before the id) and checks after
+//! every record that `pending()` equals the model and stays within the cap; that a Login is
+//! accepted only for an allow-listed EK, with a Challenge the agent can parse that names the
+//! Login's transcript; that an Answer is accepted exactly when it names a live session of
+//! the same agent with the MAC over that session's transcript, and that every answer
+//! consumes the session it names.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -25,7 +27,8 @@ use ekattest_agent::tpm::activate::Credential;
 use ekattest_fuzz::testdata;
 use ekattest_protocol::msg::{AttributeName, SessionId};
 use ekattest_protocol::public::Public;
-use ekattest_protocol::{RejectCode, Uplink, decode, heapless};
+use ekattest_protocol::sign::{self, Transcript};
+use ekattest_protocol::{RejectCode, Uplink, decode};
 use ekattest_server::attest::Attestor;
 use ekattest_server::config::Document;
 use ekattest_server::credential::{Random, RandomError, SystemRandom};
@@ -37,6 +40,7 @@ const MAX_SESSIONS: usize = 3;
 const TTL: Duration = Duration::from_secs(60);
 const NODE: &str = "node-fuzz";
 const TRUST_DOMAIN: &str = "example.org";
+const CLUSTER: &str = "c-fuzz";
 
 /// The policy document and its allow-listed hashes (lowercase hex).
 fn fixture() -> &'static (Document, Vec<String>) {
@@ -82,8 +86,23 @@ impl Random for Recording {
     }
 }
 
-/// Live sessions as the target expects them: agent -> (session, secret).
-type Model = BTreeMap<&'static str, (SessionId, [u8; SECRET_LEN])>;
+/// A live session as the target expects it.
+#[derive(Clone, Copy)]
+struct Live {
+    agent: &'static str,
+    session: SessionId,
+    secret: [u8; SECRET_LEN],
+    transcript: Transcript,
+}
+
+/// Live sessions as the target expects them: EK hash -> session.
+type Model = BTreeMap<String, Live>;
+
+/// The lowercase hex public_hash of a Login's EK, if its public area parses.
+fn ek_hash(login: &ekattest_protocol::msg::Login) -> Option<String> {
+    let public = Public::decode(&login.ek_public).ok()?;
+    public.key.public_hash().ok().map(hex::encode)
+}
 
 struct Run {
     attestor: Attestor,
@@ -93,18 +112,22 @@ struct Run {
 }
 
 impl Run {
-    fn login(&mut self, agent: &'static str, login: &ekattest_protocol::msg::Login) {
+    fn login(&mut self, agent: &'static str, frame: &[u8], login: &ekattest_protocol::msg::Login) {
         let (doc, hashes) = fixture();
         let wall = UNIX_EPOCH + Duration::from_secs(1_735_689_600);
         let mut rng = Recording(Vec::new());
-        let result = self
-            .attestor
-            .login(doc, agent, login, self.now, wall, &mut rng);
+        let transcript = sign::transcript(CLUSTER, agent, frame)
+            .unwrap_or_else(|e| panic!("transcript of a decoded Login: {e}"));
+        let result =
+            self.attestor
+                .login(doc, agent, login, &transcript, self.now, wall, &mut rng);
         match result {
             Ok((challenge, identity)) => {
                 self.accepted_logins += 1;
                 assert_eq!(challenge.node.as_str(), NODE);
                 assert_eq!(u64::from(challenge.expires_in), TTL.as_secs());
+                assert_eq!(challenge.transcript, transcript, "the Challenge names another Login");
+                assert_eq!(identity.transcript, transcript);
                 let hash = identity
                     .attributes
                     .iter()
@@ -134,23 +157,36 @@ impl Run {
                     .and_then(|i| rng.0[i].as_slice().try_into().ok())
                     .unwrap_or_else(|| panic!("no {SECRET_LEN}-byte secret drawn before the id"));
                 assert!(
-                    self.model.values().all(|(s, _)| *s != challenge.session),
+                    self.model.values().all(|l| l.session != challenge.session),
                     "session id reused"
                 );
-                self.model.insert(agent, (challenge.session, secret));
+                // One session per EK: a Login replaces the pending one of its EK.
+                self.model.insert(
+                    hash.to_owned(),
+                    Live {
+                        agent,
+                        session: challenge.session,
+                        secret,
+                        transcript,
+                    },
+                );
             }
             Err(rejection) => {
                 assert!(!rejection.reason.is_empty(), "rejection without a reason");
+                let ek = ek_hash(login);
+                let relogin = ek.as_ref().is_some_and(|h| self.model.contains_key(h));
                 if rejection.code == RejectCode::Busy {
                     assert!(self.model.len() >= MAX_SESSIONS, "busy below the cap");
-                    assert!(!self.model.contains_key(agent), "busy for a re-login");
+                    assert!(!relogin, "busy for a re-login of a pending EK");
                 }
-                // A failure after the session was opened cancels it, and the agent's previous
+                // A failure after the session was opened cancels it, and the EK's previous
                 // session went when the new one was opened.
                 let pending = self.attestor.pending();
-                if pending + 1 == self.model.len() && self.model.contains_key(agent) {
+                if pending + 1 == self.model.len() && relogin {
                     assert_eq!(rejection.code, RejectCode::Internal, "{}", rejection.reason);
-                    self.model.remove(agent);
+                    if let Some(h) = ek {
+                        self.model.remove(&h);
+                    }
                 }
             }
         }
@@ -164,19 +200,20 @@ impl Run {
     ) {
         let target = AGENTS[usize::from(ctl >> 4) & 3];
         if ctl & 0x04 != 0
-            && let Some((session, _)) = self.model.get(target)
+            && let Some(live) = self.model.values().find(|l| l.agent == target)
         {
-            answer.session = *session;
+            answer.session = live.session;
         }
         let owner = self
             .model
             .iter()
-            .find(|(_, (s, _))| *s == answer.session)
-            .map(|(a, (_, secret))| (*a, *secret));
+            .find(|(_, l)| l.session == answer.session)
+            .map(|(h, l)| (h.clone(), *l));
         if ctl & 0x08 != 0
-            && let Some((_, secret)) = owner
+            && let Some((_, live)) = &owner
+            && let Ok(mac) = sign::answer_mac(&live.secret, &live.transcript, &live.session, NODE)
         {
-            answer.secret = heapless::Vec::from_slice(&secret).unwrap_or_default();
+            answer.mac = mac;
         }
         let result = self.attestor.answer(agent, answer, self.now);
         match owner {
@@ -184,18 +221,29 @@ impl Run {
                 Ok(_) => panic!("answer accepted for a session that is not live"),
                 Err(r) => assert_eq!(r.code, RejectCode::UnknownSession, "{}", r.reason),
             },
-            Some((owner, secret)) => {
-                self.model.remove(owner);
-                let right = owner == agent && answer.secret.as_slice() == secret.as_slice();
+            Some((hash, live)) => {
+                self.model.remove(&hash);
+                let right = live.agent == agent
+                    && sign::answer_mac_matches(
+                        &live.secret,
+                        &live.transcript,
+                        &live.session,
+                        NODE,
+                        &answer.mac,
+                    );
                 match result {
                     Ok(identity) => {
-                        assert!(right, "wrong answer accepted (owner {owner}, from {agent})");
+                        assert!(right, "wrong answer accepted (owner {}, from {agent})", live.agent);
                         assert!(identity.spiffe_id.starts_with("spiffe://"));
                     }
-                    // Another agent's answer never reveals the session: right or wrong
-                    // secret, it reads as an unknown session.
-                    Err(r) if owner != agent => {
+                    // Another agent's answer never reveals the session: right or wrong MAC,
+                    // it reads as an unknown session.
+                    Err(r) if live.agent != agent => {
                         assert_eq!(r.code, RejectCode::UnknownSession, "{}", r.reason)
+                    }
+                    // A right MAC with a Login svid_key still needs the proof of possession.
+                    Err(r) if r.code == RejectCode::ProofOfPossession => {
+                        assert!(right, "proof of possession checked before the MAC")
                     }
                     Err(r) => {
                         assert!(!right, "right answer rejected: {}", r.reason);
@@ -238,7 +286,7 @@ fuzz_target!(|data: &[u8]| {
             run.model.clear();
         }
         match decode::<Uplink>(frame) {
-            Ok(Uplink::Login(login)) => run.login(agent, &login),
+            Ok(Uplink::Login(login)) => run.login(agent, frame, &login),
             Ok(Uplink::Answer(mut answer)) => run.answer(agent, ctl, &mut answer),
             Err(_) => {}
         }

@@ -431,10 +431,7 @@ pub fn encode_legacy_rejection<'b>(
     if !LEGACY_VERSIONS.contains(&version) {
         return Err(EncodeError::UnsupportedVersion(version));
     }
-    let frame = encode(
-        &Downlink::Result(Outcome::Rejected(rejected.clone())),
-        out,
-    )?;
+    let frame = encode(&Downlink::Result(Outcome::Rejected(rejected.clone())), out)?;
     let len = frame.len();
     let out = out.get_mut(..len).ok_or(EncodeError::BufferTooSmall {
         capacity: len,
@@ -517,8 +514,11 @@ mod tests {
     fn legacy_rejection_is_the_current_frame_with_the_old_version_byte() {
         let rejected = Rejected::new(RejectCode::UnsupportedVersion);
         let mut current = [0u8; 300];
-        let current =
-            encode(&Downlink::Result(Outcome::Rejected(rejected.clone())), &mut current).unwrap();
+        let current = encode(
+            &Downlink::Result(Outcome::Rejected(rejected.clone())),
+            &mut current,
+        )
+        .unwrap();
         let mut legacy = [0u8; 300];
         let legacy = encode_legacy_rejection(1, &rejected, &mut legacy).unwrap();
         assert_eq!(legacy[0], 1);

@@ -56,6 +56,19 @@ pub const RESULT_CONTEXT: &[u8] = b"ekattest/v2 result\0";
 /// Context prefix of the qualifyingData of a TPM-resident SVID key's certification.
 pub const CERTIFY_CONTEXT: &[u8] = b"ekattest/v2 svid-key certify\0";
 
+/// The extended key usage that marks a certificate's key as allowed to sign ekattest
+/// Challenges and Results: OID 2.25.121035243528938581842246392379300579911 (a UUID OID,
+/// ITU-T X.667, which needs no registration). The server's signer certificate, an
+/// intermediate CA issued by `ekattestctl ca issue-signer`, carries it; an agent acts on a
+/// Challenge signed by an intermediate only if it does.
+pub const SIGNER_EKU_OID: &str = "2.25.121035243528938581842246392379300579911";
+
+/// The DER contents (no tag, no length) of [`SIGNER_EKU_OID`].
+pub const SIGNER_EKU_OID_DER: &[u8] = &[
+    0x69, 0x81, 0xb6, 0x8e, 0xc5, 0x8f, 0x8c, 0x9d, 0xa2, 0xae, 0x9d, 0x9f, 0x95, 0x9f, 0x83, 0xe3,
+    0xec, 0xec, 0x94, 0x47,
+];
+
 /// Largest DER ECDSA P-256 signature: SEQUENCE of two INTEGERs of up to 33 bytes.
 pub const ECDSA_P256_DER_MAX: usize = 72;
 
@@ -114,7 +127,11 @@ fn prefixed(
 ///
 /// # Errors
 /// [`EncodeError::FieldTooLong`] if `cluster` or `agent` exceeds its protocol limit.
-pub fn transcript(cluster: &str, agent: &str, login_frame: &[u8]) -> Result<Transcript, EncodeError> {
+pub fn transcript(
+    cluster: &str,
+    agent: &str,
+    login_frame: &[u8],
+) -> Result<Transcript, EncodeError> {
     let mut h = Sha256::new();
     h.update(TRANSCRIPT_CONTEXT);
     let mut feed = |b: &[u8]| h.update(b);
@@ -131,10 +148,11 @@ fn answer_hmac(
     node: &str,
 ) -> Result<Hmac<Sha256>, EncodeError> {
     // HMAC takes keys of any length.
-    let mut mac = <Hmac<Sha256>>::new_from_slice(secret).map_err(|_| EncodeError::FieldTooLong {
-        field: "secret",
-        max: crate::limits::SECRET_MAX,
-    })?;
+    let mut mac =
+        <Hmac<Sha256>>::new_from_slice(secret).map_err(|_| EncodeError::FieldTooLong {
+            field: "secret",
+            max: crate::limits::SECRET_MAX,
+        })?;
     mac.update(MAC_CONTEXT);
     mac.update(transcript);
     mac.update(&session.0);
@@ -243,7 +261,10 @@ struct SignedChallenge<'a> {
 }
 
 /// Writes `CONTEXT || postcard(body)` into a bounded vector.
-fn signed<const N: usize>(context: &[u8], body: &impl Serialize) -> Result<Vec<u8, N>, EncodeError> {
+fn signed<const N: usize>(
+    context: &[u8],
+    body: &impl Serialize,
+) -> Result<Vec<u8, N>, EncodeError> {
     let overflow = |_| EncodeError::BufferTooSmall {
         capacity: N,
         needed: N + 1,
@@ -409,8 +430,20 @@ mod tests {
         let mac = answer_mac(&[5; 32], &T, &s, "node-1").unwrap();
         assert!(answer_mac_matches(&[5; 32], &T, &s, "node-1", &mac));
         assert!(!answer_mac_matches(&[6; 32], &T, &s, "node-1", &mac));
-        assert!(!answer_mac_matches(&[5; 32], &[0x12; 32], &s, "node-1", &mac));
-        assert!(!answer_mac_matches(&[5; 32], &T, &SessionId([8; 16]), "node-1", &mac));
+        assert!(!answer_mac_matches(
+            &[5; 32],
+            &[0x12; 32],
+            &s,
+            "node-1",
+            &mac
+        ));
+        assert!(!answer_mac_matches(
+            &[5; 32],
+            &T,
+            &SessionId([8; 16]),
+            "node-1",
+            &mac
+        ));
         assert!(!answer_mac_matches(&[5; 32], &T, &s, "node-2", &mac));
         let mut flipped = mac;
         flipped[31] ^= 1;

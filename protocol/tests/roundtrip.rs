@@ -11,15 +11,15 @@ mod common;
 
 use ekattest_protocol::error::RejectCode;
 use ekattest_protocol::limits::{
-    ACCEPTED_FRAME_MAX, ANSWER_FRAME_MAX, ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX, CHALLENGE_FRAME_MAX,
-    CREDENTIAL_BLOB_MAX, EK_CERT_MAX, EK_CHAIN_MAX, ENCRYPTED_SECRET_MAX, FRAME_MAX,
-    LOGIN_FRAME_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, REJECTED_FRAME_MAX, SIGNATURE_MAX,
-    SIGNER_CERT_MAX, SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX, ATTEST_MAX,
+    ACCEPTED_FRAME_MAX, ANSWER_FRAME_MAX, ATTEST_MAX, ATTRIBUTE_VALUE_MAX, ATTRIBUTES_MAX,
+    CHALLENGE_FRAME_MAX, CREDENTIAL_BLOB_MAX, EK_CERT_MAX, EK_CHAIN_MAX, ENCRYPTED_SECRET_MAX,
+    FRAME_MAX, LOGIN_FRAME_MAX, MESSAGE_MAX, METHODS_MAX, NODE_ID_MAX, REJECTED_FRAME_MAX,
+    SIGNATURE_MAX, SIGNER_CERT_MAX, SPIFFE_ID_MAX, SVID_KEY_MAX, SVID_MAX, TPM_PUBLIC_MAX,
     TPM_SIGNATURE_MAX,
 };
 use ekattest_protocol::msg::{
-    Accepted, Answer, Attribute, AttributeName, Challenge, Downlink, KeyCertify, Login, Message, Method,
-    Outcome, Rejected, SessionId, Uplink, VERSION, decode, encode,
+    Accepted, Answer, Attribute, AttributeName, Challenge, Downlink, KeyCertify, Login, Message,
+    Method, Outcome, Rejected, SessionId, Uplink, VERSION, decode, encode,
 };
 use heapless::{String, Vec};
 use proptest::prelude::*;

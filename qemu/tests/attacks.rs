@@ -4,6 +4,11 @@
 //! rejected with a named code, counted under its metric reason, and leaves the honest
 //! device's path intact where it should.
 //!
+//! Wire version 2: an Answer carries a MAC over the Login transcript, never the secret, and
+//! the servers run with their default `agent-id-from-ek: true`, so an attacker presenting
+//! another device's EK must do it under that device's agent id (its own is refused as
+//! `agent_id_mismatch`).
+//!
 //! The attackers are scripted on the software TPM (qemu/src/soft_tpm.rs: software
 //! ActivateCredential), so each case is fast; the copied-certificate case with a certificate
 //! chain runs on two swtpm devices. The binaries come from the target folder of this test;
@@ -28,11 +33,11 @@ use ekattest_agent::tpm::ek::{self as agent_ek, EkKind as AgentEkKind};
 use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::soft_tpm::{EkAlg, SoftEk, SoftTpmError};
 use ekattest_fleet::{Ca, Device, ProvisionOptions};
-use ekattest_protocol::RejectCode;
-use ekattest_protocol::heapless;
+use ekattest_protocol::limits::NONCE_LEN;
 use ekattest_protocol::msg::{Answer, Downlink, Login};
 use ekattest_protocol::public::attr;
 use ekattest_protocol::topic::default_agent_id;
+use ekattest_protocol::{RejectCode, sign};
 
 const LOG: Duration = Duration::from_secs(5);
 
@@ -136,11 +141,11 @@ fn answer_with_another_agents_session_id_is_unknown_and_spends_that_session() {
     let mut attacker = SoftDevice::with_ek(&world, ek_m);
 
     let c = victim.challenge(&world);
-    // Even the victim's correct secret (the strongest case) does not help the attacker.
+    // Even the victim's correct Answer (the strongest case: its MAC and proof of
+    // possession, copied verbatim) does not help the attacker on its own topic.
     let stolen = victim.answer(&c);
-    let forged = attacker.answer_with(c.session, &stolen.secret);
     assert_eq!(
-        rejected(&attacker.send_answer(&c.node, &forged)),
+        rejected(&attacker.send_answer(&c.node, &stolen)),
         RejectCode::UnknownSession
     );
     world
@@ -190,10 +195,12 @@ fn replayed_answer_is_an_unknown_session() {
     assert_eq!(world.metric("node-1", &failed("unknown_session")), 3.0);
 }
 
-/// Device B presents A's (allow-listed) EK public area with its own AK. The server
-/// challenges A's EK; B's EK cannot open the credential (the outer HMAC fails, as on a TPM),
-/// and the best B can send is a guess: `challenge_failed`. Presenting A's AK too changes
-/// nothing (the credential still needs A's EK).
+/// Device B presents A's (allow-listed) EK public area with its own AK. Under its own agent
+/// id that is `agent_id_mismatch` before anything else; under A's agent id (B publishes on
+/// A's topics) the server challenges A's EK; B's EK cannot open the credential (the outer
+/// HMAC fails, as on a TPM), so B cannot compute the MAC keyed with the secret, and the best
+/// B can send is a MAC keyed with a guess: `challenge_failed`. Presenting A's AK too
+/// changes nothing (the credential still needs A's EK).
 #[test]
 fn copied_ek_public_cannot_be_answered_without_that_ek() {
     let (ek_a, ek_b) = (
@@ -204,18 +211,29 @@ fn copied_ek_public_cannot_be_answered_without_that_ek() {
     let victim = SoftDevice::with_ek(&world, ek_a);
     let mut thief = SoftDevice::with_ek(&world, ek_b);
 
+    let own_id = thief.login_with(victim.ek.tpm2b_public(), thief.ak.tpm2b_public());
+    assert_eq!(
+        rejected(&thief.send_login(&own_id)),
+        RejectCode::AgentIdMismatch
+    );
+    assert_eq!(world.metric("node-1", &failed("agent_id_mismatch")), 1.0);
+
+    // B on A's topics (its own MQTT client id).
+    let mut as_victim = Wire::connect_as(&world, &victim.agent, &format!("{}-b", thief.agent));
     let aks = [
         thief.ak.tpm2b_public().to_vec(),
         victim.ak.tpm2b_public().to_vec(),
     ];
     for ak in &aks {
         let login = thief.login_with(victim.ek.tpm2b_public(), ak);
-        let Downlink::Challenge(c) = thief.send_login(&login) else {
+        let Downlink::Challenge(c) = as_victim.send_login(&login) else {
             panic!(
                 "a copied, allow-listed EK public is challenged\n{}",
                 world.logs()
             );
         };
+        // The Challenge is genuine and names B's Login: B could act on it.
+        world.verify_challenge(&victim.agent, &c, &as_victim.transcript());
         let opened =
             thief
                 .ek
@@ -227,9 +245,9 @@ fn copied_ek_public_cannot_be_answered_without_that_ek() {
             ),
             "B's EK opened a credential made for A's EK: {opened:?}"
         );
-        let guess = thief.answer_with(c.session, &[0x42; 32]);
+        let guess = thief.answer_with(&c, &as_victim.transcript(), &[0x42; 32]);
         assert_eq!(
-            rejected(&thief.send_answer(&c.node, &guess)),
+            rejected(&as_victim.send_answer(&c.node, &guess)),
             RejectCode::ChallengeFailed
         );
     }
@@ -293,7 +311,10 @@ impl TpmDevice {
             .unwrap()
             .clone();
         let ak = agent_ak::read(&mut tpm, &AkOptions::default()).unwrap();
-        let login = ekattest_agent::attest::login(&ek, &endorsement.chain, &ak, None).unwrap();
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).unwrap();
+        let login =
+            ekattest_agent::attest::login(&ek, &endorsement.chain, &ak, None, nonce, None).unwrap();
         let agent = default_agent_id(&ek.public_hash).to_string();
         TpmDevice {
             login,
@@ -307,8 +328,10 @@ impl TpmDevice {
 /// Copied certificate, on real TPMs with a certificate chain. B presents A's genuine EK
 /// certificate (it chains to the trusted CA) with B's own EK public: the certificate's key
 /// is not the EK being challenged, so `ek_mismatch` before any challenge. B presenting A's
-/// certificate and A's EK public is challenged for A's EK, which B's TPM cannot open
-/// (TPM_RC_INTEGRITY): `challenge_failed`. B's own evidence attests as B.
+/// certificate and A's EK public (on A's topics: under B's own agent id that is
+/// `agent_id_mismatch`) is challenged for A's EK, which B's TPM cannot open
+/// (TPM_RC_INTEGRITY), so B cannot produce A's MAC, only one keyed with a guess:
+/// `challenge_failed`. B's own evidence attests as B.
 #[test]
 fn copied_certificate_on_swtpm_is_a_mismatch_or_an_unopenable_challenge() {
     let ca = Ca::create().unwrap();
@@ -336,21 +359,29 @@ fn copied_certificate_on_swtpm_is_a_mismatch_or_an_unopenable_challenge() {
     evidence.ek_public = a.login.ek_public.clone();
     evidence.ek_cert = a.login.ek_cert.clone();
     evidence.ek_chain = a.login.ek_chain.clone();
-    let Downlink::Challenge(c) = wire.send_login(&evidence) else {
+    assert_eq!(
+        rejected(&wire.send_login(&evidence)),
+        RejectCode::AgentIdMismatch
+    );
+    let mut as_a = Wire::connect_as(&world, &a.agent, &format!("{}-b", b.agent));
+    let Downlink::Challenge(c) = as_a.send_login(&evidence) else {
         panic!("A's complete evidence is challenged\n{}", world.logs());
     };
-    let opened = ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &c, None);
+    let t = as_a.transcript();
+    world.verify_challenge(&a.agent, &c, &t);
+    let opened =
+        ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &c, &t, None);
     assert!(
         opened.is_err(),
         "B's TPM opened a credential made for A's EK"
     );
     let guess = Answer {
         session: c.session,
-        secret: heapless::Vec::from_slice(&[0x42; 32]).unwrap(),
+        mac: sign::answer_mac(&[0x42; 32], &t, &c.session, &c.node).unwrap(),
         pop: None,
     };
     assert_eq!(
-        rejected(&wire.send_answer(&c.node, &guess)),
+        rejected(&as_a.send_answer(&c.node, &guess)),
         RejectCode::ChallengeFailed
     );
     assert_eq!(world.metric("node-1", &failed("challenge_failed")), 1.0);
@@ -359,8 +390,11 @@ fn copied_certificate_on_swtpm_is_a_mismatch_or_an_unopenable_challenge() {
     let Downlink::Challenge(c) = wire.send_login(&b.login) else {
         panic!("B's own evidence is challenged\n{}", world.logs());
     };
+    let t = wire.transcript();
+    world.verify_challenge(&b.agent, &c, &t);
     let answer =
-        ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &c, None).unwrap();
+        ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &c, &t, None)
+            .unwrap();
     assert!(accepted(&wire.send_answer(&c.node, &answer)));
     assert_eq!(world.metric("node-1", SUCCESS), 1.0);
 }

@@ -26,7 +26,9 @@ use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::broker::{Broker, BrokerOptions};
 use ekattest_fleet::daemons::{AgentExit, AgentProcess, AgentSpec, ServerProcess, ServerSpec};
 use ekattest_fleet::{Ca, Device, EkKind, ProvisionOptions, openssl_public_hash};
+use ekattest_protocol::limits::NONCE_LEN;
 use ekattest_protocol::msg::{Answer, Downlink, Login, Method, Outcome, Uplink};
+use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::{Topics, default_agent_id};
 use ekattest_protocol::{decode, encode, heapless, limits};
 use mqtt_peer::{Peer, Via};
@@ -71,6 +73,9 @@ impl World {
         spec.policy_files = vec![policy_file.clone()];
         spec.session_ttl = setup.session_ttl;
         spec.reload_interval = Some(Duration::from_millis(300));
+        // The login limits (per agent id and per EK: default 3 at once) are not under test
+        // here; the hostile agent logs in four times with one EK and one agent id.
+        spec.login_burst = Some(10);
         if setup.tls_acl {
             let (user, password_file) = broker.user("ekattest-server").unwrap();
             spec.username = Some(user);
@@ -393,17 +398,25 @@ fn untrusted_ca_and_unlisted_hash_are_rejected_with_the_seed_strings() {
     assert_eq!(world2.metric(&failed("ek_not_trusted")), 1.0);
 }
 
-/// A scripted hostile agent: the agent library on a real swtpm, frames over MQTT.
+/// A scripted hostile agent: the agent library on a real swtpm, frames over MQTT. It keeps
+/// the transcript of the last Login frame it published, as an agent does.
 struct Hostile {
     peer: Peer,
     agent: String,
     login: Login,
     tpm: Tpm<Stream<std::net::TcpStream>>,
     ek: agent_ek::Ek,
+    transcript: Option<Transcript>,
 }
 
 impl Hostile {
     fn new(world: &World, dev: &Device) -> Hostile {
+        Self::on_topics_of(world, dev, None)
+    }
+
+    /// A hostile agent on `dev` that publishes under agent id `as_agent` (another device's,
+    /// from its own MQTT client) instead of its own.
+    fn on_topics_of(world: &World, dev: &Device, as_agent: Option<&str>) -> Hostile {
         let mut tpm = Tpm::new(Stream::connect_tcp("127.0.0.1", dev.port()).unwrap());
         tpm.startup_clear().unwrap();
         tpm.flush_leftovers().unwrap();
@@ -413,9 +426,13 @@ impl Hostile {
             .unwrap()
             .clone();
         let ak = agent_ak::read(&mut tpm, &AkOptions::default()).unwrap();
-        let login = ekattest_agent::attest::login(&ek, &endorsement.chain, &ak, None).unwrap();
-        let agent = default_agent_id(&ek.public_hash).to_string();
-        let mut peer = mqtt_peer::connect(&world.broker, &agent, None, Via::Plain).unwrap();
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).unwrap();
+        let login =
+            ekattest_agent::attest::login(&ek, &endorsement.chain, &ak, None, nonce, None).unwrap();
+        let own = default_agent_id(&ek.public_hash).to_string();
+        let agent = as_agent.unwrap_or(&own).to_owned();
+        let mut peer = mqtt_peer::connect(&world.broker, &own, None, Via::Plain).unwrap();
         let topics = Topics::with_default_prefix(CLUSTER).unwrap();
         peer.subscribe(&topics.down(&agent).unwrap()).unwrap();
         Hostile {
@@ -424,22 +441,46 @@ impl Hostile {
             login,
             tpm,
             ek,
+            transcript: None,
         }
     }
 
-    fn send(&mut self, topic: &str, msg: &Uplink) {
+    fn send(&mut self, topic: &str, msg: &Uplink) -> Vec<u8> {
         let mut buf = [0u8; limits::FRAME_MAX];
-        let frame = encode(msg, &mut buf).unwrap();
-        self.peer.publish(topic, frame, false).unwrap();
+        let frame = encode(msg, &mut buf).unwrap().to_vec();
+        self.peer.publish(topic, &frame, false).unwrap();
+        frame
     }
 
     fn send_login(&mut self, login: &Login) -> Downlink {
         let topics = Topics::with_default_prefix(CLUSTER).unwrap();
-        self.send(
+        let frame = self.send(
             &topics.login(&self.agent).unwrap(),
             &Uplink::Login(login.clone()),
         );
+        self.transcript = Some(sign::transcript(CLUSTER, &self.agent, &frame).unwrap());
         self.receive()
+    }
+
+    /// The transcript of the last Login sent.
+    fn transcript(&self) -> Transcript {
+        self.transcript.expect("no Login sent yet")
+    }
+
+    /// The TPM's Answer to `challenge` over the last Login's transcript.
+    fn answer(
+        &mut self,
+        challenge: &ekattest_protocol::msg::Challenge,
+    ) -> Result<Answer, ekattest_agent::attest::AttestError> {
+        let t = self.transcript();
+        ekattest_agent::attest::answer(
+            &mut self.tpm,
+            &self.ek,
+            &AkOptions::default(),
+            challenge,
+            &t,
+            None,
+        )
     }
 
     fn send_answer(&mut self, node: &str, answer: &Answer) -> Downlink {
@@ -487,9 +528,7 @@ fn hostile_agents_replay_copied_certificate_expiry_and_no_policy() {
     let Downlink::Challenge(challenge) = h.send_login(&login) else {
         panic!("expected a challenge");
     };
-    let answer =
-        ekattest_agent::attest::answer(&mut h.tpm, &h.ek, &AkOptions::default(), &challenge, None)
-            .unwrap();
+    let answer = h.answer(&challenge).unwrap();
     let first = h.send_answer(&challenge.node, &answer);
     assert!(
         matches!(first, Downlink::Result(Outcome::Accepted(_))),
@@ -506,9 +545,7 @@ fn hostile_agents_replay_copied_certificate_expiry_and_no_policy() {
     let Downlink::Challenge(challenge) = h.send_login(&login) else {
         panic!("expected a challenge");
     };
-    let answer =
-        ekattest_agent::attest::answer(&mut h.tpm, &h.ek, &AkOptions::default(), &challenge, None)
-            .unwrap();
+    let answer = h.answer(&challenge).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let late = rejected(&h.send_answer(&challenge.node, &answer));
     assert!(
@@ -535,9 +572,11 @@ fn hostile_agents_replay_copied_certificate_expiry_and_no_policy() {
         .unwrap();
 
     // Copied certificate: device B presents A's EK certificate and EK public with its own
-    // AK. The server accepts the evidence and challenges A's EK; B's TPM cannot open it.
+    // AK, on A's topics (the server derives the agent id from the EK, so only A's id gets
+    // that far). The server accepts the evidence and challenges A's EK; B's TPM cannot open
+    // it, so B cannot compute the MAC keyed with A's secret.
     let dev_b = provision(&ca);
-    let mut b = Hostile::new(&world, &dev_b);
+    let mut b = Hostile::on_topics_of(&world, &dev_b, Some(&h.agent));
     let mut copied = b.login.clone();
     copied.ek_public = login.ek_public.clone();
     copied.ek_cert = login.ek_cert.clone();
@@ -545,16 +584,21 @@ fn hostile_agents_replay_copied_certificate_expiry_and_no_policy() {
     let Downlink::Challenge(challenge) = b.send_login(&copied) else {
         panic!("the copied certificate should be challenged");
     };
-    let opened =
-        ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &challenge, None);
+    let opened = b.answer(&challenge);
     assert!(
         opened.is_err(),
         "B's TPM opened a credential made for A's EK"
     );
-    // The best B can send is a guess.
+    // The best B can send is a MAC keyed with a guess.
     let guess = Answer {
         session: challenge.session,
-        secret: heapless::Vec::from_slice(&[0x42; 32]).unwrap(),
+        mac: sign::answer_mac(
+            &[0x42; 32],
+            &b.transcript(),
+            &challenge.session,
+            &challenge.node,
+        )
+        .unwrap(),
         pop: None,
     };
     assert_eq!(

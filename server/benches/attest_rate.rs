@@ -161,6 +161,9 @@ impl Device {
             ek_chain: heapless::Vec::new(),
             ak_public: heapless::Vec::from_slice(&self.ak_public).unwrap(),
             svid_key: Some(heapless::Vec::from_slice(&self.svid_spki).unwrap()),
+            key_certify: None,
+            nonce: [0x4e; 16],
+            signer_hint: None,
         };
         let mut buf = vec![0u8; limits::FRAME_MAX];
         encode(&Uplink::Login(login), &mut buf).unwrap().to_vec()
@@ -225,13 +228,16 @@ impl Device {
         tpm2b(plain).0.to_vec()
     }
 
-    fn answer_frame(&self, challenge: &Challenge) -> Vec<u8> {
+    /// The Answer to `challenge` of the Login with transcript `t`: the MAC with the
+    /// recovered secret and the proof of possession over it.
+    fn answer_frame(&self, challenge: &Challenge, t: &sign::Transcript) -> Vec<u8> {
         let secret = self.activate(challenge);
-        let signed = sign::pop_signed_bytes(&challenge.session, &secret).unwrap();
+        let mac = sign::answer_mac(&secret, t, &challenge.session, &challenge.node).unwrap();
+        let signed = sign::pop_signed_bytes(t, &challenge.session, &mac);
         let pop: p256::ecdsa::Signature = self.svid_key.sign(&signed);
         let answer = Answer {
             session: challenge.session,
-            secret: heapless::Vec::from_slice(&secret).unwrap(),
+            mac,
             pop: Some(heapless::Vec::from_slice(pop.to_der().as_bytes()).unwrap()),
         };
         let mut buf = vec![0u8; limits::FRAME_MAX];
@@ -427,11 +433,17 @@ struct Run {
     login: Vec<u8>,
 }
 
+/// The Login transcript, as the router computes it over the received frame.
+fn transcript(frame: &[u8]) -> sign::Transcript {
+    sign::transcript("c-bench", "bench-device", frame).unwrap()
+}
+
 fn handle(handler: &Handler, frame: &[u8]) {
     let job = match decode::<Uplink>(black_box(frame)).unwrap() {
         Uplink::Login(login) => Job::Login {
             agent: "bench-device".to_owned(),
             login: Box::new(login),
+            transcript: transcript(frame),
         },
         Uplink::Answer(answer) => Job::Answer {
             agent: "bench-device".to_owned(),
@@ -462,7 +474,7 @@ impl Run {
             Downlink::Challenge(c) => c,
             other => panic!("{}: Login answered with {other:?}", self.dev.case),
         };
-        let answer = self.dev.answer_frame(&challenge);
+        let answer = self.dev.answer_frame(&challenge, &transcript(&self.login));
         let start = Instant::now();
         handle(&self.handler, &answer);
         server += start.elapsed();

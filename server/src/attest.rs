@@ -19,6 +19,8 @@ use std::time::{Instant, SystemTime};
 use ekattest_protocol::error::ErrorChain;
 use ekattest_protocol::msg::{Accepted, Answer, Attribute, AttributeName, Challenge, Login};
 use ekattest_protocol::public::Public;
+use ekattest_protocol::sign::{self, Transcript};
+use ekattest_protocol::topic::default_agent_id;
 use ekattest_protocol::{RejectCode, heapless};
 
 use crate::ak;
@@ -45,6 +47,11 @@ pub struct Identity {
     /// The Login's `svid_key` (DER SubjectPublicKeyInfo, checked to be P-256), if the agent
     /// asked for an X.509-SVID: the Answer must then prove possession of it.
     pub svid_key: Option<Vec<u8>>,
+    /// The agent id the Login came from (its topic): only that agent may answer.
+    pub agent: String,
+    /// The Login transcript `T` (DESIGN.md section 2): the Answer's MAC and proof of
+    /// possession, and the Result signature, are over it.
+    pub transcript: Transcript,
 }
 
 impl Identity {
@@ -117,7 +124,7 @@ fn ek_code(e: &EkError) -> RejectCode {
 }
 
 /// The Answer proves possession of the Login's `svid_key`, if one was sent (a `pop` without
-/// a key is ignored: there is nothing to prove).
+/// a key is ignored: there is nothing to prove), over the Login transcript and the MAC.
 fn check_pop(identity: &Identity, answer: &Answer) -> Result<(), Rejection> {
     let Some(key) = &identity.svid_key else {
         return Ok(());
@@ -132,7 +139,7 @@ fn check_pop(identity: &Identity, answer: &Answer) -> Result<(), Rejection> {
             ),
         });
     };
-    svid::verify_pop(key, &answer.session, &answer.secret, pop)
+    svid::verify_pop(key, &identity.transcript, &answer.session, &answer.mac, pop)
         .map_err(|e| Rejection::from_error(RejectCode::ProofOfPossession, &e))
 }
 
@@ -146,6 +153,7 @@ pub struct Attestor {
     node: heapless::String<{ ekattest_protocol::limits::NODE_ID_MAX }>,
     trust_domain: Option<String>,
     sessions: Mutex<SessionStore<Box<Identity>>>,
+    agent_id_from_ek: bool,
 }
 
 impl Attestor {
@@ -169,7 +177,24 @@ impl Attestor {
             node,
             trust_domain: trust_domain.map(str::to_owned),
             sessions: Mutex::new(SessionStore::new(sessions)),
+            agent_id_from_ek: false,
         })
+    }
+
+    /// Requires (with `true`) that a Login's agent id be the one derived from its EK (`ek-` +
+    /// 32 hex digits of `tpm_ek.public_hash`), so a captured Login replayed under invented
+    /// agent ids is refused before any signature check or session. The daemon's
+    /// `agent-id-from-ek` setting (default on); off for a bare `Attestor`.
+    #[must_use]
+    pub fn agent_id_from_ek(mut self, required: bool) -> Self {
+        self.agent_id_from_ek = required;
+        self
+    }
+
+    /// This node's id, as named in its Challenges.
+    #[must_use]
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The session table. A panic while it was held cannot leave it half-updated (every
@@ -188,16 +213,24 @@ impl Attestor {
         self.sessions().sweep(now)
     }
 
-    /// Handles a Login from `agent` (the id its topic carries): validates everything, opens a
-    /// session and returns the Challenge to publish.
+    /// Handles a Login from `agent` (the id its topic carries) whose frame has transcript
+    /// `transcript` ([`sign::transcript`] over the frame as received): validates everything,
+    /// opens a session (one per EK: it replaces a pending one of the same EK) and returns the
+    /// Challenge to publish, unsigned (the daemon signs it,
+    /// [`crate::svid::Authority::sign_challenge`]).
     ///
     /// # Errors
     /// A [`Rejection`] naming the first check that failed.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "sans-IO: every input is passed in"
+    )]
     pub fn login<R: Random + ?Sized>(
         &self,
         doc: &Document,
         agent: &str,
         login: &Login,
+        transcript: &Transcript,
         now: Instant,
         wall: SystemTime,
         rng: &mut R,
@@ -221,6 +254,22 @@ impl Attestor {
         })?;
         credential::check_ek(&ek_public)
             .map_err(|e| Rejection::from_error(RejectCode::EkUnsupported, &e))?;
+        let ek_hash = ek_public.key.public_hash().map_err(|e| Rejection {
+            code: RejectCode::EkUnsupported,
+            reason: format!("EK public key has no SubjectPublicKeyInfo form: {e}"),
+        })?;
+        let derived = default_agent_id(&ek_hash);
+        if self.agent_id_from_ek && agent != derived.as_str() {
+            return Err(Rejection {
+                code: RejectCode::AgentIdMismatch,
+                reason: format!(
+                    "agent id is not the one derived from the EK: the Login on agent {agent}'s \
+                     topic carries the EK of agent {derived}; agents must use their default \
+                     agent id (remove agent-id from agent.yaml) or the server must set \
+                     agent-id-from-ek: false"
+                ),
+            });
+        }
         let evidence = Evidence {
             ek_cert: login.ek_cert.as_deref(),
             ek_chain: &login.ek_chain,
@@ -255,11 +304,14 @@ impl Attestor {
             spiffe_id,
             warnings: verdict.warnings,
             svid_key: login.svid_key.as_ref().map(|k| k.to_vec()),
+            agent: agent.to_owned(),
+            transcript: *transcript,
         });
         identity.to_accepted()?;
         let proven = (*identity).clone();
 
-        let begun = self.sessions().begin(agent, identity, now, rng);
+        // One pending session per EK, whatever agent id it comes under.
+        let begun = self.sessions().begin(derived.as_str(), identity, now, rng);
         let (session, secret) = begun.map_err(|e| {
             let code = match e {
                 SessionError::Busy { .. } => RejectCode::Busy,
@@ -288,17 +340,21 @@ impl Attestor {
             encrypted_secret: heapless::Vec::from_slice(&cred.secret)
                 .map_err(|_| too_long("encrypted secret"))?,
             expires_in: u32::try_from(self.sessions().config().ttl.as_secs()).unwrap_or(u32::MAX),
+            transcript: *transcript,
+            signer: heapless::Vec::new(),
+            signature: heapless::Vec::new(),
         };
         Ok((challenge, proven))
     }
 
     /// Handles an Answer from `agent`: takes the session (single use, right or wrong),
-    /// compares the secret in constant time, then, if the Login sent an `svid_key`, checks
-    /// the Answer's proof of possession of it, and returns the identity proven.
+    /// recomputes the MAC over the session's Login transcript with its secret and compares in
+    /// constant time, then, if the Login sent an `svid_key`, checks the Answer's proof of
+    /// possession of it, and returns the identity proven.
     ///
     /// # Errors
     /// [`RejectCode::UnknownSession`] for an unknown, expired, already answered or other
-    /// agent's session; [`RejectCode::ChallengeFailed`] for a wrong secret (the log reason is
+    /// agent's session; [`RejectCode::ChallengeFailed`] for a wrong MAC (the log reason is
     /// the seed's `challenge response secret does not match`);
     /// [`RejectCode::ProofOfPossession`] for a missing or bad `pop` (the session is spent).
     pub fn answer(
@@ -307,34 +363,50 @@ impl Attestor {
         answer: &Answer,
         now: Instant,
     ) -> Result<Identity, Rejection> {
-        let taken = self.sessions().answer(&answer.session, &answer.secret, now);
-        match taken {
-            Ok((owner, identity)) if owner.as_str() == agent => {
+        let node = self.node.as_str();
+        let mut owner = None;
+        let taken = self
+            .sessions()
+            .answer_with(&answer.session, now, |secret, identity| {
+                owner = Some(identity.agent.clone());
+                identity.agent == agent
+                    && sign::answer_mac_matches(
+                        secret,
+                        &identity.transcript,
+                        &answer.session,
+                        node,
+                        &answer.mac,
+                    )
+            });
+        match (taken, owner) {
+            (Ok((_, identity)), _) => {
                 check_pop(&identity, answer)?;
                 Ok(*identity)
             }
-            Ok((owner, _)) => Err(Rejection {
-                code: RejectCode::UnknownSession,
-                reason: format!(
-                    "unknown session ID: session {} belongs to agent {owner}, answered by {agent}",
-                    answer.session
-                ),
-            }),
-            Err(SessionError::WrongSecret(id, owner)) if owner.as_str() != agent => {
+            // Another agent's session: answered like an unknown one, so an agent learns
+            // nothing about sessions that are not its own. The session is spent either way.
+            (Err(SessionError::WrongSecret(id, _)), Some(owner)) if owner != agent => {
                 Err(Rejection {
                     code: RejectCode::UnknownSession,
                     reason: format!(
-                        "unknown session ID: session {id} belongs to agent {owner}, answered by {agent}"
+                        "unknown session ID: session {id} belongs to agent {owner}, answered by \
+                         {agent}"
                     ),
                 })
             }
-            Err(e @ SessionError::WrongSecret(..)) => {
-                Err(Rejection::from_error(RejectCode::ChallengeFailed, &e))
-            }
-            Err(e @ SessionError::Unknown(_)) => {
+            (Err(SessionError::WrongSecret(id, _)), _) => Err(Rejection {
+                code: RejectCode::ChallengeFailed,
+                reason: format!(
+                    "challenge response secret does not match: the MAC of agent {agent}'s \
+                     Answer to session {id} does not verify over the session's Login \
+                     transcript (another TPM opened the credential, the Login was rewritten \
+                     on the way, or the Answer is forged)"
+                ),
+            }),
+            (Err(e @ SessionError::Unknown(_)), _) => {
                 Err(Rejection::from_error(RejectCode::UnknownSession, &e))
             }
-            Err(e) => Err(Rejection::from_error(RejectCode::Internal, &e)),
+            (Err(e), _) => Err(Rejection::from_error(RejectCode::Internal, &e)),
         }
     }
 }

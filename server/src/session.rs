@@ -285,7 +285,7 @@ impl<T> SessionStore<T> {
 
     /// Takes the session `id` and checks `secret` against it in constant time. The session is
     /// removed whatever the outcome, so every answer is single use. A right answer returns the
-    /// session's agent and data.
+    /// session's key and data.
     ///
     /// # Errors
     /// [`SessionError::Unknown`] if no live session has this id (including expired ones);
@@ -296,6 +296,24 @@ impl<T> SessionStore<T> {
         secret: &[u8],
         now: Instant,
     ) -> Result<(AgentId, T), SessionError> {
+        self.answer_with(id, now, |s, _| bool::from(s.as_slice().ct_eq(secret)))
+    }
+
+    /// Takes the session `id` and asks `check` whether the answer proves its secret (wire
+    /// version 2: `check` recomputes the Answer's MAC with the secret and compares in
+    /// constant time). The session is removed whatever the outcome, so every answer is
+    /// single use; `check` is not called for an expired session. A right answer returns the
+    /// session's key and data.
+    ///
+    /// # Errors
+    /// [`SessionError::Unknown`] if no live session has this id (including expired ones);
+    /// [`SessionError::WrongSecret`] if `check` says no.
+    pub fn answer_with(
+        &mut self,
+        id: &SessionId,
+        now: Instant,
+        check: impl FnOnce(&[u8; SECRET_LEN], &T) -> bool,
+    ) -> Result<(AgentId, T), SessionError> {
         let id_hash = self.hasher.hash_one(id.0);
         let Some(&slot) = self.by_id.find(id_hash, |&s| self.slot_id(s) == Some(*id)) else {
             return Err(SessionError::Unknown(*id));
@@ -305,10 +323,12 @@ impl<T> SessionStore<T> {
             .slots
             .get(slot as usize)
             .is_none_or(|s| s.deadline <= now);
-        let matches = self
-            .slots
-            .get(slot as usize)
-            .is_some_and(|s| bool::from(s.secret.as_slice().ct_eq(secret)));
+        let matches = !expired
+            && self
+                .slots
+                .get(slot as usize)
+                .and_then(|s| s.live.as_ref().map(|l| (&s.secret, &l.data)))
+                .is_some_and(|(secret, data)| check(secret, data));
         let live = self.remove(slot);
         match live {
             Some(_) if expired => Err(SessionError::Unknown(*id)),

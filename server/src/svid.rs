@@ -21,8 +21,8 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use ekattest_protocol::RejectCode;
 use ekattest_protocol::heapless;
-use ekattest_protocol::limits::{SPIFFE_ID_MAX, SVID_MAX};
-use ekattest_protocol::msg::{Accepted, SessionId};
+use ekattest_protocol::limits::{SIGNER_CERT_MAX, SIGNER_HINT_LEN, SPIFFE_ID_MAX, SVID_MAX};
+use ekattest_protocol::msg::{Accepted, Challenge, SessionId};
 use ekattest_protocol::sign;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -138,9 +138,12 @@ pub enum SvidError {
     /// The proof-of-possession signature does not verify.
     #[error(
         "proof of possession signature does not verify with the Login's svid_key over this \
-         session and secret"
+         Login's transcript, the session and the Answer's MAC"
     )]
     BadPop,
+    /// A signer certificate cannot be issued under this CA.
+    #[error("cannot issue a signer: {0}")]
+    Signer(String),
 }
 
 /// The trust domain's CA: its certificate (the agents' trust bundle) and its P-256 key.
@@ -153,6 +156,12 @@ pub struct Authority {
     not_before: i64,
     not_after: i64,
     issuer: Issuer<'static, CaKey>,
+    /// Self-issued (subject = issuer): the trust domain's root, whose key is then online.
+    root: bool,
+    /// The certificate's pathLenConstraint, if any.
+    path_len: Option<u32>,
+    /// [`sign::signer_hint`] of the certificate.
+    hint: [u8; SIGNER_HINT_LEN],
 }
 
 impl fmt::Debug for Authority {
@@ -233,6 +242,28 @@ impl Authority {
                 cert: cert_what.to_owned(),
             });
         }
+        let root = cert.subject().as_raw() == cert.issuer().as_raw();
+        if !root && !has_signer_usage(&cert) {
+            return Err(cert_err(format!(
+                "an intermediate CA without the ekattest signer usage (extendedKeyUsage {}): \
+                 agents ignore Challenges it signs; issue the server's signer with \
+                 `ekattestctl ca issue-signer`",
+                sign::SIGNER_EKU_OID
+            )));
+        }
+        if cert_der.len() > SIGNER_CERT_MAX {
+            return Err(cert_err(format!(
+                "{} bytes, more than the {SIGNER_CERT_MAX} bytes a Challenge carries; use a \
+                 certificate with shorter names (ekattestctl ca issue-signer)",
+                cert_der.len()
+            )));
+        }
+        let path_len = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint);
+        let hint = sign::signer_hint(&cert_der);
         let trust_domain = spiffe_trust_domain(&cert);
         let not_before = cert.validity().not_before.timestamp();
         let not_after = cert.validity().not_after.timestamp();
@@ -250,7 +281,18 @@ impl Authority {
             not_before,
             not_after,
             issuer,
+            root,
+            path_len,
+            hint,
         })
+    }
+
+    /// Whether the certificate is the trust domain's root (self-issued): its key then signs
+    /// on this server, where an intermediate from `ekattestctl ca issue-signer` would let the
+    /// root key stay offline.
+    #[must_use]
+    pub fn is_root(&self) -> bool {
+        self.root
     }
 
     /// A new self-signed CA for `trust_domain`: subject O=ekattest, CN=`<trust domain> CA`,
@@ -296,7 +338,9 @@ impl Authority {
         params.distinguished_name = dn;
         params.subject_alt_names =
             vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // pathlen 1: the root certifies the server's signer (an intermediate), which issues
+        // the SVIDs.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&signer)?;
         let cert_pem = cert.pem();
@@ -382,8 +426,41 @@ impl Authority {
         Ok(der)
     }
 
+    /// Signs with the CA key: DER ECDSA P-256 SHA-256.
+    fn sign(&self, bytes: &[u8], what: &'static str) -> Result<Vec<u8>, SvidError> {
+        let ca = self.issuer.key();
+        ca.key
+            .sign(&ca.rng, bytes)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| SvidError::Crypto(what))
+    }
+
+    /// Fills `challenge.signer` (this certificate, unless `login_hint` says the agent holds
+    /// it) and `challenge.signature` (over [`sign::challenge_signed_bytes`]).
+    ///
+    /// # Errors
+    /// [`SvidError::Encode`] if `agent` exceeds the protocol limit, [`SvidError::Crypto`] if
+    /// signing fails.
+    pub fn sign_challenge(
+        &self,
+        agent: &str,
+        login_hint: Option<[u8; SIGNER_HINT_LEN]>,
+        challenge: &mut Challenge,
+    ) -> Result<(), SvidError> {
+        challenge.signer.clear();
+        if login_hint != Some(self.hint) {
+            challenge.signer = heapless::Vec::from_slice(&self.cert_der)
+                .map_err(|_| SvidError::Crypto("fitting the signer certificate"))?;
+        }
+        let bytes = sign::challenge_signed_bytes(agent, challenge)?;
+        let signature = self.sign(&bytes, "signing the Challenge")?;
+        challenge.signature = heapless::Vec::from_slice(&signature)
+            .map_err(|_| SvidError::Crypto("fitting the Challenge signature"))?;
+        Ok(())
+    }
+
     /// Fills `accepted.signature` with the CA key's DER ECDSA P-256 SHA-256 signature over
-    /// [`sign::result_signed_bytes`]`(agent, session, accepted)`.
+    /// [`sign::result_signed_bytes`]`(agent, session, transcript, accepted)`.
     ///
     /// # Errors
     /// [`SvidError::Encode`] if `agent` exceeds the protocol limit, [`SvidError::Crypto`] if
@@ -392,21 +469,19 @@ impl Authority {
         &self,
         agent: &str,
         session: &SessionId,
+        transcript: &sign::Transcript,
         accepted: &mut Accepted,
     ) -> Result<(), SvidError> {
-        let bytes = sign::result_signed_bytes(agent, session, accepted)?;
-        let ca = self.issuer.key();
-        let signature = ca
-            .key
-            .sign(&ca.rng, &bytes)
-            .map_err(|_| SvidError::Crypto("signing the Result"))?;
-        accepted.signature = heapless::Vec::from_slice(signature.as_ref())
+        let bytes = sign::result_signed_bytes(agent, session, transcript, accepted)?;
+        let signature = self.sign(&bytes, "signing the Result")?;
+        accepted.signature = heapless::Vec::from_slice(&signature)
             .map_err(|_| SvidError::Crypto("fitting the Result signature"))?;
         Ok(())
     }
 
     /// The whole success path for the daemon: [`Identity::to_accepted`], an SVID valid for
-    /// `ttl` if the Login carried an `svid_key`, then [`Authority::sign_result`].
+    /// `ttl` if the Login carried an `svid_key`, then [`Authority::sign_result`] over the
+    /// identity's Login transcript.
     ///
     /// # Errors
     /// A [`Rejection`] with [`RejectCode::Internal`] and the reason for the log.
@@ -434,9 +509,80 @@ impl Authority {
                 })
             })?;
         }
-        self.sign_result(agent, session, &mut accepted)
+        self.sign_result(agent, session, &identity.transcript, &mut accepted)
             .map_err(internal)?;
         Ok(accepted)
+    }
+
+    /// A signer for this (root) CA: a new P-256 intermediate CA (O=ekattest, CN=`<trust
+    /// domain> signer`, URI SAN `spiffe://<trust domain>`, CA:TRUE pathlen 0, keyUsage
+    /// digitalSignature, keyCertSign and cRLSign, extendedKeyUsage serverAuth, clientAuth and
+    /// [`sign::SIGNER_EKU_OID`]) valid for `validity` (clamped to this CA's). The server
+    /// signs SVIDs, Challenges and Results with it; this CA's key can then stay offline.
+    /// Returns the certificate PEM and the key PEM (PKCS#8).
+    ///
+    /// # Errors
+    /// [`SvidError::Signer`] if this CA may not certify a CA (pathlen 0, made by an older
+    /// `ca create`) or has expired; [`SvidError::Crypto`] / [`SvidError::Build`] if key
+    /// generation or signing fails.
+    pub fn issue_signer(&self, validity: Duration) -> Result<(String, String), SvidError> {
+        if self.path_len == Some(0) {
+            return Err(SvidError::Signer(
+                "the CA has pathLenConstraint 0, so it may not certify a signer CA below it; \
+                 create a new root with `ekattestctl ca create` (pathlen 1) and distribute it \
+                 as the agents' trust bundle"
+                    .to_owned(),
+            ));
+        }
+        let now = unix_secs(SystemTime::now())?;
+        let not_after = now
+            .checked_add(secs(validity)?)
+            .ok_or_else(|| SvidError::Validity(format!("validity {validity:?} is out of range")))?
+            .min(self.not_after);
+        if not_after <= now {
+            return Err(SvidError::Signer(format!(
+                "the CA expired at {} (Unix time); create a new one",
+                self.not_after
+            )));
+        }
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+            .map_err(|_| SvidError::Crypto("P-256 key generation"))?;
+        let pkcs8 = key
+            .to_pkcs8v1()
+            .map_err(|_| SvidError::Crypto("PKCS#8 encoding of the signer key"))?;
+        let key_pem = pem_lf("PRIVATE KEY", pkcs8.as_ref().to_vec());
+        let signer_key = CaKey {
+            key,
+            rng: SystemRandom::new(),
+        };
+        let td = self.trust_domain.as_deref().unwrap_or("ekattest");
+        let mut params = CertificateParams::default();
+        set_validity(
+            &mut params,
+            now.saturating_sub(secs(BACKDATE)?).max(self.not_before),
+            not_after,
+        )?;
+        params.serial_number = Some(random_serial(&signer_key.rng)?);
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "ekattest");
+        dn.push(DnType::CommonName, format!("{td} signer"));
+        params.distinguished_name = dn;
+        if let Some(td) = &self.trust_domain {
+            params.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into()?)];
+        }
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        params.custom_extensions = vec![signer_eku()];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&signer_key, &self.issuer)?;
+        let cert_pem = cert.pem();
+        // Check it loads as this server would load it.
+        Self::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
+        Ok((cert_pem, key_pem))
     }
 
     /// `spiffe://<trust domain>/<path>` with a valid path, in this CA's trust domain if the
@@ -470,6 +616,36 @@ impl Authority {
             _ => Ok(()),
         }
     }
+}
+
+/// DER of id-kp-serverAuth and id-kp-clientAuth, as OBJECT IDENTIFIER TLVs.
+const SERVER_AUTH: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+const CLIENT_AUTH: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// The signer's extendedKeyUsage (2.5.29.37, not critical): serverAuth and clientAuth (so
+/// relying parties that check EKU along the chain accept the SVIDs below it) and
+/// [`sign::SIGNER_EKU_OID`]. Written by hand: rcgen takes OID arcs as u64 and a UUID OID's
+/// last arc is 128 bits.
+fn signer_eku() -> rcgen::CustomExtension {
+    let ours_len = u8::try_from(sign::SIGNER_EKU_OID_DER.len()).unwrap_or(0);
+    let mut oids = Vec::new();
+    oids.extend_from_slice(SERVER_AUTH);
+    oids.extend_from_slice(CLIENT_AUTH);
+    oids.extend_from_slice(&[0x06, ours_len]);
+    oids.extend_from_slice(sign::SIGNER_EKU_OID_DER);
+    let mut value = vec![0x30, u8::try_from(oids.len()).unwrap_or(0)];
+    value.extend_from_slice(&oids);
+    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], value)
+}
+
+/// Whether `cert`'s extendedKeyUsage lists [`sign::SIGNER_EKU_OID`].
+fn has_signer_usage(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    cert.extended_key_usage().ok().flatten().is_some_and(|eku| {
+        eku.value
+            .other
+            .iter()
+            .any(|oid| oid.as_bytes() == sign::SIGNER_EKU_OID_DER)
+    })
 }
 
 /// A SPIFFE trust domain name: 1 to 255 of `[a-z0-9._-]`.

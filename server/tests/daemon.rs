@@ -255,6 +255,9 @@ fn login_frame() -> Vec<u8> {
         ek_chain: heapless::Vec::new(),
         ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
         svid_key: None,
+        key_certify: None,
+        nonce: [0x4e; 16],
+        signer_hint: None,
     };
     let mut buf = vec![0u8; limits::FRAME_MAX];
     encode(&Uplink::Login(login), &mut buf).unwrap().to_vec()
@@ -327,7 +330,7 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
     );
     junk.publish(
         topics.login("ek-junk").unwrap().as_str(),
-        vec![1, 0xff, 0xff, 0xff],
+        vec![ekattest_protocol::msg::VERSION, 0xff, 0xff, 0xff],
         false,
     );
     let (topic, msg) = junk.next_downlink();
@@ -337,21 +340,56 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
     assert_eq!(server.log(i)["agentId"], "ek-junk");
     assert_eq!(server.log(i)["level"], "warn");
 
+    // 1b. A version 1 frame (an agent not yet upgraded): `unsupported protocol version`,
+    // written in version 1 so the old agent can read it.
+    let mut v1 = login_frame();
+    v1[0] = 1;
+    junk.publish(topics.login("ek-junk").unwrap().as_str(), v1, false);
+    let (_, frame) = junk
+        .downlinks
+        .recv_timeout(WAIT)
+        .expect("no reply to a v1 frame");
+    assert_eq!(frame[0], 1, "the rejection is not in the agent's version");
+    let mut current = frame.clone();
+    current[0] = ekattest_protocol::msg::VERSION;
+    assert_eq!(
+        rejected(&decode::<Downlink>(&current).unwrap()),
+        RejectCode::UnsupportedVersion
+    );
+    let i = server.wait_msg(0, "unsupported protocol version");
+    assert_eq!(server.log(i)["agentId"], "ek-junk");
+
+    // 1c. A Login under an agent id that is not the one derived from its EK (a captured
+    // Login replayed under an invented id): refused before any EK check (agent-id-from-ek
+    // is on by default).
+    let invented = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
+    invented.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert_eq!(
+        rejected(&invented.next_downlink().1),
+        RejectCode::AgentIdMismatch
+    );
+    server.wait_msg(0, "agent id is not the one derived from the EK");
+
     // 2. A Login whose EK hash is not in the allow-list: EkNotTrusted, seed log lines.
-    let agent = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
+    let ek_a = {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&Sha256::digest(read("rsa2048/ek.spki.der")));
+        ekattest_protocol::topic::default_agent_id(&h).to_string()
+    };
+    let agent = Peer::connect(s.port, &ek_a, Some(topics.down(&ek_a).unwrap().as_str()));
     let from = server.logs.lock().unwrap().len();
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    agent.publish(topics.login(&ek_a).unwrap().as_str(), login_frame(), false);
     assert_eq!(rejected(&agent.next_downlink().1), RejectCode::EkNotTrusted);
     let started = server.wait_msg(from, "Login started with multi-attestation support");
     assert_eq!(
         server.log(started)["providedMethods"],
         serde_json::json!(["tpm_ek"])
     );
-    assert_eq!(server.log(started)["agentId"], "ek-a");
+    assert_eq!(server.log(started)["agentId"], ek_a.as_str());
     let rej = server.wait_msg(started, "EK did not pass any configured validation check");
     let line = server.log(rej);
     assert_eq!(line["level"], "warn");
-    assert_eq!(line["agentId"], "ek-a");
+    assert_eq!(line["agentId"], ek_a.as_str());
     assert_eq!(line["code"], "ek_not_trusted");
     assert!(
         line["error"].as_str().unwrap().contains("EK did not pass"),
@@ -365,9 +403,10 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
         ),
         1
     );
+    // The junk frame and the version 1 frame.
     assert_eq!(
         server.metric("attestation_frames_rejected_total{reason=\"malformed\"}"),
-        1
+        2
     );
     assert_eq!(server.metric("attestation_logins_total"), 1);
     assert_eq!(
@@ -394,7 +433,7 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
     let good_sha = hex::encode(Sha256::digest(policy(&ek_hash())));
     assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
     assert_eq!(server.log(applied)["source"], "config topic");
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    agent.publish(topics.login(&ek_a).unwrap().as_str(), login_frame(), false);
     match agent.next_downlink().1 {
         Downlink::Challenge(c) => {
             assert_eq!(c.node.as_str(), NODE);
@@ -442,7 +481,7 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
         server.metric("attestation_policy_reloads_total{result=\"invalid\"}"),
         1
     );
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    agent.publish(topics.login(&ek_a).unwrap().as_str(), login_frame(), false);
     assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
 
     // 7. SIGTERM: a clean stop with exit status 0.

@@ -96,7 +96,7 @@ fn our_ca_and_svids_verify_with_openssl() {
     std::fs::write(d.join("ca.key"), &key_pem).unwrap();
 
     let ca_text = openssl_ok(d, &["x509", "-in", "ca.pem", "-noout", "-text"]);
-    assert!(ca_text.contains("CA:TRUE, pathlen:0"), "{ca_text}");
+    assert!(ca_text.contains("CA:TRUE, pathlen:1"), "{ca_text}");
     assert!(ca_text.contains("Certificate Sign, CRL Sign"), "{ca_text}");
     assert!(ca_text.contains("URI:spiffe://example.org"), "{ca_text}");
     assert!(ca_text.contains("prime256v1"), "{ca_text}");
@@ -338,8 +338,10 @@ fn result_and_pop_signatures_interoperate_with_openssl_dgst() {
             value: heapless::String::try_from("ab").unwrap(),
         })
         .unwrap();
-    ca.sign_result("agent-1", &session, &mut accepted).unwrap();
-    let msg = sign::result_signed_bytes("agent-1", &session, &accepted).unwrap();
+    let t = [0x33u8; 32];
+    ca.sign_result("agent-1", &session, &t, &mut accepted)
+        .unwrap();
+    let msg = sign::result_signed_bytes("agent-1", &session, &t, &accepted).unwrap();
     std::fs::write(d.join("result.bin"), &msg).unwrap();
     std::fs::write(d.join("result.sig"), &accepted.signature).unwrap();
     let verify = [
@@ -352,7 +354,7 @@ fn result_and_pop_signatures_interoperate_with_openssl_dgst() {
         "result.bin",
     ];
     assert!(openssl_ok(d, &verify).contains("Verified OK"));
-    let other = sign::result_signed_bytes("agent-2", &session, &accepted).unwrap();
+    let other = sign::result_signed_bytes("agent-2", &session, &t, &accepted).unwrap();
     std::fs::write(d.join("result.bin"), &other).unwrap();
     assert!(
         !openssl(d, &verify).status.success(),
@@ -361,8 +363,8 @@ fn result_and_pop_signatures_interoperate_with_openssl_dgst() {
 
     // Proof of possession: signed by openssl with the agent key, verified by us.
     let (_, spki) = openssl_agent_key(d, "agent");
-    let secret = [0x17u8; 32];
-    let pop_msg = sign::pop_signed_bytes(&session, &secret).unwrap();
+    let mac = [0x17u8; 32];
+    let pop_msg = sign::pop_signed_bytes(&t, &session, &mac);
     std::fs::write(d.join("pop.bin"), &pop_msg).unwrap();
     openssl_ok(
         d,
@@ -377,14 +379,18 @@ fn result_and_pop_signatures_interoperate_with_openssl_dgst() {
         ],
     );
     let pop = std::fs::read(d.join("pop.sig")).unwrap();
-    svid::verify_pop(&spki, &session, &secret, &pop).unwrap();
+    svid::verify_pop(&spki, &t, &session, &mac, &pop).unwrap();
     assert!(matches!(
-        svid::verify_pop(&spki, &SessionId([0x43; 16]), &secret, &pop),
+        svid::verify_pop(&spki, &t, &SessionId([0x43; 16]), &mac, &pop),
+        Err(SvidError::BadPop)
+    ));
+    assert!(matches!(
+        svid::verify_pop(&spki, &[0x34; 32], &session, &mac, &pop),
         Err(SvidError::BadPop)
     ));
     let (_, other_spki) = openssl_agent_key(d, "other");
     assert!(matches!(
-        svid::verify_pop(&other_spki, &session, &secret, &pop),
+        svid::verify_pop(&other_spki, &t, &session, &mac, &pop),
         Err(SvidError::BadPop)
     ));
 }

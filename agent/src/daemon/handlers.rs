@@ -14,9 +14,10 @@ use ekattest_protocol::msg::{Accepted, Challenge, Downlink, Outcome, SessionId, 
 use ekattest_protocol::{ErrorChain, decode};
 use rumqttc::Client;
 
-use super::identity::{self, SvidKey, TrustBundle};
+use super::identity::{self, Signer, SvidKey, TrustBundle};
 use super::{DaemonError, End, Phase, Runner, unix_now};
 use crate::{attest, ops};
+use ekattest_protocol::sign::Transcript;
 
 impl Runner<'_> {
     pub(super) fn on_downlink(
@@ -40,24 +41,40 @@ impl Runner<'_> {
                 Phase::AwaitChallenge {
                     key,
                     spki,
+                    transcript,
                     deadline,
                 },
                 Downlink::Challenge(challenge),
             ) => {
-                if let Err(e) = self.topics.answer(&challenge.node, &self.agent) {
-                    // Checked before the TPM is touched; the server's own Challenge may
-                    // still come.
-                    self.ignored(&format!(
-                        "ignoring a Challenge naming an unusable server node {:?}: {e}",
-                        challenge.node.as_str()
-                    ));
-                    return Ok(Phase::AwaitChallenge {
-                        key,
-                        spki,
-                        deadline,
+                // Checked before the TPM is touched: a forged, replayed or relayed Challenge
+                // is ignored, and the server's own Challenge may still come.
+                let checked = self
+                    .topics
+                    .answer(&challenge.node, &self.agent)
+                    .map_err(|e| {
+                        format!(
+                            "ignoring a Challenge naming an unusable server node {:?}: {e}",
+                            challenge.node.as_str()
+                        )
+                    })
+                    .and_then(|_| {
+                        self.challenge_signer(&challenge, &transcript)
+                            .map_err(|e| format!("ignoring a Challenge: {e}"))
                     });
+                match checked {
+                    Ok(signer) => {
+                        Ok(self.on_challenge(client, key, spki, transcript, signer, &challenge))
+                    }
+                    Err(why) => {
+                        self.ignored(&why);
+                        Ok(Phase::AwaitChallenge {
+                            key,
+                            spki,
+                            transcript,
+                            deadline,
+                        })
+                    }
                 }
-                Ok(self.on_challenge(client, key, spki, &challenge))
             }
             (
                 Phase::AwaitChallenge { .. } | Phase::AwaitResult { .. },
@@ -74,16 +91,20 @@ impl Runner<'_> {
                 Phase::AwaitResult {
                     key,
                     spki,
+                    transcript,
+                    signer,
                     session,
                     deadline,
                 },
                 Downlink::Result(Outcome::Accepted(accepted)),
-            ) => match self.on_accepted(&key, &spki, &session, &accepted) {
+            ) => match self.on_accepted(&key, &spki, &signer, &session, &transcript, &accepted) {
                 // Not verified: logged; keep waiting for the server's own Result until the
                 // response timeout (a forged Result must not cancel a good attestation).
                 Ok(false) => Ok(Phase::AwaitResult {
                     key,
                     spki,
+                    transcript,
+                    signer,
                     session,
                     deadline,
                 }),
@@ -101,11 +122,42 @@ impl Runner<'_> {
         }
     }
 
+    /// The signer of `challenge`, checked: its certificate (carried, or the one this agent
+    /// holds when the Challenge leaves it out) chains to the trust bundle with the signer
+    /// usage, its signature covers the Challenge, and the Challenge names `own`, the
+    /// transcript of this agent's Login.
+    fn challenge_signer(
+        &mut self,
+        challenge: &Challenge,
+        own: &Transcript,
+    ) -> Result<Box<Signer>, identity::IdentityError> {
+        let now = unix_now();
+        let signer = if challenge.signer.is_empty() {
+            match (&self.signer, self.bundle.single_anchor()) {
+                (Some(held), _) => held.clone(),
+                (None, Some(anchor)) => self.bundle.signer(anchor, now)?,
+                (None, None) => {
+                    return Err(identity::IdentityError::Signer(
+                        "the Challenge carries no signer certificate and this agent holds none"
+                            .to_owned(),
+                    ));
+                }
+            }
+        } else {
+            self.bundle.signer(&challenge.signer, now)?
+        };
+        signer.verify_challenge(&self.agent, challenge, own, now)?;
+        self.signer = Some(signer.clone());
+        Ok(Box::new(signer))
+    }
+
     fn on_challenge(
         &mut self,
         client: &Client,
         key: SvidKey,
         spki: Vec<u8>,
+        transcript: Transcript,
+        signer: Box<Signer>,
         challenge: &Challenge,
     ) -> Phase {
         log::debug!(
@@ -122,6 +174,7 @@ impl Runner<'_> {
                     &d.ek,
                     &d.ak_opts,
                     challenge,
+                    &transcript,
                     Some(key.signing_key()),
                 )
                 .map_err(|e| ErrorChain(&e).to_string())
@@ -148,8 +201,9 @@ impl Runner<'_> {
                 return Phase::Idle;
             }
         };
-        if let Err(End::Transient(why) | End::Refused(why)) =
-            self.publish(client, &topic, &Uplink::Answer(answer))
+        if let Err(End::Transient(why) | End::Refused(why)) = self
+            .publish(client, &topic, &Uplink::Answer(answer))
+            .map(drop)
         {
             log::warn!("{why}");
             self.failed(why);
@@ -159,6 +213,8 @@ impl Runner<'_> {
         Phase::AwaitResult {
             key,
             spki,
+            transcript,
+            signer,
             session: challenge.session,
             deadline: Instant::now() + self.config.response_timeout,
         }
@@ -170,7 +226,9 @@ impl Runner<'_> {
         &mut self,
         key: &SvidKey,
         spki: &[u8],
+        signer: &Signer,
         session: &SessionId,
+        transcript: &Transcript,
         accepted: &Accepted,
     ) -> Result<bool, End> {
         match TrustBundle::load(&self.config.trust_bundle) {
@@ -178,12 +236,25 @@ impl Runner<'_> {
             Err(e) => log::warn!("keeping the trust bundle read earlier: {e}"),
         }
         let now = unix_now();
-        let verified =
-            identity::verify_result(&self.bundle, &self.agent, session, accepted, spki, now)
-                .and_then(|v| {
-                    identity::write_identity(&self.config.data_dir, &v.svid, key, self.bundle.pem())
-                        .map(|()| v)
-                });
+        let verified = identity::verify_result(
+            signer,
+            &self.agent,
+            session,
+            transcript,
+            accepted,
+            spki,
+            now,
+        )
+        .and_then(|v| {
+            identity::write_identity(
+                &self.config.data_dir,
+                &v.svid,
+                &v.chain,
+                key,
+                self.bundle.pem(),
+            )
+            .map(|()| v)
+        });
         let v = match verified {
             Ok(v) => v,
             Err(e) => {

@@ -13,9 +13,10 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use ekattest_protocol::msg::{Accepted, SessionId};
+use ekattest_protocol::limits::SIGNER_HINT_LEN;
+use ekattest_protocol::msg::{Accepted, Challenge, SessionId};
 use ekattest_protocol::public::{EccCurve, PublicKey, SPKI_MAX};
-use ekattest_protocol::sign;
+use ekattest_protocol::sign::{self, Transcript};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::zeroize::Zeroizing;
@@ -60,12 +61,18 @@ pub enum IdentityError {
         /// What was skipped.
         detail: String,
     },
-    /// The Result's signature is not from a CA of the bundle.
+    /// The Result's signature is not the Challenge signer's.
     #[error(
-        "the Result is not signed by a CA in the trust bundle: the server's SVID CA is not in \
-         trust-bundle, or the message was forged or altered"
+        "the Result is not signed by the server that signed the Challenge: the message was \
+         forged or altered"
     )]
     ResultSignature,
+    /// The Challenge's signer certificate is not acceptable.
+    #[error("the Challenge's signer certificate is not acceptable: {0}")]
+    Signer(String),
+    /// The Challenge does not verify.
+    #[error("the Challenge is not acceptable: {0}")]
+    Challenge(&'static str),
     /// The SVID does not parse.
     #[error("the SVID is not a certificate this agent can check")]
     SvidMalformed(#[source] x509::X509Error),
@@ -177,8 +184,85 @@ impl SvidKey {
 /// One CA of the trust bundle.
 #[derive(Debug, Clone)]
 struct BundleCa {
+    der: Vec<u8>,
     subject: Vec<u8>,
     key: VerifyingKey,
+}
+
+/// The server key that signs Challenges and Results and issues SVIDs: a CA of the trust
+/// bundle itself, or an intermediate it issued with the signer usage. Checked once when it
+/// arrives in a Challenge, and again (validity) whenever it is used.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    der: Vec<u8>,
+    subject: Vec<u8>,
+    key: VerifyingKey,
+    not_before: i64,
+    not_after: i64,
+    /// A CA of the trust bundle (nothing to add to `svid.pem`'s chain).
+    anchor: bool,
+}
+
+impl Signer {
+    /// The hint a Login sends for this signer ([`sign::signer_hint`]).
+    #[must_use]
+    pub fn hint(&self) -> [u8; SIGNER_HINT_LEN] {
+        sign::signer_hint(&self.der)
+    }
+
+    /// The certificate, DER.
+    #[must_use]
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// Whether it is a CA of the trust bundle itself.
+    #[must_use]
+    pub fn is_anchor(&self) -> bool {
+        self.anchor
+    }
+
+    fn valid_at(&self, now: i64) -> Result<(), IdentityError> {
+        if now < self.not_before || now > self.not_after {
+            return Err(IdentityError::Signer(format!(
+                "valid from {} to {} (unix time) but now is {now}: check the device clock, or \
+                 renew the server's signer",
+                self.not_before, self.not_after
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks `challenge` for this agent: signed by this signer over
+    /// [`sign::challenge_signed_bytes`], naming `own` (the transcript of the Login this agent
+    /// sent). Nothing else may reach the TPM.
+    ///
+    /// # Errors
+    /// [`IdentityError::Challenge`] naming the check that failed.
+    pub fn verify_challenge(
+        &self,
+        agent: &str,
+        challenge: &Challenge,
+        own: &Transcript,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        self.valid_at(now)?;
+        let signature = Signature::from_der(&challenge.signature)
+            .map_err(|_| IdentityError::Challenge("its signature is not a DER ECDSA signature"))?;
+        let message = sign::challenge_signed_bytes(agent, challenge)
+            .map_err(|_| IdentityError::Challenge("it cannot be encoded for this agent id"))?;
+        self.key.verify(&message, &signature).map_err(|_| {
+            IdentityError::Challenge("its signature does not verify with the signer's key")
+        })?;
+        if challenge.transcript != *own {
+            return Err(IdentityError::Challenge(
+                "it was made for another Login than the one this agent sent (transcript \
+                 differs): the Login was altered on the way, or the Challenge belongs to \
+                 another attestation",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The server's SVID CA certificate(s) the agent trusts.
@@ -267,9 +351,82 @@ fn ca_key(der: &[u8]) -> Result<BundleCa, String> {
     let cert = x509::parse(der).map_err(|e| e.to_string())?;
     let key = p256_key(cert.spki).ok_or("its key is not P-256")?;
     Ok(BundleCa {
+        der: der.to_vec(),
         subject: cert.subject.to_vec(),
         key,
     })
+}
+
+impl TrustBundle {
+    /// The bundle's certificate (DER) when it holds exactly one.
+    #[must_use]
+    pub fn single_anchor(&self) -> Option<&[u8]> {
+        match self.cas.as_slice() {
+            [one] => Some(&one.der),
+            _ => None,
+        }
+    }
+
+    /// The hint for the Login: the bundle's certificate when it holds exactly one (a server
+    /// that signs with its root then leaves its certificate out of the Challenge).
+    #[must_use]
+    pub fn default_hint(&self) -> Option<[u8; SIGNER_HINT_LEN]> {
+        match self.cas.as_slice() {
+            [one] => Some(sign::signer_hint(&one.der)),
+            _ => None,
+        }
+    }
+
+    /// The signer a Challenge names: its certificate `der` (from the Challenge, or the one
+    /// held for `hint` when the Challenge leaves it out), checked at unix time `now`: a CA of
+    /// this bundle, or a P-256 CA certificate issued (ecdsa-with-SHA256) by one of them,
+    /// valid now, with the ekattest signer usage.
+    ///
+    /// # Errors
+    /// [`IdentityError::Signer`] naming the check that failed.
+    pub fn signer(&self, der: &[u8], now: i64) -> Result<Signer, IdentityError> {
+        let bad = |why: &str| IdentityError::Signer(why.to_owned());
+        let cert = x509::parse(der).map_err(|e| IdentityError::Signer(e.to_string()))?;
+        let key = p256_key(cert.spki).ok_or_else(|| bad("its key is not P-256"))?;
+        let signer = Signer {
+            der: der.to_vec(),
+            subject: cert.subject.to_vec(),
+            key,
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            anchor: self.cas.iter().any(|ca| ca.der == der),
+        };
+        if signer.anchor {
+            return Ok(signer);
+        }
+        if cert.signature_algorithm != x509::ECDSA_WITH_SHA256 {
+            return Err(bad("it is not signed with ecdsa-with-SHA256"));
+        }
+        let signature = Signature::from_der(cert.signature)
+            .map_err(|_| bad("its signature is not a DER ECDSA signature"))?;
+        let issued = self
+            .cas
+            .iter()
+            .any(|ca| ca.subject == cert.issuer && ca.key.verify(cert.tbs, &signature).is_ok());
+        if !issued {
+            return Err(bad(
+                "it is not issued by a CA of the trust bundle: the server's signer belongs to \
+                 another trust domain, or the trust bundle is out of date",
+            ));
+        }
+        if !cert.is_ca {
+            return Err(bad("it is not a CA certificate, so it may not issue SVIDs"));
+        }
+        if !cert.signer_usage {
+            return Err(IdentityError::Signer(format!(
+                "it lacks the ekattest signer usage (extendedKeyUsage {}): issue the server's \
+                 signer with `ekattestctl ca issue-signer`",
+                sign::SIGNER_EKU_OID
+            )));
+        }
+        signer.valid_at(now)?;
+        Ok(signer)
+    }
 }
 
 fn p256_key(spki: &[u8]) -> Option<VerifyingKey> {
@@ -296,34 +453,43 @@ pub struct Verified {
     pub spiffe_id: String,
     /// The SVID, DER.
     pub svid: Vec<u8>,
+    /// The intermediate that issued it (DER; empty when a CA of the trust bundle did):
+    /// written after the SVID in `svid.pem`, so relying parties build the chain to the
+    /// bundle.
+    pub chain: Vec<u8>,
     /// notBefore, unix seconds.
     pub not_before: i64,
     /// notAfter, unix seconds.
     pub not_after: i64,
 }
 
-/// Checks an Accepted Result for `agent` answering `session`, whose SVID must certify
-/// `our_spki` (the Login's `svid_key`), at unix time `now`.
+/// Checks an Accepted Result for `agent` answering `session` of the Login with transcript
+/// `transcript`, signed by `signer` (the Challenge's), whose SVID must certify `our_spki` (the
+/// Login's `svid_key`), at unix time `now`.
 ///
 /// # Errors
 /// The first check that fails, as an [`IdentityError`].
+#[allow(
+    clippy::too_many_arguments,
+    reason = "every input of the check is explicit"
+)]
 pub fn verify_result(
-    bundle: &TrustBundle,
+    signer: &Signer,
     agent: &str,
     session: &SessionId,
+    transcript: &Transcript,
     accepted: &Accepted,
     our_spki: &[u8],
     now: i64,
 ) -> Result<Verified, IdentityError> {
     let signature =
         Signature::from_der(&accepted.signature).map_err(|_| IdentityError::ResultSignature)?;
-    let message = sign::result_signed_bytes(agent, session, accepted)
+    let message = sign::result_signed_bytes(agent, session, transcript, accepted)
         .map_err(|_| IdentityError::ResultSignature)?;
-    let ca = bundle
-        .cas
-        .iter()
-        .find(|ca| ca.key.verify(&message, &signature).is_ok())
-        .ok_or(IdentityError::ResultSignature)?;
+    signer
+        .key
+        .verify(&message, &signature)
+        .map_err(|_| IdentityError::ResultSignature)?;
 
     let svid = x509::parse(&accepted.svid).map_err(IdentityError::SvidMalformed)?;
     if svid.signature_algorithm != x509::ECDSA_WITH_SHA256 {
@@ -333,15 +499,18 @@ pub fn verify_result(
     }
     let svid_signature = Signature::from_der(svid.signature)
         .map_err(|_| IdentityError::Svid("its signature is not a DER ECDSA signature"))?;
-    if ca.key.verify(svid.tbs, &svid_signature).is_err() {
+    if signer.key.verify(svid.tbs, &svid_signature).is_err() {
         return Err(IdentityError::Svid(
             "its signature does not verify with the CA that signed the Result",
         ));
     }
-    if svid.issuer != ca.subject.as_slice() {
+    if svid.issuer != signer.subject.as_slice() {
         return Err(IdentityError::Svid(
             "its issuer is not the CA that signed the Result",
         ));
+    }
+    if svid.is_ca {
+        return Err(IdentityError::Svid("it is a CA certificate"));
     }
     let ours = PublicKey::from_spki_der(our_spki)
         .map_err(|_| IdentityError::Encode("the SVID public key"))?;
@@ -378,6 +547,11 @@ pub fn verify_result(
     Ok(Verified {
         spiffe_id: spiffe_id.to_owned(),
         svid: accepted.svid.to_vec(),
+        chain: if signer.anchor {
+            Vec::new()
+        } else {
+            signer.der.clone()
+        },
         not_before: svid.not_before,
         not_after: svid.not_after,
     })
@@ -390,14 +564,15 @@ pub const SVID_KEY: &str = "svid.key";
 /// The trust bundle copy.
 pub const BUNDLE_PEM: &str = "bundle.pem";
 
-/// Writes `svid.key` (0600), `svid.pem` and `bundle.pem` into `dir` (created 0700 if
-/// missing), each atomically.
+/// Writes `svid.key` (0600), `svid.pem` (the SVID, then the intermediate in `chain_der` if
+/// any) and `bundle.pem` into `dir` (created 0700 if missing), each atomically.
 ///
 /// # Errors
 /// [`IdentityError::Write`] naming the file.
 pub fn write_identity(
     dir: &Path,
     svid_der: &[u8],
+    chain_der: &[u8],
     key: &SvidKey,
     bundle_pem: &[u8],
 ) -> Result<(), IdentityError> {
@@ -409,8 +584,15 @@ pub fn write_identity(
             .create(dir)
             .map_err(wrap(dir.to_owned()))?;
     }
-    let svid_pem = p256::pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, svid_der)
-        .map_err(|_| IdentityError::Encode("the SVID as PEM"))?;
+    let mut svid_pem =
+        p256::pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, svid_der)
+            .map_err(|_| IdentityError::Encode("the SVID as PEM"))?;
+    if !chain_der.is_empty() {
+        svid_pem.push_str(
+            &p256::pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, chain_der)
+                .map_err(|_| IdentityError::Encode("the signer certificate as PEM"))?,
+        );
+    }
     let key_pem = key.pkcs8_pem()?;
     write_atomic(dir, SVID_KEY, key_pem.as_bytes(), 0o600)?;
     write_atomic(dir, SVID_PEM, svid_pem.as_bytes(), 0o644)?;

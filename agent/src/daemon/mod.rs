@@ -41,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ekattest_protocol::limits::{DOWNLINK_FRAME_MAX, FRAME_MAX};
 use ekattest_protocol::msg::{SessionId, Uplink};
+use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::{Topics, default_agent_id};
 use ekattest_protocol::{ErrorChain, encode};
 use rumqttc::{Client, ConnectionError, Event, Packet, QoS, RecvTimeoutError};
@@ -52,7 +53,7 @@ use crate::tpm::ak::{self, Ak, AkOptions};
 use crate::tpm::ek::{self, Ek};
 use backoff::Backoff;
 use config::Config;
-use identity::{SvidKey, TrustBundle};
+use identity::{Signer, SvidKey, TrustBundle};
 use metrics::{Metrics, Textfile};
 
 /// How `run` behaves.
@@ -107,16 +108,19 @@ pub enum DaemonError {
 enum Phase {
     /// Nothing in flight; the next Login is due at `Runner::next_login`.
     Idle,
-    /// Login sent.
+    /// Login sent; `transcript` is its transcript.
     AwaitChallenge {
         key: SvidKey,
         spki: Vec<u8>,
+        transcript: Transcript,
         deadline: Instant,
     },
-    /// Answer sent.
+    /// Answer sent to the Challenge `signer` signed.
     AwaitResult {
         key: SvidKey,
         spki: Vec<u8>,
+        transcript: Transcript,
+        signer: Box<Signer>,
         session: SessionId,
         deadline: Instant,
     },
@@ -226,6 +230,7 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
         login_topic,
         down_topic,
         bundle,
+        signer: None,
         connect_backoff: Backoff::new(config.retry.initial, config.retry.max),
         login_backoff: Backoff::new(config.retry.initial, config.retry.max),
         metrics: Metrics::default(),
@@ -250,6 +255,8 @@ struct Runner<'a> {
     login_topic: String,
     down_topic: String,
     bundle: TrustBundle,
+    /// The signer of the last Challenge that verified (its hint goes in the next Login).
+    signer: Option<Signer>,
     connect_backoff: Backoff,
     login_backoff: Backoff,
     metrics: Metrics,
@@ -486,31 +493,46 @@ impl<'a> Runner<'a> {
         self.next_login = Instant::now() + self.login_backoff.next_delay();
     }
 
-    fn publish(&self, client: &Client, topic: &str, msg: &Uplink) -> Result<(), End> {
+    fn publish(&self, client: &Client, topic: &str, msg: &Uplink) -> Result<Vec<u8>, End> {
         let mut buf = vec![0u8; FRAME_MAX];
         let frame =
             encode(msg, &mut buf).map_err(|_| End::Fatal(DaemonError::Encode(msg.kind())))?;
         client
             .publish(topic, QoS::AtLeastOnce, false, frame.to_vec())
-            .map_err(|e| End::Transient(format!("cannot queue the {}: {e}", msg.kind())))
+            .map_err(|e| End::Transient(format!("cannot queue the {}: {e}", msg.kind())))?;
+        Ok(frame.to_vec())
     }
 
     fn login(&mut self, client: &Client) -> Result<Phase, End> {
         let key = SvidKey::generate().map_err(DaemonError::from)?;
         let spki = key.spki_der().map_err(DaemonError::from)?;
-        let d = &self.device;
-        let login = attest::login(&d.ek, &d.chain, &d.ak, Some(&spki)).map_err(|e| {
-            End::Fatal(DaemonError::Tpm {
-                spec: self.config.tpm.to_string(),
-                reason: ErrorChain(&e).to_string(),
-            })
+        let mut nonce = [0u8; ekattest_protocol::limits::NONCE_LEN];
+        getrandom::getrandom(&mut nonce).map_err(|e| {
+            End::Fatal(DaemonError::Identity(identity::IdentityError::Random(
+                e.to_string(),
+            )))
         })?;
+        let hint = self
+            .signer
+            .as_ref()
+            .map(Signer::hint)
+            .or_else(|| self.bundle.default_hint());
+        let d = &self.device;
+        let login =
+            attest::login(&d.ek, &d.chain, &d.ak, Some(&spki), nonce, hint).map_err(|e| {
+                End::Fatal(DaemonError::Tpm {
+                    spec: self.config.tpm.to_string(),
+                    reason: ErrorChain(&e).to_string(),
+                })
+            })?;
         log::debug!(
             "Sending Login, attestors: [\"tpm_ek\"], agent: {}, topic: {}",
             self.agent,
             self.login_topic
         );
-        self.publish(client, &self.login_topic, &Uplink::Login(login))?;
+        let frame = self.publish(client, &self.login_topic, &Uplink::Login(login))?;
+        let transcript = sign::transcript(&self.config.cluster_id, &self.agent, &frame)
+            .map_err(|_| End::Fatal(DaemonError::Encode("login transcript")))?;
         self.last_problem = format!(
             "no Challenge for the Login published on {} (is a server running for cluster {}, \
              and does the broker ACL let client id {} publish there and read {}?)",
@@ -519,6 +541,7 @@ impl<'a> Runner<'a> {
         Ok(Phase::AwaitChallenge {
             key,
             spki,
+            transcript,
             deadline: Instant::now() + self.config.response_timeout,
         })
     }

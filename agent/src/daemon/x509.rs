@@ -23,6 +23,15 @@ pub const ECDSA_WITH_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03,
 /// DER of the OID id-ce-subjectAltName (2.5.29.17), contents only.
 const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
+/// DER of the OID id-ce-basicConstraints (2.5.29.19), contents only.
+const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+
+/// DER of the OID id-ce-extKeyUsage (2.5.29.37), contents only.
+const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
+
+/// Most key purposes read from one extendedKeyUsage.
+const EKU_MAX: usize = 16;
+
 /// Why a certificate could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed certificate: {0}")]
@@ -51,6 +60,11 @@ pub struct Certificate<'a> {
     pub uri_san: Option<&'a str>,
     /// How many URI SubjectAltNames there are (an SVID must have exactly one).
     pub uri_sans: usize,
+    /// basicConstraints says CA:TRUE.
+    pub is_ca: bool,
+    /// extendedKeyUsage lists the ekattest signer usage
+    /// ([`ekattest_protocol::sign::SIGNER_EKU_OID`]).
+    pub signer_usage: bool,
 }
 
 /// One TLV: (tag, contents, the whole TLV, what follows).
@@ -136,8 +150,7 @@ pub fn parse(der: &[u8]) -> Result<Certificate<'_>, X509Error> {
     let (_, subject, rest) = expect(rest, 0x30, "subject is not a SEQUENCE")?;
     let (_, spki, mut rest) = expect(rest, 0x30, "subjectPublicKeyInfo is not a SEQUENCE")?;
 
-    let mut uri_san = None;
-    let mut uri_sans = 0;
+    let mut found = Extensions::default();
     while let Some(&tag) = rest.first() {
         let (_, contents, _, after) = tlv(rest)?;
         rest = after;
@@ -145,11 +158,17 @@ pub fn parse(der: &[u8]) -> Result<Certificate<'_>, X509Error> {
             0x81 | 0x82 => {} // issuerUniqueID, subjectUniqueID
             0xa3 => {
                 let (exts, _, _) = expect(contents, 0x30, "extensions is not a SEQUENCE")?;
-                (uri_san, uri_sans) = sans(exts)?;
+                found = extensions(exts)?;
             }
             _ => return Err(X509Error("unexpected field after subjectPublicKeyInfo")),
         }
     }
+    let Extensions {
+        uri_san,
+        uri_sans,
+        is_ca,
+        signer_usage,
+    } = found;
     Ok(Certificate {
         tbs,
         signature_algorithm: oid,
@@ -161,12 +180,24 @@ pub fn parse(der: &[u8]) -> Result<Certificate<'_>, X509Error> {
         not_after,
         uri_san: if uri_sans == 1 { uri_san } else { None },
         uri_sans,
+        is_ca,
+        signer_usage,
     })
 }
 
-/// Walks the extensions for subjectAltName and returns (first URI, number of URIs).
-fn sans(mut exts: &[u8]) -> Result<(Option<&str>, usize), X509Error> {
-    let mut found = (None, 0);
+/// What [`extensions`] reads.
+#[derive(Default)]
+struct Extensions<'a> {
+    uri_san: Option<&'a str>,
+    uri_sans: usize,
+    is_ca: bool,
+    signer_usage: bool,
+}
+
+/// Walks the extensions for subjectAltName (first URI, number of URIs), basicConstraints
+/// (CA) and extendedKeyUsage (the signer usage).
+fn extensions(mut exts: &[u8]) -> Result<Extensions<'_>, X509Error> {
+    let mut found = Extensions::default();
     let mut seen = 0;
     while !exts.is_empty() {
         seen += 1;
@@ -179,30 +210,60 @@ fn sans(mut exts: &[u8]) -> Result<(Option<&str>, usize), X509Error> {
         if rest.first() == Some(&0x01) {
             rest = tlv(rest)?.3; // critical BOOLEAN
         }
-        if oid != SUBJECT_ALT_NAME {
-            continue;
-        }
         let (value, _, _) = expect(rest, 0x04, "extension value is not an OCTET STRING")?;
-        let (mut names, _, _) = expect(value, 0x30, "subjectAltName is not a SEQUENCE")?;
-        let mut count = 0;
-        while !names.is_empty() {
-            count += 1;
-            if count > SAN_MAX {
-                return Err(X509Error("too many subjectAltName entries"));
-            }
-            let (tag, contents, _, after) = tlv(names)?;
-            names = after;
-            if tag == 0x86 {
-                let uri = core::str::from_utf8(contents)
-                    .map_err(|_| X509Error("URI subjectAltName is not text"))?;
-                if found.0.is_none() {
-                    found.0 = Some(uri);
+        match oid {
+            SUBJECT_ALT_NAME => sans(value, &mut found)?,
+            BASIC_CONSTRAINTS => {
+                let (bc, _, _) = expect(value, 0x30, "basicConstraints is not a SEQUENCE")?;
+                // cA BOOLEAN DEFAULT FALSE: present and 0xff-ish (non-zero) means CA.
+                if let Ok((0x01, flag, _, _)) = tlv(bc) {
+                    found.is_ca = flag.first().is_some_and(|&b| b != 0);
                 }
-                found.1 += 1;
             }
+            EXT_KEY_USAGE => {
+                let (mut purposes, _, _) =
+                    expect(value, 0x30, "extendedKeyUsage is not a SEQUENCE")?;
+                let mut count = 0;
+                while !purposes.is_empty() {
+                    count += 1;
+                    if count > EKU_MAX {
+                        return Err(X509Error("too many extendedKeyUsage purposes"));
+                    }
+                    let (purpose, _, after) =
+                        expect(purposes, 0x06, "extendedKeyUsage purpose is not an OID")?;
+                    purposes = after;
+                    if purpose == ekattest_protocol::sign::SIGNER_EKU_OID_DER {
+                        found.signer_usage = true;
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(found)
+}
+
+/// Reads a subjectAltName value into `found`.
+fn sans<'a>(value: &'a [u8], found: &mut Extensions<'a>) -> Result<(), X509Error> {
+    let (mut names, _, _) = expect(value, 0x30, "subjectAltName is not a SEQUENCE")?;
+    let mut count = 0;
+    while !names.is_empty() {
+        count += 1;
+        if count > SAN_MAX {
+            return Err(X509Error("too many subjectAltName entries"));
+        }
+        let (tag, contents, _, after) = tlv(names)?;
+        names = after;
+        if tag == 0x86 {
+            let uri = core::str::from_utf8(contents)
+                .map_err(|_| X509Error("URI subjectAltName is not text"))?;
+            if found.uri_san.is_none() {
+                found.uri_san = Some(uri);
+            }
+            found.uri_sans += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Reads one UTCTime or GeneralizedTime (`Z` form, as RFC 5280 requires).

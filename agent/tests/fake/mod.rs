@@ -1,10 +1,18 @@
 //! The test harness of the daemon tests (`daemon.rs`, `hostile.rs`): a real swtpm device,
 //! a real mosquitto (started by the fleet harness on free ports), a fake server built on
 //! rumqttc that publishes crafted Challenges and Results on the agent's down topic, and the
-//! agent as a process. Credentials come from tpm2_makecredential, SVIDs from the openssl
-//! CLI, Result signatures from p256: none of them from the agent's code.
+//! agent as a process. Credentials come from tpm2_makecredential, CA and signer certificates
+//! and SVIDs from the openssl CLI, Challenge and Result signatures from p256: none of them
+//! from the agent's code.
+//!
+//! Wire version 2: the fake server computes the Login transcript `T` over the Login frame it
+//! received ([`SeenLogin`]), signs its Challenges over `sign::challenge_signed_bytes` with its
+//! signer key (leaving its certificate out when the Login's `signer_hint` names it), checks
+//! the Answer's MAC with the secret it chose ([`FakeServer::checked_answer`]) and signs its
+//! Results with `T`.
 
 use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -20,11 +28,12 @@ use ekattest_protocol::msg::{
     Accepted, Answer, Challenge, Downlink, Login, Outcome, Rejected, SessionId, Uplink,
 };
 use ekattest_protocol::public::Public;
+use ekattest_protocol::sign::Transcript;
 use ekattest_protocol::{decode, encode, sign};
-use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
-use p256::pkcs8::EncodePrivateKey as _;
+use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::der::pem::LineEnding;
+use p256::pkcs8::{DecodePublicKey as _, EncodePrivateKey as _};
 use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS};
 pub(crate) const CLUSTER: &str = "c-test";
 pub(crate) const NODE: &str = "node-1";
@@ -59,10 +68,45 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// The server's trust-domain CA: a p256 key and an openssl self-signed certificate.
+/// A p256 key derived from `seed_byte` (another seed: another key).
+pub(crate) fn seeded_key(seed_byte: u8) -> SigningKey {
+    let mut seed = [0x5au8; 32];
+    seed[0] = seed_byte;
+    SigningKey::from_slice(&seed).unwrap()
+}
+
+/// Reads the PEM certificate `path` as DER.
+pub(crate) fn pem_der(path: &Path) -> Vec<u8> {
+    let pem = std::fs::read_to_string(path).unwrap();
+    p256::pkcs8::der::pem::decode_vec(pem.as_bytes()).unwrap().1
+}
+
+/// The properties of `ekattestctl ca issue-signer`'s intermediate, with or without the
+/// ekattest signer usage.
+pub(crate) fn signer_extensions(signer_usage: bool) -> String {
+    let eku = if signer_usage {
+        format!("serverAuth,clientAuth,{}", sign::SIGNER_EKU_OID)
+    } else {
+        "serverAuth,clientAuth".to_owned()
+    };
+    format!(
+        "basicConstraints=critical,CA:TRUE,pathlen:0\n\
+         keyUsage=critical,digitalSignature,keyCertSign\n\
+         extendedKeyUsage={eku}\n\
+         subjectKeyIdentifier=hash\n\
+         authorityKeyIdentifier=keyid\n"
+    )
+}
+
+/// A key of the server that signs Challenges, Results and SVIDs: the trust-domain CA (a p256
+/// key and an openssl self-signed certificate, `td.pem`), or an intermediate it issued, or a
+/// rogue self-signed one. Files `{name}.pem` and `{name}.key` in `dir`.
 pub(crate) struct TdCa {
     pub(crate) dir: PathBuf,
     pub(crate) key: SigningKey,
+    pub(crate) name: String,
+    /// The certificate, DER (as the agent reads it from the PEM file).
+    pub(crate) der: Vec<u8>,
 }
 
 impl TdCa {
@@ -72,11 +116,15 @@ impl TdCa {
 
     /// A CA whose key is derived from `seed` (another seed: another CA), in `dir`.
     pub(crate) fn with_seed(dir: &Path, seed_byte: u8) -> Self {
-        let mut seed = [0x5au8; 32];
-        seed[0] = seed_byte;
-        let key = SigningKey::from_slice(&seed).unwrap();
+        Self::self_signed(dir, "td", seed_byte)
+    }
+
+    /// A self-signed CA named `name` (files `{name}.pem`, `{name}.key`) with a key derived
+    /// from `seed_byte`.
+    pub(crate) fn self_signed(dir: &Path, name: &str, seed_byte: u8) -> Self {
+        let key = seeded_key(seed_byte);
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
-        std::fs::write(dir.join("td.key"), pem.as_bytes()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), pem.as_bytes()).unwrap();
         openssl(
             dir,
             &[
@@ -84,23 +132,79 @@ impl TdCa {
                 "-x509",
                 "-new",
                 "-key",
-                "td.key",
+                &format!("{name}.key"),
                 "-subj",
-                "/CN=td-ca",
+                &format!("/CN={name}-ca"),
                 "-days",
                 "2",
                 "-out",
-                "td.pem",
+                &format!("{name}.pem"),
             ],
         );
         Self {
             dir: dir.to_owned(),
             key,
+            der: pem_der(&dir.join(format!("{name}.pem"))),
+            name: name.to_owned(),
         }
     }
 
+    /// An intermediate CA this CA issues as `ekattestctl ca issue-signer` does (CA:TRUE
+    /// pathlen 0, digitalSignature, keyCertSign, serverAuth, clientAuth and, if
+    /// `signer_usage`, the ekattest signer usage), named `name`, key from `seed_byte`.
+    pub(crate) fn issue_signer(&self, name: &str, seed_byte: u8, signer_usage: bool) -> Self {
+        let key = seeded_key(seed_byte);
+        let key_pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key_pem.as_bytes()).unwrap();
+        let pub_pem = {
+            use p256::pkcs8::EncodePublicKey as _;
+            key.verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+        };
+        std::fs::write(self.dir.join(format!("{name}-pub.pem")), pub_pem).unwrap();
+        std::fs::write(
+            self.dir.join(format!("{name}.cnf")),
+            signer_extensions(signer_usage),
+        )
+        .unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-new",
+                "-subj",
+                &format!("/O=ekattest/CN={name} signer"),
+                "-force_pubkey",
+                &format!("{name}-pub.pem"),
+                "-CA",
+                &format!("{}.pem", self.name),
+                "-CAkey",
+                &format!("{}.key", self.name),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.cnf"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+        Self {
+            dir: self.dir.clone(),
+            key,
+            der: pem_der(&self.dir.join(format!("{name}.pem"))),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The certificate file: the agent's trust bundle when this is the trust-domain CA.
     pub(crate) fn bundle(&self) -> PathBuf {
-        self.dir.join("td.pem")
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    /// The signer hint a Login names this certificate with.
+    pub(crate) fn hint(&self) -> [u8; ekattest_protocol::limits::SIGNER_HINT_LEN] {
+        sign::signer_hint(&self.der)
     }
 
     pub(crate) fn issue(&self, spki: &[u8], spiffe_id: &str) -> Vec<u8> {
@@ -121,9 +225,9 @@ impl TdCa {
                 "-force_pubkey",
                 "svid-pub.pem",
                 "-CA",
-                "td.pem",
+                &format!("{}.pem", self.name),
                 "-CAkey",
-                "td.key",
+                &format!("{}.key", self.name),
                 "-days",
                 "1",
                 "-extfile",
@@ -137,10 +241,13 @@ impl TdCa {
         std::fs::read(self.dir.join("svid.der")).unwrap()
     }
 
+    /// An Accepted Result for `agent` answering `session` of the Login with transcript
+    /// `transcript`, with an SVID for `spki`, signed.
     pub(crate) fn accepted(
         &self,
         agent: &str,
         session: &SessionId,
+        transcript: &Transcript,
         spki: &[u8],
         id: &str,
     ) -> Accepted {
@@ -150,15 +257,74 @@ impl TdCa {
             svid: heapless::Vec::from_slice(&self.issue(spki, id)).unwrap(),
             signature: heapless::Vec::new(),
         };
-        self.sign(agent, session, &mut a);
+        self.sign(agent, session, transcript, &mut a);
         a
     }
 
-    /// Signs `a` as the Result for `agent` and `session`.
-    pub(crate) fn sign(&self, agent: &str, session: &SessionId, a: &mut Accepted) {
-        let msg = sign::result_signed_bytes(agent, session, a).unwrap();
+    /// Signs `a` as the Result for `agent`, `session` and the Login transcript `transcript`.
+    pub(crate) fn sign(
+        &self,
+        agent: &str,
+        session: &SessionId,
+        transcript: &Transcript,
+        a: &mut Accepted,
+    ) {
+        let msg = sign::result_signed_bytes(agent, session, transcript, a).unwrap();
         let sig: Signature = self.key.sign(&msg);
         a.signature = heapless::Vec::from_slice(sig.to_der().as_bytes()).unwrap();
+    }
+
+    /// The Challenge to `agent` for `login`'s EK and AK carrying `secret`, naming the
+    /// Login's transcript, signed; the certificate is left out when the Login's hint names
+    /// it (as the server does).
+    pub(crate) fn challenge(
+        &self,
+        agent: &str,
+        login: &SeenLogin,
+        secret: &[u8],
+        session: SessionId,
+    ) -> Challenge {
+        let mut c = unsigned_challenge(login, secret, session);
+        if login.signer_hint != Some(self.hint()) {
+            c.signer = heapless::Vec::from_slice(&self.der).unwrap();
+        }
+        self.sign_challenge(agent, &mut c);
+        c
+    }
+
+    /// (Re)signs `c` for `agent` (over everything but `signer` and `signature`).
+    pub(crate) fn sign_challenge(&self, agent: &str, c: &mut Challenge) {
+        let msg = sign::challenge_signed_bytes(agent, c).unwrap();
+        let sig: Signature = self.key.sign(&msg);
+        c.signature = heapless::Vec::from_slice(sig.to_der().as_bytes()).unwrap();
+    }
+}
+
+/// A Login as the fake server received it: the message, the frame and the transcript `T`
+/// the server computes over that frame. Derefs to the [`Login`].
+#[derive(Debug, Clone)]
+pub(crate) struct SeenLogin {
+    pub(crate) login: Login,
+    pub(crate) frame: Vec<u8>,
+    pub(crate) transcript: Transcript,
+}
+
+impl SeenLogin {
+    fn new(agent: &str, login: Login, frame: Vec<u8>) -> Self {
+        let transcript = sign::transcript(CLUSTER, agent, &frame).unwrap();
+        Self {
+            login,
+            frame,
+            transcript,
+        }
+    }
+}
+
+impl Deref for SeenLogin {
+    type Target = Login;
+
+    fn deref(&self) -> &Login {
+        &self.login
     }
 }
 
@@ -206,6 +372,12 @@ impl FakeServer {
 
     /// The next Login or Answer: (agent id from the topic, message).
     pub(crate) fn next(&mut self, within: Duration) -> (String, Uplink) {
+        let (agent, msg, _) = self.next_frame(within);
+        (agent, msg)
+    }
+
+    /// The next Login or Answer: (agent id from the topic, message, frame).
+    pub(crate) fn next_frame(&mut self, within: Duration) -> (String, Uplink, Vec<u8>) {
         let until = Instant::now() + within;
         loop {
             assert!(
@@ -226,20 +398,24 @@ impl FakeServer {
             return (
                 agent.unwrap().to_owned(),
                 decode::<Uplink>(&p.payload).unwrap(),
+                p.payload.to_vec(),
             );
         }
     }
 
-    pub(crate) fn login(&mut self, within: Duration) -> (String, Login) {
-        match self.next(within) {
-            (agent, Uplink::Login(l)) => (agent, l),
+    pub(crate) fn login(&mut self, within: Duration) -> (String, SeenLogin) {
+        match self.next_frame(within) {
+            (agent, Uplink::Login(l), frame) => {
+                let seen = SeenLogin::new(&agent, l, frame);
+                (agent, seen)
+            }
             other => panic!("expected a Login, got {other:?}"),
         }
     }
 
     /// The last Login once no other has come for `quiet` (after a flood that made the agent
     /// log in again, possibly more than once).
-    pub(crate) fn last_login(&mut self, within: Duration, quiet: Duration) -> (String, Login) {
+    pub(crate) fn last_login(&mut self, within: Duration, quiet: Duration) -> (String, SeenLogin) {
         let mut last = self.login(within);
         loop {
             let until = Instant::now() + quiet;
@@ -254,7 +430,10 @@ impl FakeServer {
                 };
                 let agent = p.topic.rsplit('/').nth(1).unwrap().to_owned();
                 match decode::<Uplink>(&p.payload).unwrap() {
-                    Uplink::Login(l) if p.topic.ends_with("/login") => newer = Some((agent, l)),
+                    Uplink::Login(l) if p.topic.ends_with("/login") => {
+                        let seen = SeenLogin::new(&agent, l, p.payload.to_vec());
+                        newer = Some((agent, seen));
+                    }
                     other => panic!("expected a Login, got {other:?}"),
                 }
             }
@@ -266,10 +445,31 @@ impl FakeServer {
     }
 
     pub(crate) fn answer(&mut self, within: Duration) -> (String, Answer) {
-        match self.next(within) {
-            (agent, Uplink::Answer(a)) => (agent, a),
+        let (agent, answer, _) = self.answer_frame(within);
+        (agent, answer)
+    }
+
+    /// The next Answer with its frame.
+    pub(crate) fn answer_frame(&mut self, within: Duration) -> (String, Answer, Vec<u8>) {
+        match self.next_frame(within) {
+            (agent, Uplink::Answer(a), frame) => (agent, a, frame),
             other => panic!("expected an Answer, got {other:?}"),
         }
+    }
+
+    /// The next Answer, checked as the server checks it: its MAC is
+    /// `sign::answer_mac(secret, T, session, NODE)` for `login`'s transcript, its proof of
+    /// possession verifies with the Login's SVID key over `sign::pop_signed_bytes`, and the
+    /// secret appears nowhere in the frame.
+    pub(crate) fn checked_answer(
+        &mut self,
+        within: Duration,
+        login: &SeenLogin,
+        secret: &[u8],
+    ) -> (String, Answer) {
+        let (agent, answer, frame) = self.answer_frame(within);
+        check_answer(login, secret, &answer, &frame);
+        (agent, answer)
     }
 
     pub(crate) fn send_raw(&mut self, agent: &str, payload: Vec<u8>) {
@@ -296,8 +496,55 @@ impl FakeServer {
     }
 }
 
-/// A Challenge for `login`'s EK and AK carrying `secret`, made by tpm2_makecredential.
-pub(crate) fn challenge(login: &Login, secret: &[u8], session: SessionId) -> Challenge {
+/// The checks of [`FakeServer::checked_answer`] on an Answer and its frame.
+pub(crate) fn check_answer(login: &SeenLogin, secret: &[u8], answer: &Answer, frame: &[u8]) {
+    let want = sign::answer_mac(secret, &login.transcript, &answer.session, NODE).unwrap();
+    assert_eq!(
+        answer.mac, want,
+        "the Answer's MAC is not the one for the secret"
+    );
+    assert!(sign::answer_mac_matches(
+        secret,
+        &login.transcript,
+        &answer.session,
+        NODE,
+        &answer.mac
+    ));
+    assert!(
+        !frame.windows(secret.len()).any(|w| w == secret),
+        "the secret appears in the Answer frame"
+    );
+    let spki = login
+        .svid_key
+        .as_ref()
+        .expect("the Login carries an SVID key");
+    let pop = Signature::from_der(answer.pop.as_ref().expect("the Answer carries a pop")).unwrap();
+    VerifyingKey::from_public_key_der(spki)
+        .unwrap()
+        .verify(
+            &sign::pop_signed_bytes(&login.transcript, &answer.session, &answer.mac),
+            &pop,
+        )
+        .expect("pop verifies with the Login's SVID key");
+}
+
+/// A Challenge for `login`'s EK and AK carrying `secret`, made by tpm2_makecredential,
+/// naming the Login's transcript, with no signer and no signature.
+pub(crate) fn unsigned_challenge(
+    login: &SeenLogin,
+    secret: &[u8],
+    session: SessionId,
+) -> Challenge {
+    unsigned_challenge_for(login, &login.transcript, secret, session)
+}
+
+/// [`unsigned_challenge`] naming the transcript `transcript`.
+pub(crate) fn unsigned_challenge_for(
+    login: &Login,
+    transcript: &Transcript,
+    secret: &[u8],
+    session: SessionId,
+) -> Challenge {
     let ak_name = Public::decode(&login.ak_public).unwrap().name().unwrap();
     let cred = ekattest_fleet::tpm2_makecredential(&login.ek_public, secret, &ak_name).unwrap();
     let cred = Credential::decode_tpm2_tools(&cred).unwrap();
@@ -312,6 +559,9 @@ pub(crate) fn challenge(login: &Login, secret: &[u8], session: SessionId) -> Cha
         credential_blob: heapless::Vec::from_slice(&tpm2b(&cred.id_object)).unwrap(),
         encrypted_secret: heapless::Vec::from_slice(&tpm2b(&cred.secret)).unwrap(),
         expires_in: 300,
+        transcript: *transcript,
+        signer: heapless::Vec::new(),
+        signature: heapless::Vec::new(),
     }
 }
 

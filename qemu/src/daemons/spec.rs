@@ -52,6 +52,9 @@ pub struct ServerSpec {
     pub workers: Option<usize>,
     /// `login-burst` (logins per agent id before the rate limit refuses; 0 disables).
     pub login_burst: Option<u32>,
+    /// `agent-id-from-ek` (the server's default, true, when `None`): whether a Login's agent
+    /// id must be the one derived from its EK (`ek-` + 32 hex digits of its public_hash).
+    pub agent_id_from_ek: Option<bool>,
     /// `bus: nats` with these `nats-url`s when not empty (then `broker` is left out);
     /// empty: `bus` unset (MQTT on `broker`).
     pub nats_urls: Vec<String>,
@@ -87,6 +90,7 @@ impl ServerSpec {
             log_level: None,
             workers: None,
             login_burst: None,
+            agent_id_from_ek: None,
             nats_urls: Vec::new(),
         }
     }
@@ -143,6 +147,9 @@ impl ServerSpec {
         put(&mut m, "log-level", self.log_level.as_deref());
         if let Some(n) = self.login_burst {
             m.insert("login-burst".into(), Value::from(u64::from(n)));
+        }
+        if let Some(b) = self.agent_id_from_ek {
+            m.insert("agent-id-from-ek".into(), Value::from(b));
         }
         if let Some(n) = self.workers {
             m.insert("workers".into(), Value::from(n as u64));

@@ -33,6 +33,7 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
     s.log_level = Some("debug".into());
     s.workers = Some(3);
     s.max_sessions = Some(100);
+    s.agent_id_from_ek = Some(false);
     let doc: Value = serde_yaml::from_str(&s.to_yaml().unwrap()).unwrap();
     assert_eq!(key(&doc, "broker").as_str(), Some("mqtts://localhost:8883"));
     assert_eq!(
@@ -56,6 +57,7 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
     assert_eq!(key(&doc, "log-level").as_str(), Some("debug"));
     assert_eq!(key(&doc, "workers").as_u64(), Some(3));
     assert_eq!(key(&doc, "max-sessions").as_u64(), Some(100));
+    assert_eq!(key(&doc, "agent-id-from-ek").as_bool(), Some(false));
     let files: Vec<_> = key(&doc, "policy-files")
         .as_sequence()
         .unwrap()
@@ -64,7 +66,7 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
         .collect();
     assert_eq!(files, ["/tmp/a.yaml", "/tmp/b.yaml"]);
     let keys = doc.as_mapping().unwrap().len();
-    assert_eq!(keys, 17, "{doc:?}");
+    assert_eq!(keys, 18, "{doc:?}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Bogus logins for flood tests (`load --bogus N --bogus-kind ...`): N Logins from distinct
-//! fake agent ids, of three classes, published over one MQTT connection while the real
-//! devices attest; every Rejected that comes back is counted per class and reject code.
+//! agent ids, of three classes, published over one MQTT connection while the real devices
+//! attest; every Rejected that comes back is counted per class and reject code.
 //!
 //! - `random`: random bytes (1 to 600, mostly behind the right version byte) on the login
-//!   topic: the server's decoder refuses them
+//!   topic of a fake agent id: the server's decoder refuses them
 //!   (`attestation_frames_rejected_total{reason="malformed"}`).
 //! - `garbage-cert`: a well-formed Login (a valid soft-TPM EK and AK) whose EK certificate is
 //!   random bytes: refused by the certificate parser, before any signature check.
@@ -11,20 +11,28 @@
 //!   certificate in the flood test, the run's SVID CA certificate in `load`) with another
 //!   key's EK public area: refused by the key comparison, before the chain and MakeCredential.
 //!
+//! Each well-formed Login carries a fresh P-256 EK and comes from that EK's own agent id
+//! (`ek-` + its public_hash prefix), so it passes the server's `agent-id-from-ek` check and
+//! its per-EK login limit and reaches the check its class is about: the strongest flood, an
+//! attacker with an endless supply of keys. (The same EK under many fake ids would be
+//! refused earlier, as `agent_id_mismatch` or rate limited.)
+//!
 //! Flow control: at most `window` logins are unanswered at a time (the broker queues at most
 //! 1000 messages per subscriber and drops the rest), with a stall timeout so a lost reply
-//! cannot stop the flood. Fake ids are `bogus-{run}-{class letter}{n}`. This module never
-//! touches a real device's topics and never panics on what the broker sends back.
+//! cannot stop the flood. Fake ids are `bogus-{run}-r{n}`; the derived ids of the
+//! well-formed Logins are remembered until their reply comes. This module never touches a
+//! real device's topics and never panics on what the broker sends back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ekattest_protocol::msg::{Downlink, Login, Method, Outcome, Uplink, VERSION};
-use ekattest_protocol::topic::Topics;
+use ekattest_protocol::limits::NONCE_LEN;
+use ekattest_protocol::msg::{Downlink, LEGACY_VERSIONS, Login, Method, Outcome, Uplink, VERSION};
+use ekattest_protocol::topic::{Topics, default_agent_id};
 use ekattest_protocol::{decode, encode, heapless, limits};
 use ekattest_server::daemon::metrics::reason_label;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -168,9 +176,8 @@ impl Noise {
     }
 }
 
-/// The frames of the well-formed classes share one soft EK and AK.
+/// The frames of the well-formed classes: each a fresh soft EK, one AK for all.
 struct Frames {
-    ek: SoftEk,
     ak: SoftAk,
     wrong_ek_cert: Vec<u8>,
     noise: Noise,
@@ -178,10 +185,12 @@ struct Frames {
 }
 
 impl Frames {
-    fn login(&self, cert: &[u8]) -> Result<Uplink, String> {
+    fn login(&mut self, ek: &SoftEk, cert: &[u8]) -> Result<Uplink, String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.noise.fill(&mut nonce);
         Ok(Uplink::Login(Login {
             methods: heapless::Vec::from_slice(&[Method::TpmEk]).map_err(|_| "methods")?,
-            ek_public: heapless::Vec::from_slice(self.ek.tpm2b_public())
+            ek_public: heapless::Vec::from_slice(ek.tpm2b_public())
                 .map_err(|_| "EK public area too long")?,
             ek_cert: Some(heapless::Vec::from_slice(cert).map_err(|_| {
                 format!(
@@ -194,11 +203,16 @@ impl Frames {
             ak_public: heapless::Vec::from_slice(self.ak.tpm2b_public())
                 .map_err(|_| "AK public area too long")?,
             svid_key: None,
+            key_certify: None,
+            nonce,
+            signer_hint: None,
         }))
     }
 
-    fn frame(&mut self, kind: BogusKind) -> Result<Vec<u8>, String> {
-        let msg = match kind {
+    /// The `n`th bogus frame of `kind` and the agent id it is sent from (`fake` for the
+    /// random class, the fresh EK's own id for the others).
+    fn frame(&mut self, kind: BogusKind, fake: String) -> Result<(String, Vec<u8>), String> {
+        let cert = match kind {
             BogusKind::Random => {
                 let mut bytes = vec![0u8; 1 + self.noise.below(600)];
                 self.noise.fill(&mut bytes);
@@ -208,18 +222,42 @@ impl Frames {
                 {
                     *v = VERSION;
                 }
-                return Ok(bytes);
+                return Ok((fake, bytes));
             }
             BogusKind::GarbageCert => {
                 let mut cert = vec![0u8; 200 + self.noise.below(1000)];
                 self.noise.fill(&mut cert);
-                self.login(&cert)?
+                cert
             }
-            BogusKind::WrongEk => self.login(&self.wrong_ek_cert.clone())?,
+            BogusKind::WrongEk => self.wrong_ek_cert.clone(),
         };
-        encode(&msg, &mut self.buf)
+        let ek = SoftEk::generate(EkAlg::P256).map_err(|e| format!("bogus EK: {e}"))?;
+        let msg = self.login(&ek, &cert)?;
+        let agent = default_agent_id(ek.public_hash()).to_string();
+        let frame = encode(&msg, &mut self.buf)
             .map(<[u8]>::to_vec)
-            .map_err(|e| format!("cannot encode a bogus Login: {e}"))
+            .map_err(|e| format!("cannot encode a bogus Login: {e}"))?;
+        Ok((agent, frame))
+    }
+}
+
+/// Decodes a reply to a bogus Login. A random frame whose first byte names an older protocol
+/// version is refused in that version ([`ekattest_protocol::msg::encode_legacy_rejection`]:
+/// this version's Rejected frame with the old version byte), so such a frame is read with
+/// this version's byte put back.
+fn decode_reply(payload: &[u8]) -> Result<Downlink, ekattest_protocol::DecodeError> {
+    match payload.split_first() {
+        Some((v, rest)) if LEGACY_VERSIONS.contains(v) => {
+            let mut frame = Vec::with_capacity(payload.len());
+            frame.push(VERSION);
+            frame.extend_from_slice(rest);
+            match decode::<Downlink>(&frame)? {
+                rejected @ Downlink::Result(Outcome::Rejected(_)) => Ok(rejected),
+                // A legacy frame is only ever a rejection.
+                _ => decode::<Downlink>(payload),
+            }
+        }
+        _ => decode::<Downlink>(payload),
     }
 }
 
@@ -233,7 +271,6 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
     }
     let seed = u64::from(std::process::id()) << 20 | 0x9e37_79b9;
     let mut frames = Frames {
-        ek: SoftEk::generate(EkAlg::P256).map_err(|e| format!("bogus EK: {e}"))?,
         ak: SoftAk::generate().map_err(|e| format!("bogus AK: {e}"))?,
         wrong_ek_cert: opts.wrong_ek_cert.clone(),
         noise: Noise(seed),
@@ -298,21 +335,30 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
 
     let mut report = BogusReport::default();
     let mut answered = 0usize;
-    let count_reply = |report: &mut BogusReport, topic: &str, payload: &[u8]| -> bool {
+    // The derived agent ids of well-formed Logins not answered yet, and their class.
+    let mut derived: HashMap<String, BogusKind> = HashMap::new();
+    let count_reply = |report: &mut BogusReport,
+                       derived: &mut HashMap<String, BogusKind>,
+                       topic: &str,
+                       payload: &[u8]|
+     -> bool {
         let Some(agent) = topic
             .strip_suffix("/down")
             .and_then(|t| t.rsplit('/').next())
-            .and_then(|a| a.strip_prefix(&fake_prefix))
         else {
             return false;
         };
-        let kind = match agent.chars().next() {
-            Some('r') => BogusKind::Random,
-            Some('g') => BogusKind::GarbageCert,
-            Some('w') => BogusKind::WrongEk,
-            _ => return false,
+        let kind = match agent.strip_prefix(&fake_prefix).map(|a| a.chars().next()) {
+            Some(Some('r')) => BogusKind::Random,
+            Some(Some('g')) => BogusKind::GarbageCert,
+            Some(Some('w')) => BogusKind::WrongEk,
+            Some(_) => return false,
+            None => match derived.remove(agent) {
+                Some(kind) => kind,
+                None => return false, // a real device's downlink
+            },
         };
-        match decode::<Downlink>(payload) {
+        match decode_reply(payload) {
             Ok(Downlink::Result(Outcome::Rejected(r))) => {
                 *report
                     .rejected
@@ -341,7 +387,7 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
             };
             match next {
                 Some(Ok((topic, payload))) => {
-                    if count_reply(&mut report, &topic, &payload) {
+                    if count_reply(&mut report, &mut derived, &topic, &payload) {
                         answered += 1;
                         last_progress = Instant::now();
                     }
@@ -363,9 +409,11 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
             .get(sent % opts.kinds.len())
             .copied()
             .unwrap_or(BogusKind::Random);
-        let agent = format!("{fake_prefix}{}{sent}", kind.letter());
+        let (agent, frame) = frames.frame(kind, format!("{fake_prefix}{}{sent}", kind.letter()))?;
         let topic = topics.login(&agent).map_err(|e| format!("{agent}: {e}"))?;
-        let frame = frames.frame(kind)?;
+        if kind != BogusKind::Random {
+            derived.insert(agent, kind);
+        }
         client
             .publish(topic.as_str(), QoS::AtMostOnce, false, frame)
             .map_err(|e| format!("cannot publish a bogus login: {e}"))?;
@@ -377,7 +425,7 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
     let mut last = started.elapsed();
     while answered < sent && Instant::now() < deadline {
         if let Ok(Ok((topic, payload))) = rx.recv_timeout(Duration::from_millis(50))
-            && count_reply(&mut report, &topic, &payload)
+            && count_reply(&mut report, &mut derived, &topic, &payload)
         {
             answered += 1;
             last = started.elapsed();
@@ -409,29 +457,66 @@ mod tests {
     }
 
     #[test]
+    fn legacy_rejections_are_read_and_nothing_else_is_rewritten() {
+        use ekattest_protocol::RejectCode;
+        use ekattest_protocol::msg::{Rejected, encode_legacy_rejection};
+        let rejected = Rejected::new(RejectCode::UnsupportedVersion);
+        let mut buf = vec![0u8; limits::FRAME_MAX];
+        let legacy = encode_legacy_rejection(1, &rejected, &mut buf)
+            .unwrap()
+            .to_vec();
+        assert_eq!(legacy[0], 1);
+        assert!(decode::<Downlink>(&legacy).is_err());
+        assert_eq!(
+            decode_reply(&legacy).unwrap(),
+            Downlink::Result(Outcome::Rejected(rejected.clone()))
+        );
+        let current = encode(&Downlink::Result(Outcome::Rejected(rejected)), &mut buf)
+            .unwrap()
+            .to_vec();
+        assert_eq!(
+            decode_reply(&current).unwrap(),
+            decode::<Downlink>(&current).unwrap()
+        );
+        assert!(decode_reply(&[0x77, 1, 2]).is_err());
+    }
+
+    #[test]
     fn frames_of_each_class_have_the_intended_shape() {
         let cert = vec![0x30, 0x03, 0x02, 0x01, 0x01];
         let mut f = Frames {
-            ek: SoftEk::generate(EkAlg::P256).unwrap(),
             ak: SoftAk::generate().unwrap(),
             wrong_ek_cert: cert.clone(),
             noise: Noise(42),
             buf: vec![0u8; limits::FRAME_MAX],
         };
-        for _ in 0..50 {
-            let r = f.frame(BogusKind::Random).unwrap();
+        for n in 0..50 {
+            let (agent, r) = f.frame(BogusKind::Random, format!("fake-{n}")).unwrap();
             assert!((1..=600).contains(&r.len()));
+            assert_eq!(agent, format!("fake-{n}"));
         }
-        match decode::<Uplink>(&f.frame(BogusKind::GarbageCert).unwrap()).unwrap() {
+        // The well-formed classes: each Login a fresh EK, from that EK's own agent id.
+        let ek_agent = |l: &Login| {
+            let public = ekattest_protocol::public::Public::decode(&l.ek_public).unwrap();
+            default_agent_id(&public.key.public_hash().unwrap()).to_string()
+        };
+        let (agent, frame) = f.frame(BogusKind::GarbageCert, "fake".into()).unwrap();
+        let first_ek = match decode::<Uplink>(&frame).unwrap() {
             Uplink::Login(l) => {
-                let c = l.ek_cert.unwrap();
+                let c = l.ek_cert.as_ref().unwrap();
                 assert!(c.len() >= 200 && c.as_slice() != cert.as_slice());
-                assert_eq!(l.ek_public.as_slice(), f.ek.tpm2b_public());
+                assert_eq!(agent, ek_agent(&l));
+                l.ek_public
             }
             other => panic!("{other:?}"),
-        }
-        match decode::<Uplink>(&f.frame(BogusKind::WrongEk).unwrap()).unwrap() {
-            Uplink::Login(l) => assert_eq!(l.ek_cert.unwrap().as_slice(), cert.as_slice()),
+        };
+        let (agent, frame) = f.frame(BogusKind::WrongEk, "fake".into()).unwrap();
+        match decode::<Uplink>(&frame).unwrap() {
+            Uplink::Login(l) => {
+                assert_eq!(l.ek_cert.as_ref().unwrap().as_slice(), cert.as_slice());
+                assert_eq!(agent, ek_agent(&l));
+                assert_ne!(l.ek_public, first_ek, "a fresh EK per Login");
+            }
             other => panic!("{other:?}"),
         }
     }

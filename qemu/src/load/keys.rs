@@ -3,11 +3,16 @@
 //! hashes), and small DER helpers.
 //!
 //! RSA-2048 generation costs tens of milliseconds, and one policy document holds at most
-//! [`MAX_DOCUMENT_BYTES`] (about 15,000 hashes), so the pool is smaller than the fleet:
-//! devices beyond it reuse pool keys under distinct agent ids (the server keys sessions by
-//! agent id). Nothing here does I/O except [`write_policy`].
+//! [`MAX_DOCUMENT_BYTES`] (about 15,000 hashes), so the pool can be smaller than the fleet:
+//! devices beyond it reuse pool keys under distinct agent ids (the load servers run with
+//! `agent-id-from-ek: false`). The server keeps one pending session per EK (a second Login
+//! with the same EK replaces the first's session), so two devices sharing an EK must not
+//! attest at the same time: a device holds its key's lease ([`KeyPool::try_lease`]) from
+//! its first Login until it finishes, and a device whose key is leased waits. Nothing here
+//! does I/O except [`write_policy`].
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::SVID_KEY_MAX;
@@ -82,6 +87,10 @@ pub struct KeyPool {
     mix: EkMix,
     rsa: Vec<PoolKey>,
     p256: Vec<PoolKey>,
+    /// One per key ([`Self::key_id`] order): a device attests with it now.
+    leases: Vec<AtomicBool>,
+    /// Leases released so far, so a waiting thread looks again only after a release.
+    released: AtomicU64,
 }
 
 impl KeyPool {
@@ -116,33 +125,78 @@ impl KeyPool {
                 Ok(all)
             })
         };
+        let rsa = gen_many(EkAlg::Rsa2048, rsa)?;
+        let p256 = gen_many(EkAlg::P256, p256)?;
+        if rsa.is_empty() && p256.is_empty() {
+            return Err("the key pool is empty".into());
+        }
         Ok(Self {
             mix,
-            rsa: gen_many(EkAlg::Rsa2048, rsa)?,
-            p256: gen_many(EkAlg::P256, p256)?,
+            leases: (0..rsa.len() + p256.len())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            rsa,
+            p256,
+            released: AtomicU64::new(0),
         })
+    }
+
+    /// The key id of device number `n` (global across threads): an index into the RSA keys
+    /// followed by the P-256 keys.
+    pub fn key_id(&self, n: usize) -> usize {
+        let (rsa, index) = match (self.mix, self.mix.alg_of(n)) {
+            (EkMix::Mixed, EkAlg::Rsa2048) => (true, n / 2),
+            (EkMix::Mixed, EkAlg::P256) => (false, n / 2),
+            (_, EkAlg::Rsa2048) => (true, n),
+            (_, EkAlg::P256) => (false, n),
+        };
+        // Both pools are non-empty whenever a device uses them (see `pool_sizes`); fall back
+        // to the other pool rather than panic.
+        let rsa = if rsa {
+            !self.rsa.is_empty()
+        } else {
+            self.p256.is_empty()
+        };
+        if rsa {
+            index % self.rsa.len().max(1)
+        } else {
+            self.rsa.len() + index % self.p256.len().max(1)
+        }
+    }
+
+    /// The key with id `id` ([`Self::key_id`]); ids wrap around the pool.
+    pub fn key(&self, id: usize) -> &PoolKey {
+        let id = id % (self.rsa.len() + self.p256.len()).max(1);
+        match self.rsa.get(id) {
+            Some(k) => k,
+            None => &self.p256[id - self.rsa.len()],
+        }
     }
 
     /// The key of device number `n` (global across threads).
     pub fn for_device(&self, n: usize) -> &PoolKey {
-        let (pool, index) = match (self.mix, self.mix.alg_of(n)) {
-            (EkMix::Mixed, EkAlg::Rsa2048) => (&self.rsa, n / 2),
-            (EkMix::Mixed, EkAlg::P256) => (&self.p256, n / 2),
-            (_, EkAlg::Rsa2048) => (&self.rsa, n),
-            (_, EkAlg::P256) => (&self.p256, n),
-        };
-        // Both pools are non-empty whenever a device uses them (see `pool_sizes`); fall back
-        // to the other pool rather than panic.
-        let pool = if pool.is_empty() {
-            if self.rsa.is_empty() {
-                &self.p256
-            } else {
-                &self.rsa
-            }
-        } else {
-            pool
-        };
-        &pool[index % pool.len().max(1)]
+        self.key(self.key_id(n))
+    }
+
+    /// Takes key `id` for one device's attestation; `false` if another device holds it.
+    pub fn try_lease(&self, id: usize) -> bool {
+        self.leases.get(id).is_some_and(|l| {
+            l.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    /// Gives key `id` back (its device finished).
+    pub fn release(&self, id: usize) {
+        if let Some(l) = self.leases.get(id) {
+            l.store(false, Ordering::Release);
+            self.released.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many leases were released so far (changes whenever a key may have come free).
+    pub fn releases(&self) -> u64 {
+        self.released.load(Ordering::Acquire)
     }
 
     /// Every EK's `tpm_ek.public_hash`, lowercase hex.
@@ -290,6 +344,20 @@ mod tests {
         for n in 0..10 {
             assert_eq!(pool.for_device(n).ek.alg(), EkMix::Mixed.alg_of(n), "{n}");
         }
+        // Key ids cover both pools; a key is leased to one device at a time.
+        let ids: std::collections::BTreeSet<usize> = (0..10).map(|n| pool.key_id(n)).collect();
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!(pool.try_lease(1));
+        assert!(!pool.try_lease(1));
+        assert!(pool.try_lease(2));
+        let seen = pool.releases();
+        pool.release(1);
+        assert!(pool.releases() > seen);
+        assert!(pool.try_lease(1));
+        assert!(
+            !pool.try_lease(99),
+            "an id outside the pool is never leased"
+        );
         assert_eq!(pool_sizes(EkMix::Mixed, 5, 64, 10_000), (3, 2));
         assert_eq!(pool_sizes(EkMix::P256, 100_000, 64, 10_000), (0, 10_000));
         assert_eq!(pool_sizes(EkMix::Rsa2048, 100_000, 64, 10_000), (64, 0));

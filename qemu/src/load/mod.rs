@@ -258,31 +258,74 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
     let policy_bytes = keys::write_policy(&policy_file, &pool.hashes())?;
     notes.push(format!(
         "keys: {rsa} RSA-2048 and {p256} P-256 EKs generated in {:.2} s; {} devices share them \
-         under distinct agent ids; policy document {policy_bytes} bytes",
+         under distinct agent ids, one device per EK at a time (the server keeps one session \
+         per EK); policy document {policy_bytes} bytes",
         keygen.as_secs_f64(),
         opts.devices
     ));
 
-    // The SVID CA.
-    let ca_cert = dir.path().join("svid-ca.pem");
-    let ca_key = dir.path().join("svid-ca.key");
-    let out = Command::new(&ctl_bin)
-        .args(["ca", "create", "--trust-domain", TRUST_DOMAIN, "--cert"])
-        .arg(&ca_cert)
-        .arg("--key")
-        .arg(&ca_key)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", ctl_bin.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ekattestctl ca create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let ca_point =
-        Arc::new(keys::ca_point(&std::fs::read(&ca_cert).map_err(|e| {
-            format!("cannot read {}: {e}", ca_cert.display())
-        })?)?);
+    // The SVID root (the devices' trust bundle) and the servers' signer it issues.
+    let root_cert = dir.path().join("svid-root.pem");
+    let root_key = dir.path().join("svid-root.key");
+    let ca_cert = dir.path().join("svid-signer.pem");
+    let ca_key = dir.path().join("svid-signer.key");
+    let ctl = |args: &[&std::ffi::OsStr], what: &str| -> Result<(), String> {
+        let out = Command::new(&ctl_bin)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", ctl_bin.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ekattestctl {what} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    ctl(
+        &[
+            "ca".as_ref(),
+            "create".as_ref(),
+            "--trust-domain".as_ref(),
+            TRUST_DOMAIN.as_ref(),
+            "--cert".as_ref(),
+            root_cert.as_os_str(),
+            "--key".as_ref(),
+            root_key.as_os_str(),
+        ],
+        "ca create",
+    )?;
+    ctl(
+        &[
+            "ca".as_ref(),
+            "issue-signer".as_ref(),
+            "--ca-cert".as_ref(),
+            root_cert.as_os_str(),
+            "--ca-key".as_ref(),
+            root_key.as_os_str(),
+            "--cert".as_ref(),
+            ca_cert.as_os_str(),
+            "--key".as_ref(),
+            ca_key.as_os_str(),
+        ],
+        "ca issue-signer",
+    )?;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let signer_pem = read(&ca_cert)?;
+    let ca_point = Arc::new(keys::ca_point(&signer_pem)?);
+    let bundle =
+        ekattest_agent::daemon::identity::TrustBundle::from_pem(read(&root_cert)?, &root_cert)
+            .map_err(|e| format!("the SVID root is no trust bundle: {e}"))?;
+    let signer_der = pem::parse(&signer_pem)
+        .map_err(|e| format!("{}: {e}", ca_cert.display()))?
+        .into_contents();
+    let signer = Arc::new(
+        bundle
+            .signer(&signer_der, worker::unix_now())
+            .map_err(|e| format!("the issued signer does not verify: {e}"))?,
+    );
+    let bundle = Arc::new(bundle);
 
     // Broker (mosquitto, an existing one, or a local NATS cluster) and servers.
     let mut broker = None;
@@ -335,9 +378,13 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         spec.log_level = Some(opts.server_log_level.clone());
         spec.workers = opts.workers;
         // Soft devices retry on a short attempt timeout under faults, far more often than a
-        // real agent's backoff allows; the per-agent login limit would throttle the harness,
-        // not an attacker. It is tested by tests/flood.rs and the server's unit tests.
+        // real agent's backoff allows, and devices take turns on the pool's EKs; the login
+        // limits (per agent id and per EK, both off with burst 0) would throttle the
+        // harness, not an attacker. It is tested by tests/flood.rs and the server's unit tests.
         spec.login_burst = Some(0);
+        // Devices keep distinct agent ids (`{run}-{thread}-{n}`) over a pool of EKs: the
+        // agent id is not the one derived from the EK.
+        spec.agent_id_from_ek = Some(false);
         spec.reload_interval = Some(Duration::from_secs(60));
         let sdir = dir.path().join(format!("server-{k}"));
         std::fs::create_dir_all(&sdir)
@@ -410,7 +457,9 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
             rate: opts.rate.map(|r| r / opts.threads as f64),
             timeout: opts.timeout,
             verify_every: opts.verify_every,
-            ca_point: Arc::clone(&ca_point),
+            signer_point: Arc::clone(&ca_point),
+            signer: Arc::clone(&signer),
+            bundle: Arc::clone(&bundle),
             subscribe: opts.subscribe,
             stop: Arc::clone(&stop_all),
             done: Arc::clone(&done),

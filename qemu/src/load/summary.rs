@@ -16,6 +16,7 @@ pub(super) fn merge(into: &mut WorkerResult, r: WorkerResult) {
     into.time_to_identity.extend(r.time_to_identity);
     into.wire_bytes += r.wire_bytes;
     into.signatures_checked += r.signatures_checked;
+    into.challenges_checked += r.challenges_checked;
     into.reconnects += r.reconnects;
     into.failovers += r.failovers;
     into.refused_subscriptions += r.refused_subscriptions;
@@ -92,7 +93,7 @@ pub(super) fn totals_notes(
         "{} threads, window {} per thread, attempt timeout {:.1} s, subscriptions {:?}; {} \
          retries on {} devices ({} at once after a damaged frame or a rejection); {} \
          reconnects ({} to another broker); {} Result signatures verified; servers counted \
-         {} successes",
+         {} successes; {} Challenge signatures verified",
         opts.threads,
         opts.window,
         opts.timeout.as_secs_f64(),
@@ -103,7 +104,8 @@ pub(super) fn totals_notes(
         total.reconnects,
         total.failovers,
         total.signatures_checked,
-        server_success
+        server_success,
+        total.challenges_checked
     ));
     notes.push(format!(
         "{} duplicate identities (an Accepted Result for a device already attested)",

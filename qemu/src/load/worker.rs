@@ -1,10 +1,18 @@
 //! One load thread: many simulated devices behind ONE MQTT connection at a time (rumqttc
-//! sync client, clean session, [`super::link`]). Each device publishes its Login, answers
-//! its Challenge with the software ActivateCredential (delayed by `--slow-tpm`) and an
-//! SVID-key proof of possession, and checks its Result (the server's signature on a
-//! sample; one signed for another session is ignored, as the agent ignores it). A device
-//! whose Challenge or Result does not come within the attempt timeout, or that hears
-//! "server busy", logs in again.
+//! sync client, clean session, [`super::link`]). Each device publishes its Login (with a
+//! fresh nonce, and the hint of the run's signer so Challenges leave its certificate out)
+//! and keeps the Login transcript `T` over the exact frame it published; it answers its
+//! Challenge, when the Challenge names its `T`, with the software ActivateCredential
+//! (delayed by `--slow-tpm`), the MAC over `T` and an SVID-key proof of possession, and
+//! checks its Result. The server's signatures are checked on a sample, as the agent checks
+//! them all: the Challenge's (signer chained to the trust bundle, over this agent's
+//! Challenge) and the Result's (over this session and `T`; one signed for another Login is
+//! ignored, as the agent ignores it). A device whose Challenge or Result does not come
+//! within the attempt timeout, or that hears "server busy", logs in again.
+//!
+//! Devices that share a pool EK take turns ([`KeyPool::try_lease`]): the server keeps one
+//! session per EK, so a second device logging in with the same EK would replace the first's
+//! session. A device waits until its key is free before its first Login.
 //!
 //! Recovery from injected faults ([`crate::faults`]): when the connection fails (broker
 //! restart, NATS node killed) or the broker refuses a subscription, the thread connects to
@@ -29,6 +37,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
 use super::keys::KeyPool;
@@ -37,9 +46,11 @@ use crate::faults::DeviceRecord;
 
 mod connection;
 mod downlink;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::EcdsaKeyPair;
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use ekattest_agent::daemon::identity::{Signer, SvidKey, TrustBundle};
+use ekattest_protocol::limits::{NONCE_LEN, SIGNER_HINT_LEN};
 use ekattest_protocol::msg::{Login, Method, SessionId, Uplink};
+use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::Topics;
 use ekattest_protocol::{encode, heapless, limits};
 
@@ -77,8 +88,14 @@ pub(crate) struct WorkerSpec {
     pub(crate) rate: Option<f64>,
     pub(crate) timeout: Duration,
     pub(crate) verify_every: usize,
-    /// The SVID CA's public point (uncompressed), for Result signatures.
-    pub(crate) ca_point: Arc<Vec<u8>>,
+    /// The server signer's public point (uncompressed), for Result signatures.
+    pub(crate) signer_point: Arc<Vec<u8>>,
+    /// The server's signer, checked against the trust bundle: what a Challenge that leaves
+    /// its certificate out (the Login's hint named it) is checked with.
+    pub(crate) signer: Arc<Signer>,
+    /// The devices' trust bundle (the SVID root), for a Challenge that carries a signer
+    /// certificate.
+    pub(crate) bundle: Arc<TrustBundle>,
     pub(crate) subscribe: Subscribe,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) done: Arc<AtomicUsize>,
@@ -108,6 +125,8 @@ pub(crate) struct WorkerResult {
     /// MQTT bytes of the attestation messages both ways (PUBLISH + PUBACK).
     pub(crate) wire_bytes: u64,
     pub(crate) signatures_checked: usize,
+    /// Challenge signatures checked (signer and signature over this agent's Challenge).
+    pub(crate) challenges_checked: usize,
     pub(crate) reasons: BTreeMap<String, usize>,
     pub(crate) reconnects: usize,
     /// Connections moved to another broker of the list after a failure.
@@ -149,6 +168,14 @@ struct Dev {
     finished: Option<Instant>,
     attested: bool,
     session: Option<SessionId>,
+    /// Its pool key ([`KeyPool::key_id`]).
+    key: usize,
+    /// It holds its key's lease (from its first Login until it finishes).
+    leased: bool,
+    /// The transcript of the current attempt's Login.
+    transcript: Option<Transcript>,
+    /// The transcripts of its earlier attempts: a Challenge naming one is stale.
+    earlier: Vec<Transcript>,
 }
 
 /// The frame of an uplink message.
@@ -202,15 +229,22 @@ struct Sim<'a> {
     tpm_rng: crate::faults::rng::Rng,
     topics: Topics<'a>,
     devs: Vec<Dev>,
-    svid_key: EcdsaKeyPair,
+    svid_key: SvidKey,
     svid_spki: heapless::Vec<u8, { limits::SVID_KEY_MAX }>,
+    signer_hint: [u8; SIGNER_HINT_LEN],
     rng: SystemRandom,
     /// (deadline, local device, attempt).
     deadlines: VecDeque<(Instant, usize, u32)>,
-    next: usize,
+    /// Devices not started yet, in order.
+    pending: VecDeque<usize>,
+    /// Devices waiting for their key (held by another device), per key id, in order.
+    blocked: BTreeMap<usize, VecDeque<usize>>,
+    /// [`KeyPool::releases`] when `blocked` was last looked through.
+    seen_releases: u64,
     in_flight: usize,
     finished: usize,
     accepted_seen: usize,
+    challenges_seen: usize,
     tokens: f64,
     last_refill: Instant,
     connected_once: bool,
@@ -223,20 +257,26 @@ impl<'a> Sim<'a> {
         let topics = Topics::new(&spec.prefix, &spec.cluster)
             .map_err(|e| format!("topic prefix or cluster: {e}"))?;
         let svid_key =
-            EcdsaKeyPair::generate(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING)
-                .map_err(|_| "cannot generate the SVID key".to_owned())?;
+            SvidKey::generate().map_err(|e| format!("cannot generate the SVID key: {e}"))?;
+        let spki = svid_key
+            .spki_der()
+            .map_err(|e| format!("SVID key SPKI: {e}"))?;
         let svid_spki =
-            super::keys::p256_spki(aws_lc_rs::signature::KeyPair::public_key(&svid_key).as_ref())?;
+            heapless::Vec::from_slice(&spki).map_err(|_| "SVID key SPKI too long".to_owned())?;
         let devs = spec
             .devices
             .iter()
-            .map(|_| Dev {
+            .map(|&n| Dev {
                 state: State::Idle,
                 attempts: 0,
                 started: None,
                 finished: None,
                 attested: false,
                 session: None,
+                key: spec.keys.key_id(n),
+                leased: false,
+                transcript: None,
+                earlier: Vec::new(),
             })
             .collect();
         Ok(Self {
@@ -252,12 +292,16 @@ impl<'a> Sim<'a> {
             devs,
             svid_key,
             svid_spki,
+            signer_hint: spec.signer.hint(),
             rng: SystemRandom::new(),
             deadlines: VecDeque::new(),
-            next: 0,
+            pending: (0..spec.devices.len()).collect(),
+            blocked: BTreeMap::new(),
+            seen_releases: 0,
             in_flight: 0,
             finished: 0,
             accepted_seen: 0,
+            challenges_seen: 0,
             tokens: 1.0,
             last_refill: Instant::now(),
             connected_once: false,
@@ -366,20 +410,58 @@ impl<'a> Sim<'a> {
             self.last_refill = now;
             self.tokens = (self.tokens + dt * rate).min(rate.max(1.0));
         }
-        while self.next < self.devs.len() && self.in_flight < self.spec.window {
+        while self.in_flight < self.spec.window {
+            if self.spec.rate.is_some() && self.tokens < 1.0 {
+                break;
+            }
+            let Some(i) = self.next_ready() else {
+                break;
+            };
             if self.spec.rate.is_some() {
-                if self.tokens < 1.0 {
-                    break;
-                }
                 self.tokens -= 1.0;
             }
-            let i = self.next;
-            self.next += 1;
             self.in_flight += 1;
             self.devs[i].started = Some(Instant::now());
             self.login(i)?;
         }
         Ok(())
+    }
+
+    /// The next device to start, its key leased: one that waited for its key (if a key was
+    /// released since the last look), else the next not started whose key is free (the
+    /// others wait for theirs).
+    fn next_ready(&mut self) -> Option<usize> {
+        let keys = &self.spec.keys;
+        let released = keys.releases();
+        if released != self.seen_releases && !self.blocked.is_empty() {
+            let free = self.blocked.keys().copied().find(|&k| keys.try_lease(k));
+            match free {
+                Some(k) => {
+                    let queue = self.blocked.get_mut(&k)?;
+                    let i = queue.pop_front();
+                    if queue.is_empty() {
+                        self.blocked.remove(&k);
+                    }
+                    if let Some(i) = i {
+                        self.devs[i].leased = true;
+                        return Some(i);
+                    }
+                    keys.release(k);
+                }
+                // Nothing free: look again after the next release.
+                None => self.seen_releases = released,
+            }
+        }
+        while let Some(i) = self.pending.pop_front() {
+            let key = self.devs[i].key;
+            if self.blocked.contains_key(&key) || !keys.try_lease(key) {
+                self.blocked.entry(key).or_default().push_back(i);
+                continue;
+            }
+            self.devs[i].leased = true;
+            return Some(i);
+        }
+        None
     }
 
     /// Publishes device `i`'s Login (a new attempt) and arms its timeout.
@@ -399,7 +481,11 @@ impl<'a> Sim<'a> {
         dev.state = State::WaitChallenge;
         dev.session = None;
         let attempt = dev.attempts;
-        let key = self.spec.keys.for_device(self.spec.devices[i]);
+        let key = self.spec.keys.key(dev.key);
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| "no random bytes for the Login nonce".to_owned())?;
         let login = Uplink::Login(Login {
             methods: heapless::Vec::from_slice(&[Method::TpmEk]).map_err(|_| "methods")?,
             ek_public: heapless::Vec::from_slice(key.ek.tpm2b_public())
@@ -409,12 +495,23 @@ impl<'a> Sim<'a> {
             ak_public: heapless::Vec::from_slice(key.ak.tpm2b_public())
                 .map_err(|_| "AK public area too long")?,
             svid_key: Some(self.svid_spki.clone()),
+            key_certify: None,
+            nonce,
+            signer_hint: Some(self.signer_hint),
         });
         let topic = self
             .topics
             .login(&agent)
             .map_err(|e| format!("login topic: {e}"))?;
-        self.publish(topic.as_str(), &login)?;
+        let frame = encode_frame(&login)?;
+        // T over the exact frame published: the server computes it over what it receives.
+        let transcript = sign::transcript(&self.spec.cluster, &agent, &frame)
+            .map_err(|e| format!("Login transcript: {e}"))?;
+        let dev = &mut self.devs[i];
+        if let Some(old) = dev.transcript.replace(transcript) {
+            dev.earlier.push(old);
+        }
+        self.publish_frame(topic.as_str(), frame);
         self.deadlines
             .push_back((Instant::now() + self.spec.timeout, i, attempt));
         Ok(())
@@ -465,6 +562,12 @@ impl<'a> Sim<'a> {
         if dev.state != State::Done {
             dev.state = State::Done;
             dev.session = None;
+            dev.transcript = None;
+            dev.earlier = Vec::new();
+            if dev.leased {
+                dev.leased = false;
+                self.spec.keys.release(dev.key);
+            }
             dev.finished = Some(Instant::now());
             self.in_flight = self.in_flight.saturating_sub(1);
             self.finished += 1;
@@ -494,4 +597,11 @@ impl<'a> Sim<'a> {
         self.finish(i);
         Ok(())
     }
+}
+
+/// Now, in Unix seconds (for certificate validity).
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -2,6 +2,11 @@
 //! real `ekattest-server` processes of one cluster, and a scripted attacker built on the
 //! software TPM (qemu/src/soft_tpm.rs) that publishes hand-made frames over MQTT.
 //!
+//! Wire version 2: every [`Wire`] keeps the Login transcript `T` of the last Login frame it
+//! published (over the exact bytes, under its agent id), and Answers carry the MAC over it
+//! ([`ekattest_agent::attest::answer_with_secret`]), never the secret. An honest device
+//! checks the Challenge's signature against the world's trust bundle before answering.
+//!
 //! A test fixture: it fails loudly (panics with the server log) and never hides a missing
 //! binary or tool.
 
@@ -17,14 +22,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+use ekattest_agent::attest::answer_with_secret;
+use ekattest_agent::daemon::identity::{SvidKey, TrustBundle};
 use ekattest_fleet::broker::{Broker, BrokerOptions};
 use ekattest_fleet::daemons::{ServerProcess, ServerSpec, metric_value};
 use ekattest_fleet::soft_tpm::{EkAlg, SoftAk, SoftEk};
+use ekattest_protocol::limits::NONCE_LEN;
 use ekattest_protocol::msg::{Answer, Challenge, Downlink, Login, Method, Outcome, Uplink};
+use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::{Topics, default_agent_id};
-use ekattest_protocol::{RejectCode, decode, encode, heapless, limits, sign};
+use ekattest_protocol::{RejectCode, decode, encode, heapless, limits};
 use tempfile::TempDir;
 
 pub use crate::common::{SUCCESS, bin, failed};
@@ -41,6 +48,8 @@ pub const REPLY: Duration = Duration::from_secs(10);
 pub struct World {
     pub dir: TempDir,
     pub ca_cert: PathBuf,
+    /// The agents' trust bundle: the SVID CA.
+    pub bundle: TrustBundle,
     pub broker: Broker,
     /// `(node id, server)`.
     pub servers: Vec<(String, ServerProcess)>,
@@ -72,6 +81,9 @@ impl World {
                 spec.policy_files = vec![policy_file.clone()];
                 spec.session_ttl = session_ttl;
                 spec.log_level = Some("debug".into());
+                // The login limits (per agent id and per EK) are not under test here: a few
+                // attacks log in four times with one EK, one more than the default burst.
+                spec.login_burst = Some(10);
                 let server_dir = dir.path().join(node);
                 std::fs::create_dir_all(&server_dir).unwrap();
                 let server = ServerProcess::start(&bin("ekattest-server"), &spec, &server_dir)
@@ -85,12 +97,39 @@ impl World {
                 ((*node).to_owned(), server)
             })
             .collect();
+        let bundle = TrustBundle::load(&ca_cert).unwrap();
         World {
             dir,
             ca_cert,
+            bundle,
             broker,
             servers,
         }
+    }
+
+    /// Checks `c` as an agent does before touching its TPM: the signer certificate it
+    /// carries chains to the trust bundle, its signature covers `agent`'s Challenge, and it
+    /// names `own`, the transcript of the Login that agent sent.
+    pub fn verify_challenge(&self, agent: &str, c: &Challenge, own: &Transcript) {
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        let der = if c.signer.is_empty() {
+            self.bundle.single_anchor().unwrap().to_vec()
+        } else {
+            c.signer.to_vec()
+        };
+        let signer = self
+            .bundle
+            .signer(&der, now)
+            .unwrap_or_else(|e| panic!("the Challenge's signer: {e}"));
+        signer
+            .verify_challenge(agent, c, own, now)
+            .unwrap_or_else(|e| panic!("the Challenge does not verify: {e}"));
     }
 
     /// The server whose node id is `node`.
@@ -129,8 +168,7 @@ pub struct SoftDevice {
     pub ek: SoftEk,
     pub ak: SoftAk,
     pub agent: String,
-    svid_key: EcdsaKeyPair,
-    rng: SystemRandom,
+    svid_key: SvidKey,
     wire: Wire,
 }
 
@@ -149,8 +187,7 @@ impl SoftDevice {
             ek,
             ak: SoftAk::generate().unwrap(),
             agent,
-            svid_key: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap(),
-            rng: SystemRandom::new(),
+            svid_key: SvidKey::generate().unwrap(),
             wire,
         }
     }
@@ -160,18 +197,28 @@ impl SoftDevice {
         self.login_with(self.ek.tpm2b_public(), self.ak.tpm2b_public())
     }
 
-    /// A Login with these EK and AK public areas and this device's SVID key.
+    /// A Login with these EK and AK public areas and this device's SVID key (a fresh nonce,
+    /// no signer hint: the Challenge carries the signer's certificate).
     pub fn login_with(&self, ek_public: &[u8], ak_public: &[u8]) -> Login {
-        let spki =
-            ekattest_fleet::load::keys::p256_spki(self.svid_key.public_key().as_ref()).unwrap();
+        let spki = self.svid_key.spki_der().unwrap();
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).unwrap();
         Login {
             methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
             ek_public: heapless::Vec::from_slice(ek_public).unwrap(),
             ek_cert: None,
             ek_chain: heapless::Vec::new(),
             ak_public: heapless::Vec::from_slice(ak_public).unwrap(),
-            svid_key: Some(spki),
+            svid_key: Some(heapless::Vec::from_slice(&spki).unwrap()),
+            key_certify: None,
+            nonce,
+            signer_hint: None,
         }
+    }
+
+    /// The transcript of the last Login this device's wire published.
+    pub fn transcript(&self) -> Transcript {
+        self.wire.transcript()
     }
 
     /// Publishes `login` on this device's login topic and returns the server's reply.
@@ -179,34 +226,35 @@ impl SoftDevice {
         self.wire.send_login(login)
     }
 
-    /// Logs in with [`Self::login`] and returns the Challenge (panics on anything else).
+    /// Logs in with [`Self::login`] and returns the Challenge (panics on anything else),
+    /// checked as the agent checks it.
     pub fn challenge(&mut self, world: &World) -> Challenge {
         let login = self.login();
         match self.send_login(&login) {
-            Downlink::Challenge(c) => c,
+            Downlink::Challenge(c) => {
+                world.verify_challenge(&self.agent, &c, &self.transcript());
+                c
+            }
             other => panic!("expected a Challenge, got {other:?}\n{}", world.logs()),
         }
     }
 
-    /// The correct Answer to `c`: software ActivateCredential with this EK and AK Name, and a
-    /// proof of possession of the SVID key.
+    /// The correct Answer to `c`: software ActivateCredential with this EK and AK Name, the
+    /// MAC over this device's last Login transcript, and a proof of possession of the SVID
+    /// key.
     pub fn answer(&self, c: &Challenge) -> Answer {
         let secret = self
             .ek
             .activate_credential(self.ak.name(), &c.credential_blob, &c.encrypted_secret)
             .unwrap();
-        self.answer_with(c.session, &secret)
+        self.answer_with(c, &self.transcript(), &secret)
     }
 
-    /// An Answer for `session` carrying `secret`, signed with this device's SVID key.
-    pub fn answer_with(&self, session: ekattest_protocol::msg::SessionId, secret: &[u8]) -> Answer {
-        let signed = sign::pop_signed_bytes(&session, secret).unwrap();
-        let pop = self.svid_key.sign(&self.rng, &signed).unwrap();
-        Answer {
-            session,
-            secret: heapless::Vec::from_slice(secret).unwrap(),
-            pop: Some(heapless::Vec::from_slice(pop.as_ref()).unwrap()),
-        }
+    /// The Answer to `c` a device computes from `secret` (the recovered one, or a guess)
+    /// over the Login transcript `transcript`, with a proof of possession of this device's
+    /// SVID key.
+    pub fn answer_with(&self, c: &Challenge, transcript: &Transcript, secret: &[u8]) -> Answer {
+        answer_with_secret(secret, c, transcript, Some(self.svid_key.signing_key())).unwrap()
     }
 
     /// Publishes `answer` on `node`'s answer topic for this device's agent id and returns
@@ -226,24 +274,41 @@ impl SoftDevice {
 pub struct Wire {
     pub agent: String,
     peer: Peer,
+    /// The transcript of the last Login frame published.
+    transcript: Option<Transcript>,
 }
 
 impl Wire {
     /// Connects to `world`'s broker as `agent` and subscribes to its downlink topic.
     pub fn connect(world: &World, agent: &str) -> Wire {
-        let mut peer = mqtt_peer::connect(&world.broker, agent, None, Via::Plain).unwrap();
+        Self::connect_as(world, agent, agent)
+    }
+
+    /// Connects to `world`'s broker with MQTT client id `client` (an attacker beside the
+    /// device it impersonates) and uses `agent`'s topics.
+    pub fn connect_as(world: &World, agent: &str, client: &str) -> Wire {
+        let mut peer = mqtt_peer::connect(&world.broker, client, None, Via::Plain).unwrap();
         peer.subscribe(&topics().down(agent).unwrap()).unwrap();
         Wire {
             agent: agent.to_owned(),
             peer,
+            transcript: None,
         }
     }
 
-    /// Publishes `login` on the login topic and returns the reply.
+    /// Publishes `login` on the login topic, keeps its transcript (over the exact frame,
+    /// under this agent id) and returns the reply.
     pub fn send_login(&mut self, login: &Login) -> Downlink {
         let topic = topics().login(&self.agent).unwrap();
-        self.publish(topic.as_str(), &Uplink::Login(login.clone()));
+        let frame = self.publish(topic.as_str(), &Uplink::Login(login.clone()));
+        self.transcript = Some(sign::transcript(CLUSTER, &self.agent, &frame).unwrap());
         self.receive()
+    }
+
+    /// The transcript of the last Login published (panics before the first).
+    pub fn transcript(&self) -> Transcript {
+        self.transcript
+            .unwrap_or_else(|| panic!("{} has not sent a Login yet", self.agent))
     }
 
     /// Publishes `answer` on `node`'s answer topic and returns the reply.
@@ -253,10 +318,12 @@ impl Wire {
         self.receive()
     }
 
-    fn publish(&mut self, topic: &str, msg: &Uplink) {
+    /// Publishes `msg` and returns the frame sent.
+    fn publish(&mut self, topic: &str, msg: &Uplink) -> Vec<u8> {
         let mut buf = [0u8; limits::FRAME_MAX];
-        let frame = encode(msg, &mut buf).unwrap();
-        self.peer.publish(topic, frame, false).unwrap();
+        let frame = encode(msg, &mut buf).unwrap().to_vec();
+        self.peer.publish(topic, &frame, false).unwrap();
+        frame
     }
 
     /// The next downlink for this agent id.

@@ -37,7 +37,19 @@ fn login() -> Login {
         ek_chain: heapless::Vec::new(),
         ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
         svid_key: None,
+        key_certify: None,
+        nonce: [0x4e; 16],
+        signer_hint: None,
     }
+}
+
+/// The transcript the tests' Logins are received with.
+const T: Transcript = [0x33; 32];
+
+/// The Answer MAC an agent holding `secret` sends for `session` of a Login with
+/// transcript [`T`] to node-1.
+fn mac(secret: &[u8], session: &SessionId) -> [u8; 32] {
+    sign::answer_mac(secret, &T, session, "node-1").unwrap()
 }
 
 fn attestor() -> Attestor {
@@ -64,6 +76,7 @@ fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
             &doc(),
             "ek-1",
             &login(),
+            &T,
             now,
             SystemTime::now(),
             &mut vector_random(),
@@ -90,9 +103,11 @@ fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
         ("node-1", 300)
     );
 
+    assert_eq!(challenge.transcript, T);
+    assert_eq!(identity.transcript, T);
     let answer = Answer {
         session: challenge.session,
-        secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
+        mac: mac(&read("secret.bin"), &challenge.session),
         pop: None,
     };
     let identity = a.answer("ek-1", &answer, now).unwrap();
@@ -105,11 +120,11 @@ fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
 fn challenged<R: Random>(a: &Attestor, agent: &str, rng: &mut R, secret: &[u8]) -> Answer {
     let now = Instant::now();
     let (challenge, _) = a
-        .login(&doc(), agent, &login(), now, SystemTime::now(), rng)
+        .login(&doc(), agent, &login(), &T, now, SystemTime::now(), rng)
         .unwrap();
     Answer {
         session: challenge.session,
-        secret: heapless::Vec::from_slice(secret).unwrap(),
+        mac: mac(secret, &challenge.session),
         pop: None,
     }
 }
@@ -121,7 +136,12 @@ fn wrong_secret_wrong_agent_and_expiry_are_rejected() {
     let answer = challenged(&a, "ek-1", &mut SystemRandom, &[0; 32]);
     let r = a.answer("ek-1", &answer, now).unwrap_err();
     assert_eq!(r.code, RejectCode::ChallengeFailed);
-    assert_eq!(r.reason, "challenge response secret does not match");
+    assert!(
+        r.reason
+            .starts_with("challenge response secret does not match"),
+        "{}",
+        r.reason
+    );
 
     // Expired: even the right secret (from the vector's fixed randomness) is too late.
     let right = read("secret.bin");
@@ -158,6 +178,7 @@ fn cheap_checks_reject_before_any_session() {
             &doc(),
             "ek-1",
             &no_methods,
+            &T,
             now,
             SystemTime::now(),
             &mut SystemRandom,
@@ -176,6 +197,7 @@ fn cheap_checks_reject_before_any_session() {
             &doc(),
             "ek-1",
             &bad_ak,
+            &T,
             now,
             SystemTime::now(),
             &mut SystemRandom,
@@ -190,6 +212,7 @@ fn cheap_checks_reject_before_any_session() {
             &doc(),
             "ek-1",
             &other_ek,
+            &T,
             now,
             SystemTime::now(),
             &mut SystemRandom,
@@ -208,6 +231,7 @@ fn cheap_checks_reject_before_any_session() {
             &doc(),
             "ek-1",
             &garbage,
+            &T,
             now,
             SystemTime::now(),
             &mut SystemRandom,
@@ -230,15 +254,15 @@ fn svid_key() -> (p256::ecdsa::SigningKey, Vec<u8>) {
     }
 }
 
-fn pop(key: &p256::ecdsa::SigningKey, session: &SessionId, secret: &[u8]) -> Vec<u8> {
+fn pop(key: &p256::ecdsa::SigningKey, session: &SessionId, mac: &[u8; 32]) -> Vec<u8> {
     use p256::ecdsa::signature::Signer as _;
-    let msg = ekattest_protocol::sign::pop_signed_bytes(session, secret).unwrap();
+    let msg = sign::pop_signed_bytes(&T, session, mac);
     let sig: p256::ecdsa::Signature = key.sign(&msg);
     sig.to_der().as_bytes().to_vec()
 }
 
 /// Logs `agent` in with `svid_key` (vector randomness, so the secret is secret.bin) and
-/// returns the Answer carrying the right secret and no pop.
+/// returns the Answer carrying the right MAC and no pop.
 fn challenged_with_key(a: &Attestor, agent: &str, spki: &[u8]) -> Answer {
     let mut l = login();
     l.svid_key = Some(heapless::Vec::from_slice(spki).unwrap());
@@ -247,6 +271,7 @@ fn challenged_with_key(a: &Attestor, agent: &str, spki: &[u8]) -> Answer {
             &doc(),
             agent,
             &l,
+            &T,
             Instant::now(),
             SystemTime::now(),
             &mut vector_random(),
@@ -255,7 +280,7 @@ fn challenged_with_key(a: &Attestor, agent: &str, spki: &[u8]) -> Answer {
     assert_eq!(identity.svid_key.as_deref(), Some(spki));
     Answer {
         session: challenge.session,
-        secret: heapless::Vec::from_slice(&read("secret.bin")).unwrap(),
+        mac: mac(&read("secret.bin"), &challenge.session),
         pop: None,
     }
 }
@@ -285,6 +310,7 @@ fn login_with_a_bad_svid_key_is_rejected_before_any_session() {
                 &doc(),
                 "ek-1",
                 &l,
+                &T,
                 Instant::now(),
                 SystemTime::now(),
                 &mut SystemRandom,
@@ -313,15 +339,14 @@ fn answer_must_prove_possession_of_the_svid_key() {
 
     // A good pop: accepted, and the identity carries the key for the SVID.
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
-    answer.pop =
-        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.mac)).unwrap());
     let identity = a.answer("ek-1", &answer, now).unwrap();
     assert_eq!(identity.svid_key.as_deref(), Some(spki.as_slice()));
 
     // A pop over another session (a replayed proof): rejected.
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
     let old = SessionId([0x11; 16]);
-    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &old, &answer.secret)).unwrap());
+    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &old, &answer.mac)).unwrap());
     let r = a.answer("ek-1", &answer, now).unwrap_err();
     assert_eq!(r.code, RejectCode::ProofOfPossession);
     assert!(r.reason.contains("does not verify"), "{}", r.reason);
@@ -331,22 +356,20 @@ fn answer_must_prove_possession_of_the_svid_key() {
     let (other, _) = svid_key();
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
     answer.pop =
-        Some(heapless::Vec::from_slice(&pop(&other, &answer.session, &answer.secret)).unwrap());
+        Some(heapless::Vec::from_slice(&pop(&other, &answer.session, &answer.mac)).unwrap());
     let r = a.answer("ek-1", &answer, now).unwrap_err();
     assert_eq!(r.code, RejectCode::ProofOfPossession);
 
-    // The secret is checked first: a good pop does not rescue a wrong secret.
+    // The MAC is checked first: a good pop does not rescue a wrong MAC.
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
-    answer.secret = heapless::Vec::from_slice(&[0; 32]).unwrap();
-    answer.pop =
-        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    answer.mac = mac(&[0; 32], &answer.session);
+    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.mac)).unwrap());
     let r = a.answer("ek-1", &answer, now).unwrap_err();
     assert_eq!(r.code, RejectCode::ChallengeFailed);
 
     // Another agent's answer is still an unknown session, pop or not.
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
-    answer.pop =
-        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.mac)).unwrap());
     let r = a.answer("ek-2", &answer, now).unwrap_err();
     assert_eq!(r.code, RejectCode::UnknownSession);
 }
@@ -365,8 +388,7 @@ fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
     let (ca, _, _) =
         crate::svid::Authority::generate("example.org", Duration::from_secs(3600)).unwrap();
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
-    answer.pop =
-        Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.secret)).unwrap());
+    answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.mac)).unwrap());
     let identity = a.answer("ek-1", &answer, now).unwrap();
     let accepted = ca
         .accepted(
@@ -387,4 +409,138 @@ fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
         )]
     );
     assert!(!accepted.signature.is_empty());
+}
+
+#[test]
+fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
+    let a = attestor();
+    let now = Instant::now();
+    let secret = read("secret.bin");
+    // The device's MAC over its own Login's transcript, while the server received a rewritten
+    // Login (another transcript): what an attacker who swapped the svid_key gets.
+    let (challenge, _) = a
+        .login(
+            &doc(),
+            "ek-1",
+            &login(),
+            &T,
+            now,
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    let device_t: Transcript = [0x34; 32];
+    let answer = Answer {
+        session: challenge.session,
+        mac: sign::answer_mac(&secret, &device_t, &challenge.session, "node-1").unwrap(),
+        pop: None,
+    };
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ChallengeFailed, "{}", r.reason);
+    assert!(r.reason.contains("Login transcript"), "{}", r.reason);
+    assert_eq!(a.pending(), 0, "a wrong MAC spends the session");
+
+    // The right secret and transcript but another node's name: refused.
+    let (challenge, _) = a
+        .login(
+            &doc(),
+            "ek-1",
+            &login(),
+            &T,
+            now,
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    let answer = Answer {
+        session: challenge.session,
+        mac: sign::answer_mac(&secret, &T, &challenge.session, "node-2").unwrap(),
+        pop: None,
+    };
+    assert_eq!(
+        a.answer("ek-1", &answer, now).unwrap_err().code,
+        RejectCode::ChallengeFailed
+    );
+    // The raw secret in the MAC field (what a v1 agent would have sent): refused.
+    let (challenge, _) = a
+        .login(
+            &doc(),
+            "ek-1",
+            &login(),
+            &T,
+            now,
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&secret);
+    let answer = Answer {
+        session: challenge.session,
+        mac: raw,
+        pop: None,
+    };
+    assert_eq!(
+        a.answer("ek-1", &answer, now).unwrap_err().code,
+        RejectCode::ChallengeFailed
+    );
+}
+
+#[test]
+fn one_pending_session_per_ek_whatever_the_agent_id() {
+    let a = attestor();
+    let now = Instant::now();
+    let first = challenged(&a, "ek-1", &mut vector_random(), &read("secret.bin"));
+    // The same EK under another agent id (a replayed Login) replaces the first session.
+    let second = challenged(&a, "ek-x", &mut SystemRandom, &[0; 32]);
+    assert_eq!(a.pending(), 1, "one session per EK");
+    let r = a.answer("ek-1", &first, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::UnknownSession);
+    assert_eq!(a.pending(), 1);
+    let r = a.answer("ek-x", &second, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::ChallengeFailed);
+    assert_eq!(a.pending(), 0);
+}
+
+#[test]
+fn agent_id_from_ek_refuses_other_ids_before_any_session() {
+    let a = attestor().agent_id_from_ek(true);
+    let now = Instant::now();
+    let hash = Sha256::digest(read("rsa2048/ek.spki.der"));
+    let mut h = [0u8; 32];
+    h.copy_from_slice(&hash);
+    let derived = ekattest_protocol::topic::default_agent_id(&h);
+    for invented in ["ek-1", "agent-7", "ek-00000000000000000000000000000000"] {
+        let r = a
+            .login(
+                &doc(),
+                invented,
+                &login(),
+                &T,
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::AgentIdMismatch, "{invented}");
+        assert!(r.reason.contains(derived.as_str()), "{}", r.reason);
+        assert_eq!(a.pending(), 0);
+    }
+    let (challenge, _) = a
+        .login(
+            &doc(),
+            derived.as_str(),
+            &login(),
+            &T,
+            now,
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    let answer = Answer {
+        session: challenge.session,
+        mac: mac(&read("secret.bin"), &challenge.session),
+        pop: None,
+    };
+    assert!(a.answer(derived.as_str(), &answer, now).is_ok());
 }

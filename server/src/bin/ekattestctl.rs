@@ -36,6 +36,8 @@ Usage:
   ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
                         [--trust-domain TD] [--json]
   ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key [--days N]
+  ekattestctl ca issue-signer --ca-cert ROOT.pem --ca-key ROOT.key --cert OUT.pem
+                              --key OUT.key [--days N]
                         [--force]
   ekattestctl COMMAND --help
 
@@ -149,7 +151,8 @@ fn run() -> Result<ExitCode, lexopt::Error> {
             Some("ca") => match subcommand(&mut parser, ca::USAGE)? {
                 None => Ok(ExitCode::SUCCESS),
                 Some(sub) if sub == "create" => ca::run(&mut parser),
-                Some(sub) => Err(unknown("ca", &sub, "create")),
+                Some(sub) if sub == "issue-signer" => ca::run_issue_signer(&mut parser),
+                Some(sub) => Err(unknown("ca", &sub, "create|issue-signer")),
             },
             _ => Err(format!("unknown command {cmd:?}; commands: ek-hash, config, ek, ca").into()),
         },

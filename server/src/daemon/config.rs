@@ -282,6 +282,9 @@ pub struct ServerConfig {
     /// `login-burst` and `login-interval`: the per-agent login rate limit (default 3 logins
     /// at once, then one per 10s; `login-burst: 0` disables it).
     pub login_limit: LoginLimit,
+    /// `agent-id-from-ek` (default true): a Login's agent id must be `ek-` + 32 hex digits of
+    /// its EK's public_hash.
+    pub agent_id_from_ek: bool,
 }
 
 /// The file's shape, as serde reads it.
@@ -329,6 +332,8 @@ struct RawConfig {
     login_burst: Option<u32>,
     #[serde(default)]
     login_interval: Option<String>,
+    #[serde(default)]
+    agent_id_from_ek: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -610,6 +615,7 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
             interval: login_interval,
             table: limit_defaults.table,
         },
+        agent_id_from_ek: raw.agent_id_from_ek.unwrap_or(true),
     })
 }
 

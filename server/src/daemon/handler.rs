@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ekattest_protocol::msg::{Answer, Downlink, Login, Outcome, Rejected};
+use ekattest_protocol::sign::Transcript;
 use ekattest_protocol::topic::Topics;
 use ekattest_protocol::{RejectCode, encode, limits};
 
@@ -39,6 +40,8 @@ pub enum Job {
         agent: String,
         /// The message.
         login: Box<Login>,
+        /// The Login transcript over the frame as received.
+        transcript: Transcript,
     },
     /// A decoded Answer from `agent`.
     Answer {
@@ -91,7 +94,11 @@ impl Handler {
     /// Processes one job to completion.
     pub fn handle(&self, job: Job) {
         match job {
-            Job::Login { agent, login } => self.login(&agent, &login),
+            Job::Login {
+                agent,
+                login,
+                transcript,
+            } => self.login(&agent, &login, &transcript),
             Job::Answer { agent, answer } => self.answer(&agent, &answer),
         }
     }
@@ -100,7 +107,7 @@ impl Handler {
         &self.attestor
     }
 
-    fn login(&self, agent: &str, login: &Login) {
+    fn login(&self, agent: &str, login: &Login, transcript: &Transcript) {
         let started = Instant::now();
         let methods: Vec<&str> = login.methods.iter().map(|m| m.as_str()).collect();
         log::info!(
@@ -127,6 +134,7 @@ impl Handler {
                     &doc,
                     agent,
                     login,
+                    transcript,
                     Instant::now(),
                     SystemTime::now(),
                     &mut SystemRandom,
@@ -135,6 +143,15 @@ impl Handler {
             self.metrics.set_sessions_active(attestor.pending());
             result
         };
+        let outcome = outcome.and_then(|(mut challenge, warnings)| {
+            self.authority
+                .sign_challenge(agent, login.signer_hint, &mut challenge)
+                .map_err(|e| Rejection {
+                    code: RejectCode::Internal,
+                    reason: e.to_string(),
+                })?;
+            Ok((challenge, warnings))
+        });
         match outcome {
             Ok((challenge, warnings)) => {
                 for w in &warnings {

@@ -87,6 +87,7 @@ pub const fn reason_label(code: RejectCode) -> &'static str {
         RejectCode::EkUnsupported => "ek_unsupported",
         RejectCode::Internal => "internal",
         RejectCode::ProofOfPossession => "proof_of_possession",
+        RejectCode::AgentIdMismatch => "agent_id_mismatch",
     }
 }
 

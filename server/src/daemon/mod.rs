@@ -267,7 +267,16 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
     };
 
     let attestor = Attestor::new(&config.node_id, Some(&config.trust_domain), config.sessions)
-        .map_err(DaemonError::Node)?;
+        .map_err(DaemonError::Node)?
+        .agent_id_from_ek(config.agent_id_from_ek);
+    if loaded.authority.is_root() {
+        log::warn!(
+            caCert:% = config.ca_cert.display();
+            "ca-cert is the trust domain's root CA, so its private key is online on this server; \
+             issue a signer with `ekattestctl ca issue-signer` and configure it as ca-cert / \
+             ca-key, so the root key can stay offline"
+        );
+    }
     let handler = Arc::new(Handler {
         attestor,
         authority: loaded.authority,

@@ -18,9 +18,10 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use ekattest_protocol::msg::{Downlink, Outcome, Rejected, Uplink};
-use ekattest_protocol::topic::{Inbound, Topics};
-use ekattest_protocol::{DecodeError, RejectCode, decode, limits};
+use ekattest_protocol::msg::{Downlink, Login, Outcome, Rejected, Uplink, encode_legacy_rejection};
+use ekattest_protocol::public::Public;
+use ekattest_protocol::topic::{Inbound, Topics, default_agent_id};
+use ekattest_protocol::{DecodeError, RejectCode, decode, limits, sign};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
 
 use super::handler::{Job, downlink_frame, log_rejection};
@@ -154,15 +155,52 @@ impl Router {
         let job = match decode::<Uplink>(payload) {
             Ok(Uplink::Login(login)) => {
                 self.metrics.login_received();
+                if let Some(ek) = ek_limit_key(&login)
+                    && let Err(wait) = self
+                        .limiter
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .check(&ek, Instant::now())
+                {
+                    self.metrics.frame_rejected(FrameRejection::RateLimited);
+                    self.metrics.proof_failed(RejectCode::Busy);
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    self.refuse(
+                        agent,
+                        RejectCode::Busy,
+                        format!(
+                            "login rate limit for the EK of agent {} (received as agent \
+                             {agent}): retry after {secs} s",
+                            ek.trim_start_matches("ek/")
+                        ),
+                    );
+                    return;
+                }
+                // Over the frame exactly as received: a Login rewritten on the way has
+                // another transcript than the one its device computed.
+                let transcript = match sign::transcript(&self.cluster, agent, payload) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.metrics.frame_rejected(FrameRejection::Malformed);
+                        self.refuse(agent, RejectCode::Malformed, e.to_string());
+                        return;
+                    }
+                };
                 Job::Login {
                     agent: agent.to_owned(),
                     login: Box::new(login),
+                    transcript,
                 }
             }
             Ok(Uplink::Answer(answer)) => Job::Answer {
                 agent: agent.to_owned(),
                 answer: Box::new(answer),
             },
+            Err(e @ DecodeError::Version { got, .. }) => {
+                self.metrics.frame_rejected(FrameRejection::Malformed);
+                self.refuse_version(agent, got, &e);
+                return;
+            }
             Err(e) => {
                 let why = match e {
                     DecodeError::TooLong { .. } => FrameRejection::Oversize,
@@ -195,6 +233,42 @@ impl Router {
         }
     }
 
+    /// Refuses a frame of another protocol version: an agent of a version whose Rejected
+    /// frame we can still write ([`LEGACY_VERSIONS`](ekattest_protocol::msg::LEGACY_VERSIONS))
+    /// gets `unsupported protocol version` in its own version, so it logs why; others get
+    /// the current version's frame.
+    fn refuse_version(&self, agent: &str, got: u8, e: &DecodeError) {
+        let reason = format!(
+            "{e}: upgrade ekattest-agent on this device to wire version {}",
+            ekattest_protocol::msg::VERSION
+        );
+        let mut buf = [0u8; limits::REJECTED_FRAME_MAX];
+        let rejected = Rejected::new(RejectCode::UnsupportedVersion);
+        let Ok(frame) = encode_legacy_rejection(got, &rejected, &mut buf) else {
+            self.refuse(agent, RejectCode::UnsupportedVersion, reason);
+            return;
+        };
+        log_rejection(
+            agent,
+            &Rejection {
+                code: RejectCode::UnsupportedVersion,
+                reason,
+            },
+        );
+        self.metrics.proof_failed(RejectCode::UnsupportedVersion);
+        let topic = Topics::new(&self.prefix, &self.cluster).and_then(|t| t.down(agent));
+        if let Ok(topic) = topic {
+            let len = frame.len();
+            if self
+                .replies
+                .try_send(topic.as_str(), frame.to_vec())
+                .is_ok()
+            {
+                self.metrics.frame_published(len);
+            }
+        }
+    }
+
     /// Logs a refusal and tells the agent without waiting (a full client queue drops it).
     fn refuse(&self, agent: &str, code: RejectCode, reason: String) {
         log_rejection(agent, &Rejection { code, reason });
@@ -213,6 +287,15 @@ impl Router {
             }
         }
     }
+}
+
+/// The rate-limit key of a Login's EK (`ek/` + its derived agent id), so one EK cannot log
+/// in faster than one agent may, under however many agent ids; `None` if the EK public area
+/// does not parse (the worker rejects the Login).
+fn ek_limit_key(login: &Login) -> Option<String> {
+    let public = Public::decode(&login.ek_public).ok()?;
+    let hash = public.key.public_hash().ok()?;
+    Some(format!("ek/{}", default_agent_id(&hash)))
 }
 
 /// Drives the MQTT event loop until SIGTERM/SIGINT; returns it for the final drain.

@@ -5,6 +5,7 @@
 //! the point is checked on the curve before any use. Never panics, never logs.
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
+use ekattest_protocol::limits::MAC_LEN;
 use ekattest_protocol::msg::SessionId;
 use ekattest_protocol::public::{EccCurve, PublicKey};
 use ekattest_protocol::sign;
@@ -35,19 +36,20 @@ pub fn check_svid_key(spki_der: &[u8]) -> Result<(), SvidError> {
 }
 
 /// Verifies an Answer's proof of possession `pop` (DER ECDSA P-256 SHA-256) over
-/// [`sign::pop_signed_bytes`]`(session, secret)` with the Login's `svid_key`.
+/// [`sign::pop_signed_bytes`]`(transcript, session, mac)` with the Login's `svid_key`.
 ///
 /// # Errors
-/// [`SvidError::SvidKey`] for an unusable key, [`SvidError::Encode`] for an over-long secret,
-/// [`SvidError::BadPop`] if the signature does not verify.
+/// [`SvidError::SvidKey`] for an unusable key, [`SvidError::BadPop`] if the signature does
+/// not verify.
 pub fn verify_pop(
     spki_der: &[u8],
+    transcript: &sign::Transcript,
     session: &SessionId,
-    secret: &[u8],
+    mac: &[u8; MAC_LEN],
     pop: &[u8],
 ) -> Result<(), SvidError> {
     let point = p256_point(spki_der).map_err(SvidError::SvidKey)?;
-    let msg = sign::pop_signed_bytes(session, secret)?;
+    let msg = sign::pop_signed_bytes(transcript, session, mac);
     let key = ParsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
         .map_err(|e| SvidError::SvidKey(format!("point rejected: {e}")))?;
     key.verify_sig(&msg, pop).map_err(|_| SvidError::BadPop)

@@ -101,7 +101,7 @@ fn generated_ca_is_a_p256_ca_for_its_trust_domain() {
             .unwrap()
             .value
             .path_len_constraint,
-        Some(0)
+        Some(1)
     );
     let ku = cert.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
@@ -253,12 +253,27 @@ fn identity(svid_key: Option<Vec<u8>>) -> Identity {
         spiffe_id: ID.to_owned(),
         warnings: Vec::new(),
         svid_key,
+        agent: "agent-1".to_owned(),
+        transcript: T,
     }
 }
 
+/// The Login transcript of [`identity`].
+const T: sign::Transcript = [0x33; 32];
+
 /// Verifies the Result signature with the CA's public key (p256).
 fn result_verifies(ca: &Authority, agent: &str, session: &SessionId, a: &Accepted) -> bool {
-    let Ok(bytes) = sign::result_signed_bytes(agent, session, a) else {
+    result_verifies_for(ca, agent, session, &T, a)
+}
+
+fn result_verifies_for(
+    ca: &Authority,
+    agent: &str,
+    session: &SessionId,
+    t: &sign::Transcript,
+    a: &Accepted,
+) -> bool {
+    let Ok(bytes) = sign::result_signed_bytes(agent, session, t, a) else {
         return false;
     };
     let Ok(sig) = Signature::from_der(&a.signature) else {
@@ -289,6 +304,13 @@ fn signed_result_verifies_and_binds_every_covered_field() {
 
     assert!(!result_verifies(&ca, "agent-2", &session, &a));
     assert!(!result_verifies(&ca, "agent-1", &SessionId([4; 16]), &a));
+    assert!(!result_verifies_for(
+        &ca,
+        "agent-1",
+        &session,
+        &[0x34; 32],
+        &a
+    ));
     let mut m = a.clone();
     m.spiffe_id = heapless::String::try_from("spiffe://example.org/agents/x").unwrap();
     assert!(!result_verifies(&ca, "agent-1", &session, &m));
@@ -308,7 +330,7 @@ fn signed_result_verifies_and_binds_every_covered_field() {
     // Re-signing after a change makes it verify again: sign_result covers the new content.
     let mut m = a.clone();
     m.svid.clear();
-    ca.sign_result("agent-1", &session, &mut m).unwrap();
+    ca.sign_result("agent-1", &session, &T, &mut m).unwrap();
     assert!(result_verifies(&ca, "agent-1", &session, &m));
 }
 
@@ -338,53 +360,141 @@ fn accepted_without_key_has_no_svid_and_failures_are_internal() {
     assert_eq!(r.code, RejectCode::Internal);
 }
 
-fn pop(key: &SigningKey, session: &SessionId, secret: &[u8]) -> Vec<u8> {
-    let msg = sign::pop_signed_bytes(session, secret).unwrap();
+fn pop(key: &SigningKey, t: &sign::Transcript, session: &SessionId, mac: &[u8; 32]) -> Vec<u8> {
+    let msg = sign::pop_signed_bytes(t, session, mac);
     let sig: Signature = key.sign(&msg);
     sig.to_der().as_bytes().to_vec()
 }
 
 #[test]
-fn verify_pop_accepts_the_agents_signature_only_for_its_session_secret_and_key() {
+fn verify_pop_accepts_the_agents_signature_only_for_its_transcript_session_mac_and_key() {
     let (key, spki) = agent_key();
     let session = SessionId([9; 16]);
-    let secret = [7u8; 32];
-    let good = pop(&key, &session, &secret);
-    verify_pop(&spki, &session, &secret, &good).unwrap();
+    let mac = [7u8; 32];
+    let good = pop(&key, &T, &session, &mac);
+    verify_pop(&spki, &T, &session, &mac, &good).unwrap();
 
-    let bad = |spki: &[u8], session: &SessionId, secret: &[u8], pop: &[u8]| {
-        matches!(
-            verify_pop(spki, session, secret, pop),
-            Err(SvidError::BadPop)
-        )
-    };
-    assert!(bad(&spki, &SessionId([8; 16]), &secret, &good));
-    assert!(bad(&spki, &session, &[6; 32], &good));
-    assert!(bad(&spki, &session, &secret[..31], &good));
+    let bad =
+        |spki: &[u8], t: &sign::Transcript, session: &SessionId, mac: &[u8; 32], pop: &[u8]| {
+            matches!(
+                verify_pop(spki, t, session, mac, pop),
+                Err(SvidError::BadPop)
+            )
+        };
+    assert!(bad(&spki, &T, &SessionId([8; 16]), &mac, &good));
+    assert!(bad(&spki, &[0x34; 32], &session, &mac, &good));
+    assert!(bad(&spki, &T, &session, &[6; 32], &good));
     let (_, other_spki) = agent_key();
-    assert!(bad(&other_spki, &session, &secret, &good));
-    assert!(bad(&spki, &session, &secret, &good[..good.len() - 1]));
-    assert!(bad(&spki, &session, &secret, &[]));
+    assert!(bad(&other_spki, &T, &session, &mac, &good));
+    assert!(bad(&spki, &T, &session, &mac, &good[..good.len() - 1]));
+    assert!(bad(&spki, &T, &session, &mac, &[]));
     assert!(bad(
         &spki,
+        &T,
         &session,
-        &secret,
+        &mac,
         &[0x30, 0x06, 2, 1, 1, 2, 1, 1]
     ));
-    assert!(bad(&spki, &session, &secret, &[0xff; 72]));
+    assert!(bad(&spki, &T, &session, &mac, &[0xff; 72]));
     let mut flipped = good.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    assert!(bad(&spki, &session, &secret, &flipped));
-    // A signature over the other context (a Result) is not a pop.
-    let msg = [sign::RESULT_CONTEXT, &session.0, &secret].concat();
+    assert!(bad(&spki, &T, &session, &mac, &flipped));
+    // A signature over the same fields under another context (a Result) is not a pop.
+    let msg = [sign::RESULT_CONTEXT, &T, &session.0, &mac].concat();
     let sig: Signature = key.sign(&msg);
-    assert!(bad(&spki, &session, &secret, sig.to_der().as_bytes()));
+    assert!(bad(&spki, &T, &session, &mac, sig.to_der().as_bytes()));
 
     assert!(matches!(
-        verify_pop(&read("rsa2048/ek.spki.der"), &session, &secret, &good),
+        verify_pop(&read("rsa2048/ek.spki.der"), &T, &session, &mac, &good),
         Err(SvidError::SvidKey(_))
     ));
+}
+
+#[test]
+fn challenges_are_signed_and_carry_the_signer_unless_the_login_names_it() {
+    let (ca, _, _) = new_ca();
+    let mut c = ekattest_protocol::msg::Challenge {
+        session: SessionId([1; 16]),
+        node: heapless::String::try_from("node-1").unwrap(),
+        credential_blob: heapless::Vec::from_slice(&[1, 2, 3]).unwrap(),
+        encrypted_secret: heapless::Vec::from_slice(&[4, 5]).unwrap(),
+        expires_in: 300,
+        transcript: T,
+        signer: heapless::Vec::new(),
+        signature: heapless::Vec::new(),
+    };
+    ca.sign_challenge("agent-1", None, &mut c).unwrap();
+    assert_eq!(
+        c.signer.as_slice(),
+        ca.cert_der(),
+        "no hint: the certificate travels"
+    );
+    let bytes = sign::challenge_signed_bytes("agent-1", &c).unwrap();
+    let sig = Signature::from_der(&c.signature).unwrap();
+    assert!(ca_verifier(&ca).verify(&bytes, &sig).is_ok());
+    let other = sign::challenge_signed_bytes("agent-2", &c).unwrap();
+    assert!(ca_verifier(&ca).verify(&other, &sig).is_err());
+
+    let hint = sign::signer_hint(ca.cert_der());
+    ca.sign_challenge("agent-1", Some(hint), &mut c).unwrap();
+    assert!(c.signer.is_empty(), "the agent holds it: left out");
+    ca.sign_challenge("agent-1", Some([0; 8]), &mut c).unwrap();
+    assert_eq!(
+        c.signer.as_slice(),
+        ca.cert_der(),
+        "a stale hint: sent again"
+    );
+}
+
+#[test]
+fn a_signer_issued_by_the_root_loads_chains_and_signs_svids() {
+    let (root, root_pem, root_key) = new_ca();
+    assert!(root.is_root());
+    let (cert_pem, key_pem) = root.issue_signer(Duration::from_secs(86_400)).unwrap();
+    let signer = Authority::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    assert!(!signer.is_root());
+    let cert = parse(signer.cert_der());
+    let root_cert = parse(root.cert_der());
+    assert_eq!(cert.issuer().as_raw(), root_cert.subject().as_raw());
+    let bc = cert.basic_constraints().unwrap().unwrap().value;
+    assert!(bc.ca && bc.path_len_constraint == Some(0));
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    assert!(
+        eku.other
+            .iter()
+            .any(|o| o.as_bytes() == sign::SIGNER_EKU_OID_DER)
+    );
+    assert!(signer.cert_der().len() <= ekattest_protocol::limits::SIGNER_CERT_MAX);
+    // The signer issues SVIDs under itself.
+    let (_, spki) = agent_key();
+    let svid = signer
+        .issue(&spki, ID, SystemTime::now(), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(parse(&svid).issuer().as_raw(), cert.subject().as_raw());
+
+    // An intermediate CA without the signer usage is refused at load.
+    let (plain_cert, plain_key) = plain_intermediate(&root_pem, &root_key);
+    let e = Authority::from_pem(plain_cert.as_bytes(), plain_key.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("issue-signer"), "{e}");
+    // A signer cannot issue signers (pathlen 0).
+    let e = signer.issue_signer(Duration::from_secs(60)).unwrap_err();
+    assert!(e.to_string().contains("pathLenConstraint 0"), "{e}");
+}
+
+/// An intermediate CA under the root without the signer usage (what a generic PKI issues).
+fn plain_intermediate(root_pem: &str, root_key: &str) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let issuer = Issuer::from_ca_cert_pem(root_pem, KeyPair::from_pem(root_key).unwrap()).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "plain intermediate");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The device side of a load thread ([`super::Sim`]) for what the servers send: each
-//! downlink on a device's topic (Challenge, Accepted or Rejected Result), the software
-//! ActivateCredential and proof of possession of the Answer, and the Answers a slow TPM
+//! downlink on a device's topic (Challenge, Accepted or Rejected Result), the Challenge
+//! checks (its transcript always, its signature on a sample), the software
+//! ActivateCredential, MAC and proof of possession of the Answer, and the Answers a slow TPM
 //! (`--slow-tpm`) holds back until their simulated ActivateCredential returns.
 //!
 //! Every field of a downlink is untrusted (the server's, or a corrupted frame's): nothing
@@ -10,11 +11,23 @@
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
-use ekattest_protocol::msg::{Answer, Challenge, Downlink, Outcome, Uplink};
+use ekattest_agent::attest::answer_with_secret;
+use ekattest_protocol::msg::{Challenge, Downlink, Outcome, Uplink};
+use ekattest_protocol::sign::Transcript;
 use ekattest_protocol::topic::Inbound;
-use ekattest_protocol::{RejectCode, decode, heapless, sign};
+use ekattest_protocol::{ErrorChain, RejectCode, decode, sign};
 
-use super::{Sim, State, encode_frame, publish_wire_bytes};
+use super::{Sim, State, encode_frame, publish_wire_bytes, unix_now};
+
+/// What a device makes of a Challenge's transcript.
+enum Named {
+    /// The current attempt's Login.
+    Current(Transcript),
+    /// An earlier attempt's Login: stale, ignored.
+    Earlier,
+    /// No Login this device sent (the server received another frame than the one sent).
+    Foreign,
+}
 
 impl Sim<'_> {
     /// How long this Answer's simulated ActivateCredential takes (`--slow-tpm`), if slowed.
@@ -62,7 +75,26 @@ impl Sim<'_> {
         match (self.devs[i].state, down) {
             (State::WaitChallenge, Downlink::Challenge(c)) => {
                 // Every field of the Challenge is the server's (or a corrupted frame's).
-                let (topic, answer) = match self.answer(i, agent, &c) {
+                let transcript = match self.named(i, &c) {
+                    Named::Current(t) => t,
+                    // An earlier attempt's Challenge (its session was replaced by this
+                    // attempt's Login): the agent ignores it too.
+                    Named::Earlier => return Ok(()),
+                    Named::Foreign => {
+                        return self.failed_attempt(
+                            i,
+                            "Challenge for a Login this device did not send (transcript differs)",
+                        );
+                    }
+                };
+                self.challenges_seen += 1;
+                if self.sampled(self.challenges_seen) {
+                    if let Err(why) = self.verify_challenge(agent, &c, &transcript) {
+                        return self.failed_attempt(i, &why);
+                    }
+                    self.result.challenges_checked += 1;
+                }
+                let (topic, answer) = match self.answer(i, agent, &c, &transcript) {
                     Ok(a) => a,
                     Err(why) => return self.failed_attempt(i, &why),
                 };
@@ -82,37 +114,37 @@ impl Sim<'_> {
                 }
             }
             (State::WaitResult, Downlink::Result(Outcome::Accepted(a))) => {
-                let Some(session) = self.devs[i].session else {
+                let (Some(session), Some(transcript)) =
+                    (self.devs[i].session, self.devs[i].transcript)
+                else {
                     return Ok(());
                 };
                 if a.svid.is_empty() {
                     return self.failed_attempt(i, "Accepted without an X.509-SVID");
                 }
                 self.accepted_seen += 1;
-                let every = if self.spec.corrupt {
-                    1
-                } else {
-                    self.spec.verify_every
-                };
-                if every > 0 && (self.accepted_seen - 1).is_multiple_of(every) {
-                    let bytes = match sign::result_signed_bytes(agent, &session, &a) {
+                if self.sampled(self.accepted_seen) {
+                    let bytes = match sign::result_signed_bytes(agent, &session, &transcript, &a) {
                         Ok(b) => b,
-                        Err(e) => return self.failed_attempt(i, &format!("Result bytes: {e}")),
+                        Err(e) => {
+                            return self.failed_attempt(i, &format!("Result bytes: {e}"));
+                        }
                     };
                     let key = UnparsedPublicKey::new(
                         &ECDSA_P256_SHA256_ASN1,
-                        self.spec.ca_point.as_slice(),
+                        self.spec.signer_point.as_slice(),
                     );
                     if key.verify(&bytes, &a.signature).is_err() {
                         if self.spec.corrupt {
                             return self.failed_attempt(
                                 i,
-                                "Result signature does not verify with the server CA",
+                                "Result signature does not verify with the server's signer",
                             );
                         }
-                        // As the agent does: not for this session (an earlier attempt's
-                        // Result, signed over its own session) or forged; keep waiting, the
-                        // attempt timeout logs in again if nothing better comes.
+                        // As the agent does: not for this session and Login (an earlier
+                        // attempt's Result, signed over its own session and transcript) or
+                        // forged; keep waiting, the attempt timeout logs in again if nothing
+                        // better comes.
                         *self
                             .result
                             .reasons
@@ -169,34 +201,66 @@ impl Sim<'_> {
         }
     }
 
-    /// Device `i`'s Answer to `c` and its topic; `Err` says why the Challenge cannot be
-    /// answered (a damaged frame, a credential for another key).
+    /// Whether the `n`th (from 1) Challenge or Result gets its signature checked: all of
+    /// them with `--corrupt`, else one in `verify_every` (none for 0).
+    fn sampled(&self, n: usize) -> bool {
+        let every = if self.spec.corrupt {
+            1
+        } else {
+            self.spec.verify_every
+        };
+        every > 0 && n.saturating_sub(1).is_multiple_of(every)
+    }
+
+    /// Which of device `i`'s Logins `c` names.
+    fn named(&self, i: usize, c: &Challenge) -> Named {
+        let dev = &self.devs[i];
+        match dev.transcript {
+            Some(t) if t == c.transcript => Named::Current(t),
+            _ if dev.earlier.contains(&c.transcript) => Named::Earlier,
+            _ => Named::Foreign,
+        }
+    }
+
+    /// The agent's check of a Challenge before its TPM is touched: the signer (the one the
+    /// Login's hint named, or the certificate carried, chained to the trust bundle) signed
+    /// this agent's Challenge, which names `own`.
+    fn verify_challenge(&self, agent: &str, c: &Challenge, own: &Transcript) -> Result<(), String> {
+        let now = unix_now();
+        let carried;
+        let signer = if c.signer.is_empty() {
+            self.spec.signer.as_ref()
+        } else {
+            carried = self
+                .spec
+                .bundle
+                .signer(&c.signer, now)
+                .map_err(|e| ErrorChain(&e).to_string())?;
+            &carried
+        };
+        signer
+            .verify_challenge(agent, c, own, now)
+            .map_err(|e| ErrorChain(&e).to_string())
+    }
+
+    /// Device `i`'s Answer to `c` (its Login's transcript `transcript`) and its topic; `Err`
+    /// says why the Challenge cannot be answered (a damaged frame, a credential for another
+    /// key).
     pub(super) fn answer(
         &self,
         i: usize,
         agent: &str,
         c: &Challenge,
+        transcript: &Transcript,
     ) -> Result<(String, Uplink), String> {
-        let key = self.spec.keys.for_device(self.spec.devices[i]);
+        let key = self.spec.keys.key(self.devs[i].key);
         let secret = key
             .ek
             .activate_credential(key.ak.name(), &c.credential_blob, &c.encrypted_secret)
             .map_err(|e| format!("ActivateCredential: {e}"))?;
-        let signed = sign::pop_signed_bytes(&c.session, &secret)
-            .map_err(|e| format!("proof-of-possession bytes: {e}"))?;
-        let pop = self
-            .svid_key
-            .sign(&self.rng, &signed)
-            .map_err(|_| "cannot sign the proof of possession".to_owned())?;
-        let answer = Uplink::Answer(Answer {
-            session: c.session,
-            secret: heapless::Vec::from_slice(&secret)
-                .map_err(|_| "activated secret too long".to_owned())?,
-            pop: Some(
-                heapless::Vec::from_slice(pop.as_ref())
-                    .map_err(|_| "proof-of-possession signature too long".to_owned())?,
-            ),
-        });
+        let answer = answer_with_secret(&secret, c, transcript, Some(self.svid_key.signing_key()))
+            .map_err(|e| format!("Answer: {}", ErrorChain(&e)))?;
+        let answer = Uplink::Answer(answer);
         let topic = self
             .topics
             .answer(c.node.as_str(), agent)

@@ -60,8 +60,14 @@ fn login() -> Login {
         ek_chain: heapless::Vec::new(),
         ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
         svid_key: None,
+        key_certify: None,
+        nonce: [0x4e; 16],
+        signer_hint: None,
     }
 }
+
+/// The transcript the tests' Logins are received with.
+const T: ekattest_protocol::sign::Transcript = [0x33; 32];
 
 fn handler(doc: Option<&[u8]>) -> (Handler, Arc<Recorder>) {
     let rec = Arc::new(Recorder::default());
@@ -107,6 +113,7 @@ fn login_gets_a_challenge_naming_the_node_on_the_down_topic() {
     h.handle(Job::Login {
         agent: "ek-1".to_owned(),
         login: Box::new(login()),
+        transcript: T,
     });
     let out = rec.take();
     assert_eq!(out.len(), 1);
@@ -129,6 +136,7 @@ fn login_without_a_document_is_policy_not_found() {
     h.handle(Job::Login {
         agent: "ek-1".to_owned(),
         login: Box::new(login()),
+        transcript: T,
     });
     match &rec.take()[0].1 {
         Downlink::Result(Outcome::Rejected(r)) => assert_eq!(r.code, RejectCode::PolicyNotFound),
@@ -143,6 +151,7 @@ fn login_with_an_unlisted_ek_is_rejected_and_counted() {
     h.handle(Job::Login {
         agent: "ek-1".to_owned(),
         login: Box::new(login()),
+        transcript: T,
     });
     match &rec.take()[0].1 {
         Downlink::Result(Outcome::Rejected(r)) => {
@@ -174,6 +183,7 @@ fn open_session(h: &Handler) -> SessionId {
             &doc,
             "ek-1",
             &login(),
+            &T,
             Instant::now(),
             SystemTime::now(),
             &mut rng,
@@ -185,7 +195,7 @@ fn open_session(h: &Handler) -> SessionId {
 fn answer(session: SessionId, secret: &[u8]) -> Box<Answer> {
     Box::new(Answer {
         session,
-        secret: heapless::Vec::from_slice(secret).unwrap(),
+        mac: ekattest_protocol::sign::answer_mac(secret, &T, &session, "node-1").unwrap(),
         pop: None,
     })
 }
@@ -255,6 +265,7 @@ fn policy_swap_applies_to_the_next_login() {
     let job = || Job::Login {
         agent: "ek-1".to_owned(),
         login: Box::new(login()),
+        transcript: T,
     };
     h.handle(job());
     assert!(matches!(
@@ -289,6 +300,7 @@ fn rejection_of(h: &Handler, rec: &Recorder, login: Login) -> RejectCode {
     h.handle(Job::Login {
         agent: "ek-flood".to_owned(),
         login: Box::new(login),
+        transcript: T,
     });
     let out = rec.take();
     assert_eq!(out.len(), 1, "{out:?}");
@@ -349,6 +361,7 @@ fn the_attestor_checks_the_garbage_certificate_reason_is_a_parse_error() {
             &doc,
             "ek-flood",
             &l,
+            &T,
             Instant::now(),
             SystemTime::now(),
             &mut SystemRandom,

@@ -107,6 +107,7 @@ attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"ek
     assert!(text.starts_with(expected_head), "{text}");
     let expected_tail = "\
 attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"proof_of_possession\"} 1
+attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"agent_id_mismatch\"} 0
 # HELP attestation_sessions_active Challenge sessions pending on this node.
 # TYPE attestation_sessions_active gauge
 attestation_sessions_active 7

@@ -54,15 +54,105 @@ fn login() -> Uplink {
         ek_chain: heapless::Vec::new(),
         ak_public: heapless::Vec::new(),
         svid_key: None,
+        key_certify: None,
+        nonce: [0; 16],
+        signer_hint: None,
     })
 }
 
 fn answer() -> Uplink {
     Uplink::Answer(Answer {
         session: SessionId([7; 16]),
-        secret: heapless::Vec::new(),
+        mac: [0; 32],
         pop: None,
     })
+}
+
+/// A Login with a real EK public area (the make-credential vectors' RSA-2048 EK).
+fn login_with_ek() -> Uplink {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/make-credential/rsa2048/ek.tpm2b_public"
+    );
+    let ek = std::fs::read(path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+    let Uplink::Login(mut l) = login() else {
+        unreachable!()
+    };
+    l.ek_public = heapless::Vec::from_slice(&ek).unwrap();
+    Uplink::Login(l)
+}
+
+#[test]
+fn a_login_job_carries_the_transcript_of_the_frame_as_received() {
+    let (r, rx, _el) = router(4);
+    let payload = frame(&login());
+    r.route_publish(&publish(
+        "ekattest/v1/c-1/agents/ek-1/login",
+        payload.clone(),
+    ));
+    let Ok(Job::Login { transcript, .. }) = rx.try_recv() else {
+        panic!("no login job")
+    };
+    assert_eq!(
+        transcript,
+        ekattest_protocol::sign::transcript("c-1", "ek-1", &payload).unwrap()
+    );
+    // The same bytes from another agent id have another transcript.
+    r.route_publish(&publish(
+        "ekattest/v1/c-1/agents/ek-2/login",
+        payload.clone(),
+    ));
+    let Ok(Job::Login { transcript: t2, .. }) = rx.try_recv() else {
+        panic!("no login job")
+    };
+    assert_ne!(t2, transcript);
+}
+
+#[test]
+fn a_version_1_frame_is_refused_as_unsupported_and_not_queued() {
+    let (r, rx, _el) = router(4);
+    let mut v1 = frame(&login());
+    v1[0] = 1;
+    r.route_publish(&publish("ekattest/v1/c-1/agents/ek-1/login", v1));
+    assert!(rx.try_recv().is_err());
+    assert_eq!(
+        count(
+            &r,
+            "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"unsupported_version\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn the_login_rate_limit_also_applies_per_ek_across_agent_ids() {
+    let (r, rx, _el) = limited_router(
+        8,
+        LoginLimit {
+            burst: 1,
+            ..LoginLimit::default()
+        },
+    );
+    // One captured Login replayed under invented agent ids: each id is new to the per-agent
+    // limit, but the EK is the same.
+    for agent in ["ek-a", "ek-b", "ek-c"] {
+        r.route_publish(&publish(
+            &format!("ekattest/v1/c-1/agents/{agent}/login"),
+            frame(&login_with_ek()),
+        ));
+    }
+    assert!(matches!(rx.try_recv(), Ok(Job::Login { agent, .. }) if agent == "ek-a"));
+    assert!(
+        rx.try_recv().is_err(),
+        "a replay under another id was queued"
+    );
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"rate_limited\"}"
+        ),
+        2
+    );
 }
 
 fn publish(topic: &str, payload: Vec<u8>) -> Publish {
