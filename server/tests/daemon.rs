@@ -286,7 +286,8 @@ fn setup(policy_text: &str) -> Setup {
             "broker: mqtt://127.0.0.1:{port}\ncluster-id: {CLUSTER}\nnode-id: {NODE}\n\
              trust-domain: example.org\nca-cert: ca.pem\nca-key: ca.key\n\
              metrics-address: 127.0.0.1:{metrics_port}\npolicy-files: [policy.yaml]\n\
-             reload-interval: 200ms\nsession-ttl: 30s\nlog-level: debug\nworkers: 2\n"
+             reload-interval: 200ms\nsession-ttl: 30s\nlog-level: debug\nworkers: 2\n\
+             login-burst: 10\n"
         ),
     )
     .unwrap();
@@ -408,7 +409,8 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
         server.metric("attestation_frames_rejected_total{reason=\"malformed\"}"),
         2
     );
-    assert_eq!(server.metric("attestation_logins_total"), 1);
+    // The invented-id Login and the derived-id one.
+    assert_eq!(server.metric("attestation_logins_total"), 2);
     assert_eq!(
         server.metric("attestation_policy_reloads_total{result=\"applied\"}"),
         1
