@@ -365,7 +365,7 @@ fn result_and_pop_signatures_interoperate_with_openssl_dgst() {
     let (_, spki) = openssl_agent_key(d, "agent");
     let mac = [0x17u8; 32];
     let pop_msg = sign::pop_signed_bytes(&t, &session, &mac);
-    std::fs::write(d.join("pop.bin"), &pop_msg).unwrap();
+    std::fs::write(d.join("pop.bin"), pop_msg).unwrap();
     openssl_ok(
         d,
         &[
