@@ -283,7 +283,6 @@ fn run(a: &Args) -> Result<(String, usize), UsersError> {
         source,
     };
     let list = fs::read_to_string(&a.agents).map_err(|e| io("read", &a.agents, e))?;
-    fs::create_dir_all(&a.dir).map_err(|e| io("create", &a.dir, e))?;
     let ids: Vec<&str> = list
         .lines()
         .map(str::trim)
@@ -294,6 +293,7 @@ fn run(a: &Args) -> Result<(String, usize), UsersError> {
     for id in &ids {
         device_permissions(&p, id)?;
     }
+    fs::create_dir_all(&a.dir).map_err(|e| io("create", &a.dir, e))?;
     let server = password_in(&a.dir, SERVER_USER)?;
     let admin = password_in(&a.dir, ADMIN_USER)?;
     let devices = ids
