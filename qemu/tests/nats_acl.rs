@@ -19,10 +19,12 @@
     reason = "test helpers fail loudly"
 )]
 
+mod common;
 mod mqtt_peer;
 
 use std::time::{Duration, Instant};
 
+use ekattest_fleet::daemons::{ServerProcess, ServerSpec};
 use ekattest_fleet::nats::users::{self, ADMIN_USER, Credential, Hash, SERVER_USER};
 use ekattest_fleet::nats::{Access, NatsCluster};
 use ekattest_protocol::topic::{DEFAULT_PREFIX, SHARE_GROUP};
@@ -504,4 +506,66 @@ fn a_taken_over_session_brings_no_rights() {
     assert!(!failed(b.subscribe(&down("ek-bbbb")).unwrap()));
     srv.publish(&subject(&down("ek-bbbb")), b"back");
     assert!(b.expect_publish(&down("ek-bbbb"), REPLY).is_some());
+}
+
+#[test]
+fn the_real_server_works_under_the_server_permissions() {
+    // ekattest-server on `bus: nats` as user ekattest-server: its queue subscription, its
+    // answer and config subscriptions are granted, and its refusals (a Result on the
+    // device's downlink) go out. The frames are garbage, so every reply is a refusal.
+    let f = start(1, &["ek-aaaa"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = common::svid_ca(dir.path(), "example.org");
+    let password_file = dir.path().join("server.password");
+    std::fs::write(&password_file, format!("{}\n", f.server.password)).unwrap();
+    let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(&password_file, owner_only).unwrap();
+    let mut spec = ServerSpec::new(
+        "mqtt://127.0.0.1:1",
+        "c-test01",
+        "n1",
+        "example.org",
+        &ca_cert,
+        &ca_key,
+    );
+    spec.nats_urls = f.cluster.nats_urls();
+    spec.username = Some(SERVER_USER.into());
+    spec.password_file = Some(password_file);
+    spec.log_level = Some("debug".into());
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = ServerProcess::start(&common::bin("ekattest-server"), &spec, &server_dir)
+        .unwrap_or_else(|e| panic!("cannot start ekattest-server: {e}"));
+    server
+        .wait_for_msg("connected to NATS", None, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("never connected: {e}\n{}", f.cluster.log(0)));
+    let mut dev = f.device("ek-aaaa", 0);
+    assert!(!failed(dev.subscribe(&down("ek-aaaa")).unwrap()));
+    // The server subscribes right after connecting (and logs nothing on NATS): send Logins
+    // until one is refused.
+    let refused = (0..20).any(|_| {
+        dev.publish(&login("ek-aaaa"), b"not a frame", false)
+            .unwrap();
+        dev.expect_publish(&down("ek-aaaa"), Duration::from_millis(500))
+            .is_some()
+    });
+    assert!(
+        refused,
+        "no refusal for a Login\nserver: {}\nnats: {}",
+        server.log(),
+        f.cluster.log(0)
+    );
+    dev.drain(QUIET);
+    dev.publish(&answer("n1", "ek-aaaa"), b"not a frame", false)
+        .unwrap();
+    assert!(
+        dev.expect_publish(&down("ek-aaaa"), REPLY).is_some(),
+        "no refusal for the Answer\nserver: {}",
+        server.log()
+    );
+    let log = f.cluster.log(0);
+    assert!(
+        !log.contains(&format!("User \"{SERVER_USER}\"")),
+        "the server hit a permission: {log}"
+    );
 }
