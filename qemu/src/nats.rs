@@ -1,7 +1,7 @@
 //! A local nats-server cluster for tests and the fleet: N nodes on free loopback ports, each
-//! with a client listener, a route listener, an MQTT listener (for agents) and JetStream
-//! (which nats-server's MQTT support requires), config files and JetStream stores in a temp
-//! dir. [`NatsCluster::start`] returns once every node has all its routes, reports healthy
+//! with a client listener, a route listener (unused by a lone node, which runs without a
+//! cluster block), an MQTT listener (for agents) and JetStream (which nats-server's MQTT
+//! support requires), config files and JetStream stores in a temp dir. [`NatsCluster::start`] returns once every node has all its routes, reports healthy
 //! and grants an MQTT QoS 1 subscription; [`NatsCluster::kill`] crashes one node. The MQTT
 //! streams are replicated on 3 nodes (or all, below 3: [`mqtt_replicas`]), so a 3-node
 //! cluster keeps serving MQTT with one node down.
