@@ -1,7 +1,8 @@
 //! `ekattest-fleet`: the fleet harness's command line. `run` is the process fleet (swtpm
 //! devices, mosquitto, `ekattest-server` and `ekattest-agent` processes), `load` the
-//! software-TPM load generator, `vm` the QEMU VM fleet, `demo` the README's first command (`run --devices 25 --ek
-//! mixed` unless options are given).
+//! software-TPM load generator, `vm` the QEMU VM fleet, `nats-users` the NATS accounts file
+//! of a fleet, `demo` the README's first command (`run --devices 25 --ek mixed` unless
+//! options are given).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,6 +13,8 @@ usage: ekattest-fleet run  --devices N [options]   process fleet: swtpm devices,
        ekattest-fleet demo [run options]           run --devices 25 --ek mixed
        ekattest-fleet build-agent --board NAME     cross-build the agent for boards/NAME.toml
        ekattest-fleet vm --board NAME --count N    boot N QEMU boards of NAME and attest them
+       ekattest-fleet nats-users --agents FILE --passwords DIR
+                                                   NATS accounts file: one user per device
        ekattest-fleet COMMAND --help               the command's options";
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Some("load") => ekattest_fleet::load::cli(args),
         Some("build-agent") => ekattest_fleet::boards::build::cli(args),
         Some("vm") => ekattest_fleet::vm::cli::cli(args),
+        Some("nats-users") => ekattest_fleet::nats::users::cli(args),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

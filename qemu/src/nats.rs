@@ -1,13 +1,19 @@
 //! A local nats-server cluster for tests and the fleet: N nodes on free loopback ports, each
-//! with a client listener, a route listener, an MQTT listener (for agents) and JetStream
-//! (which nats-server's MQTT support requires), config files and JetStream stores in a temp
-//! dir. [`NatsCluster::start`] returns once every node has all its routes, reports healthy
+//! with a client listener, a route listener (unused by a lone node, which runs without a
+//! cluster block), an MQTT listener (for agents) and JetStream (which nats-server's MQTT
+//! support requires), config files and JetStream stores in a temp dir. [`NatsCluster::start`] returns once every node has all its routes, reports healthy
 //! and grants an MQTT QoS 1 subscription; [`NatsCluster::kill`] crashes one node. The MQTT
 //! streams are replicated on 3 nodes (or all, below 3: [`mqtt_replicas`]), so a 3-node
 //! cluster keeps serving MQTT with one node down.
 //!
+//! [`NatsCluster::start_with`] with [`Access`] enforces the shipped accounts and permissions
+//! (`deploy/nats/permissions.conf`, copied unchanged next to an accounts file rendered by
+//! [`users::render`]); [`NatsCluster::start`] runs without authentication.
+//!
 //! Never binds fixed ports and never touches a system nats-server; every node runs under the
 //! watchdog of [`crate::process`], so nothing outlives the harness.
+
+pub mod users;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -34,11 +40,24 @@ pub struct NodePorts {
     pub http: u16,
 }
 
+/// Authentication and permissions for a cluster: the rendered accounts file (its `include`
+/// must name `permissions.conf`, where the harness copies [`users::SHIPPED_PERMISSIONS`])
+/// and the MQTT user whose QoS 1 subscription to `{p}/probe/config` is the readiness probe
+/// (the admin can make it).
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The accounts file, as [`users::render`] makes it.
+    pub accounts: String,
+    /// The readiness probe's MQTT user.
+    pub probe: users::Credential,
+}
+
 /// A running local nats-server cluster; every node is stopped on drop.
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Option<Watched>>,
     ports: Vec<NodePorts>,
+    access: Option<Access>,
     base: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -51,6 +70,14 @@ impl NatsCluster {
     /// [`Error::Missing`] if nats-server is not installed (`apt-get install nats-server`),
     /// [`Error::NotReady`] with the node's log if the cluster does not form.
     pub fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, None)
+    }
+
+    /// [`NatsCluster::start`], enforcing `access` if given.
+    ///
+    /// # Errors
+    /// As [`NatsCluster::start`]; [`Error::Io`] if the shipped permissions cannot be copied.
+    pub fn start_with(n: usize, access: Option<Access>) -> Result<Self> {
         if !(1..=9).contains(&n) {
             return Err(Error::Invalid(format!("{n} NATS nodes: use 1 to 9")));
         }
@@ -72,9 +99,16 @@ impl NatsCluster {
                 http: process::free_port()?,
             });
         }
+        if let Some(a) = &access {
+            let shipped = Path::new(users::SHIPPED_PERMISSIONS);
+            let copy = base.join("permissions.conf");
+            fs::copy(shipped, &copy).map_err(|source| process::io("copy", shipped, source))?;
+            process::write(&base.join("accounts.conf"), &a.accounts)?;
+        }
         let mut cluster = Self {
             nodes: Vec::with_capacity(n),
             ports,
+            access,
             base,
             _dir: dir,
         };
@@ -105,16 +139,31 @@ impl NatsCluster {
              listen: 127.0.0.1:{client}\n\
              http: 127.0.0.1:{http}\n\
              jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n\
-             cluster {{\n  name: ekattest\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n\
+             {cluster}\
              mqtt {{\n  listen: 127.0.0.1:{mqtt}\n  ack_wait: \"10s\"\n  max_ack_pending: 1000\n  \
-             stream_replicas: {replicas}\n}}\n",
+             stream_replicas: {replicas}\n}}\n{accounts}",
             client = p.client,
             http = p.http,
             store = store.display(),
-            route = p.route,
-            routes = routes.join(", "),
+            // One node runs standalone: a cluster block without routes makes JetStream
+            // refuse to start once accounts are configured ("JetStream cluster requires
+            // configured routes ... for the system account").
+            cluster = if routes.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "cluster {{\n  name: ekattest\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    p.route,
+                    routes.join(", ")
+                )
+            },
             mqtt = p.mqtt,
             replicas = mqtt_replicas(self.ports.len()),
+            accounts = if self.access.is_some() {
+                "include \"accounts.conf\"\n"
+            } else {
+                ""
+            },
         );
         let path = self.base.join(format!("n{i}.conf"));
         fs::write(&path, conf).map_err(|source| process::io("write", &path, source))?;
@@ -149,7 +198,7 @@ impl NatsCluster {
                 }
                 // Healthy is not yet usable: the MQTT streams may still be placed, and a
                 // QoS 1 subscription (a JetStream consumer) refused until they are.
-                if let Err(why) = mqtt_probe(p.mqtt, i) {
+                if let Err(why) = mqtt_probe(p.mqtt, i, self.access.as_ref()) {
                     pending = Some(format!("n{i}: MQTT not usable yet: {why}"));
                     break;
                 }
@@ -259,16 +308,24 @@ pub fn mqtt_replicas(n: usize) -> usize {
 }
 
 /// Connects to the MQTT listener on 127.0.0.1:`port` (clean session), subscribes QoS 1 and
-/// waits (at most 5 s) for a SUBACK that grants it.
-fn mqtt_probe(port: u16, node: usize) -> std::result::Result<(), String> {
+/// waits (at most 5 s) for a SUBACK that grants it. With `access`, as its probe user, to a
+/// topic the shipped admin permissions allow.
+fn mqtt_probe(port: u16, node: usize, access: Option<&Access>) -> std::result::Result<(), String> {
     use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
     let mut options = MqttOptions::new(format!("ekattest-probe-n{node}"), "127.0.0.1", port);
     options
         .set_clean_session(true)
         .set_keep_alive(Duration::from_secs(10));
+    let topic = match access {
+        Some(a) => {
+            options.set_credentials(a.probe.user.clone(), a.probe.password.clone());
+            format!("{}/probe/config", ekattest_protocol::topic::DEFAULT_PREFIX)
+        }
+        None => "ekattest-probe/ready".to_owned(),
+    };
     let (client, mut connection) = Client::new(options, 4);
     client
-        .subscribe("ekattest-probe/ready", QoS::AtLeastOnce)
+        .subscribe(topic, QoS::AtLeastOnce)
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let outcome = loop {

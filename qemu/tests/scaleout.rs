@@ -265,8 +265,9 @@ fn nats_node_and_server_killed_mid_run_all_attest() {
     );
 }
 
-/// The shipped node config (`deploy/nats/nats-server.conf`) parses with the installed
-/// nats-server and pins the MQTT stream replicas to 3, as the harness's configs do.
+/// The shipped node config (`deploy/nats/nats-server.conf`), with the shipped
+/// `permissions.conf` and an accounts file rendered by `nats-users`, parses with the
+/// installed nats-server and pins the MQTT stream replicas to 3, as the harness's configs do.
 #[test]
 fn the_deploy_nats_config_is_valid_and_pins_three_replicas() {
     let conf = concat!(
@@ -282,8 +283,34 @@ fn the_deploy_nats_config_is_valid_and_pins_three_replicas() {
     assert_eq!(ekattest_fleet::nats::mqtt_replicas(3), 3);
     assert_eq!(ekattest_fleet::nats::mqtt_replicas(5), 3);
     assert_eq!(ekattest_fleet::nats::mqtt_replicas(1), 1);
+    // The shipped file includes the accounts file `ekattest-fleet nats-users` renders next
+    // to it (and that one includes permissions.conf): check the three together.
+    use ekattest_fleet::nats::users::{self, ADMIN_USER, Credential, Hash, SERVER_USER};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(conf, dir.path().join("nats-server.conf")).unwrap();
+    std::fs::copy(
+        users::SHIPPED_PERMISSIONS,
+        dir.path().join("permissions.conf"),
+    )
+    .unwrap();
+    let cred = |user: &str| Credential {
+        user: user.into(),
+        password: users::new_password().unwrap(),
+    };
+    let accounts = users::render(
+        ekattest_protocol::topic::DEFAULT_PREFIX,
+        "permissions.conf",
+        Hash::Bcrypt(4),
+        &cred(SERVER_USER),
+        &cred(ADMIN_USER),
+        &[cred("ek-0123456789abcdef0123456789abcdef")],
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ekattest-accounts.conf"), accounts).unwrap();
     let out = std::process::Command::new("nats-server")
-        .args(["-t", "-c", conf])
+        .arg("-t")
+        .arg("-c")
+        .arg(dir.path().join("nats-server.conf"))
         .output()
         .unwrap_or_else(|e| panic!("nats-server is required (apt-get install nats-server): {e}"));
     let said = format!(

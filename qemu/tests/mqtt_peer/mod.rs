@@ -97,8 +97,26 @@ pub fn connect_as(
             o
         }
     };
-    opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
+    open(opts, id, creds)
+}
+
+/// Connects to a plain MQTT listener on 127.0.0.1:`port` (e.g. a nats-server's) as client
+/// id `id` with optional `(user, password)`; `clean` false keeps (or takes over) the
+/// broker's session of that client id.
+pub fn connect_port(
+    port: u16,
+    id: &str,
+    creds: Option<(String, String)>,
+    clean: bool,
+) -> Result<Peer, String> {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_clean_session(clean);
+    open(opts, id, creds)
+}
+
+fn open(mut opts: MqttOptions, id: &str, creds: Option<(String, String)>) -> Result<Peer, String> {
+    opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(16 * 1024, 16 * 1024);
     if let Some((u, pw)) = creds {
         opts.set_credentials(u, pw);
