@@ -169,6 +169,37 @@ pub fn publish_payload_range(packet: &[u8]) -> Option<Range<usize>> {
     (start <= packet.len()).then_some(start..packet.len())
 }
 
+/// The topic of a well-formed PUBLISH packet (`None` if it is not one or the topic is not
+/// UTF-8).
+pub fn publish_topic(packet: &[u8]) -> Option<&str> {
+    let h = parse_fixed_header(packet, usize::MAX).ok().flatten()?;
+    if !h.is_publish() || packet.len() != h.total_len() {
+        return None;
+    }
+    let at = h.header_len;
+    let topic_len = usize::from(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
+    std::str::from_utf8(packet.get(at + 2..at + 2 + topic_len)?).ok()
+}
+
+/// The same PUBLISH packet (first byte, topic, packet identifier) with `payload` as its
+/// application payload and the remaining length recomputed. `None` if `packet` is not a
+/// well-formed PUBLISH or the new packet would be larger than MQTT allows.
+pub fn with_payload(packet: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
+    let h = parse_fixed_header(packet, usize::MAX).ok().flatten()?;
+    let range = publish_payload_range(packet)?;
+    let variable = packet.get(h.header_len..range.start)?;
+    let remaining = variable.len().checked_add(payload.len())?;
+    if remaining > MAX_REMAINING {
+        return None;
+    }
+    let mut out = Vec::with_capacity(remaining + 5);
+    out.push(*packet.first()?);
+    encode_remaining_length(remaining, &mut out);
+    out.extend_from_slice(variable);
+    out.extend_from_slice(payload);
+    Some(out)
+}
+
 /// QoS (0, 1 or 2) and packet identifier (QoS 1 and 2) of a well-formed PUBLISH packet.
 pub fn publish_qos_and_id(packet: &[u8]) -> Option<(u8, Option<u16>)> {
     let h = parse_fixed_header(packet, usize::MAX).ok().flatten()?;
@@ -194,6 +225,27 @@ mod tests {
         let mut v = Vec::new();
         encode_remaining_length(n, &mut v);
         v
+    }
+
+    #[test]
+    fn a_replaced_payload_keeps_topic_and_packet_id() {
+        // QoS 1 PUBLISH, topic "a/b", packet id 7, payload "hi".
+        let packet = [
+            0x32, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x07, b'h', b'i',
+        ];
+        assert_eq!(publish_topic(&packet), Some("a/b"));
+        let longer = vec![0x5a; 200];
+        let out = with_payload(&packet, &longer).unwrap();
+        assert_eq!(publish_topic(&out), Some("a/b"));
+        assert_eq!(publish_qos_and_id(&out), Some((1, Some(7))));
+        assert_eq!(
+            &out[publish_payload_range(&out).unwrap()],
+            longer.as_slice()
+        );
+        let h = parse_fixed_header(&out, usize::MAX).unwrap().unwrap();
+        assert_eq!(h.total_len(), out.len());
+        assert_eq!(with_payload(&[0xC0, 0x00], b"x"), None);
+        assert_eq!(publish_topic(&[0xC0, 0x00]), None);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! all forwarding for a while and severs every connection at once (a network cut), and
 //! counts packets and bytes per direction (the fleet report's bytes on the wire).
 //!
+//! With a [`Tamper`] set ([`MqttProxy::set_tamper`]) it is also an attacker on the broker
+//! path: every PUBLISH is shown to the tamper, which forwards it, drops it or replaces its
+//! payload (the attack tests in `tests/mitm.rs`).
+//!
 //! Plain TCP only (no TLS: it must read the packets). It never alters a fixed header, a
 //! topic or a packet identifier (the connection survives, the receiver must reject the
 //! frame), never buffers more than one packet per direction (bounded by
@@ -26,8 +30,10 @@ use super::rng::Rng;
 
 /// How long the proxy waits for the broker to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Stack of each forwarding thread (they hold one packet buffer on the heap).
-const STACK: usize = 128 * 1024;
+/// Stack of each forwarding thread (they hold one packet buffer on the heap; a tamper may
+/// decode and re-encode protocol frames of up to 9 KB on it, several times over in a debug
+/// build). Virtual memory: only the pages used are committed.
+const STACK: usize = 1024 * 1024;
 /// Granularity of a pause.
 const PAUSE_TICK: Duration = Duration::from_millis(20);
 
@@ -61,6 +67,29 @@ impl Default for ProxyOptions {
         }
     }
 }
+
+/// Which way a packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to broker.
+    Up,
+    /// Broker to client.
+    Down,
+}
+
+/// What a [`Tamper`] does with one PUBLISH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward it unchanged.
+    Forward,
+    /// Forward it with this payload instead (topic and packet id kept).
+    Replace(Vec<u8>),
+    /// Drop it (a QoS 1 one is acknowledged to its sender, as for `drop`).
+    Drop,
+}
+
+/// An attacker on the path: sees every PUBLISH (direction, topic, payload) and decides.
+pub type Tamper = Arc<dyn Fn(Direction, &str, &[u8]) -> Verdict + Send + Sync>;
 
 /// Counters since the proxy started ("up" = client to broker, "down" = broker to client).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,6 +139,22 @@ struct Shared {
     paused_until: Mutex<Option<Instant>>,
     conns: Mutex<HashMap<u64, [TcpStream; 2]>>,
     counters: Counters,
+    tamper: TamperSlot,
+}
+
+/// The current [`Tamper`], if any.
+#[derive(Default)]
+struct TamperSlot(Mutex<Option<Tamper>>);
+
+impl std::fmt::Debug for TamperSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        write!(f, "TamperSlot({})", if set { "set" } else { "none" })
+    }
 }
 
 /// A running proxy (see the module docs); stopped on drop.
@@ -135,6 +180,7 @@ impl MqttProxy {
             paused_until: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            tamper: TamperSlot::default(),
         });
         let s = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -192,6 +238,17 @@ impl MqttProxy {
     /// still accepted. Returns how many connections were severed.
     pub fn sever_all(&self) -> usize {
         sever_all(&self.shared)
+    }
+
+    /// Puts an attacker on the path (`None` removes it): from now on every PUBLISH, both
+    /// ways, goes through `tamper` before the fault options.
+    pub fn set_tamper(&self, tamper: Option<Tamper>) {
+        *self
+            .shared
+            .tamper
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tamper;
     }
 
     /// Connections open right now.
@@ -343,8 +400,35 @@ fn pump(
             count(&c.publishes, dir, 1);
             // Both decisions are always drawn, so the drop pattern does not depend on the
             // corrupt fraction.
-            let drop_it = rng.chance(opts.drop);
+            let mut drop_it = rng.chance(opts.drop);
             let corrupt_it = rng.chance(opts.corrupt);
+            let tamper = shared
+                .tamper
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(tamper) = tamper
+                && let (Some(topic), Some(range)) = (
+                    mqtt_frame::publish_topic(&packet),
+                    mqtt_frame::publish_payload_range(&packet),
+                )
+            {
+                let way = if dir == UP {
+                    Direction::Up
+                } else {
+                    Direction::Down
+                };
+                match tamper(way, topic, packet.get(range).unwrap_or_default()) {
+                    Verdict::Forward => {}
+                    Verdict::Drop => drop_it = true,
+                    Verdict::Replace(payload) => {
+                        if let Some(p) = mqtt_frame::with_payload(&packet, &payload) {
+                            packet = p;
+                        }
+                    }
+                }
+            }
             if drop_it {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
                 if opts.ack_dropped
