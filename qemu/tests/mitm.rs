@@ -6,17 +6,20 @@
 //! no identity may be issued for a key the device does not hold, and the honest device must
 //! then attest.
 //!
-//! 1. The svid_key swap: the attacker replaces the Login's `svid_key` with its own and
-//!    relays the Challenge; with wire version 1 it read the secret from the Answer and
-//!    signed its own proof of possession. Now the device's transcript differs from the
-//!    server's, so the device ignores the Challenge (no TPM command, nothing sent), and the
-//!    attacker, without the secret, can only guess a MAC.
-//! 1b. The same, with the Challenge's transcript rewritten to the device's: its signature no
-//!    longer verifies.
-//! 2. The activation oracle: the attacker logs in with the device's EK and AK and pushes
-//!    that Challenge to the device, which ignores it (another transcript).
-//! 4. One captured Login replayed under many invented agent ids: refused before any session
-//!    (`agent-id-from-ek`, the per-EK login limit); the session table stays empty.
+//! - Attack 1, the svid_key swap: the attacker replaces the Login's `svid_key` with its own
+//!   and relays the Challenge; with wire version 1 it read the secret from the Answer and
+//!   signed its own proof of possession. Now the device's transcript differs from the
+//!   server's, so the device ignores the Challenge (no TPM command, nothing sent), and the
+//!   attacker, without the secret, can only guess a MAC.
+//! - Attack 1b: the same, with the Challenge's transcript rewritten to the device's: its
+//!   signature no longer verifies.
+//! - Attack 2, the activation oracle: the attacker logs in with the device's EK and AK and
+//!   pushes that Challenge to the device, which ignores it (another transcript).
+//! - Attack 4: one captured Login replayed under many invented agent ids: refused before any
+//!   session (`agent-id-from-ek`, the per-EK login limit); the session table stays empty.
+//!
+//! Attack 3 (an unsigned policy document on the config topic) is tested where the signed
+//! policy documents are (`server/tests/policy_topic.rs`).
 //!
 //! Needs swtpm, swtpm_setup and mosquitto; the binaries come from this test's target folder.
 #![allow(
