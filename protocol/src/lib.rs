@@ -21,6 +21,7 @@
 pub mod der;
 pub mod duration;
 pub mod error;
+pub mod hardening;
 pub mod limits;
 pub mod msg;
 pub mod public;
