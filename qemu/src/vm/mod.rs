@@ -353,6 +353,9 @@ fn run_in(
         "broker".into(),
         format!("mqtt://10.0.2.2:{}", broker.port()).into(),
     );
+    // The host's loopback broker is 10.0.2.2 to the guest, which is not loopback: the VM lab
+    // accepts plaintext explicitly (the agent warns about it at start).
+    overrides.insert("insecure-plaintext".into(), true.into());
     let config = board
         .render_agent_config_with(CLUSTER, &overrides)
         .map_err(|e| e.to_string())?;
