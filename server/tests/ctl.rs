@@ -516,19 +516,37 @@ fn keygen_and_sign(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let public = dir.join("policy-signer.pub");
     assert_eq!(mode(&key), 0o600);
     assert_eq!(mode(&public), 0o644);
-    assert!(std::fs::read_to_string(&key).unwrap().contains("BEGIN PRIVATE KEY"));
-    assert!(std::fs::read_to_string(&public).unwrap().contains("BEGIN PUBLIC KEY"));
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("BEGIN PRIVATE KEY")
+    );
+    assert!(
+        std::fs::read_to_string(&public)
+            .unwrap()
+            .contains("BEGIN PUBLIC KEY")
+    );
     // No overwrite without --force.
     let again = ctl(&[&"config", &"keygen", &"--out", &dir]);
     assert_eq!(code(&again), 2);
-    assert!(stderr(&again).contains("refusing to overwrite"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
 
     let doc = dir.join("policy.yaml");
     std::fs::write(&doc, POLICY).unwrap();
     let signed = dir.join("policy.signed.yaml");
-    let o = ctl(&[&"config", &"sign", &"--key", &key, &"--id", &"c-1", &"--out", &signed, &doc]);
+    let o = ctl(&[
+        &"config", &"sign", &"--key", &key, &"--id", &"c-1", &"--out", &signed, &doc,
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stderr(&o).contains("signed for cluster c-1"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signed for cluster c-1"),
+        "{}",
+        stderr(&o)
+    );
     (key, public, signed)
 }
 
@@ -573,23 +591,54 @@ fn group_readable_signing_key_and_password_file_are_refused_with_the_chmod() {
     assert_eq!(code(&o), 2);
     let e = stderr(&o);
     assert!(e.contains("(mode 0640)"), "{e}");
-    assert!(e.contains(&format!("run `chmod 600 {}`", key.display())), "{e}");
-    let o = ctl(&[&"config", &"set", &"cluster", &"--id", &"c-1", &doc, &"--sign-key", &key]);
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", key.display())),
+        "{e}"
+    );
+    let o = ctl(&[
+        &"config",
+        &"set",
+        &"cluster",
+        &"--id",
+        &"c-1",
+        &doc,
+        &"--sign-key",
+        &key,
+    ]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains(&format!("chmod 600 {}", key.display())), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("chmod 600 {}", key.display())),
+        "{}",
+        stderr(&o)
+    );
     chmod(&key, 0o600);
     // The password file is checked before any connection (port 9 would refuse it).
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "secret\n").unwrap();
     chmod(&pw, 0o644);
     let o = ctl(&[
-        &"config", &"set", &"cluster", &"--id", &"c-1", &doc, &"--sign-key", &key,
-        &"--broker", &"mqtt://127.0.0.1:9", &"--username", &"admin", &"--password-file", &pw,
+        &"config",
+        &"set",
+        &"cluster",
+        &"--id",
+        &"c-1",
+        &doc,
+        &"--sign-key",
+        &key,
+        &"--broker",
+        &"mqtt://127.0.0.1:9",
+        &"--username",
+        &"admin",
+        &"--password-file",
+        &pw,
     ]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("--password-file"), "{e}");
-    assert!(e.contains(&format!("run `chmod 600 {}`", pw.display())), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", pw.display())),
+        "{e}"
+    );
 }
 
 #[test]
@@ -599,8 +648,16 @@ fn config_set_refuses_plaintext_to_a_remote_broker_and_unsigned_documents() {
     let doc = dir.path().join("policy.yaml");
     for broker in ["mqtt://10.0.0.1:1883", "mqtt://broker.example.org"] {
         let o = ctl(&[
-            &"config", &"set", &"cluster", &"--id", &"c-1", &doc, &"--sign-key", &key,
-            &"--broker", &broker,
+            &"config",
+            &"set",
+            &"cluster",
+            &"--id",
+            &"c-1",
+            &doc,
+            &"--sign-key",
+            &key,
+            &"--broker",
+            &broker,
         ]);
         assert_eq!(code(&o), 2, "{broker}: {}", stderr(&o));
         let e = stderr(&o);
@@ -610,11 +667,19 @@ fn config_set_refuses_plaintext_to_a_remote_broker_and_unsigned_documents() {
     // Without a key, an unsigned document is not published (checked before connecting).
     let o = ctl(&[&"config", &"set", &"cluster", &"--id", &"c-1", &doc]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("--sign-key KEY.pem is required"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--sign-key KEY.pem is required"),
+        "{}",
+        stderr(&o)
+    );
     // A file signed for another cluster is not published as c-2's.
     let o = ctl(&[&"config", &"set", &"cluster", &"--id", &"c-2", &signed]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("signed for cluster \"c-1\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signed for cluster \"c-1\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[cfg(feature = "it")]

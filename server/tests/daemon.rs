@@ -683,7 +683,11 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
         .unwrap()
         .replace(&"cd".repeat(32), &"ef".repeat(32));
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
-        ("unsigned", "ekattestctl config sign", other.clone().into_bytes()),
+        (
+            "unsigned",
+            "ekattestctl config sign",
+            other.clone().into_bytes(),
+        ),
         (
             "unknown_signer",
             "not in policy-signers",
@@ -698,7 +702,9 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
         (
             "stale",
             "older than the config-topic document in force",
-            s.signer.sign(other.as_bytes(), CLUSTER, issued - 30).unwrap(),
+            s.signer
+                .sign(other.as_bytes(), CLUSTER, issued - 30)
+                .unwrap(),
         ),
     ];
     let mut from = server.logs.lock().unwrap().len();
@@ -762,7 +768,11 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
         .arg(&good_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let from = server.logs.lock().unwrap().len();
     let out = Command::new(env!("CARGO_BIN_EXE_ekattestctl"))
         .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
@@ -770,7 +780,11 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
         .arg(&signed_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let applied = server.wait_msg(from, "Policy document in force");
     assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
     agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);

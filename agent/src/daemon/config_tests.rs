@@ -204,10 +204,9 @@ fn broker_takes_one_url_or_a_list() {
     assert!(one.fallback_brokers.is_empty());
     assert_eq!(one.brokers().count(), 1);
 
-    let list = with(
-        "broker: [mqtt://a:1883, mqtt://b, 'mqtt://[::1]:1885']\ninsecure-plaintext: true\n",
-    )
-    .unwrap();
+    let list =
+        with("broker: [mqtt://a:1883, mqtt://b, 'mqtt://[::1]:1885']\ninsecure-plaintext: true\n")
+            .unwrap();
     assert_eq!(list.broker.host, "a");
     let urls: Vec<String> = list.brokers().map(Broker::url).collect();
     assert_eq!(
@@ -287,14 +286,18 @@ fn plaintext_to_a_non_loopback_host_is_refused_unless_insecure_plaintext() {
         "mqtt://broker.example",
         "[mqtt://127.0.0.1:1883, mqtt://192.168.1.5:1883]",
     ] {
-        let e = with(&format!("broker: {broker}\n")).unwrap_err().to_string();
+        let e = with(&format!("broker: {broker}\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("config key broker: "), "{broker}: {e}");
         assert!(e.contains("which is not a loopback host"), "{broker}: {e}");
         assert!(e.contains("set insecure-plaintext: true"), "{broker}: {e}");
         let c = with(&format!("broker: {broker}\ninsecure-plaintext: true\n")).unwrap();
         assert!(c.insecure_plaintext);
     }
-    let e = with("broker: mqtt://10.0.2.2:1883\n").unwrap_err().to_string();
+    let e = with("broker: mqtt://10.0.2.2:1883\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("\"10.0.2.2\""), "{e}");
     // Loopback and TLS need nothing.
     for broker in [
@@ -309,7 +312,10 @@ fn plaintext_to_a_non_loopback_host_is_refused_unless_insecure_plaintext() {
     with("broker: mqtts://broker.example\ntls: {ca: /ca.pem}\n").unwrap();
     // --broker on the command line follows the same rule.
     let mut c = Config::parse(SEED).unwrap();
-    let e = c.set_brokers("mqtt://10.1.1.1:1883").unwrap_err().to_string();
+    let e = c
+        .set_brokers("mqtt://10.1.1.1:1883")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a loopback host"), "{e}");
     assert_eq!(c.broker.host, "localhost");
     c.insecure_plaintext = true;
@@ -336,22 +342,33 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
         ),
     )
     .unwrap();
-    let set = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
     set(&pw, 0o640);
     set(&key, 0o600);
     let e = Config::load(&config).unwrap_err().to_string();
     assert!(e.starts_with("config key password-file: "), "{e}");
     assert!(e.contains("(mode 0640)"), "{e}");
-    assert!(e.contains(&format!("run `chmod 600 {}`", pw.display())), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", pw.display())),
+        "{e}"
+    );
     set(&pw, 0o600);
     set(&key, 0o604);
     let e = Config::load(&config).unwrap_err().to_string();
     assert!(e.starts_with("config key tls.key: "), "{e}");
-    assert!(e.contains(&format!("run `chmod 600 {}`", key.display())), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", key.display())),
+        "{e}"
+    );
     set(&key, 0o400);
     let c = Config::load(&config).unwrap();
     // The MQTT client checks again when it reads the file.
     set(&pw, 0o644);
-    let e = crate::daemon::mqtt::client(&c, &c.broker, "ek-1").map(|_| ()).unwrap_err().to_string();
+    let e = crate::daemon::mqtt::client(&c, &c.broker, "ek-1")
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&format!("chmod 600 {}", pw.display())), "{e}");
 }

@@ -33,6 +33,8 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
     s.log_level = Some("debug".into());
     s.workers = Some(3);
     s.max_sessions = Some(100);
+    s.policy_topic = true;
+    s.policy_signers = vec![PathBuf::from("/tmp/signer.pub")];
     let doc: Value = serde_yaml::from_str(&s.to_yaml().unwrap()).unwrap();
     assert_eq!(key(&doc, "broker").as_str(), Some("mqtts://localhost:8883"));
     assert_eq!(
@@ -63,8 +65,13 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(files, ["/tmp/a.yaml", "/tmp/b.yaml"]);
+    assert_eq!(key(&doc, "policy-topic").as_bool(), Some(true));
+    assert_eq!(
+        key(&doc, "policy-signers").as_sequence().unwrap()[0].as_str(),
+        Some("/tmp/signer.pub")
+    );
     let keys = doc.as_mapping().unwrap().len();
-    assert_eq!(keys, 17, "{doc:?}");
+    assert_eq!(keys, 19, "{doc:?}");
 }
 
 #[test]

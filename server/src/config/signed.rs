@@ -30,8 +30,8 @@
 
 use std::fmt;
 
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
     UnparsedPublicKey,
@@ -280,7 +280,10 @@ impl<'a> Envelope<'a> {
             || sig_hex.len() > 2 * SIGNATURE_MAX
             || sig_hex.bytes().any(|b| b.is_ascii_uppercase())
         {
-            return Err(bad(5, "signature is not lowercase hex of a DER ECDSA signature"));
+            return Err(bad(
+                5,
+                "signature is not lowercase hex of a DER ECDSA signature",
+            ));
         }
         let signature =
             hex::decode(sig_hex).map_err(|_| bad(5, "signature is not lowercase hex"))?;
@@ -305,7 +308,9 @@ impl<'a> Envelope<'a> {
         out.extend_from_slice(
             format!("# issued: {} {}\n", self.issued, utc(self.issued)).as_bytes(),
         );
-        out.extend_from_slice(format!("# signer: sha256:{}\n", hex::encode(self.signer)).as_bytes());
+        out.extend_from_slice(
+            format!("# signer: sha256:{}\n", hex::encode(self.signer)).as_bytes(),
+        );
         out.extend_from_slice(
             format!("# signature: {}\n", hex::encode(&self.signature)).as_bytes(),
         );

@@ -196,9 +196,7 @@ impl Reloader {
         if let Err(e) = rules.signers.verify(&envelope, &rules.cluster) {
             return refuse(refusal(&e), e.to_string(), previous);
         }
-        let now_secs = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let issued = envelope.issued;
         if issued > now_secs.saturating_add(MAX_CLOCK_SKEW.as_secs()) {
             return refuse(

@@ -72,15 +72,12 @@ impl Router {
         let Some(t) = self.topics() else {
             return Vec::new();
         };
-        [
-            t.shared_logins_filter(),
-            t.answers_filter(&self.node),
-        ]
-        .into_iter()
-        .chain(self.policy_topic.then(|| t.config()))
-        .filter_map(Result::ok)
-        .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce))
-        .collect()
+        [t.shared_logins_filter(), t.answers_filter(&self.node)]
+            .into_iter()
+            .chain(self.policy_topic.then(|| t.config()))
+            .filter_map(Result::ok)
+            .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce))
+            .collect()
     }
 
     pub(super) fn route_publish(&self, publish: &Publish) {

@@ -101,9 +101,10 @@ fn a_key_that_is_not_pinned_is_named() {
     assert_eq!(e.reason(), "unknown_signer");
     assert!(e.to_string().contains(&hex::encode(k.fingerprint())), "{e}");
     // A trailer that names a pinned key but carries another key's signature.
-    let forged = String::from_utf8(signed)
-        .unwrap()
-        .replace(&hex::encode(k.fingerprint()), &hex::encode(other.fingerprint()));
+    let forged = String::from_utf8(signed).unwrap().replace(
+        &hex::encode(k.fingerprint()),
+        &hex::encode(other.fingerprint()),
+    );
     let env = Envelope::decode(forged.as_bytes()).unwrap();
     let e = signers(&other).verify(&env, "c-1").unwrap_err();
     assert_eq!(e.reason(), "bad_signature");
@@ -118,9 +119,21 @@ fn malformed_trailers_are_refused_with_the_line() {
         (signed.strip_suffix('\n').unwrap().to_owned(), 6),
         (signed.replace("# cluster: c-1", "# cluster: c/1"), 2),
         (signed.replace("# cluster: c-1", "# cluster: "), 2),
-        (signed.replace("# issued: 1718000000 ", "# issued: 01718000000 "), 3),
-        (signed.replace("2024-06-10T06:13:20Z", "2024-06-10T06:13:21Z"), 3),
-        (signed.replace("# issued: 1718000000 2024-06-10T06:13:20Z", "# issued: 99999999999999999999 x"), 3),
+        (
+            signed.replace("# issued: 1718000000 ", "# issued: 01718000000 "),
+            3,
+        ),
+        (
+            signed.replace("2024-06-10T06:13:20Z", "2024-06-10T06:13:21Z"),
+            3,
+        ),
+        (
+            signed.replace(
+                "# issued: 1718000000 2024-06-10T06:13:20Z",
+                "# issued: 99999999999999999999 x",
+            ),
+            3,
+        ),
         (signed.replace("# signer: sha256:", "# signer: sha1:"), 4),
         (signed.replace("# signature: ", "# signature: zz"), 5),
         (signed.replace("# signature: ", "# Signature: "), 5),

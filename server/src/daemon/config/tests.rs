@@ -394,12 +394,16 @@ fn new_keys_default_to_the_secure_choice() {
 fn policy_topic_needs_pinned_signers() {
     let e = error(&format!("{MINIMAL}policy-topic: true\n"));
     assert!(
-        e.starts_with("/etc/ekattest/server.yaml: policy-signers: policy-topic: true needs \
-                       policy-signers"),
+        e.starts_with(
+            "/etc/ekattest/server.yaml: policy-signers: policy-topic: true needs \
+                       policy-signers"
+        ),
         "{e}"
     );
     assert!(e.contains("ekattestctl config keygen"), "{e}");
-    let e = error(&format!("{MINIMAL}policy-topic: true\npolicy-signers: []\n"));
+    let e = error(&format!(
+        "{MINIMAL}policy-topic: true\npolicy-signers: []\n"
+    ));
     assert!(e.contains("policy-topic: true needs policy-signers"), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -453,17 +457,29 @@ fn plaintext_to_a_non_loopback_host_is_refused_unless_insecure_plaintext() {
         assert!(c.insecure_plaintext);
         assert_eq!(c.plaintext_hosts().len(), 1);
     }
-    for ok in ["mqtt://localhost:1883", "mqtt://127.9.9.9:1", "mqtt://[::1]:1883"] {
+    for ok in [
+        "mqtt://localhost:1883",
+        "mqtt://127.9.9.9:1",
+        "mqtt://[::1]:1883",
+    ] {
         let c = parse(&MINIMAL.replace("mqtt://127.0.0.1:1883", ok)).unwrap();
         assert!(c.plaintext_hosts().is_empty(), "{ok}");
     }
     // NATS: nats:// to a remote node is refused as well, tls:// is fine.
     let nats = MINIMAL.replace("broker: mqtt://127.0.0.1:1883\n", "bus: nats\n");
-    let e = error(&format!("{nats}nats-url: [nats://127.0.0.1:4222, nats://10.1.1.1:4222]\n"));
-    assert!(e.contains("nats-url: plaintext connection to \"10.1.1.1\""), "{e}");
+    let e = error(&format!(
+        "{nats}nats-url: [nats://127.0.0.1:4222, nats://10.1.1.1:4222]\n"
+    ));
+    assert!(
+        e.contains("nats-url: plaintext connection to \"10.1.1.1\""),
+        "{e}"
+    );
     assert!(e.contains("use tls://"), "{e}");
     parse(&format!("{nats}nats-url: nats://127.0.0.1:4222\n")).unwrap();
-    parse(&format!("{nats}nats-url: tls://10.1.1.1:4222\ntls:\n  ca: ca.pem\n")).unwrap();
+    parse(&format!(
+        "{nats}nats-url: tls://10.1.1.1:4222\ntls:\n  ca: ca.pem\n"
+    ))
+    .unwrap();
 }
 
 #[test]
@@ -492,11 +508,17 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
         chmod(path, mode);
         let e = error(&text);
         assert!(
-            e.starts_with(&format!("/etc/ekattest/server.yaml: {key}: {}", path.display())),
+            e.starts_with(&format!(
+                "/etc/ekattest/server.yaml: {key}: {}",
+                path.display()
+            )),
             "{e}"
         );
         assert!(e.contains(&format!("(mode {mode:04o})")), "{e}");
-        assert!(e.contains(&format!("run `chmod 600 {}`", path.display())), "{e}");
+        assert!(
+            e.contains(&format!("run `chmod 600 {}`", path.display())),
+            "{e}"
+        );
         chmod(path, 0o600);
     }
     chmod(&ca_key, 0o400);

@@ -97,12 +97,21 @@ fn invalid_document_keeps_the_previous_one() {
 fn same_bytes_from_the_same_source_are_a_no_op() {
     let (mut r, key) = topic_reloader();
     let a = signed(&key, &doc("a", 1), NOW);
-    assert!(matches!(r.consider_topic(&a, at(NOW)), Decision::Applied { .. }));
+    assert!(matches!(
+        r.consider_topic(&a, at(NOW)),
+        Decision::Applied { .. }
+    ));
     assert!(matches!(r.consider_topic(&a, at(NOW)), Decision::Unchanged));
     // An invalid document is also considered once only.
     let bad = signed(&key, BAD_PEM, NOW + 1);
-    assert!(matches!(r.consider_topic(&bad, at(NOW)), Decision::Invalid { .. }));
-    assert!(matches!(r.consider_topic(&bad, at(NOW)), Decision::Unchanged));
+    assert!(matches!(
+        r.consider_topic(&bad, at(NOW)),
+        Decision::Invalid { .. }
+    ));
+    assert!(matches!(
+        r.consider_topic(&bad, at(NOW)),
+        Decision::Unchanged
+    ));
 }
 
 #[test]
@@ -245,7 +254,10 @@ fn watcher_picks_up_file_changes_and_topic_payloads() {
 fn unsigned_wrongly_signed_and_other_cluster_documents_are_refused() {
     let (mut r, key) = topic_reloader();
     let a = doc("a", 1);
-    assert!(matches!(r.consider_files(&one("f", &a), None), Decision::Applied { .. }));
+    assert!(matches!(
+        r.consider_files(&one("f", &a), None),
+        Decision::Applied { .. }
+    ));
     let (other, _) = SigningKey::generate().unwrap();
     let tampered = String::from_utf8(signed(&key, &doc("b", 2), NOW))
         .unwrap()
@@ -253,14 +265,21 @@ fn unsigned_wrongly_signed_and_other_cluster_documents_are_refused() {
         .into_bytes();
     let cases = [
         (doc("b", 2), DocumentRefusal::Unsigned),
-        (signed(&other, &doc("b", 2), NOW), DocumentRefusal::UnknownSigner),
+        (
+            signed(&other, &doc("b", 2), NOW),
+            DocumentRefusal::UnknownSigner,
+        ),
         (tampered, DocumentRefusal::BadSignature),
         (
             key.sign(&doc("b", 2), "c-2", NOW).unwrap(),
             DocumentRefusal::WrongCluster,
         ),
         (
-            [doc("b", 2), b"# -----BEGIN EKATTEST POLICY SIGNATURE-----\n".to_vec()].concat(),
+            [
+                doc("b", 2),
+                b"# -----BEGIN EKATTEST POLICY SIGNATURE-----\n".to_vec(),
+            ]
+            .concat(),
             DocumentRefusal::Malformed,
         ),
         (
@@ -292,13 +311,19 @@ fn an_older_topic_document_cannot_roll_back_a_newer_one() {
     let (mut r, key) = topic_reloader();
     let old = signed(&key, &doc("old", 1), NOW - 100);
     let new = signed(&key, &doc("new", 2), NOW - 10);
-    assert!(matches!(r.consider_topic(&new, at(NOW)), Decision::Applied { .. }));
+    assert!(matches!(
+        r.consider_topic(&new, at(NOW)),
+        Decision::Applied { .. }
+    ));
     let d = r.consider_topic(&old, at(NOW));
     assert_eq!(refused(&d), Some(DocumentRefusal::Stale));
     assert_eq!(r.in_force(), Some(sha(&doc("new", 2)).as_str()));
     // A document issued in the same second as the one in force is not older.
     let same = signed(&key, &doc("same", 3), NOW - 10);
-    assert!(matches!(r.consider_topic(&same, at(NOW)), Decision::Applied { .. }));
+    assert!(matches!(
+        r.consider_topic(&same, at(NOW)),
+        Decision::Applied { .. }
+    ));
 }
 
 #[test]
@@ -312,9 +337,16 @@ fn a_topic_document_never_overrides_files_changed_later() {
     ));
     for issued in [NOW - 100, NOW - 50] {
         let d = r.consider_topic(&signed(&key, &doc("topic", 2), issued), at(NOW));
-        assert_eq!(refused(&d), Some(DocumentRefusal::OlderThanFiles), "{issued}");
+        assert_eq!(
+            refused(&d),
+            Some(DocumentRefusal::OlderThanFiles),
+            "{issued}"
+        );
         if let Decision::Refused { message, .. } = &d {
-            assert!(message.contains("not newer than the policy files"), "{message}");
+            assert!(
+                message.contains("not newer than the policy files"),
+                "{message}"
+            );
         }
     }
     assert_eq!(r.in_force(), Some(sha(&file_doc).as_str()));

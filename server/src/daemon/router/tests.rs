@@ -197,7 +197,10 @@ fn without_policy_topic_the_config_topic_is_neither_subscribed_nor_routed() {
     r.route_publish(&publish(config, b"doc".to_vec()));
     assert_eq!(r.inbox.take(Duration::ZERO), Ok(None));
     assert_eq!(
-        count(&r, "attestation_frames_rejected_total{reason=\"unknown_topic\"}"),
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"unknown_topic\"}"
+        ),
         1
     );
 }
