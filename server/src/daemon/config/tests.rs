@@ -524,3 +524,12 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
     chmod(&ca_key, 0o400);
     parse(&text).unwrap();
 }
+
+#[test]
+fn the_nats_deploy_example_parses_with_the_secure_defaults() {
+    let text = include_str!("../../../../deploy/nats/server.yaml");
+    let c = parse(text).unwrap();
+    assert!(matches!(c.bus, Bus::Nats { ref urls } if urls.len() == 3));
+    assert!(c.broker.tls);
+    assert!(c.plaintext_hosts().is_empty());
+}

@@ -232,7 +232,7 @@ fn watcher_picks_up_file_changes_and_topic_payloads() {
     std::fs::write(&file, doc("bb", 2)).unwrap();
     wait_for("bb");
     // Signed after the file edit (the next second at the earliest).
-    let later = newest_modification(&[file.clone()])
+    let later = newest_modification(std::slice::from_ref(&file))
         .unwrap()
         .duration_since(UNIX_EPOCH)
         .unwrap()
