@@ -67,7 +67,10 @@ pub enum EnvelopeError {
     )]
     Unsigned,
     /// The input is larger than [`ENVELOPE_MAX`].
-    #[error("signed document of {len} bytes is larger than {limit} bytes")]
+    #[error(
+        "signed document of {len} bytes is larger than {limit} bytes; publish a smaller \
+         document (or use policy-files)"
+    )]
     TooLong {
         /// Its length.
         len: usize,
@@ -75,7 +78,10 @@ pub enum EnvelopeError {
         limit: usize,
     },
     /// A trailer line is not of its one accepted form.
-    #[error("signature trailer line {line}: {reason}")]
+    #[error(
+        "signature trailer line {line}: {reason}; sign the document again with `ekattestctl \
+         config sign` (the trailer must not be edited)"
+    )]
     Malformed {
         /// 1-based line of the trailer (1 = the BEGIN line).
         line: usize,
