@@ -24,6 +24,7 @@ extern crate std;
 pub mod der;
 pub mod duration;
 pub mod error;
+pub mod hardening;
 pub mod limits;
 pub mod msg;
 pub mod public;

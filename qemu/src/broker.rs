@@ -299,7 +299,7 @@ fn make_users(base: &Path) -> Result<Vec<(String, PathBuf)>> {
     for name in [SERVER_USER, ADMIN_USER, AGENT_USER] {
         let password = random_hex()?;
         let file = users_dir.join(format!("{name}.password"));
-        process::write(&file, &format!("{password}\n"))?;
+        process::write_private(&file, &format!("{password}\n"))?;
         let status = std::process::Command::new(&passwd_tool)
             .arg("-b")
             .arg(&passwd)
@@ -425,5 +425,5 @@ fn genkey(key: &Path) -> Result<()> {
         ],
         tool::SHORT,
     )?;
-    Ok(())
+    process::make_private(key)
 }

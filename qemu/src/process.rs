@@ -342,6 +342,26 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(|source| io("write", path, source))
 }
 
+/// Writes a password or key file with mode 0600 (the daemons refuse one that group or
+/// others may read).
+///
+/// # Errors
+/// The I/O error, naming the file.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    write(path, text)?;
+    make_private(path)
+}
+
+/// Sets mode 0600 on a password or key file written by another tool (openssl).
+///
+/// # Errors
+/// The I/O error, naming the file.
+pub fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|source| io("chmod 600", path, source))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,9 @@ const WAIT: Duration = Duration::from_secs(60);
 /// One test's world: a temp folder, the SVID CA, a broker and a server.
 struct World {
     dir: TempDir,
+    /// The operator's policy signing key (`ekattestctl config keygen`; its public half is
+    /// the server's policy-signers).
+    sign_key: PathBuf,
     ca_cert: PathBuf,
     policy_file: PathBuf,
     broker: Broker,
@@ -76,6 +79,19 @@ impl World {
         // The login limits (per agent id and per EK: default 3 at once) are not under test
         // here; the hostile agent logs in four times with one EK and one agent id.
         spec.login_burst = Some(10);
+        let out = Command::new(bin("ekattestctl"))
+            .args(["config", "keygen", "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        spec.policy_topic = true;
+        spec.policy_signers = vec![dir.path().join("policy-signer.pub")];
+        let sign_key = dir.path().join("policy-signer.key");
         if setup.tls_acl {
             let (user, password_file) = broker.user("ekattest-server").unwrap();
             spec.username = Some(user);
@@ -93,6 +109,7 @@ impl World {
             .unwrap_or_else(|e| panic!("ekattest-server never subscribed: {e}"));
         World {
             dir,
+            sign_key,
             ca_cert,
             policy_file,
             broker,
@@ -649,6 +666,8 @@ fn hot_reload_by_config_set_and_invalid_document_keeps_the_old_one() {
         .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
         .arg(world.broker.url())
         .arg(&bad)
+        .arg("--sign-key")
+        .arg(&world.sign_key)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -670,14 +689,19 @@ fn hot_reload_by_config_set_and_invalid_document_keeps_the_old_one() {
         .wait_for_msg("Previous policy document stays in force", None, WAIT)
         .unwrap();
     std::fs::write(&world.policy_file, &policy_a).unwrap();
+    // A topic document must be signed after the policy files last changed (same second:
+    // the files win).
+    std::thread::sleep(Duration::from_millis(1500));
 
-    // Policy B published on the cluster's config topic: the device is listed.
+    // Policy B signed and published on the cluster's config topic: the device is listed.
     let good = world.dir.path().join("good.yaml");
     std::fs::write(&good, policy(None, &[&hash])).unwrap();
     let out = Command::new(bin("ekattestctl"))
         .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
         .arg(world.broker.url())
         .arg(&good)
+        .arg("--sign-key")
+        .arg(&world.sign_key)
         .output()
         .unwrap();
     assert!(

@@ -56,7 +56,7 @@ use ekattest_server::attest::Attestor;
 use ekattest_server::credential::{SystemRandom, make_credential};
 use ekattest_server::daemon::handler::{Handler, Job, Outbox};
 use ekattest_server::daemon::metrics::Metrics;
-use ekattest_server::daemon::reload::{PolicyState, Reloader, Source, apply};
+use ekattest_server::daemon::reload::{PolicyState, Reloader, apply};
 use ekattest_server::session::SessionConfig;
 use ekattest_server::svid::Authority;
 use p256::ecdsa::SigningKey;
@@ -274,7 +274,7 @@ fn handler(doc: &str) -> (Handler, Arc<Recorder>) {
         Authority::generate("example.org", Duration::from_secs(86_400)).unwrap();
     let state = Arc::new(PolicyState::default());
     let metrics = Arc::new(Metrics::default());
-    let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), doc.as_bytes().to_vec())]);
+    let d = Reloader::new().consider_files(&[("t".to_owned(), doc.as_bytes().to_vec())], None);
     apply(&d, "t", &state, &metrics);
     assert!(state.current().is_some(), "bench policy does not parse");
     let h = Handler {

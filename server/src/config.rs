@@ -32,6 +32,7 @@
 
 mod budget;
 mod pem_certs;
+pub mod signed;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -493,3 +493,236 @@ mod openssl {
         }
     }
 }
+
+const POLICY: &str = "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
+requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"de6a6ba0564fc32ed137b2e2c97b39c741e87a3fbbb80bc9092b75b6dc8a2aab\"]\n";
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `config keygen` then `config sign`: the key pair's modes, the envelope, and the library
+/// decoder and verifier accepting what the command wrote.
+fn keygen_and_sign(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let o = ctl(&[&"config", &"keygen", &"--out", &dir]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let key = dir.join("policy-signer.key");
+    let public = dir.join("policy-signer.pub");
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&public), 0o644);
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("BEGIN PRIVATE KEY")
+    );
+    assert!(
+        std::fs::read_to_string(&public)
+            .unwrap()
+            .contains("BEGIN PUBLIC KEY")
+    );
+    // No overwrite without --force.
+    let again = ctl(&[&"config", &"keygen", &"--out", &dir]);
+    assert_eq!(code(&again), 2);
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
+
+    let doc = dir.join("policy.yaml");
+    std::fs::write(&doc, POLICY).unwrap();
+    let signed = dir.join("policy.signed.yaml");
+    let o = ctl(&[
+        &"config", &"sign", &"--key", &key, &"--id", &"c-1", &"--out", &signed, &doc,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signed for cluster c-1"),
+        "{}",
+        stderr(&o)
+    );
+    (key, public, signed)
+}
+
+#[test]
+fn config_keygen_and_sign_write_a_document_the_servers_verify() {
+    use ekattest_server::config::signed::{Envelope, Signers};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public, signed) = keygen_and_sign(dir.path());
+    let bytes = std::fs::read(&signed).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(text.starts_with(POLICY), "{text}");
+    assert!(text.contains("# -----BEGIN EKATTEST POLICY SIGNATURE-----\n# cluster: c-1\n"));
+    let env = Envelope::decode(&bytes).unwrap();
+    assert_eq!(env.document, POLICY.as_bytes());
+    let mut signers = Signers::new();
+    signers.add_pem(&std::fs::read(&public).unwrap()).unwrap();
+    signers.verify(&env, "c-1").unwrap();
+    assert!(signers.verify(&env, "c-2").is_err());
+    // The signed file is still a valid document for `config validate`.
+    let o = ctl(&[&"config", &"validate", &signed]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // stdout when --out is not given.
+    let doc = dir.path().join("policy.yaml");
+    let o = ctl(&[&"config", &"sign", &"--key", &key, &"--id", &"c-1", &doc]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(Envelope::decode(&o.stdout).is_ok());
+    // An invalid document is never signed.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "section: AgentAttestation\nschema: v9\n").unwrap();
+    let o = ctl(&[&"config", &"sign", &"--key", &key, &"--id", &"c-1", &bad]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn group_readable_signing_key_and_password_file_are_refused_with_the_chmod() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, _) = keygen_and_sign(dir.path());
+    let doc = dir.path().join("policy.yaml");
+    chmod(&key, 0o640);
+    let o = ctl(&[&"config", &"sign", &"--key", &key, &"--id", &"c-1", &doc]);
+    assert_eq!(code(&o), 2);
+    let e = stderr(&o);
+    assert!(e.contains("(mode 0640)"), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", key.display())),
+        "{e}"
+    );
+    let o = ctl(&[
+        &"config",
+        &"set",
+        &"cluster",
+        &"--id",
+        &"c-1",
+        &doc,
+        &"--sign-key",
+        &key,
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains(&format!("chmod 600 {}", key.display())),
+        "{}",
+        stderr(&o)
+    );
+    chmod(&key, 0o600);
+    // The password file is checked before any connection (port 9 would refuse it).
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    chmod(&pw, 0o644);
+    let o = ctl(&[
+        &"config",
+        &"set",
+        &"cluster",
+        &"--id",
+        &"c-1",
+        &doc,
+        &"--sign-key",
+        &key,
+        &"--broker",
+        &"mqtt://127.0.0.1:9",
+        &"--username",
+        &"admin",
+        &"--password-file",
+        &pw,
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--password-file"), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", pw.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_set_refuses_plaintext_to_a_remote_broker_and_unsigned_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, signed) = keygen_and_sign(dir.path());
+    let doc = dir.path().join("policy.yaml");
+    for broker in ["mqtt://10.0.0.1:1883", "mqtt://broker.example.org"] {
+        let o = ctl(&[
+            &"config",
+            &"set",
+            &"cluster",
+            &"--id",
+            &"c-1",
+            &doc,
+            &"--sign-key",
+            &key,
+            &"--broker",
+            &broker,
+        ]);
+        assert_eq!(code(&o), 2, "{broker}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("not a loopback host"), "{e}");
+        assert!(e.contains("--insecure-plaintext"), "{e}");
+    }
+    // Without a key, an unsigned document is not published (checked before connecting).
+    let o = ctl(&[&"config", &"set", &"cluster", &"--id", &"c-1", &doc]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--sign-key KEY.pem is required"),
+        "{}",
+        stderr(&o)
+    );
+    // A file signed for another cluster is not published as c-2's.
+    let o = ctl(&[&"config", &"set", &"cluster", &"--id", &"c-2", &signed]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signed for cluster \"c-1\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[cfg(feature = "it")]
+#[test]
+fn openssl_verifies_the_signature_over_the_documented_transcript() {
+    use ekattest_server::config::signed::Envelope;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public, signed) = keygen_and_sign(dir.path());
+    let bytes = std::fs::read(&signed).unwrap();
+    let env = Envelope::decode(&bytes).unwrap();
+    // The transcript as README documents it, assembled here byte by byte.
+    let mut transcript = b"ekattest/v2 policy document\0".to_vec();
+    transcript.extend_from_slice(&[0, 3]);
+    transcript.extend_from_slice(b"c-1");
+    transcript.extend_from_slice(&env.issued.to_be_bytes());
+    transcript.extend_from_slice(&(POLICY.len() as u64).to_be_bytes());
+    transcript.extend_from_slice(POLICY.as_bytes());
+    let msg = dir.path().join("transcript.bin");
+    let sig = dir.path().join("sig.der");
+    std::fs::write(&msg, &transcript).unwrap();
+    std::fs::write(&sig, &env.signature).unwrap();
+    let o = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&public)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&msg)
+        .output()
+        .expect("openssl is required for --features it");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("Verified OK"));
+    // One byte changed: openssl refuses too.
+    let mut changed = transcript;
+    let last = changed.len() - 2;
+    changed[last] ^= 1;
+    std::fs::write(&msg, &changed).unwrap();
+    let o = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&public)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

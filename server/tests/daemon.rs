@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use ekattest_protocol::msg::{Downlink, Login, Method, Outcome, Uplink};
 use ekattest_protocol::topic::Topics;
 use ekattest_protocol::{RejectCode, decode, encode, heapless, limits};
+use ekattest_server::config::signed::SigningKey;
 use ekattest_server::svid::Authority;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
@@ -269,15 +270,52 @@ struct Setup {
     port: u16,
     config: PathBuf,
     metrics_port: u16,
+    /// The operator's policy signing key (its public half is in `policy-signers`).
+    signer: SigningKey,
+    /// `signer.key`: the same key as a 0600 PEM file, for `ekattestctl --sign-key`.
+    signer_file: PathBuf,
 }
 
-fn setup(policy_text: &str) -> Setup {
+/// Writes a password or key file with mode 0600 (the server refuses wider modes).
+fn write_private(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Sets `path`'s modification time to `secs_ago` seconds before now.
+fn age(path: &Path, secs_ago: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs_ago);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// The policy file (modified two minutes ago, so documents signed now are newer) and a
+/// server config; with `policy_topic`, signed config-topic documents are accepted.
+fn setup_with(policy_text: &str, policy_topic: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (broker, port) = start_mosquitto(dir.path());
     let (_, cert, key) = Authority::generate("example.org", Duration::from_secs(86_400)).unwrap();
     std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("ca.key"), key).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), policy_text).unwrap();
+    write_private(&dir.path().join("ca.key"), key.as_bytes());
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy_text).unwrap();
+    age(&policy_file, 120);
+    let (signer, private_pem) = SigningKey::generate().unwrap();
+    std::fs::write(dir.path().join("signer.pub"), signer.public_pem()).unwrap();
+    let signer_file = dir.path().join("signer.key");
+    write_private(&signer_file, private_pem.as_bytes());
     let metrics_port = free_port();
     let config = dir.path().join("server.yaml");
     std::fs::write(
@@ -287,7 +325,8 @@ fn setup(policy_text: &str) -> Setup {
              trust-domain: example.org\nca-cert: ca.pem\nca-key: ca.key\n\
              metrics-address: 127.0.0.1:{metrics_port}\npolicy-files: [policy.yaml]\n\
              reload-interval: 200ms\nsession-ttl: 30s\nlog-level: debug\nworkers: 2\n\
-             login-burst: 10\n"
+             login-burst: 10\n\
+             policy-topic: {policy_topic}\npolicy-signers: [signer.pub]\n"
         ),
     )
     .unwrap();
@@ -297,7 +336,13 @@ fn setup(policy_text: &str) -> Setup {
         port,
         config,
         metrics_port,
+        signer,
+        signer_file,
     }
+}
+
+fn setup(policy_text: &str) -> Setup {
+    setup_with(policy_text, true)
 }
 
 fn rejected(msg: &Downlink) -> RejectCode {
@@ -424,6 +469,8 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
         .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
         .arg(format!("mqtt://127.0.0.1:{}", s.port))
         .arg(&good)
+        .arg("--sign-key")
+        .arg(&s.signer_file)
         .output()
         .unwrap();
     assert!(
@@ -453,6 +500,8 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
         .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
         .arg(format!("mqtt://127.0.0.1:{}", s.port))
         .arg(&bad)
+        .arg("--sign-key")
+        .arg(&s.signer_file)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -462,12 +511,15 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
         "{err}"
     );
 
-    // 6. An invalid document published anyway: the server logs it and keeps the previous.
+    // 6. An invalid document signed and published anyway: the server logs it and keeps the
+    // previous.
     let from = server.logs.lock().unwrap().len();
     let admin = Peer::connect(s.port, "admin", None);
     admin.publish(
         topics.config().unwrap().as_str(),
-        INVALID_POLICY.as_bytes().to_vec(),
+        s.signer
+            .sign(INVALID_POLICY.as_bytes(), CLUSTER, now_secs())
+            .unwrap(),
         true,
     );
     let e = server.wait_log(from, "the invalid-document error", |v| {
@@ -561,4 +613,221 @@ fn check_mode_and_usage_exit_codes() {
     ]);
     assert_eq!(e.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&e.stderr).contains("unknown field `brokr`"));
+}
+
+/// Waits for the refusal of a config-topic document with metric `reason`, checks the log
+/// line and that `in_force` stays, and returns the index after it.
+fn expect_refusal(server: &Server, from: usize, reason: &str, says: &str, in_force: &str) -> usize {
+    let i = server.wait_log(from, reason, |v| {
+        v["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Policy document refused: "))
+            && v["reason"] == reason
+    });
+    let line = server.log(i);
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["source"], "config topic", "{line}");
+    let msg = line["msg"].as_str().unwrap();
+    assert!(msg.contains(says), "{reason}: {msg}");
+    let kept = server.wait_msg(i, "Previous policy document stays in force");
+    assert_eq!(server.log(kept)["sha256"], in_force, "{reason}");
+    assert_eq!(
+        server.metric(&format!(
+            "attestation_policy_documents_refused_total{{reason=\"{reason}\"}}"
+        )),
+        1,
+        "{reason}"
+    );
+    kept + 1
+}
+
+#[test]
+fn policy_topic_off_ignores_the_config_topic() {
+    let s = setup_with(&policy(&"ab".repeat(32)), false);
+    let server = Server::start(&s.config, s.metrics_port);
+    let off = server.wait_log(0, "policy-topic is false", |v| {
+        v["level"] == "info"
+            && v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("policy-topic is false"))
+    });
+    assert!(off > 0);
+    server.wait_msg(0, "subscribed");
+    let topics = Topics::new("ekattest/v1", CLUSTER).unwrap();
+    // A properly signed document that would admit the agent.
+    let admin = Peer::connect(s.port, "admin", None);
+    let doc = s
+        .signer
+        .sign(policy(&ek_hash()).as_bytes(), CLUSTER, now_secs())
+        .unwrap();
+    admin.publish(topics.config().unwrap().as_str(), doc, true);
+    std::thread::sleep(Duration::from_secs(1));
+    let agent = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert_eq!(rejected(&agent.next_downlink().1), RejectCode::EkNotTrusted);
+    let applied = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["msg"] == "Policy document in force")
+        .count();
+    assert_eq!(applied, 1, "only the policy file was applied");
+    assert_eq!(
+        server.metric("attestation_policy_reloads_total{result=\"applied\"}"),
+        1
+    );
+    // Not even delivered: the server has no subscription to the topic.
+    assert_eq!(
+        server.metric("attestation_frames_rejected_total{reason=\"unknown_topic\"}"),
+        0
+    );
+}
+
+#[test]
+fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
+    let file_policy = policy(&"ab".repeat(32));
+    let s = setup(&file_policy);
+    let mut server = Server::start(&s.config, s.metrics_port);
+    server.wait_log(0, "policy-topic is true", |v| {
+        v["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("policy-topic is true"))
+    });
+    server.wait_msg(0, "subscribed");
+    let topics = Topics::new("ekattest/v1", CLUSTER).unwrap();
+    let config_topic = topics.config().unwrap();
+    let admin = Peer::connect(s.port, "admin", None);
+
+    // 1. A properly signed document is applied; the log names the document's sha256.
+    let good = policy(&ek_hash());
+    let good_sha = hex::encode(Sha256::digest(&good));
+    let issued = now_secs();
+    let from = server.logs.lock().unwrap().len();
+    admin.publish(
+        config_topic.as_str(),
+        s.signer.sign(good.as_bytes(), CLUSTER, issued).unwrap(),
+        true,
+    );
+    let applied = server.wait_msg(from, "Policy document in force");
+    assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
+    assert_eq!(server.log(applied)["source"], "config topic");
+    let agent = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
+
+    // 2. Each forgery is refused with its reason; the good document stays (published
+    // without retain, so the broker keeps the good one for the restart below).
+    let other = policy(&"cd".repeat(32));
+    let (stranger, _) = SigningKey::generate().unwrap();
+    let tampered = String::from_utf8(s.signer.sign(other.as_bytes(), CLUSTER, issued).unwrap())
+        .unwrap()
+        .replace(&"cd".repeat(32), &"ef".repeat(32));
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "unsigned",
+            "ekattestctl config sign",
+            other.clone().into_bytes(),
+        ),
+        (
+            "unknown_signer",
+            "not in policy-signers",
+            stranger.sign(other.as_bytes(), CLUSTER, issued).unwrap(),
+        ),
+        ("bad_signature", "does not verify", tampered.into_bytes()),
+        (
+            "wrong_cluster",
+            "signed for cluster \"c-other\"",
+            s.signer.sign(other.as_bytes(), "c-other", issued).unwrap(),
+        ),
+        (
+            "stale",
+            "older than the config-topic document in force",
+            s.signer
+                .sign(other.as_bytes(), CLUSTER, issued - 30)
+                .unwrap(),
+        ),
+    ];
+    let mut from = server.logs.lock().unwrap().len();
+    for (reason, says, payload) in cases {
+        admin.publish(config_topic.as_str(), payload, false);
+        from = expect_refusal(&server, from, reason, says, &good_sha);
+    }
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
+    assert_eq!(
+        server.metric("attestation_policy_reloads_total{result=\"applied\"}"),
+        2
+    );
+
+    // 3. A policy file edited after the retained document's issue time wins after a
+    // restart: the retained document is refused as older than the files.
+    server.child.0.kill().unwrap();
+    let _ = server.child.0.wait();
+    let edited = policy(&"12".repeat(32));
+    let policy_file = s.dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, &edited).unwrap();
+    let secs_since_issue = now_secs().saturating_sub(issued);
+    if secs_since_issue == 0 {
+        // Still the issue second: a tie goes to the files too; make the edit strictly later.
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::write(&policy_file, &edited).unwrap();
+    }
+    let server = Server::start(&s.config, s.metrics_port);
+    let first = server.wait_msg(0, "Policy document in force");
+    let edited_sha = hex::encode(Sha256::digest(&edited));
+    assert_eq!(server.log(first)["sha256"], edited_sha.as_str());
+    expect_refusal(
+        &server,
+        first,
+        "older_than_files",
+        "is not newer than the policy files",
+        &edited_sha,
+    );
+    let applied = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["msg"] == "Policy document in force")
+        .count();
+    assert_eq!(applied, 1, "the retained document must not be applied");
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert_eq!(rejected(&agent.next_downlink().1), RejectCode::EkNotTrusted);
+
+    // 4. ekattestctl round trip: `config sign` on the operator's machine, then `config set`
+    // publishes the signed file as it is; the server applies it (signed after the edit).
+    std::thread::sleep(Duration::from_millis(1100));
+    let good_file = s.dir.path().join("good.yaml");
+    std::fs::write(&good_file, &good).unwrap();
+    let signed_file = s.dir.path().join("good.signed.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_ekattestctl"))
+        .args(["config", "sign", "--id", CLUSTER, "--key"])
+        .arg(&s.signer_file)
+        .arg("--out")
+        .arg(&signed_file)
+        .arg(&good_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from = server.logs.lock().unwrap().len();
+    let out = Command::new(env!("CARGO_BIN_EXE_ekattestctl"))
+        .args(["config", "set", "cluster", "--id", CLUSTER, "--broker"])
+        .arg(format!("mqtt://127.0.0.1:{}", s.port))
+        .arg(&signed_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = server.wait_msg(from, "Policy document in force");
+    assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
+    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
 }

@@ -15,10 +15,18 @@
 //! URLs of a list share one scheme and so one `tls:` block: a list mixing `mqtt://` and
 //! `mqtts://` is an error, so that losing a TLS node never sends the agent to a plaintext
 //! one. A list holds 1 to [`BROKERS_MAX`] distinct URLs.
+//!
+//! Secure defaults (issue 13): `mqtt://` to a host other than loopback (127.0.0.0/8, ::1,
+//! `localhost`) is refused, for every URL of a list and for `--broker`, unless
+//! `insecure-plaintext: true` (the MQTT client then warns, naming the host). [`Config::load`]
+//! also refuses a `password-file` or `tls.key` that group or others may read
+//! ([`check_private_file`], which gives the `chmod 600` to run); the MQTT client checks
+//! again when it reads them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ekattest_protocol::hardening::{is_loopback_host, private_mode_ok};
 use ekattest_protocol::topic::{self, Part};
 use serde::Deserialize;
 
@@ -45,6 +53,19 @@ pub enum ConfigError {
     /// Not YAML, or a key that does not exist, or a value of the wrong type.
     #[error("config: {0}")]
     Yaml(String),
+    /// A password or private key file is readable or writable by group or others.
+    #[error(
+        "config key {key}: {path} is accessible by group or others (mode {mode:04o}); run \
+         `chmod 600 {path}`"
+    )]
+    Permissions {
+        /// The key naming the file (`password-file`, `tls.key`).
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A key whose value is not acceptable.
     #[error("config key {key}: {reason}")]
     Invalid {
@@ -283,6 +304,59 @@ pub struct Config {
     pub response_timeout: Duration,
     /// `renew-before`: re-attest when this fraction of the SVID lifetime remains.
     pub renew_before: f64,
+    /// `insecure-plaintext`: allow `mqtt://` to a non-loopback host (default false).
+    pub insecure_plaintext: bool,
+}
+
+/// Refuses a password or private key file that group or others may access. A file that
+/// cannot be examined is left to the code that reads it (which names the I/O error).
+///
+/// # Errors
+/// [`ConfigError::Permissions`] with the `chmod 600` to run.
+pub fn check_private_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if !private_mode_ok(mode) {
+                return Err(ConfigError::Permissions {
+                    key,
+                    path: path.to_owned(),
+                    mode: mode & 0o7777,
+                });
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (key, path, private_mode_ok);
+    Ok(())
+}
+
+/// Refuses plaintext MQTT to a non-loopback host unless `insecure` (`insecure-plaintext`).
+fn check_plaintext<'a>(
+    brokers: impl IntoIterator<Item = &'a Broker>,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    if insecure {
+        return Ok(());
+    }
+    match brokers
+        .into_iter()
+        .find(|b| !b.tls && !is_loopback_host(&b.host))
+    {
+        Some(b) => Err(invalid(
+            "broker",
+            format!(
+                "{}: plaintext MQTT to {:?}, which is not a loopback host: the password and \
+                 every attestation message would cross the network unencrypted; use mqtts:// \
+                 with tls: {{ca: FILE}}, or set insecure-plaintext: true to accept that",
+                b.url(),
+                b.host
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +394,7 @@ struct Raw {
     retry: Option<RawRetry>,
     response_timeout: Option<String>,
     renew_before: Option<f64>,
+    insecure_plaintext: Option<bool>,
 }
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`, `500ms` ([`ekattest_protocol::duration::parse`],
@@ -351,7 +426,14 @@ impl Config {
             return Err(read(std::io::Error::other("larger than 64 KiB")));
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        Self::parse(&text)
+        let config = Self::parse(&text)?;
+        if let Some(pw) = &config.password_file {
+            check_private_file("password-file", pw)?;
+        }
+        if let Some(key) = config.tls.as_ref().and_then(|t| t.key.as_ref()) {
+            check_private_file("tls.key", key)?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates YAML text.
@@ -389,6 +471,11 @@ impl Config {
             .broker
             .map_or_else(|| vec!["mqtt://localhost:1883".to_owned()], |b| b.0);
         let (broker, fallback_brokers) = Broker::parse_list(&urls)?;
+        let insecure_plaintext = raw.insecure_plaintext.unwrap_or(false);
+        check_plaintext(
+            std::iter::once(&broker).chain(&fallback_brokers),
+            insecure_plaintext,
+        )?;
         if broker.tls && raw.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
             return Err(invalid(
                 "tls",
@@ -480,6 +567,7 @@ impl Config {
             retry,
             response_timeout,
             renew_before,
+            insecure_plaintext,
         })
     }
 }
@@ -492,13 +580,17 @@ impl Config {
 
     /// Replaces the brokers with a comma-separated list (`--broker URL[,URL...]` on the
     /// command line), checked as the config key is, including the `tls:` requirement of
-    /// `mqtts://`.
+    /// `mqtts://` and the `insecure-plaintext` rule.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the URL or the missing `tls:` block.
     pub fn set_brokers(&mut self, urls: &str) -> Result<(), ConfigError> {
         let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
         let (broker, fallback) = Broker::parse_list(&urls)?;
+        check_plaintext(
+            std::iter::once(&broker).chain(&fallback),
+            self.insecure_plaintext,
+        )?;
         if broker.tls && self.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
             return Err(invalid(
                 "tls",

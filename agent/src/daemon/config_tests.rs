@@ -199,12 +199,14 @@ fn load_reports_the_path() {
 
 #[test]
 fn broker_takes_one_url_or_a_list() {
-    let one = with("broker: mqtt://a.example:1884\n").unwrap();
+    let one = with("broker: mqtt://a.example:1884\ninsecure-plaintext: true\n").unwrap();
     assert_eq!(one.broker, Broker::parse("mqtt://a.example:1884").unwrap());
     assert!(one.fallback_brokers.is_empty());
     assert_eq!(one.brokers().count(), 1);
 
-    let list = with("broker: [mqtt://a:1883, mqtt://b, 'mqtt://[::1]:1885']\n").unwrap();
+    let list =
+        with("broker: [mqtt://a:1883, mqtt://b, 'mqtt://[::1]:1885']\ninsecure-plaintext: true\n")
+            .unwrap();
     assert_eq!(list.broker.host, "a");
     let urls: Vec<String> = list.brokers().map(Broker::url).collect();
     assert_eq!(
@@ -213,9 +215,10 @@ fn broker_takes_one_url_or_a_list() {
     );
 
     // The block form, and a one-element list, are the same key.
-    let block = with("broker:\n  - mqtt://a:1883\n  - mqtt://b:1883\n").unwrap();
+    let block =
+        with("broker:\n  - mqtt://a:1883\n  - mqtt://b:1883\ninsecure-plaintext: true\n").unwrap();
     assert_eq!(block.fallback_brokers.len(), 1);
-    let single = with("broker: [mqtt://a:1883]\n").unwrap();
+    let single = with("broker: [mqtt://a:1883]\ninsecure-plaintext: true\n").unwrap();
     assert!(single.fallback_brokers.is_empty());
 
     // mqtts lists share the tls: block (its ca is required as for one URL).
@@ -251,13 +254,17 @@ fn bad_broker_lists_name_the_problem() {
         .to_string();
     assert!(e.contains(&format!("at most {BROKERS_MAX}")), "{e}");
     let fits = &many[..BROKERS_MAX];
-    let c = with(&format!("broker: [{}]\n", fits.join(", "))).unwrap();
+    let c = with(&format!(
+        "broker: [{}]\ninsecure-plaintext: true\n",
+        fits.join(", ")
+    ))
+    .unwrap();
     assert_eq!(c.brokers().count(), BROKERS_MAX);
 }
 
 #[test]
 fn command_line_brokers_replace_the_list() {
-    let mut c = with("broker: [mqtt://a, mqtt://b]\n").unwrap();
+    let mut c = with("broker: [mqtt://a, mqtt://b]\ninsecure-plaintext: true\n").unwrap();
     c.set_brokers("mqtt://x:1, mqtt://y:2").unwrap();
     let urls: Vec<String> = c.brokers().map(Broker::url).collect();
     assert_eq!(urls, ["mqtt://x:1", "mqtt://y:2"]);
@@ -270,4 +277,98 @@ fn command_line_brokers_replace_the_list() {
     assert!(e.contains("mixes"), "{e}");
     // A refused list leaves the brokers as they were.
     assert_eq!(c.broker.port, 3);
+}
+
+#[test]
+fn plaintext_to_a_non_loopback_host_is_refused_unless_insecure_plaintext() {
+    for broker in [
+        "mqtt://10.0.2.2:1883",
+        "mqtt://broker.example",
+        "[mqtt://127.0.0.1:1883, mqtt://192.168.1.5:1883]",
+    ] {
+        let e = with(&format!("broker: {broker}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config key broker: "), "{broker}: {e}");
+        assert!(e.contains("which is not a loopback host"), "{broker}: {e}");
+        assert!(e.contains("set insecure-plaintext: true"), "{broker}: {e}");
+        let c = with(&format!("broker: {broker}\ninsecure-plaintext: true\n")).unwrap();
+        assert!(c.insecure_plaintext);
+    }
+    let e = with("broker: mqtt://10.0.2.2:1883\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"10.0.2.2\""), "{e}");
+    // Loopback and TLS need nothing.
+    for broker in [
+        "mqtt://localhost:1883",
+        "mqtt://127.0.0.1:1",
+        "'mqtt://[::1]:1883'",
+        "[mqtt://127.0.0.1:1, mqtt://127.0.0.2:2]",
+    ] {
+        let c = with(&format!("broker: {broker}\n")).unwrap();
+        assert!(!c.insecure_plaintext, "{broker}");
+    }
+    with("broker: mqtts://broker.example\ntls: {ca: /ca.pem}\n").unwrap();
+    // --broker on the command line follows the same rule.
+    let mut c = Config::parse(SEED).unwrap();
+    let e = c
+        .set_brokers("mqtt://10.1.1.1:1883")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a loopback host"), "{e}");
+    assert_eq!(c.broker.host, "localhost");
+    c.insecure_plaintext = true;
+    c.set_brokers("mqtt://10.1.1.1:1883").unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    let key = dir.path().join("client.key");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::write(&key, "key").unwrap();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{SEED}broker: mqtts://127.0.0.1:8883\ntls: {{ca: /ca.pem, cert: /c.pem, key: {}}}\n\
+             username: dev\npassword-file: {}\n",
+            key.display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let set = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set(&pw, 0o640);
+    set(&key, 0o600);
+    let e = Config::load(&config).unwrap_err().to_string();
+    assert!(e.starts_with("config key password-file: "), "{e}");
+    assert!(e.contains("(mode 0640)"), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", pw.display())),
+        "{e}"
+    );
+    set(&pw, 0o600);
+    set(&key, 0o604);
+    let e = Config::load(&config).unwrap_err().to_string();
+    assert!(e.starts_with("config key tls.key: "), "{e}");
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", key.display())),
+        "{e}"
+    );
+    set(&key, 0o400);
+    let c = Config::load(&config).unwrap();
+    // The MQTT client checks again when it reads the file.
+    set(&pw, 0o644);
+    let e = crate::daemon::mqtt::client(&c, &c.broker, "ek-1")
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("chmod 600 {}", pw.display())), "{e}");
 }

@@ -6,7 +6,10 @@
 //! a list shares the scheme and the `tls:` files, so the TLS configuration is the same for
 //! all of them; only the server name checked against the certificate differs).
 //!
-//! Credentials come from files named in the config; the password is never logged.
+//! Credentials come from files named in the config; the password is never logged. The
+//! password file and the TLS client key are refused if group or others may read them
+//! ([`check_private_file`]), and a plaintext connection to a non-loopback host (allowed only
+//! by `insecure-plaintext: true`) is logged as a warning naming the host.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +21,9 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::config::{Broker, Config};
+use ekattest_protocol::hardening::is_loopback_host;
+
+use super::config::{Broker, Config, check_private_file};
 
 /// MQTT keepalive.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -62,6 +67,13 @@ pub fn client(
     broker: &Broker,
     agent_id: &str,
 ) -> Result<(Client, Connection), MqttError> {
+    if !broker.tls && !is_loopback_host(&broker.host) {
+        log::warn!(
+            "INSECURE: plaintext MQTT to non-loopback host {} (insecure-plaintext: true): the \
+             password and attestation messages cross the network unencrypted",
+            broker.host
+        );
+    }
     let mut options = MqttOptions::new(agent_id, broker.host.clone(), broker.port);
     options
         .set_clean_session(true)
@@ -84,6 +96,7 @@ pub fn client(
 }
 
 fn read_password(path: &Path) -> Result<String, MqttError> {
+    check_private_file("password-file", path).map_err(|e| file_error("password-file", path, e))?;
     let text = std::fs::read_to_string(path).map_err(|e| file_error("password-file", path, e))?;
     if text.len() > 4096 {
         return Err(file_error("password-file", path, "longer than 4 KiB"));
@@ -124,6 +137,7 @@ pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig, MqttError> {
                 .map_err(|e| file_error("tls.cert", cert, e))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| file_error("tls.cert", cert, e))?;
+            check_private_file("tls.key", key).map_err(|e| file_error("tls.key", key, e))?;
             let key_der =
                 PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("tls.key", key, e))?;
             builder

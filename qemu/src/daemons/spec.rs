@@ -58,6 +58,10 @@ pub struct ServerSpec {
     /// `bus: nats` with these `nats-url`s when not empty (then `broker` is left out);
     /// empty: `bus` unset (MQTT on `broker`).
     pub nats_urls: Vec<String>,
+    /// `policy-topic: true` when set (signed documents on the config topic).
+    pub policy_topic: bool,
+    /// `policy-signers`: PEM public keys of the operators who sign policy documents.
+    pub policy_signers: Vec<PathBuf>,
 }
 
 impl ServerSpec {
@@ -92,6 +96,8 @@ impl ServerSpec {
             login_burst: None,
             agent_id_from_ek: None,
             nats_urls: Vec::new(),
+            policy_topic: false,
+            policy_signers: Vec::new(),
         }
     }
 
@@ -153,6 +159,17 @@ impl ServerSpec {
         }
         if let Some(n) = self.workers {
             m.insert("workers".into(), Value::from(n as u64));
+        }
+        if self.policy_topic {
+            m.insert("policy-topic".into(), Value::Bool(true));
+        }
+        if !self.policy_signers.is_empty() {
+            let signers = self
+                .policy_signers
+                .iter()
+                .map(|p| path_str(p).map(Value::from))
+                .collect::<Result<Vec<_>>>()?;
+            m.insert("policy-signers".into(), Value::Sequence(signers));
         }
         render(&m)
     }

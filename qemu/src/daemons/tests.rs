@@ -34,6 +34,8 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
     s.workers = Some(3);
     s.max_sessions = Some(100);
     s.agent_id_from_ek = Some(false);
+    s.policy_topic = true;
+    s.policy_signers = vec![PathBuf::from("/tmp/signer.pub")];
     let doc: Value = serde_yaml::from_str(&s.to_yaml().unwrap()).unwrap();
     assert_eq!(key(&doc, "broker").as_str(), Some("mqtts://localhost:8883"));
     assert_eq!(
@@ -65,8 +67,13 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(files, ["/tmp/a.yaml", "/tmp/b.yaml"]);
+    assert_eq!(key(&doc, "policy-topic").as_bool(), Some(true));
+    assert_eq!(
+        key(&doc, "policy-signers").as_sequence().unwrap()[0].as_str(),
+        Some("/tmp/signer.pub")
+    );
     let keys = doc.as_mapping().unwrap().len();
-    assert_eq!(keys, 18, "{doc:?}");
+    assert_eq!(keys, 20, "{doc:?}");
 }
 
 #[test]

@@ -338,6 +338,8 @@ fn run_in(
     let ca_key = dir.join("svid-ca.key");
     write(&ca_cert, &ca_pem)?;
     write(&ca_key, &key_pem)?;
+    // The server refuses a CA key that group or others may read.
+    crate::process::make_private(&ca_key).map_err(|e| e.to_string())?;
     let policy_file = dir.join("policy.yaml");
     write(
         &policy_file,

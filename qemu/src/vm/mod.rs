@@ -329,6 +329,8 @@ fn run_in(
     let ca_key = dir.join("svid-ca.key");
     write(&ca_cert, &ca_pem)?;
     write(&ca_key, &key_pem)?;
+    // The server refuses a CA key that group or others may read.
+    crate::process::make_private(&ca_key).map_err(|e| e.to_string())?;
     let policy_file = dir.join("policy.yaml");
     let root = String::from_utf8_lossy(&read(ca.root_cert_pem())?).into_owned();
     let inter = String::from_utf8_lossy(&read(ca.intermediate_cert_pem())?).into_owned();
@@ -353,6 +355,9 @@ fn run_in(
         "broker".into(),
         format!("mqtt://10.0.2.2:{}", broker.port()).into(),
     );
+    // The host's loopback broker is 10.0.2.2 to the guest, which is not loopback: the VM lab
+    // accepts plaintext explicitly (the agent warns about it at start).
+    overrides.insert("insecure-plaintext".into(), true.into());
     let config = board
         .render_agent_config_with(CLUSTER, &overrides)
         .map_err(|e| e.to_string())?;

@@ -2,7 +2,7 @@
 //!
 //! A thin shell: it parses arguments, reads files, calls the `ekattest_server` library and
 //! maps results to exit codes. Only `config set` talks to the network (the MQTT broker);
-//! only `ca create` writes files.
+//! only `ca create`, `config keygen` and `config sign --out` write files.
 //!
 //! Exit status: 0 success (hash printed, document valid, EK accepted); 1 the input was judged
 //! and rejected (invalid document for `config validate`, EK rejected, file holds no
@@ -13,6 +13,8 @@
 mod ca;
 #[path = "ekattestctl/config_set.rs"]
 mod config_set;
+#[path = "ekattestctl/config_sign.rs"]
+mod config_sign;
 #[path = "ekattestctl/files.rs"]
 mod files;
 #[path = "ekattestctl/verify.rs"]
@@ -31,8 +33,11 @@ ekattestctl: offline ekattest operator commands
 Usage:
   ekattestctl ek-hash FILE
   ekattestctl config validate FILE
-  ekattestctl config set cluster --id ID FILE [--broker URL] [--tls-ca PEM]
-                        [--username U --password-file F] [--topic-prefix P]
+  ekattestctl config sign --key KEY.pem --id ID FILE [--out OUT]
+  ekattestctl config keygen --out DIR [--name NAME] [--force]
+  ekattestctl config set cluster --id ID FILE --sign-key KEY.pem [--broker URL]
+                        [--tls-ca PEM] [--username U --password-file F]
+                        [--topic-prefix P] [--insecure-plaintext]
   ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
                         [--trust-domain TD] [--json]
   ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key [--days N]
@@ -44,8 +49,10 @@ Usage:
 Commands:
   ek-hash           print the tpm_ek.public_hash of an EK certificate or public key
   config validate   check an AgentAttestation document and summarize it
-  config set        validate a document, then publish it retained on the cluster's
-                    config topic (every server applies it without restart)
+  config sign       validate a document and sign it for one cluster (policy-topic)
+  config keygen     make the ECDSA P-256 key pair that signs policy documents
+  config set        validate and sign a document, then publish it retained on the
+                    cluster's config topic (servers with policy-topic: true apply it)
   ek verify         run EK validation against a document's tpm_ek policy
   ca create         create the trust domain's SVID CA (certificate = agents' trust
                     bundle, key 0600 for the server)
@@ -69,7 +76,10 @@ certificate or public key is used.
 
 const CONFIG_USAGE: &str = "\
 Usage: ekattestctl config validate FILE
-       ekattestctl config set cluster --id ID FILE ...   (see `config set --help`)
+       ekattestctl config sign --key KEY.pem --id ID FILE [--out OUT]
+       ekattestctl config keygen --out DIR
+       ekattestctl config set cluster --id ID FILE --sign-key KEY.pem ...
+       (see `config sign|keygen|set --help`)
 
 Parses and validates an AgentAttestation document (every certificate, hash and
 template) and prints a summary and any warnings. Exit 0 if valid, 1 if not (the error
@@ -141,7 +151,9 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                     Ok(config_validate(&file))
                 }
                 Some(sub) if sub == "set" => config_set::run(&mut parser),
-                Some(sub) => Err(unknown("config", &sub, "validate|set")),
+                Some(sub) if sub == "sign" => config_sign::sign(&mut parser),
+                Some(sub) if sub == "keygen" => config_sign::keygen(&mut parser),
+                Some(sub) => Err(unknown("config", &sub, "validate|sign|keygen|set")),
             },
             Some("ek") => match subcommand(&mut parser, VERIFY_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),

@@ -4,9 +4,14 @@
 //! YAML with kebab-case keys; unknown keys are errors naming the key, and every error names
 //! the file and the key. Relative paths are resolved against the folder of the config file.
 //! The policy documents themselves (`AgentAttestation`) are not parsed here: see
-//! [`crate::config`]. This module reads the password file but never logs or prints the
-//! password ([`Password`]'s `Debug` is redacted). A commented example is
-//! `deploy/server.yaml`.
+//! [`crate::config`]. This module reads the password file and the `policy-signers` public
+//! keys, but never logs or prints the password ([`Password`]'s `Debug` is redacted). A
+//! commented example is `deploy/server.yaml`.
+//!
+//! Secure defaults (issue 13): a plaintext bus (`mqtt://`, or `nats://` with `bus: nats`) to a
+//! host other than loopback is refused unless `insecure-plaintext: true`; the password file,
+//! `ca-key` and `tls.key` must not be readable by group or others (the error gives the
+//! `chmod 600` to run); `policy-topic: true` needs `policy-signers`.
 
 use std::fmt;
 use std::io::Read;
@@ -14,10 +19,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ekattest_protocol::hardening::{is_loopback_host, private_mode_ok};
 use ekattest_protocol::topic::{self, Part};
 use serde::Deserialize;
 
 use super::ratelimit::LoginLimit;
+use crate::config::signed::Signers;
 use crate::session::SessionConfig;
 
 /// Largest server config file read, in bytes.
@@ -53,6 +60,21 @@ pub enum ServerConfigError {
         /// serde_yaml's message (names the key and line).
         #[source]
         source: serde_yaml::Error,
+    },
+    /// A password or private key file is readable or writable by group or others.
+    #[error(
+        "{file}: {key}: {path} is accessible by group or others (mode {mode:04o}); run \
+         `chmod 600 {path}`"
+    )]
+    Permissions {
+        /// The config file.
+        file: PathBuf,
+        /// The key naming the file (`password-file`, `ca-key`, `tls.key`).
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A key's value is not acceptable.
     #[error("{file}: {key}: {message}")]
@@ -282,9 +304,73 @@ pub struct ServerConfig {
     /// `login-burst` and `login-interval`: the per-agent login rate limit (default 3 logins
     /// at once, then one per 10s; `login-burst: 0` disables it).
     pub login_limit: LoginLimit,
-    /// `agent-id-from-ek` (default true): a Login's agent id must be `ek-` + 32 hex digits of
-    /// its EK's public_hash.
+    /// `insecure-plaintext`: allow `mqtt://` (or `nats://`) to a non-loopback host (default
+    /// false; the daemon warns at start when it is used).
+    pub insecure_plaintext: bool,
+    /// `policy-topic`: take signed policy documents from `{p}/{cluster}/config` (default
+    /// false: the server does not subscribe to it at all).
+    pub policy_topic: bool,
+    /// `policy-signers`: the public keys a config-topic document must be signed by
+    /// (required with `policy-topic: true`).
+    pub policy_signers: Signers,
+    /// `agent-id-from-ek`: require the agent id to be the one derived from the EK (`ek-` +
+    /// hash prefix); default true.
     pub agent_id_from_ek: bool,
+}
+
+impl ServerConfig {
+    /// The bus hosts reached in plaintext that are not loopback (allowed only with
+    /// `insecure-plaintext: true`; the daemon warns about each at start).
+    pub fn plaintext_hosts(&self) -> Vec<String> {
+        plaintext_hosts(&self.bus, &self.broker)
+    }
+}
+
+fn plaintext_hosts(bus: &Bus, broker: &Broker) -> Vec<String> {
+    let hosts = match bus {
+        Bus::Mqtt => vec![broker.clone()],
+        Bus::Nats { urls } => urls.iter().filter_map(|u| parse_nats_url(u).ok()).collect(),
+    };
+    hosts
+        .into_iter()
+        .filter(|b| !b.tls && !is_loopback_host(&b.host))
+        .map(|b| b.host)
+        .collect()
+}
+
+/// Refuses a password or private key file that group or others may access. A file that
+/// cannot be examined is left to the code that reads it (which names the I/O error).
+///
+/// # Errors
+/// [`ServerConfigError::Permissions`] with the `chmod 600` to run.
+pub fn check_private_file(
+    config: &Path,
+    key: &'static str,
+    path: &Path,
+) -> Result<(), ServerConfigError> {
+    match private_file_mode(path) {
+        Some(mode) if !private_mode_ok(mode) => Err(ServerConfigError::Permissions {
+            file: config.to_owned(),
+            key,
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The permission bits of `path` (following symlinks), if it can be examined.
+pub fn private_file_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// The file's shape, as serde reads it.
@@ -333,7 +419,17 @@ struct RawConfig {
     #[serde(default)]
     login_interval: Option<String>,
     #[serde(default)]
-    agent_id_from_ek: Option<bool>,
+    insecure_plaintext: bool,
+    #[serde(default)]
+    policy_topic: bool,
+    #[serde(default)]
+    policy_signers: Vec<PathBuf>,
+    #[serde(default = "yes")]
+    agent_id_from_ek: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,6 +508,22 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
     let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
 
     let (bus, broker) = bus_and_broker(&raw, &invalid)?;
+    if !raw.insecure_plaintext
+        && let Some(host) = plaintext_hosts(&bus, &broker).first()
+    {
+        let (key, fix) = match bus {
+            Bus::Mqtt => ("broker", "use mqtts:// with tls.ca"),
+            Bus::Nats { .. } => ("nats-url", "use tls:// with tls.ca"),
+        };
+        return Err(invalid(
+            key,
+            format!(
+                "plaintext connection to {host:?}, which is not a loopback host: credentials, \
+                 Logins and policy documents would cross the network unencrypted; {fix}, or \
+                 set insecure-plaintext: true to accept that"
+            ),
+        ));
+    }
     let tls = match raw.tls {
         None => TlsFiles::default(),
         Some(t) => TlsFiles {
@@ -447,6 +559,20 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
             "tls.cert and tls.key go together: set both or neither".to_owned(),
         ));
     }
+    if let Some(key) = &tls.key {
+        check_private_file(file, "tls.key", key)?;
+    }
+    let ca_key = resolve(raw.ca_key);
+    check_private_file(file, "ca-key", &ca_key)?;
+    let policy_signers = signers(file, &raw.policy_signers, &resolve)?;
+    if raw.policy_topic && policy_signers.is_empty() {
+        return Err(invalid(
+            "policy-signers",
+            "policy-topic: true needs policy-signers: [PEM public key files] (make a key pair \
+             with `ekattestctl config keygen`); or set policy-topic: false"
+                .to_owned(),
+        ));
+    }
     let password = match raw.password_file.map(resolve) {
         None => None,
         Some(path) => {
@@ -456,6 +582,7 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
                     "set without username; set username too".to_owned(),
                 ));
             }
+            check_private_file(file, "password-file", &path)?;
             let password = Password::read(&path).map_err(|source| ServerConfigError::Read {
                 file: file.to_owned(),
                 what: "password-file",
@@ -602,7 +729,7 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         topic_prefix,
         trust_domain: raw.trust_domain,
         ca_cert: resolve(raw.ca_cert),
-        ca_key: resolve(raw.ca_key),
+        ca_key,
         svid_ttl,
         sessions: SessionConfig { ttl, max_sessions },
         metrics_address,
@@ -615,8 +742,42 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
             interval: login_interval,
             table: limit_defaults.table,
         },
-        agent_id_from_ek: raw.agent_id_from_ek.unwrap_or(true),
+        insecure_plaintext: raw.insecure_plaintext,
+        policy_topic: raw.policy_topic,
+        policy_signers,
+        agent_id_from_ek: raw.agent_id_from_ek,
     })
+}
+
+/// Most `policy-signers` entries.
+pub const POLICY_SIGNERS_MAX: usize = 16;
+
+/// Reads `policy-signers` (PEM public keys of ECDSA P-256).
+fn signers(
+    file: &Path,
+    paths: &[PathBuf],
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Signers, ServerConfigError> {
+    if paths.len() > POLICY_SIGNERS_MAX {
+        return Err(ServerConfigError::Invalid {
+            file: file.to_owned(),
+            key: "policy-signers",
+            message: format!("{} files; at most {POLICY_SIGNERS_MAX}", paths.len()),
+        });
+    }
+    let mut signers = Signers::new();
+    for p in paths {
+        let path = resolve(p.clone());
+        let text = read_limited(file, &path, "policy-signers file")?;
+        signers
+            .add_pem(text.as_bytes())
+            .map_err(|e| ServerConfigError::Invalid {
+                file: file.to_owned(),
+                key: "policy-signers",
+                message: format!("{}: {e}", path.display()),
+            })?;
+    }
+    Ok(signers)
 }
 
 type Invalid<'a> = dyn Fn(&'static str, String) -> ServerConfigError + 'a;

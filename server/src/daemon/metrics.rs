@@ -2,7 +2,7 @@
 //! text exposition format 0.0.4, and a minimal HTTP/1.1 responder for `GET /metrics`.
 //!
 //! Every label set is closed (attestor type, outcome, a reason from the closed
-//! [`RejectCode`] set, a frame-rejection reason, a reload result) and every series is
+//! [`RejectCode`] set, a frame-rejection reason, a reload result, a document-refusal reason) and every series is
 //! registered up front, so a scrape shows zeros before the first event and no device ever
 //! adds a series. The responder reads at most [`REQUEST_MAX`] bytes per request, answers
 //! one request per connection, and never blocks the attestation path.
@@ -134,6 +134,56 @@ impl Histogram {
     }
 }
 
+/// Why a config-topic policy document was refused before its content was parsed
+/// (`attestation_policy_documents_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentRefusal {
+    /// No signature trailer.
+    Unsigned,
+    /// A trailer that does not parse, or an oversized payload.
+    Malformed,
+    /// Signed for another cluster.
+    WrongCluster,
+    /// Signed by a key that is not in `policy-signers`.
+    UnknownSigner,
+    /// The signature does not verify.
+    BadSignature,
+    /// Issued before the config-topic document in force.
+    Stale,
+    /// Issued before the policy files last changed.
+    OlderThanFiles,
+    /// Issued too far in the future (the signer's clock is wrong).
+    Future,
+}
+
+impl DocumentRefusal {
+    /// Every reason, in exposition order.
+    pub const ALL: [Self; 8] = [
+        Self::Unsigned,
+        Self::Malformed,
+        Self::WrongCluster,
+        Self::UnknownSigner,
+        Self::BadSignature,
+        Self::Stale,
+        Self::OlderThanFiles,
+        Self::Future,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::Malformed => "malformed",
+            Self::WrongCluster => "wrong_cluster",
+            Self::UnknownSigner => "unknown_signer",
+            Self::BadSignature => "bad_signature",
+            Self::Stale => "stale",
+            Self::OlderThanFiles => "older_than_files",
+            Self::Future => "future",
+        }
+    }
+}
+
 /// All of the daemon's metrics. Shared as `Arc<Metrics>`; every method is lock-free.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -148,6 +198,7 @@ pub struct Metrics {
     pub answer_duration: Histogram,
     reloads_applied: AtomicU64,
     reloads_invalid: AtomicU64,
+    documents_refused: [AtomicU64; DocumentRefusal::ALL.len()],
     frame_bytes_in: AtomicU64,
     frame_bytes_out: AtomicU64,
 }
@@ -207,6 +258,13 @@ impl Metrics {
             &self.reloads_invalid
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A config-topic document refused before its content was considered.
+    pub fn document_refused(&self, why: DocumentRefusal) {
+        if let Some(c) = self.documents_refused.get(why as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -283,6 +341,19 @@ impl Metrics {
             "attestation_policy_reloads_total{{result=\"invalid\"}} {}",
             load(&self.reloads_invalid)
         );
+        out.push_str(
+            "# HELP attestation_policy_documents_refused_total Config-topic policy documents \
+             refused before parsing (signature, cluster, ordering), by reason.\n\
+             # TYPE attestation_policy_documents_refused_total counter\n",
+        );
+        for why in DocumentRefusal::ALL {
+            let n = self.documents_refused.get(why as usize).map_or(0, load);
+            let _ = writeln!(
+                out,
+                "attestation_policy_documents_refused_total{{reason=\"{}\"}} {n}",
+                why.as_str()
+            );
+        }
         out.push_str(
             "# HELP attestation_frame_bytes_total Payload bytes of frames received (in) and published (out).\n\
              # TYPE attestation_frame_bytes_total counter\n",

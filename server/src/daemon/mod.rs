@@ -42,7 +42,7 @@ use self::bus::Connection;
 use self::config::{Bus, ServerConfig};
 use self::handler::{Handler, Job, Outbox};
 use self::metrics::Metrics;
-use self::reload::{Decision, Inbox, PolicyState, Reloader, Source};
+use self::reload::{Decision, Inbox, PolicyState, Reloader, TopicRules};
 use self::router::{Refusals, Router, drain, drive};
 use crate::attest::Attestor;
 use crate::config::{ConfigError, MAX_DOCUMENT_BYTES};
@@ -140,17 +140,25 @@ pub fn load(config: &ServerConfig) -> Result<Loaded, DaemonError> {
     }
     Attestor::new(&config.node_id, Some(&config.trust_domain), config.sessions)
         .map_err(DaemonError::Node)?;
-    let mut reloader = Reloader::new();
+    let mut reloader = if config.policy_topic {
+        Reloader::with_topic(TopicRules {
+            cluster: config.cluster_id.clone(),
+            signers: config.policy_signers.clone(),
+        })
+    } else {
+        Reloader::new()
+    };
     let initial = if config.policy_files.is_empty() {
         None
     } else {
         let files = files_label(&config.policy_files);
+        let modified = reload::newest_modification(&config.policy_files);
         let parts =
             reload::read_files(&config.policy_files).map_err(|source| DaemonError::Policy {
                 files: files.clone(),
                 source,
             })?;
-        match reloader.consider(Source::Files, &parts) {
+        match reloader.consider_files(&parts, modified) {
             Decision::Invalid { error, .. } => {
                 return Err(DaemonError::Policy {
                     files,
@@ -233,10 +241,33 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
     let files = files_label(&config.policy_files);
     if let Some(decision) = &loaded.initial {
         reload::apply(decision, &files, &policy, &metrics);
-    } else {
+    } else if config.policy_topic {
         log::warn!(
-            "no policy-files configured: every Login is rejected until a document arrives on \
-             the config topic (ekattestctl config set cluster)"
+            "no policy-files configured: every Login is rejected until a signed document \
+             arrives on the config topic (ekattestctl config set cluster --sign-key)"
+        );
+    } else {
+        log::error!(
+            "no policy-files configured and policy-topic is false: every Login is rejected; \
+             set policy-files (or policy-topic: true with policy-signers)"
+        );
+    }
+    for host in config.plaintext_hosts() {
+        log::warn!(
+            host = host.as_str();
+            "INSECURE: plaintext connection to non-loopback host {host} (insecure-plaintext: \
+             true); credentials, Logins and policy documents cross the network unencrypted"
+        );
+    }
+    if config.policy_topic {
+        log::info!(
+            signers = config.policy_signers.len();
+            "policy-topic is true: signed policy documents on the config topic are applied"
+        );
+    } else {
+        log::info!(
+            "policy-topic is false: the config topic is not subscribed; policy comes from \
+             policy-files only"
         );
     }
     let metrics_listener = match config.metrics_address {
@@ -329,6 +360,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
                 &config.topic_prefix,
                 &config.cluster_id,
                 &config.node_id,
+                config.policy_topic,
             )
             .await?;
             (replies, Some(subs))
@@ -339,6 +371,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         jobs,
         capacity,
         inbox: Arc::clone(&inbox),
+        policy_topic: config.policy_topic,
         metrics: Arc::clone(&metrics),
         prefix: config.topic_prefix.clone(),
         cluster: config.cluster_id.clone(),

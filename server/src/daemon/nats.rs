@@ -10,7 +10,7 @@
 //! `ekattest.v1.c-1.agents.ek-ab.down` reaches the agent's MQTT subscription. Logins use
 //! the queue group [`SHARE_GROUP`] (NATS-native work splitting, which works across cluster
 //! nodes where nats-server's MQTT `$share` does not); answers use this node's own subject;
-//! every server subscribes to the config subject (live documents only: MQTT retained
+//! with `policy-topic: true` every server subscribes to the config subject (live documents only: MQTT retained
 //! messages are not replayed to NATS subscribers, so use policy-files or set the document
 //! while servers run).
 //!
@@ -178,10 +178,12 @@ fn log_event(event: &Event) {
 pub(super) struct Subscriptions {
     logins: Subscriber,
     answers: Subscriber,
-    config: Subscriber,
+    /// Only with `policy-topic: true`.
+    config: Option<Subscriber>,
 }
 
-/// Subscribes the queue group for logins, this node's answers and the config subject, and
+/// Subscribes the queue group for logins, this node's answers and (with `policy_topic`) the
+/// config subject, and
 /// returns the receive loop's refusal sender (its publishing task runs until the client
 /// closes).
 ///
@@ -192,6 +194,7 @@ pub(super) async fn subscribe(
     prefix: &str,
     cluster: &str,
     node: &str,
+    policy_topic: bool,
 ) -> Result<(Subscriptions, Box<dyn Refusals>), DaemonError> {
     let topics = Topics::new(prefix, cluster).map_err(|e| DaemonError::Node(e.to_string()))?;
     let subject = |t: Result<ekattest_protocol::topic::Topic, _>| {
@@ -208,7 +211,11 @@ pub(super) async fn subscribe(
             .await
             .map_err(err)?,
         answers: client.subscribe(answers).await.map_err(err)?,
-        config: client.subscribe(config).await.map_err(err)?,
+        config: if policy_topic {
+            Some(client.subscribe(config).await.map_err(err)?)
+        } else {
+            None
+        },
     };
     let (tx, mut rx) = mpsc::channel::<(String, Vec<u8>)>(REFUSAL_QUEUE);
     let publisher = client.clone();
@@ -231,10 +238,18 @@ pub(super) async fn drive(router: Router, mut subs: Subscriptions) {
             () = &mut shutdown => return,
             Some(m) = subs.logins.next() => m,
             Some(m) = subs.answers.next() => m,
-            Some(m) = subs.config.next() => m,
+            Some(m) = next_config(&mut subs.config) => m,
             else => return,
         };
         route(&router, &message);
+    }
+}
+
+/// The next config-subject message, or never without the subscription.
+async fn next_config(config: &mut Option<Subscriber>) -> Option<Message> {
+    match config {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

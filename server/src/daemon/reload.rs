@@ -2,23 +2,46 @@
 //! the thread that watches the policy files and the retained config topic.
 //!
 //! Two sources feed one [`Reloader`]: the `policy-files` (checked every `reload-interval`
-//! by modification time and size, merged into one document) and the payload of
-//! `{p}/{cluster}/config` (a whole AgentAttestation document). A source is considered only
-//! when its bytes change (SHA-256), so a retained message re-delivered on reconnect is a
-//! no-op; a valid new document replaces the one in force (latest applied wins, whichever
-//! source); an invalid one is logged with the seed's message and the previous document stays.
-//! The document in force is an `Arc<Document>` behind a lock held only to clone the `Arc`:
-//! a login in flight keeps the document it started with. Never panics on a document.
+//! by modification time and size, merged into one document) and, only with `policy-topic:
+//! true`, the payload of `{p}/{cluster}/config`: an AgentAttestation document in a signed
+//! envelope ([`crate::config::signed`]). A source is considered only when its bytes change
+//! (SHA-256), so a retained message re-delivered on reconnect is a no-op; a valid new
+//! document replaces the one in force; an invalid one is logged with the seed's message and
+//! the previous document stays.
+//!
+//! A config-topic document must pass, in this order, before its content is even parsed
+//! (each refusal is logged with what failed and what to do, counted in
+//! `attestation_policy_documents_refused_total{reason}`, and leaves the document in force):
+//!
+//! 1. the envelope decodes (`unsigned`, `malformed`);
+//! 2. it is signed for this server's cluster (`wrong_cluster`) by a key of `policy-signers`
+//!    (`unknown_signer`, `bad_signature`);
+//! 3. its signed issue time is at most [`MAX_CLOCK_SKEW`] ahead of this server's clock
+//!    (`future`: a document from the future would outrank every later file edit);
+//! 4. it is not older than the config-topic document applied before it (`stale`: a replayed
+//!    old document cannot roll the policy back);
+//! 5. it was issued in a later second than the newest modification time of the policy files
+//!    (`older_than_files`): a document from the topic never overrides a policy file that
+//!    changed later, also after a restart, when the broker re-delivers the retained document
+//!    (a tie in the same second goes to the files).
+//!
+//! A file change is always applied (the operator on the machine wins). The document in force
+//! is an `Arc<Document>` behind a lock held only to clone the `Arc`: a login in flight keeps
+//! the document it started with. Never panics on a document.
 
 use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::metrics::Metrics;
+use super::metrics::{DocumentRefusal, Metrics};
+use crate::config::signed::{Envelope, EnvelopeError, Signers, utc};
 use crate::config::{ConfigError, Document, MAX_DOCUMENT_BYTES};
+
+/// Longest a config-topic document's issue time may lie ahead of this server's clock.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// The document in force, shared by the workers and the reload thread.
 #[derive(Debug, Default)]
@@ -40,15 +63,6 @@ impl PolicyState {
     }
 }
 
-/// Where a document came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The `policy-files`, merged.
-    Files,
-    /// The retained payload of the cluster's config topic.
-    Topic,
-}
-
 /// What [`Reloader::consider`] did.
 #[derive(Debug)]
 pub enum Decision {
@@ -68,23 +82,59 @@ pub enum Decision {
         /// The SHA-256 of the document still in force.
         previous: Option<String>,
     },
+    /// A config-topic document refused before its content was parsed (signature, cluster,
+    /// ordering); the previous document (if any) stays in force.
+    Refused {
+        /// Lowercase hex SHA-256 of the whole payload received.
+        sha256: String,
+        /// The metric reason.
+        reason: DocumentRefusal,
+        /// What failed and what to do.
+        message: String,
+        /// The SHA-256 of the document still in force.
+        previous: Option<String>,
+    },
     /// These bytes were already considered from this source, or are the document in force:
     /// nothing to do.
     Unchanged,
 }
 
-/// The reload decision, without I/O: per-source change detection and the document in force.
+/// What a config-topic document must satisfy besides being valid (`policy-topic: true`).
+#[derive(Debug, Clone)]
+pub struct TopicRules {
+    /// This server's `cluster-id`.
+    pub cluster: String,
+    /// `policy-signers`.
+    pub signers: Signers,
+}
+
+/// The reload decision, without I/O: per-source change detection, the signature and
+/// ordering rules of config-topic documents, and the document in force.
 #[derive(Debug, Default)]
 pub struct Reloader {
     in_force: Option<String>,
     last_files: Option<[u8; 32]>,
     last_topic: Option<[u8; 32]>,
+    /// `None`: `policy-topic: false`, every topic document is refused.
+    topic: Option<TopicRules>,
+    /// Newest modification time of the policy files when they were last read.
+    files_modified: Option<SystemTime>,
+    /// Issue time of the last config-topic document applied.
+    topic_issued: Option<u64>,
 }
 
 impl Reloader {
-    /// A reloader with no document in force.
+    /// A reloader with no document in force that accepts policy files only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reloader that also accepts config-topic documents signed under `rules`.
+    pub fn with_topic(rules: TopicRules) -> Self {
+        Self {
+            topic: Some(rules),
+            ..Self::default()
+        }
     }
 
     /// The SHA-256 (hex) of the document in force.
@@ -92,24 +142,121 @@ impl Reloader {
         self.in_force.as_deref()
     }
 
-    /// Considers `parts` from `source` (one entry per policy file, labelled by its path; one
-    /// entry for the topic). The bytes hashed are the parts concatenated in order, so a
-    /// single file's hash equals `sha256sum FILE`.
-    pub fn consider(&mut self, source: Source, parts: &[(String, Vec<u8>)]) -> Decision {
+    /// Considers the policy files' `parts` (one entry per file, labelled by its path), read
+    /// when the newest of their modification times was `modified`. The bytes hashed are the
+    /// parts concatenated in order, so a single file's hash equals `sha256sum FILE`.
+    pub fn consider_files(
+        &mut self,
+        parts: &[(String, Vec<u8>)],
+        modified: Option<SystemTime>,
+    ) -> Decision {
+        if modified.is_some() {
+            self.files_modified = modified;
+        }
         let mut hasher = Sha256::new();
         for (_, bytes) in parts {
             hasher.update(bytes);
         }
         let digest: [u8; 32] = hasher.finalize().into();
-        let last = match source {
-            Source::Files => &mut self.last_files,
-            Source::Topic => &mut self.last_topic,
-        };
-        if *last == Some(digest) {
+        if self.last_files == Some(digest) {
             return Decision::Unchanged;
         }
-        *last = Some(digest);
-        let sha256 = hex::encode(digest);
+        self.last_files = Some(digest);
+        self.consider_document(hex::encode(digest), parts)
+    }
+
+    /// Considers a config-topic `payload` received at `now`: checks the envelope, its
+    /// signature and its issue time ([module docs](self)), then the document.
+    pub fn consider_topic(&mut self, payload: &[u8], now: SystemTime) -> Decision {
+        let digest: [u8; 32] = Sha256::digest(payload).into();
+        if self.last_topic == Some(digest) {
+            return Decision::Unchanged;
+        }
+        self.last_topic = Some(digest);
+        let refuse = |reason: DocumentRefusal, message: String, previous: Option<String>| {
+            Decision::Refused {
+                sha256: hex::encode(digest),
+                reason,
+                message,
+                previous,
+            }
+        };
+        let previous = self.in_force.clone();
+        let Some(rules) = &self.topic else {
+            return refuse(
+                DocumentRefusal::Unsigned,
+                "policy-topic is false: config-topic documents are not accepted".to_owned(),
+                previous,
+            );
+        };
+        let envelope = match Envelope::decode(payload) {
+            Ok(e) => e,
+            Err(e) => return refuse(refusal(&e), e.to_string(), previous),
+        };
+        if let Err(e) = rules.signers.verify(&envelope, &rules.cluster) {
+            return refuse(refusal(&e), e.to_string(), previous);
+        }
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let issued = envelope.issued;
+        if issued > now_secs.saturating_add(MAX_CLOCK_SKEW.as_secs()) {
+            return refuse(
+                DocumentRefusal::Future,
+                format!(
+                    "document issued at {} ({issued}), more than {} s after this server's clock \
+                     ({}); check the clock of the machine that signed it and sign it again",
+                    utc(issued),
+                    MAX_CLOCK_SKEW.as_secs(),
+                    utc(now_secs)
+                ),
+                previous,
+            );
+        }
+        if let Some(in_force) = self.topic_issued
+            && issued < in_force
+        {
+            return refuse(
+                DocumentRefusal::Stale,
+                format!(
+                    "document issued at {} ({issued}) is older than the config-topic document \
+                     in force (issued {} ({in_force})); a replayed old document cannot roll the \
+                     policy back: sign the document again to apply it",
+                    utc(issued),
+                    utc(in_force)
+                ),
+                previous,
+            );
+        }
+        if let Some(modified) = self.files_modified {
+            let files_secs = modified
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if issued <= files_secs {
+                return refuse(
+                    DocumentRefusal::OlderThanFiles,
+                    format!(
+                        "document issued at {} ({issued}) is not newer than the policy files \
+                         (last modified {} ({files_secs})); the files stay in force: sign the \
+                         document again to override them, or edit the files",
+                        utc(issued),
+                        utc(files_secs)
+                    ),
+                    previous,
+                );
+            }
+        }
+        let doc_digest = hex::encode(Sha256::digest(envelope.document));
+        let decision = self.consider_document(
+            doc_digest,
+            &[("config topic".to_owned(), envelope.document.to_vec())],
+        );
+        if matches!(decision, Decision::Applied { .. } | Decision::Unchanged) {
+            self.topic_issued = Some(issued);
+        }
+        decision
+    }
+
+    /// Parses `parts` (whose hash is `sha256`) unless that document is in force already.
+    fn consider_document(&mut self, sha256: String, parts: &[(String, Vec<u8>)]) -> Decision {
         if self.in_force.as_deref() == Some(sha256.as_str()) {
             // The same document from the other source: already in force.
             return Decision::Unchanged;
@@ -129,6 +276,27 @@ impl Reloader {
             },
         }
     }
+}
+
+/// The metric reason of an envelope refusal.
+fn refusal(e: &EnvelopeError) -> DocumentRefusal {
+    match e {
+        EnvelopeError::Unsigned => DocumentRefusal::Unsigned,
+        EnvelopeError::TooLong { .. } | EnvelopeError::Malformed { .. } => {
+            DocumentRefusal::Malformed
+        }
+        EnvelopeError::WrongCluster { .. } => DocumentRefusal::WrongCluster,
+        EnvelopeError::UnknownSigner { .. } => DocumentRefusal::UnknownSigner,
+        EnvelopeError::BadSignature { .. } => DocumentRefusal::BadSignature,
+    }
+}
+
+/// Newest modification time of `files` (`None` if none can be examined).
+pub fn newest_modification(files: &[PathBuf]) -> Option<SystemTime> {
+    files
+        .iter()
+        .filter_map(|f| fs::metadata(f).ok()?.modified().ok())
+        .max()
 }
 
 /// Parses each part and merges them (a single part is returned as parsed).
@@ -197,6 +365,27 @@ pub fn report(decision: &Decision, source: &str, metrics: &Metrics) {
             let text = error.to_string();
             let first = text.lines().next().unwrap_or_default();
             log::error!(sha256 = sha256.as_str(), source = source; "{first}");
+            match previous {
+                Some(prev) => log::warn!(
+                    sha256 = prev.as_str(); "Previous policy document stays in force"
+                ),
+                None => log::warn!(
+                    "No policy document is in force: every Login is rejected with \
+                     \"attestation policy not found or no matching policy\""
+                ),
+            }
+        }
+        Decision::Refused {
+            sha256,
+            reason,
+            message,
+            previous,
+        } => {
+            metrics.document_refused(*reason);
+            log::error!(
+                sha256 = sha256.as_str(), source = source, reason = reason.as_str();
+                "Policy document refused: {message}"
+            );
             match previous {
                 Some(prev) => log::warn!(
                     sha256 = prev.as_str(); "Previous policy document stays in force"
@@ -288,8 +477,7 @@ pub fn watch(
                     "config topic cleared (empty retained message); the document in force stays"
                 );
             } else {
-                let decision =
-                    reloader.consider(Source::Topic, &[("config topic".to_owned(), payload)]);
+                let decision = reloader.consider_topic(&payload, SystemTime::now());
                 apply(&decision, "config topic", &state, &metrics);
             }
         }
@@ -302,9 +490,10 @@ pub fn watch(
             continue;
         }
         seen = now;
+        let modified = newest_modification(&files);
         match read_files(&files) {
             Ok(parts) => {
-                let decision = reloader.consider(Source::Files, &parts);
+                let decision = reloader.consider_files(&parts, modified);
                 apply(&decision, &files_label, &state, &metrics);
             }
             Err(e) => {

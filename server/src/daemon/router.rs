@@ -30,7 +30,7 @@ use super::ratelimit::LoginLimiter;
 use super::reload::Inbox;
 use super::{DRAIN_TIMEOUT, RECONNECT_MAX, RECONNECT_MIN, bus};
 use crate::attest::Rejection;
-use crate::config::MAX_DOCUMENT_BYTES;
+use crate::config::signed::ENVELOPE_MAX;
 
 /// Where the receive loop's refusals go: never waits (a full queue drops the refusal; the
 /// agent retries).
@@ -53,6 +53,8 @@ pub(super) struct Router {
     pub(super) jobs: SyncSender<Job>,
     pub(super) capacity: usize,
     pub(super) inbox: Arc<Inbox>,
+    /// `policy-topic`: subscribe to the config topic and hand its documents to the inbox.
+    pub(super) policy_topic: bool,
     pub(super) metrics: Arc<Metrics>,
     pub(super) prefix: String,
     pub(super) cluster: String,
@@ -71,15 +73,12 @@ impl Router {
         let Some(t) = self.topics() else {
             return Vec::new();
         };
-        [
-            t.shared_logins_filter(),
-            t.answers_filter(&self.node),
-            t.config(),
-        ]
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce))
-        .collect()
+        [t.shared_logins_filter(), t.answers_filter(&self.node)]
+            .into_iter()
+            .chain(self.policy_topic.then(|| t.config()))
+            .filter_map(Result::ok)
+            .map(|f| SubscribeFilter::new(f.as_str().to_owned(), QoS::AtLeastOnce))
+            .collect()
     }
 
     pub(super) fn route_publish(&self, publish: &Publish) {
@@ -101,10 +100,15 @@ impl Router {
             }
         };
         let agent = match inbound {
+            Inbound::Config if !self.policy_topic => {
+                self.metrics.frame_rejected(FrameRejection::UnknownTopic);
+                log::debug!("config topic message dropped: policy-topic is false");
+                return;
+            }
             Inbound::Config => {
-                if payload.len() > MAX_DOCUMENT_BYTES {
+                if payload.len() > ENVELOPE_MAX {
                     self.metrics.frame_rejected(FrameRejection::Oversize);
-                    log::error!(bytes = payload.len(); "config topic document is larger than {MAX_DOCUMENT_BYTES} bytes; ignored");
+                    log::error!(bytes = payload.len(); "config topic document is larger than {ENVELOPE_MAX} bytes; ignored");
                     return;
                 }
                 self.inbox.put(payload.to_vec());

@@ -230,7 +230,7 @@ fn create(args: &Args) -> Result<(), String> {
 }
 
 /// Writes `bytes` to `path` with `mode`, creating it (or truncating it with `force`).
-fn write(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), String> {
+pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), String> {
     let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut opts = OpenOptions::new();
     opts.write(true).mode(mode);

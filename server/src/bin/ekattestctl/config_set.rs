@@ -1,17 +1,24 @@
-//! `ekattestctl config set cluster --id ID FILE`: validates an AgentAttestation document and
-//! publishes it, retained with QoS 1, on the cluster's config topic, where every server
-//! applies it without restart (DESIGN.md section 2).
+//! `ekattestctl config set cluster --id ID FILE --sign-key KEY.pem`: validates an
+//! AgentAttestation document, signs it for cluster ID (`config_sign`) and publishes the
+//! signed document, retained with QoS 1, on the cluster's config topic, where every server
+//! with `policy-topic: true` applies it without restart (DESIGN.md section 2). A FILE that is
+//! already signed (`config sign`, e.g. on an offline machine) is published as it is, after
+//! checking its document and its cluster.
 //!
 //! An invalid document is reported with the seed's message and nothing is published. The
 //! command waits for the broker's PUBACK (at most [`ACK_TIMEOUT`]) so exit 0 means the broker
-//! holds the document. It never prints the password.
+//! holds the document. `mqtt://` to a non-loopback host needs `--insecure-plaintext`; a
+//! password file or signing key readable by group or others is refused. It never prints the
+//! password or the key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use ekattest_protocol::hardening::is_loopback_host;
 use ekattest_protocol::topic::{self, Topics};
-use ekattest_server::config::{ConfigError, Document, MAX_DOCUMENT_BYTES};
+use ekattest_server::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
+use ekattest_server::config::{ConfigError, Document};
 use ekattest_server::daemon::bus::Connection;
 use ekattest_server::daemon::config::{Broker, Password, TlsFiles};
 use lexopt::prelude::*;
@@ -22,19 +29,25 @@ pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Usage text of `config set`.
 pub(crate) const USAGE: &str = "\
-Usage: ekattestctl config set cluster --id ID FILE [--broker URL] [--tls-ca PEM]
-                              [--username U --password-file F] [--topic-prefix P]
+Usage: ekattestctl config set cluster --id ID FILE --sign-key KEY.pem [--broker URL]
+                              [--tls-ca PEM] [--username U --password-file F]
+                              [--topic-prefix P] [--insecure-plaintext]
 
-Validates the AgentAttestation document FILE and publishes it retained (QoS 1) on
-{prefix}/ID/config; every ekattest-server of cluster ID applies it without restart.
-An invalid document is reported and nothing is published.
+Validates the AgentAttestation document FILE, signs it for cluster ID and publishes it
+retained (QoS 1) on {prefix}/ID/config; every ekattest-server of cluster ID with
+policy-topic: true and the key's public half in policy-signers applies it without
+restart. An invalid document is reported and nothing is published. A FILE signed
+already (`config sign`) is published as it is, without --sign-key.
 
   --id ID              cluster id (as in the servers' cluster-id)
+  --sign-key KEY.pem   ECDSA P-256 private key (`config keygen`; mode 0600)
   --broker URL         mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883)
   --tls-ca PEM         CA bundle that signs the broker's certificate (required for mqtts)
   --username U         MQTT user name
   --password-file F    file whose first line is the MQTT password
   --topic-prefix P     topic prefix (default ekattest/v1)
+  --insecure-plaintext allow mqtt:// to a host other than loopback (the document and
+                       the password cross the network unencrypted)
 
 Exit 0 published and acknowledged, 1 invalid document or broker failure, 2 usage error
 or unreadable file.
@@ -48,6 +61,8 @@ struct Args {
     username: Option<String>,
     password_file: Option<PathBuf>,
     prefix: String,
+    sign_key: Option<PathBuf>,
+    insecure_plaintext: bool,
 }
 
 /// Runs `config set` with the arguments after `set`.
@@ -55,6 +70,22 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
     let Some(args) = parse(parser)? else {
         return Ok(ExitCode::SUCCESS);
     };
+    let broker = Broker::parse(&args.broker).map_err(|e| format!("--broker: {e}"))?;
+    if !broker.tls && !is_loopback_host(&broker.host) {
+        if !args.insecure_plaintext {
+            return Err(format!(
+                "--broker {}: plaintext MQTT to {:?}, which is not a loopback host: the \
+                 document and the password would cross the network unencrypted; use \
+                 mqtts:// with --tls-ca, or pass --insecure-plaintext to accept that",
+                broker.url, broker.host
+            )
+            .into());
+        }
+        eprintln!(
+            "warning: INSECURE: plaintext MQTT to non-loopback host {} (--insecure-plaintext)",
+            broker.host
+        );
+    }
     let bytes = match read_document(&args.file) {
         Ok(b) => b,
         Err(e) => {
@@ -62,19 +93,13 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
             return Ok(ExitCode::from(2));
         }
     };
-    match Document::parse(&bytes) {
-        Ok(doc) => {
-            for w in doc.warnings() {
-                eprintln!("warning: {w}");
-            }
-        }
-        Err(e) => {
-            eprintln!("{}: invalid: {e}", args.file.display());
+    let bytes = match signed_payload(&args, bytes) {
+        Ok(b) => b,
+        Err(code) => {
             eprintln!("nothing was published");
-            return Ok(ExitCode::from(1));
+            return Ok(code);
         }
-    }
-    let broker = Broker::parse(&args.broker).map_err(|e| format!("--broker: {e}"))?;
+    };
     if broker.tls && args.tls_ca.is_none() {
         return Err("--tls-ca PEM is required with an mqtts:// broker".into());
     }
@@ -83,6 +108,12 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
     }
     if args.password_file.is_some() && args.username.is_none() {
         return Err("--password-file needs --username".into());
+    }
+    if let Some(f) = &args.password_file
+        && let Err(e) = super::files::check_private("--password-file", f)
+    {
+        eprintln!("ekattestctl: {e}");
+        return Ok(ExitCode::from(2));
     }
     let password = match &args.password_file {
         Some(f) => match Password::read(f) {
@@ -106,7 +137,7 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
         username: args.username.as_deref(),
         password: password.as_ref(),
         max_incoming: 64 * 1024,
-        max_outgoing: MAX_DOCUMENT_BYTES + 4096,
+        max_outgoing: ENVELOPE_MAX + 4096,
     };
     let client_id = format!("ekattestctl-{}", std::process::id());
     let options = match connection.options(&client_id) {
@@ -130,7 +161,7 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
     match outcome {
         Ok(()) => {
             println!(
-                "{}: valid; published retained on {} via {} (acknowledged)",
+                "{}: valid; signed document published retained on {} via {} (acknowledged)",
                 args.file.display(),
                 topic,
                 broker.url
@@ -144,6 +175,57 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
     }
 }
 
+/// The payload to publish: FILE signed with `--sign-key`, or FILE as it is if it is signed
+/// already (for cluster `--id`). Validates the document either way; `Err` is the exit code
+/// (the reason is printed).
+fn signed_payload(args: &Args, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
+    let file = args.file.display();
+    match Envelope::decode(&bytes) {
+        Ok(envelope) => {
+            if args.sign_key.is_some() {
+                eprintln!("{file}: signed already; publish it without --sign-key");
+                return Err(ExitCode::from(2));
+            }
+            if envelope.cluster != args.cluster {
+                eprintln!(
+                    "{file}: signed for cluster {:?}, not --id {:?}; sign it again with \
+                     --id {}",
+                    envelope.cluster, args.cluster, args.cluster
+                );
+                return Err(ExitCode::from(1));
+            }
+            if let Err(e) = Document::parse(envelope.document) {
+                eprintln!("{file}: invalid: {e}");
+                return Err(ExitCode::from(1));
+            }
+            Ok(bytes)
+        }
+        Err(EnvelopeError::Unsigned) => {
+            let Some(key_path) = &args.sign_key else {
+                eprintln!(
+                    "ekattestctl: --sign-key KEY.pem is required: servers apply only signed \
+                     documents (make a key with `ekattestctl config keygen`)"
+                );
+                return Err(ExitCode::from(2));
+            };
+            let key = super::config_sign::read_key(key_path).map_err(|e| {
+                eprintln!("ekattestctl: {e}");
+                ExitCode::from(2)
+            })?;
+            let bytes = super::config_sign::read_valid_document(&args.file)?;
+            key.sign(&bytes, &args.cluster, super::config_sign::now_secs())
+                .map_err(|e| {
+                    eprintln!("ekattestctl: cannot sign: {e}");
+                    ExitCode::from(1)
+                })
+        }
+        Err(e) => {
+            eprintln!("{file}: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 fn read_document(file: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
     let err = |source| ConfigError::Read {
@@ -153,7 +235,7 @@ fn read_document(file: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
     let mut bytes = Vec::new();
     std::fs::File::open(file)
         .map_err(err)?
-        .take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .take(ENVELOPE_MAX as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(err)?;
     Ok(bytes)
@@ -213,6 +295,8 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
     let mut username = None;
     let mut password_file = None;
     let mut prefix = topic::DEFAULT_PREFIX.to_owned();
+    let mut sign_key = None;
+    let mut insecure_plaintext = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => {
@@ -225,6 +309,8 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
             Long("username") => username = Some(parser.value()?.string()?),
             Long("password-file") => password_file = Some(PathBuf::from(parser.value()?)),
             Long("topic-prefix") => prefix = parser.value()?.string()?,
+            Long("sign-key") => sign_key = Some(PathBuf::from(parser.value()?)),
+            Long("insecure-plaintext") => insecure_plaintext = true,
             Value(v) if !scope_seen => {
                 if v != "cluster" {
                     return Err(format!(
@@ -252,5 +338,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
         username,
         password_file,
         prefix,
+        sign_key,
+        insecure_plaintext,
     }))
 }

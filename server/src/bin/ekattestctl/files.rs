@@ -138,3 +138,17 @@ fn certificate_spki(cert: &[u8]) -> Option<&[u8]> {
     let (tag, _, spki) = *fields.get(skip + 5)?;
     (tag == Tag::Sequence).then_some(spki)
 }
+
+/// Refuses a password or private key file that group or others may access, with the
+/// `chmod 600` to run (a file that cannot be examined is left to the reader's error).
+pub(crate) fn check_private(flag: &str, path: &Path) -> Result<(), String> {
+    use ekattest_protocol::hardening::private_mode_ok;
+    match ekattest_server::daemon::config::private_file_mode(path) {
+        Some(mode) if !private_mode_ok(mode) => Err(format!(
+            "{flag} {p} is accessible by group or others (mode {m:04o}); run `chmod 600 {p}`",
+            p = path.display(),
+            m = mode & 0o7777
+        )),
+        _ => Ok(()),
+    }
+}

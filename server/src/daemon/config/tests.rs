@@ -16,6 +16,17 @@ fn error(text: &str) -> String {
     parse(text).unwrap_err().to_string()
 }
 
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
@@ -61,7 +72,7 @@ fn minimal_config_gets_the_documented_defaults() {
 fn every_key_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
-    std::fs::write(&pw, "s3cret\nignored\n").unwrap();
+    write_private(&pw, "s3cret\nignored\n");
     let text = format!(
         "broker: mqtts://broker.example:8884
 tls:
@@ -250,7 +261,7 @@ fn credentials_rules() {
     );
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
-    std::fs::write(&pw, "\n").unwrap();
+    write_private(&pw, "\n");
     let e = error(&format!(
         "{MINIMAL}username: u\npassword-file: {}\n",
         pw.display()
@@ -330,6 +341,10 @@ fn the_deploy_example_parses_and_documents_every_key() {
         "workers",
         "login-burst",
         "login-interval",
+        "insecure-plaintext",
+        "policy-topic",
+        "policy-signers",
+        "agent-id-from-ek",
     ] {
         let documented = EXAMPLE.lines().any(|l| {
             let l = l.trim_start().trim_start_matches('#').trim_start();
@@ -357,4 +372,164 @@ fn the_deploy_example_parses_and_documents_every_key() {
     assert_eq!(c.node_id, "server-a");
     assert_eq!(c.workers, 4);
     assert_eq!(c.login_limit, LoginLimit::default());
+}
+
+#[test]
+fn new_keys_default_to_the_secure_choice() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(!c.policy_topic);
+    assert!(c.policy_signers.is_empty());
+    assert!(!c.insecure_plaintext);
+    assert!(c.agent_id_from_ek);
+    assert!(c.plaintext_hosts().is_empty());
+    let c = parse(&format!("{MINIMAL}agent-id-from-ek: false\n")).unwrap();
+    assert!(!c.agent_id_from_ek);
+    let e = error(&format!("{MINIMAL}agent-id-from-ek: maybe\n"));
+    assert!(e.contains("agent-id-from-ek"), "{e}");
+    let e = error(&format!("{MINIMAL}policy-topic: yes please\n"));
+    assert!(e.contains("policy-topic"), "{e}");
+}
+
+#[test]
+fn policy_topic_needs_pinned_signers() {
+    let e = error(&format!("{MINIMAL}policy-topic: true\n"));
+    assert!(
+        e.starts_with(
+            "/etc/ekattest/server.yaml: policy-signers: policy-topic: true needs \
+                       policy-signers"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("ekattestctl config keygen"), "{e}");
+    let e = error(&format!(
+        "{MINIMAL}policy-topic: true\npolicy-signers: []\n"
+    ));
+    assert!(e.contains("policy-topic: true needs policy-signers"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (key, private) = crate::config::signed::SigningKey::generate().unwrap();
+    let public = dir.path().join("signer.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let c = ServerConfig::parse(
+        &dir.path().join("server.yaml"),
+        &format!("{MINIMAL}policy-topic: true\npolicy-signers: [signer.pub]\n"),
+    )
+    .unwrap();
+    assert!(c.policy_topic);
+    assert_eq!(c.policy_signers.len(), 1);
+    // Signers without the topic are parsed (and unused).
+    let c = ServerConfig::parse(
+        &dir.path().join("server.yaml"),
+        &format!("{MINIMAL}policy-signers: [signer.pub]\n"),
+    )
+    .unwrap();
+    assert!(!c.policy_topic);
+
+    // A private key, a missing file, or not a key at all: each names the file.
+    let private_path = dir.path().join("signer.key");
+    write_private(&private_path, &private);
+    for (file, what) in [
+        ("signer.key", "no PEM PUBLIC KEY block"),
+        ("missing.pub", "cannot read policy-signers file"),
+    ] {
+        let e = ServerConfig::parse(
+            &dir.path().join("server.yaml"),
+            &format!("{MINIMAL}policy-topic: true\npolicy-signers: [{file}]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(what) && e.contains(file), "{file}: {e}");
+    }
+}
+
+#[test]
+fn plaintext_to_a_non_loopback_host_is_refused_unless_insecure_plaintext() {
+    for (from, to) in [
+        ("mqtt://127.0.0.1:1883", "mqtt://10.0.0.5:1883"),
+        ("mqtt://127.0.0.1:1883", "mqtt://broker.example.org"),
+    ] {
+        let text = MINIMAL.replace(from, to);
+        let e = error(&text);
+        assert!(e.contains("broker: plaintext connection to"), "{e}");
+        assert!(e.contains("not a loopback host"), "{e}");
+        assert!(e.contains("insecure-plaintext: true"), "{e}");
+        let c = parse(&format!("{text}insecure-plaintext: true\n")).unwrap();
+        assert!(c.insecure_plaintext);
+        assert_eq!(c.plaintext_hosts().len(), 1);
+    }
+    for ok in [
+        "mqtt://localhost:1883",
+        "mqtt://127.9.9.9:1",
+        "mqtt://[::1]:1883",
+    ] {
+        let c = parse(&MINIMAL.replace("mqtt://127.0.0.1:1883", ok)).unwrap();
+        assert!(c.plaintext_hosts().is_empty(), "{ok}");
+    }
+    // NATS: nats:// to a remote node is refused as well, tls:// is fine.
+    let nats = MINIMAL.replace("broker: mqtt://127.0.0.1:1883\n", "bus: nats\n");
+    let e = error(&format!(
+        "{nats}nats-url: [nats://127.0.0.1:4222, nats://10.1.1.1:4222]\n"
+    ));
+    assert!(
+        e.contains("nats-url: plaintext connection to \"10.1.1.1\""),
+        "{e}"
+    );
+    assert!(e.contains("use tls://"), "{e}");
+    parse(&format!("{nats}nats-url: nats://127.0.0.1:4222\n")).unwrap();
+    parse(&format!(
+        "{nats}nats-url: tls://10.1.1.1:4222\ntls:\n  ca: ca.pem\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    write_private(&pw, "s3cret\n");
+    let ca_key = dir.path().join("ca.key");
+    write_private(&ca_key, "key");
+    let tls_key = dir.path().join("client.key");
+    write_private(&tls_key, "key");
+    let text = format!(
+        "broker: mqtts://127.0.0.1:8883\ntls:\n  ca: ca.pem\n  cert: c.pem\n  key: {}\n\
+         username: u\npassword-file: {}\ncluster-id: c-1\ntrust-domain: example.org\n\
+         ca-cert: ca.pem\nca-key: {}\n",
+        tls_key.display(),
+        pw.display(),
+        ca_key.display()
+    );
+    parse(&text).unwrap();
+    for (path, key, mode) in [
+        (&pw, "password-file", 0o640),
+        (&ca_key, "ca-key", 0o644),
+        (&tls_key, "tls.key", 0o604),
+    ] {
+        chmod(path, mode);
+        let e = error(&text);
+        assert!(
+            e.starts_with(&format!(
+                "/etc/ekattest/server.yaml: {key}: {}",
+                path.display()
+            )),
+            "{e}"
+        );
+        assert!(e.contains(&format!("(mode {mode:04o})")), "{e}");
+        assert!(
+            e.contains(&format!("run `chmod 600 {}`", path.display())),
+            "{e}"
+        );
+        chmod(path, 0o600);
+    }
+    chmod(&ca_key, 0o400);
+    parse(&text).unwrap();
+}
+
+#[test]
+fn the_nats_deploy_example_parses_with_the_secure_defaults() {
+    let text = include_str!("../../../../deploy/nats/server.yaml");
+    let c = parse(text).unwrap();
+    assert!(matches!(c.bus, Bus::Nats { ref urls } if urls.len() == 3));
+    assert!(c.broker.tls);
+    assert!(c.plaintext_hosts().is_empty());
 }

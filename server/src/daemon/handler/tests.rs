@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::credential::FixedRandom;
-use crate::daemon::reload::{Reloader, Source, apply};
+use crate::daemon::reload::{Reloader, apply};
 use crate::session::SessionConfig;
 
 const VECTORS: &str = concat!(
@@ -76,7 +76,7 @@ fn handler(doc: Option<&[u8]>) -> (Handler, Arc<Recorder>) {
     let state = Arc::new(PolicyState::default());
     let metrics = Arc::new(Metrics::default());
     if let Some(bytes) = doc {
-        let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), bytes.to_vec())]);
+        let d = Reloader::new().consider_files(&[("t".to_owned(), bytes.to_vec())], None);
         apply(&d, "t", &state, &metrics);
     }
     let h = Handler {
@@ -272,7 +272,7 @@ fn policy_swap_applies_to_the_next_login() {
         rec.take()[0].1,
         Downlink::Result(Outcome::Rejected(_))
     ));
-    let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), policy(&ek_hash()))]);
+    let d = Reloader::new().consider_files(&[("t".to_owned(), policy(&ek_hash()))], None);
     apply(&d, "t", &h.policy, &h.metrics);
     h.handle(job());
     assert!(matches!(rec.take()[0].1, Downlink::Challenge(_)));
@@ -348,7 +348,7 @@ fn the_attestor_checks_the_garbage_certificate_reason_is_a_parse_error() {
     // The same order, through the sans-IO attestor, to read the full reason.
     let (h, _rec) = handler(None);
     let doc = {
-        let d = Reloader::new().consider(Source::Topic, &[("t".to_owned(), chain_policy())]);
+        let d = Reloader::new().consider_files(&[("t".to_owned(), chain_policy())], None);
         let state = PolicyState::default();
         apply(&d, "t", &state, &h.metrics);
         state.current().unwrap()

@@ -89,6 +89,9 @@ fn renders_exact_text_for_a_known_state() {
     m.set_sessions_active(7);
     m.policy_reload(true);
     m.policy_reload(false);
+    m.document_refused(DocumentRefusal::BadSignature);
+    m.document_refused(DocumentRefusal::OlderThanFiles);
+    m.document_refused(DocumentRefusal::BadSignature);
     m.policy_reload(true);
     m.frame_received(120);
     m.frame_received(1500);
@@ -150,6 +153,16 @@ attestation_answer_duration_seconds_count 0
 # TYPE attestation_policy_reloads_total counter
 attestation_policy_reloads_total{result=\"applied\"} 2
 attestation_policy_reloads_total{result=\"invalid\"} 1
+# HELP attestation_policy_documents_refused_total Config-topic policy documents refused before parsing (signature, cluster, ordering), by reason.
+# TYPE attestation_policy_documents_refused_total counter
+attestation_policy_documents_refused_total{reason=\"unsigned\"} 0
+attestation_policy_documents_refused_total{reason=\"malformed\"} 0
+attestation_policy_documents_refused_total{reason=\"wrong_cluster\"} 0
+attestation_policy_documents_refused_total{reason=\"unknown_signer\"} 0
+attestation_policy_documents_refused_total{reason=\"bad_signature\"} 2
+attestation_policy_documents_refused_total{reason=\"stale\"} 0
+attestation_policy_documents_refused_total{reason=\"older_than_files\"} 1
+attestation_policy_documents_refused_total{reason=\"future\"} 0
 # HELP attestation_frame_bytes_total Payload bytes of frames received (in) and published (out).
 # TYPE attestation_frame_bytes_total counter
 attestation_frame_bytes_total{direction=\"in\"} 1620
@@ -234,5 +247,25 @@ fn every_frame_rejection_has_its_own_label() {
     let mut codes = std::collections::HashSet::new();
     for code in RejectCode::ALL {
         assert!(codes.insert(reason_label(*code)), "{code:?} shares a label");
+    }
+}
+
+#[test]
+fn every_document_refusal_has_its_own_label() {
+    let m = Metrics::default();
+    for (i, why) in DocumentRefusal::ALL.iter().enumerate() {
+        for _ in 0..=i {
+            m.document_refused(*why);
+        }
+    }
+    let text = m.render();
+    let mut labels = std::collections::HashSet::new();
+    for (i, why) in DocumentRefusal::ALL.iter().enumerate() {
+        assert!(labels.insert(why.as_str()), "{} used twice", why.as_str());
+        let series = format!(
+            "attestation_policy_documents_refused_total{{reason=\"{}\"}}",
+            why.as_str()
+        );
+        assert_eq!(value(&text, &series), Some((i + 1).to_string()), "{series}");
     }
 }

@@ -31,6 +31,7 @@ fn limited_router(capacity: usize, limit: LoginLimit) -> (Router, Receiver<Job>,
         jobs,
         capacity,
         inbox: Arc::new(Inbox::default()),
+        policy_topic: true,
         metrics: Arc::new(Metrics::default()),
         prefix: "ekattest/v1".to_owned(),
         cluster: "c-1".to_owned(),
@@ -266,11 +267,30 @@ fn config_payloads_go_to_the_reload_inbox() {
     assert_eq!(r.inbox.take(Duration::ZERO), Ok(Some(b"doc".to_vec())));
     r.route_publish(&publish(
         "ekattest/v1/c-1/config",
-        vec![b'x'; MAX_DOCUMENT_BYTES + 1],
+        vec![b'x'; crate::config::signed::ENVELOPE_MAX + 1],
     ));
     assert_eq!(r.inbox.take(Duration::ZERO), Ok(None));
     assert_eq!(
         count(&r, "attestation_frames_rejected_total{reason=\"oversize\"}"),
+        1
+    );
+}
+
+#[test]
+fn without_policy_topic_the_config_topic_is_neither_subscribed_nor_routed() {
+    let (mut r, _rx, _el) = router(1);
+    let config = "ekattest/v1/c-1/config";
+    assert!(r.subscriptions().iter().any(|f| f.path == config));
+    r.policy_topic = false;
+    assert!(!r.subscriptions().iter().any(|f| f.path == config));
+    assert_eq!(r.subscriptions().len(), 2);
+    r.route_publish(&publish(config, b"doc".to_vec()));
+    assert_eq!(r.inbox.take(Duration::ZERO), Ok(None));
+    assert_eq!(
+        count(
+            &r,
+            "attestation_frames_rejected_total{reason=\"unknown_topic\"}"
+        ),
         1
     );
 }

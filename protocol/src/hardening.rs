@@ -1,0 +1,79 @@
+//! Secure-default rules the agent, the server and ekattestctl apply alike (issue 13, "Secure
+//! defaults"), kept here so the three cannot drift apart.
+//!
+//! - Plaintext MQTT (`mqtt://`) or NATS (`nats://`) is accepted only to a loopback host
+//!   ([`is_loopback_host`]) unless the operator sets `insecure-plaintext: true`.
+//! - Password and private key files must not be readable or writable by group or others
+//!   ([`private_mode_ok`]).
+//!
+//! Pure functions on strings and numbers: no I/O, no allocation, never panics.
+
+use core::net::IpAddr;
+
+/// Whether `host` (a broker URL's host, IPv6 without brackets) is the loopback interface:
+/// `localhost` (any case, with or without a final dot), 127.0.0.0/8, or `::1` (also as
+/// the IPv4-mapped `::ffff:127.x.y.z`).
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Permission bits that must be clear on a password or private key file: any access by
+/// group or others.
+pub const PRIVATE_MODE_MASK: u32 = 0o077;
+
+/// Whether a file with Unix `mode` is private to its owner (no group or other bits).
+pub const fn private_mode_ok(mode: u32) -> bool {
+    mode & PRIVATE_MODE_MASK == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "10.0.2.2",
+            "192.168.1.1",
+            "broker.example.org",
+            "localhost.example.org",
+            "128.0.0.1",
+            "::2",
+            "0.0.0.0",
+            "",
+            "[::1]",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn private_modes() {
+        assert!(private_mode_ok(0o100600));
+        assert!(private_mode_ok(0o400));
+        assert!(!private_mode_ok(0o640));
+        assert!(!private_mode_ok(0o604));
+        assert!(!private_mode_ok(0o100644));
+    }
+}
