@@ -248,6 +248,13 @@ impl Peer {
     }
 }
 
+/// The agent id the server requires for the test EK (`agent-id-from-ek`).
+fn ek_derived() -> String {
+    let mut h = [0u8; 32];
+    h.copy_from_slice(&Sha256::digest(read("rsa2048/ek.spki.der")));
+    ekattest_protocol::topic::default_agent_id(&h).to_string()
+}
+
 fn login_frame() -> Vec<u8> {
     let login = Login {
         methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
@@ -662,8 +669,16 @@ fn policy_topic_off_ignores_the_config_topic() {
         .unwrap();
     admin.publish(topics.config().unwrap().as_str(), doc, true);
     std::thread::sleep(Duration::from_secs(1));
-    let agent = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    let agent = Peer::connect(
+        s.port,
+        &ek_derived(),
+        Some(topics.down(&ek_derived()).unwrap().as_str()),
+    );
+    agent.publish(
+        topics.login(&ek_derived()).unwrap().as_str(),
+        login_frame(),
+        false,
+    );
     assert_eq!(rejected(&agent.next_downlink().1), RejectCode::EkNotTrusted);
     let applied = server
         .logs
@@ -712,8 +727,16 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
     let applied = server.wait_msg(from, "Policy document in force");
     assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
     assert_eq!(server.log(applied)["source"], "config topic");
-    let agent = Peer::connect(s.port, "ek-a", Some(topics.down("ek-a").unwrap().as_str()));
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    let agent = Peer::connect(
+        s.port,
+        &ek_derived(),
+        Some(topics.down(&ek_derived()).unwrap().as_str()),
+    );
+    agent.publish(
+        topics.login(&ek_derived()).unwrap().as_str(),
+        login_frame(),
+        false,
+    );
     assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
 
     // 2. Each forgery is refused with its reason; the good document stays (published
@@ -753,7 +776,11 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
         admin.publish(config_topic.as_str(), payload, false);
         from = expect_refusal(&server, from, reason, says, &good_sha);
     }
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    agent.publish(
+        topics.login(&ek_derived()).unwrap().as_str(),
+        login_frame(),
+        false,
+    );
     assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
     assert_eq!(
         server.metric("attestation_policy_reloads_total{result=\"applied\"}"),
@@ -792,7 +819,11 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
         .filter(|v| v["msg"] == "Policy document in force")
         .count();
     assert_eq!(applied, 1, "the retained document must not be applied");
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    agent.publish(
+        topics.login(&ek_derived()).unwrap().as_str(),
+        login_frame(),
+        false,
+    );
     assert_eq!(rejected(&agent.next_downlink().1), RejectCode::EkNotTrusted);
 
     // 4. ekattestctl round trip: `config sign` on the operator's machine, then `config set`
@@ -828,6 +859,10 @@ fn signed_documents_apply_and_every_forgery_or_rollback_is_refused() {
     );
     let applied = server.wait_msg(from, "Policy document in force");
     assert_eq!(server.log(applied)["sha256"], good_sha.as_str());
-    agent.publish(topics.login("ek-a").unwrap().as_str(), login_frame(), false);
+    agent.publish(
+        topics.login(&ek_derived()).unwrap().as_str(),
+        login_frame(),
+        false,
+    );
     assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
 }
