@@ -11,13 +11,18 @@
 #  2. bytes on the wire of those attestations: every TCP byte of the agent's connection and
 #     of the server's connection (proxies), and the four messages as published (sniff.py),
 #     from which the MQTT packets are computed exactly;
-#  3. server RSS per 100k pending sessions: flood.py sends SESSIONS Logins (the agent's own
-#     Login frame, captured by sniff.py) from distinct agent ids, nobody answers, then the
-#     daemon's VmRSS is read from /proc before and after.
+#  3. with SESSIONS > 0: flood.py sends SESSIONS copies of the agent's own Login frame
+#     (captured by sniff.py) from distinct agent ids, nobody answers, then the daemon's VmRSS
+#     is read from /proc before and after. Since wire version 2 sessions are one per EK, so
+#     this shows the replay flood opening one session (memory per session: the sessions
+#     bench, `cargo bench -p ekattest-server --bench sessions`).
 #
 # Usage: bench/footprint/run.sh
 # Env:   SERVER_BIN, CTL_BIN (default target/fleet/...), AGENT_BINS (space separated, default
-#        "target/fleet/ekattest-agent target/agent/ekattest-agent"), SESSIONS (default 100000).
+#        "target/fleet/ekattest-agent target/agent/ekattest-agent"), SESSIONS (default 0),
+#        SIGNER=1: the server signs with an intermediate from `ekattestctl ca issue-signer`
+#        (the agents keep the root as trust bundle, so the first Challenge carries the
+#        signer's certificate); default: the server signs with the root.
 #        Build them first: cargo build --profile fleet -p ekattest-server -p ekattest-agent &&
 #        cargo build --profile agent -p ekattest-agent
 set -euo pipefail
@@ -27,7 +32,8 @@ HERE="$ROOT/bench/footprint"
 SERVER_BIN=${SERVER_BIN:-$ROOT/target/fleet/ekattest-server}
 CTL_BIN=${CTL_BIN:-$ROOT/target/fleet/ekattestctl}
 AGENT_BINS=${AGENT_BINS:-"$ROOT/target/fleet/ekattest-agent $ROOT/target/agent/ekattest-agent"}
-SESSIONS=${SESSIONS:-100000}
+SESSIONS=${SESSIONS:-0}
+SIGNER=${SIGNER:-0}
 CLUSTER=bench
 die() { echo "error: $*" >&2; exit 1; }
 
@@ -74,6 +80,13 @@ python3 "$HERE/tcp_count.py" "$SP" "$B" "$T/server.bytes" & PIDS+=($!)
 python3 "$HERE/tcp_count.py" "$AP" "$B" "$T/agent.bytes" & PIDS+=($!)
 wait_port "$SP"; wait_port "$AP"
 "$CTL_BIN" ca create --trust-domain example.org --cert "$T/svid-ca.pem" --key "$T/svid-ca.key" >/dev/null
+SIGN_CERT=$T/svid-ca.pem; SIGN_KEY=$T/svid-ca.key
+if [ "$SIGNER" = 1 ]; then
+    "$CTL_BIN" ca issue-signer --ca-cert "$T/svid-ca.pem" --ca-key "$T/svid-ca.key" \
+        --cert "$T/signer.pem" --key "$T/signer.key" >/dev/null
+    SIGN_CERT=$T/signer.pem; SIGN_KEY=$T/signer.key
+    echo "server signer: intermediate $(stat -c %s "$T/signer.pem") B PEM (ekattestctl ca issue-signer)"
+fi
 
 {
     echo "section: AgentAttestation"; echo "schema: v1"; echo "spec:"; echo "  policies:"
@@ -88,8 +101,11 @@ broker: mqtt://127.0.0.1:$SP
 cluster-id: $CLUSTER
 node-id: node-1
 trust-domain: example.org
-ca-cert: $T/svid-ca.pem
-ca-key: $T/svid-ca.key
+ca-cert: $SIGN_CERT
+ca-key: $SIGN_KEY
+# The bench's agents use agent-1, agent-2 ... and the flood replays one Login.
+agent-id-from-ek: false
+login-burst: 0
 session-ttl: 1h
 max-sessions: $((SESSIONS + 1000))
 metrics-address: 127.0.0.1:$MP
@@ -150,7 +166,7 @@ for f in frames:
         continue
     kind = "answer" if "/answer/" in f["topic"] else f["topic"].rsplit("/", 1)[-1]
     if kind == "down":
-        kind = "challenge" if f["hex"].startswith("0100") else "result"  # version 1, variant
+        kind = "challenge" if f["hex"].startswith("0200") else "result"  # version 2, variant
     p = publish(f["topic"].encode(), f["len"])
     # Each message crosses the broker: one PUBLISH on the sender's connection, one on the
     # receiver's, and a 4-byte PUBACK (QoS 1) on each.
@@ -173,6 +189,7 @@ EOF
 
 # --- 3: pending sessions -------------------------------------------------------------------
 # The flood goes straight into the broker; the server stays behind its proxy.
+[ "$SESSIONS" -gt 0 ] || exit 0
 [ -s "$T/login.hex" ] || die "no Login frame captured"
 rss() { sed -n "s/^$2:[[:space:]]*//p" "/proc/$1/status"; }
 before=$(rss "$SERVER_PID" VmRSS)

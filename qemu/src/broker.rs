@@ -245,7 +245,7 @@ impl Broker {
              log_type all\n\
              connection_messages true\n\
              log_timestamp_format %Y-%m-%dT%H:%M:%S\n\
-             max_packet_size 16384\n\
+             max_packet_size 32768\n\
              max_queued_messages 1000\n\
              allow_anonymous true\n\
              listener {} 127.0.0.1\n",

@@ -227,6 +227,7 @@ kernel-flavour = "arm64"
 boot-timeout-secs = 60
 [agent]
 broker = "mqtt://10.0.2.2:1883"
+insecure-plaintext = true
 retry = { initial = "1s", max = "30s" }
 "#;
 

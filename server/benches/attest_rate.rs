@@ -23,6 +23,11 @@
 //!   chain of the EK's algorithm, made once with openssl (`-force_pubkey`), checked with the
 //!   TCG profile enforced.
 //!
+//! Group `v2_steps`: what wire version 2 adds to an attestation, each step alone: the
+//! server's Login transcript over a real Login frame (`transcript`), its Challenge signature
+//! (`sign_challenge`), the Answer MAC check (`mac_check`), and, on the device, the
+//! Challenge verification (`verify_challenge`, p256 as the agent does it).
+//!
 //! Group `make_credential_only`: `{rsa2048,p256}`: [`Public::decode`] of the EK's
 //! TPM2B_PUBLIC plus [`make_credential`] on the production path, the apples-to-apples
 //! counterpart of tpm2-pytss `make_credential` and `tpm2_makecredential`.
@@ -520,6 +525,8 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
+    v2_steps(c, &runs);
+
     let ak_name = read("ak.name");
     let secret = read("secret.bin");
     let mut g = c.benchmark_group("make_credential_only");
@@ -533,6 +540,70 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+}
+
+/// The steps wire version 2 adds, each alone (see the module docs).
+fn v2_steps(c: &mut Criterion, runs: &[(String, Run)]) {
+    let (_, run) = runs
+        .iter()
+        .find(|(name, _)| name == "rsa2048_ek_cert")
+        .unwrap();
+    let login = &run.login;
+    let t = transcript(login);
+    handle(&run.handler, login);
+    let Downlink::Challenge(challenge) = run.rec.take_one() else {
+        panic!("no Challenge")
+    };
+    let (authority, cert_pem, _) =
+        Authority::generate("example.org", Duration::from_secs(86_400)).unwrap();
+    let secret = [0x5a; 32];
+    let mac = sign::answer_mac(&secret, &t, &challenge.session, "node-1").unwrap();
+    let mut g = c.benchmark_group("v2_steps");
+    g.bench_function("transcript", |b| b.iter(|| transcript(black_box(login))));
+    g.bench_function("sign_challenge", |b| {
+        let mut ch = challenge.clone();
+        b.iter(|| {
+            authority
+                .sign_challenge("bench-device", None, black_box(&mut ch))
+                .unwrap()
+        })
+    });
+    g.bench_function("mac_check", |b| {
+        b.iter(|| {
+            assert!(sign::answer_mac_matches(
+                black_box(&secret),
+                &t,
+                &challenge.session,
+                "node-1",
+                &mac
+            ))
+        })
+    });
+    let mut signed = challenge.clone();
+    authority
+        .sign_challenge("bench-device", None, &mut signed)
+        .unwrap();
+    let bundle = ekattest_agent::daemon::identity::TrustBundle::from_pem(
+        cert_pem.into_bytes(),
+        Path::new("bench-ca.pem"),
+    )
+    .unwrap();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let signer = bundle.signer(&signed.signer, now).unwrap();
+    g.bench_function("verify_challenge", |b| {
+        b.iter(|| {
+            signer
+                .verify_challenge("bench-device", black_box(&signed), &t, now)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

@@ -27,6 +27,7 @@ cs = 1
 hz = 10000000
 [agent]
 broker = "mqtt://10.0.2.2:1883"
+insecure-plaintext = true
 "#;
 
 /// A hardware board whose TIS registers are memory-mapped at a documented address.
@@ -42,6 +43,7 @@ device = "tis-mmio:0xfed40000"
 address-from = "ACPI TPM2 table"
 [agent]
 broker = "mqtt://10.0.2.2:1883"
+insecure-plaintext = true
 "#;
 
 fn edit(base: &str, from: &str, to: &str) -> String {
