@@ -564,6 +564,26 @@ pub const SVID_KEY: &str = "svid.key";
 /// The trust bundle copy.
 pub const BUNDLE_PEM: &str = "bundle.pem";
 
+/// The signer this device verified before, from the intermediate `svid.pem` in `dir` holds
+/// after the SVID, checked again against `bundle` at unix time `now`; `None` if there is
+/// none or it no longer checks out. Its hint then goes in the first Login, so a restarted
+/// agent (and every `--once` run after the first) is not sent the signer's certificate
+/// again.
+#[must_use]
+pub fn held_signer(dir: &Path, bundle: &TrustBundle, now: i64) -> Option<Signer> {
+    let path = dir.join(SVID_PEM);
+    let len = std::fs::metadata(&path).ok()?.len();
+    if len > BUNDLE_MAX {
+        return None;
+    }
+    let pem = std::fs::read(&path).ok()?;
+    CertificateDer::pem_slice_iter(&pem)
+        .skip(1)
+        .take(BUNDLE_CAS_MAX)
+        .filter_map(Result::ok)
+        .find_map(|der| bundle.signer(&der, now).ok())
+}
+
 /// Writes `svid.key` (0600), `svid.pem` (the SVID, then the intermediate in `chain_der` if
 /// any) and `bundle.pem` into `dir` (created 0700 if missing), each atomically.
 ///

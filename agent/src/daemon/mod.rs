@@ -219,6 +219,14 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
         hex::encode(device.ek.public_hash),
         brokers.join(", then ")
     );
+    let signer = identity::held_signer(&config.data_dir, &bundle, unix_now());
+    if let Some(s) = &signer {
+        log::debug!(
+            "holding the server's signer from {} (hint {})",
+            config.data_dir.join(identity::SVID_PEM).display(),
+            hex::encode(s.hint())
+        );
+    }
     let mut runner = Runner {
         config,
         opts,
@@ -230,7 +238,7 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
         login_topic,
         down_topic,
         bundle,
-        signer: None,
+        signer,
         connect_backoff: Backoff::new(config.retry.initial, config.retry.max),
         login_backoff: Backoff::new(config.retry.initial, config.retry.max),
         metrics: Metrics::default(),
