@@ -123,20 +123,7 @@ impl Router {
                 return;
             }
             Inbound::Login { agent } => {
-                let verdict = self
-                    .limiter
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .check(agent, Instant::now());
-                if let Err(wait) = verdict {
-                    self.metrics.frame_rejected(FrameRejection::RateLimited);
-                    self.metrics.proof_failed(RejectCode::Busy);
-                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    self.refuse(
-                        agent,
-                        RejectCode::Busy,
-                        format!("login rate limit for agent {agent}: retry after {secs} s"),
-                    );
+                if self.rate_limited(agent, agent, &format!("agent {agent}")) {
                     return;
                 }
                 agent
@@ -159,26 +146,14 @@ impl Router {
         let job = match decode::<Uplink>(payload) {
             Ok(Uplink::Login(login)) => {
                 self.metrics.login_received();
-                if let Some(ek) = ek_limit_key(&login)
-                    && let Err(wait) = self
-                        .limiter
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .check(&ek, Instant::now())
-                {
-                    self.metrics.frame_rejected(FrameRejection::RateLimited);
-                    self.metrics.proof_failed(RejectCode::Busy);
-                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    self.refuse(
-                        agent,
-                        RejectCode::Busy,
-                        format!(
-                            "login rate limit for the EK of agent {} (received as agent \
-                             {agent}): retry after {secs} s",
-                            ek.trim_start_matches("ek/")
-                        ),
+                if let Some(ek) = ek_limit_key(&login) {
+                    let what = format!(
+                        "the EK of agent {} (received as agent {agent})",
+                        ek.trim_start_matches("ek/")
                     );
-                    return;
+                    if self.rate_limited(agent, &ek, &what) {
+                        return;
+                    }
                 }
                 // Over the frame exactly as received: a Login rewritten on the way has
                 // another transcript than the one its device computed.
@@ -235,6 +210,29 @@ impl Router {
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+
+    /// Takes a login token of `key` (an agent id, or an EK's `ek/` key); when there is none,
+    /// refuses `agent`'s Login as `server busy` naming `what` is limited and when to retry,
+    /// counts it, and returns true.
+    fn rate_limited(&self, agent: &str, key: &str, what: &str) -> bool {
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(key, Instant::now());
+        let Err(wait) = verdict else {
+            return false;
+        };
+        self.metrics.frame_rejected(FrameRejection::RateLimited);
+        self.metrics.proof_failed(RejectCode::Busy);
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.refuse(
+            agent,
+            RejectCode::Busy,
+            format!("login rate limit for {what}: retry after {secs} s"),
+        );
+        true
     }
 
     /// Refuses a frame of another protocol version: an agent of a version whose Rejected

@@ -42,178 +42,67 @@ clamped to the root's validity.
 Exit 0 written, 2 usage error or a file that exists or cannot be written.
 ";
 
-struct SignerArgs {
-    ca_cert: PathBuf,
-    ca_key: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    days: u64,
-    force: bool,
-}
-
-fn parse_signer(parser: &mut lexopt::Parser) -> Result<Option<SignerArgs>, lexopt::Error> {
-    let (mut ca_cert, mut ca_key, mut cert, mut key) = (None, None, None, None);
-    let (mut days, mut force) = (90, false);
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{USAGE}");
-                return Ok(None);
-            }
-            Long("ca-cert") => ca_cert = Some(PathBuf::from(parser.value()?)),
-            Long("ca-key") => ca_key = Some(PathBuf::from(parser.value()?)),
-            Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
-            Long("key") => key = Some(PathBuf::from(parser.value()?)),
-            Long("days") => {
-                days = parser.value()?.parse()?;
-                if days == 0 || days > DAYS_MAX {
-                    return Err(format!("--days must be 1 to {DAYS_MAX}, not {days}").into());
-                }
-            }
-            Long("force") => force = true,
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    let missing = |what: &str| -> lexopt::Error { format!("missing {what}\n\n{USAGE}").into() };
-    Ok(Some(SignerArgs {
-        ca_cert: ca_cert.ok_or_else(|| missing("--ca-cert"))?,
-        ca_key: ca_key.ok_or_else(|| missing("--ca-key"))?,
-        cert: cert.ok_or_else(|| missing("--cert"))?,
-        key: key.ok_or_else(|| missing("--key"))?,
-        days,
-        force,
-    }))
-}
-
-/// `ekattestctl ca issue-signer`.
-pub(crate) fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(args) = parse_signer(parser)? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    let issue = || -> Result<(), String> {
-        if args.cert == args.key {
-            return Err("--cert and --key must be different files".to_owned());
-        }
-        if !args.force {
-            for path in [&args.cert, &args.key] {
-                if path.exists() {
-                    return Err(format!(
-                        "{} exists; refusing to overwrite it (use --force to replace it)",
-                        path.display()
-                    ));
-                }
-            }
-        }
-        let root = Authority::load(&args.ca_cert, &args.ca_key).map_err(|e| e.to_string())?;
-        let validity = Duration::from_secs(args.days.saturating_mul(86_400));
-        let (cert_pem, key_pem) = root.issue_signer(validity).map_err(|e| e.to_string())?;
-        write(&args.key, key_pem.as_bytes(), 0o600, args.force)?;
-        write(&args.cert, cert_pem.as_bytes(), 0o644, args.force)
-    };
-    match issue() {
-        Ok(()) => {
-            println!(
-                "wrote signer certificate {} and key {} (mode 0600), issued by {}",
-                args.cert.display(),
-                args.key.display(),
-                args.ca_cert.display()
-            );
-            println!(
-                "configure the server with ca-cert: {} and ca-key: {}; agents keep {} as their \
-                 trust bundle; keep {} offline",
-                args.cert.display(),
-                args.key.display(),
-                args.ca_cert.display(),
-                args.ca_key.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("ekattestctl: {e}");
-            Ok(ExitCode::from(2))
-        }
-    }
-}
-
 /// Largest `--days`: a hundred years.
 const DAYS_MAX: u64 = 36_500;
 
-struct Args {
-    trust_domain: String,
-    cert: PathBuf,
-    key: PathBuf,
-    days: u64,
+/// The flags of `ca create` and `ca issue-signer` (each command takes its own subset).
+#[derive(Default)]
+struct Flags {
+    trust_domain: Option<String>,
+    ca_cert: Option<PathBuf>,
+    ca_key: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    days: Option<u64>,
     force: bool,
 }
 
-fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
-    let (mut trust_domain, mut cert, mut key) = (None, None, None);
-    let (mut days, mut force) = (365, false);
+/// Reads the flags `allowed` (long names); `None` after `--help`.
+fn parse(parser: &mut lexopt::Parser, allowed: &[&str]) -> Result<Option<Flags>, lexopt::Error> {
+    let mut f = Flags::default();
     while let Some(arg) = parser.next()? {
+        if let Long(name) = &arg
+            && !allowed.contains(name)
+            && *name != "help"
+        {
+            return Err(arg.unexpected());
+        }
         match arg {
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(None);
             }
-            Long("trust-domain") => trust_domain = Some(parser.value()?.string()?),
-            Long("cert") => cert = Some(PathBuf::from(parser.value()?)),
-            Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            Long("trust-domain") => f.trust_domain = Some(parser.value()?.string()?),
+            Long("ca-cert") => f.ca_cert = Some(PathBuf::from(parser.value()?)),
+            Long("ca-key") => f.ca_key = Some(PathBuf::from(parser.value()?)),
+            Long("cert") => f.cert = Some(PathBuf::from(parser.value()?)),
+            Long("key") => f.key = Some(PathBuf::from(parser.value()?)),
             Long("days") => {
-                days = parser.value()?.parse()?;
+                let days: u64 = parser.value()?.parse()?;
                 if days == 0 || days > DAYS_MAX {
                     return Err(format!("--days must be 1 to {DAYS_MAX}, not {days}").into());
                 }
+                f.days = Some(days);
             }
-            Long("force") => force = true,
+            Long("force") => f.force = true,
             arg => return Err(arg.unexpected()),
         }
     }
-    let missing = |what: &str| -> lexopt::Error { format!("missing {what}\n\n{USAGE}").into() };
-    Ok(Some(Args {
-        trust_domain: trust_domain.ok_or_else(|| missing("--trust-domain"))?,
-        cert: cert.ok_or_else(|| missing("--cert"))?,
-        key: key.ok_or_else(|| missing("--key"))?,
-        days,
-        force,
-    }))
+    Ok(Some(f))
 }
 
-/// Runs `ekattestctl ca create` with the arguments after `create`.
-pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(args) = parse(parser)? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    match create(&args) {
-        Ok(()) => {
-            println!(
-                "wrote CA certificate {} (trust domain {}, valid {} days) and key {} (mode 0600)",
-                args.cert.display(),
-                args.trust_domain,
-                args.days,
-                args.key.display()
-            );
-            println!(
-                "trust bundle for agents: {}; the server signs with the certificate {} and the \
-                 key {}",
-                args.cert.display(),
-                args.cert.display(),
-                args.key.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("ekattestctl: {e}");
-            Ok(ExitCode::from(2))
-        }
-    }
+fn required<T>(value: Option<T>, flag: &str) -> Result<T, lexopt::Error> {
+    value.ok_or_else(|| format!("missing {flag}\n\n{USAGE}").into())
 }
 
-fn create(args: &Args) -> Result<(), String> {
-    if args.cert == args.key {
+/// The output pair `--cert` / `--key`: different files, and none that exists unless
+/// `--force`.
+fn check_outputs(cert: &Path, key: &Path, force: bool) -> Result<(), String> {
+    if cert == key {
         return Err("--cert and --key must be different files".to_owned());
     }
-    if !args.force {
-        for path in [&args.cert, &args.key] {
+    if !force {
+        for path in [cert, key] {
             if path.exists() {
                 return Err(format!(
                     "{} exists; refusing to overwrite it (use --force to replace it)",
@@ -222,11 +111,104 @@ fn create(args: &Args) -> Result<(), String> {
             }
         }
     }
-    let validity = Duration::from_secs(args.days.saturating_mul(86_400));
-    let (_, cert_pem, key_pem) =
-        Authority::generate(&args.trust_domain, validity).map_err(|e| e.to_string())?;
-    write(&args.key, key_pem.as_bytes(), 0o600, args.force)?;
-    write(&args.cert, cert_pem.as_bytes(), 0o644, args.force)
+    Ok(())
+}
+
+/// Writes the key (0600), then the certificate.
+fn write_pair(
+    cert: &Path,
+    cert_pem: &str,
+    key: &Path,
+    key_pem: &str,
+    force: bool,
+) -> Result<(), String> {
+    write(key, key_pem.as_bytes(), 0o600, force)?;
+    write(cert, cert_pem.as_bytes(), 0o644, force)
+}
+
+/// The exit status of a command whose work is `result`: 0, or 2 with the error.
+fn finish(result: Result<(), String>, done: impl FnOnce()) -> ExitCode {
+    match result {
+        Ok(()) => {
+            done();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ekattestctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `ekattestctl ca issue-signer`.
+pub(crate) fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let Some(f) = parse(
+        parser,
+        &["ca-cert", "ca-key", "cert", "key", "days", "force"],
+    )?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let ca_cert = required(f.ca_cert, "--ca-cert")?;
+    let ca_key = required(f.ca_key, "--ca-key")?;
+    let cert = required(f.cert, "--cert")?;
+    let key = required(f.key, "--key")?;
+    let days = f.days.unwrap_or(90);
+    let issue = || -> Result<(), String> {
+        check_outputs(&cert, &key, f.force)?;
+        let root = Authority::load(&ca_cert, &ca_key).map_err(|e| e.to_string())?;
+        let validity = Duration::from_secs(days.saturating_mul(86_400));
+        let (cert_pem, key_pem) = root.issue_signer(validity).map_err(|e| e.to_string())?;
+        write_pair(&cert, &cert_pem, &key, &key_pem, f.force)
+    };
+    Ok(finish(issue(), || {
+        println!(
+            "wrote signer certificate {} and key {} (mode 0600), issued by {}",
+            cert.display(),
+            key.display(),
+            ca_cert.display()
+        );
+        println!(
+            "configure the server with ca-cert: {} and ca-key: {}; agents keep {} as their \
+             trust bundle; keep {} offline",
+            cert.display(),
+            key.display(),
+            ca_cert.display(),
+            ca_key.display()
+        );
+    }))
+}
+
+/// Runs `ekattestctl ca create` with the arguments after `create`.
+pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let Some(f) = parse(parser, &["trust-domain", "cert", "key", "days", "force"])? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let trust_domain = required(f.trust_domain, "--trust-domain")?;
+    let cert = required(f.cert, "--cert")?;
+    let key = required(f.key, "--key")?;
+    let days = f.days.unwrap_or(365);
+    let create = || -> Result<(), String> {
+        check_outputs(&cert, &key, f.force)?;
+        let validity = Duration::from_secs(days.saturating_mul(86_400));
+        let (_, cert_pem, key_pem) =
+            Authority::generate(&trust_domain, validity).map_err(|e| e.to_string())?;
+        write_pair(&cert, &cert_pem, &key, &key_pem, f.force)
+    };
+    Ok(finish(create(), || {
+        println!(
+            "wrote CA certificate {} (trust domain {trust_domain}, valid {days} days) and key {} \
+             (mode 0600)",
+            cert.display(),
+            key.display()
+        );
+        println!(
+            "trust bundle for agents: {}; issue the server's signer from it with `ekattestctl ca \
+             issue-signer` (or configure this certificate and key as the server's ca-cert / \
+             ca-key, which keeps the root key online)",
+            cert.display()
+        );
+    }))
 }
 
 /// Writes `bytes` to `path` with `mode`, creating it (or truncating it with `force`).
