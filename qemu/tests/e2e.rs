@@ -354,6 +354,91 @@ fn same_flow_over_tls_with_the_shipped_acl() {
     assert_eq!(world.metric(SUCCESS), 1.0);
 }
 
+/// Attack 4 of issue 13 through the shipped ACL (over TLS): the ACL lets an anonymous client
+/// pick any client id and publish a Login on that id's topic, so one captured Login can be
+/// replayed under invented agent ids; the server refuses each as `agent_id_mismatch` (the
+/// agent id must be derived from the EK) or, once the EK's login tokens are spent, as rate
+/// limited, and opens no session. Attack 3 through the same ACL: an anonymous client's
+/// document on the config topic is dropped by the broker (and would be refused unsigned).
+#[test]
+fn invented_agent_ids_get_no_session_through_the_shipped_acl() {
+    let ca = Ca::create().unwrap();
+    let world = World::start(
+        &policy(Some(&ca), &[]),
+        &Setup {
+            tls_acl: true,
+            session_ttl: None,
+        },
+    );
+    let tls_ca = world.broker.ca_pem().unwrap();
+    let topics = Topics::new("ekattest/v1", CLUSTER).unwrap();
+    // A Login as captured from a device (the make-credential vectors' EK and AK).
+    let testdata = |name: &str| {
+        let path = format!(
+            "{}/../../shared/testdata/make-credential/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
+    };
+    let login = Login {
+        methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
+        ek_public: heapless::Vec::from_slice(&testdata("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_cert: None,
+        ek_chain: heapless::Vec::new(),
+        ak_public: heapless::Vec::from_slice(&testdata("ak.tpm2b_public")).unwrap(),
+        svid_key: None,
+        key_certify: None,
+        nonce: [0x11; 16],
+        signer_hint: None,
+    };
+    let mut buf = vec![0u8; limits::FRAME_MAX];
+    let frame = encode(&Uplink::Login(login), &mut buf).unwrap().to_vec();
+
+    const INVENTED: usize = 12;
+    for i in 0..INVENTED {
+        let id = format!("ek-{i:032x}");
+        let mut peer = mqtt_peer::connect(&world.broker, &id, None, Via::Tls(&tls_ca)).unwrap();
+        let down = topics.down(&id).unwrap();
+        peer.subscribe(down.as_str()).unwrap();
+        peer.publish(topics.login(&id).unwrap().as_str(), &frame, false)
+            .unwrap();
+        let reply = peer
+            .expect_publish(down.as_str(), Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no reply for {id}\n{}", world.server.log()));
+        let code = rejected(&decode::<Downlink>(&reply.payload).unwrap());
+        assert!(
+            matches!(
+                code,
+                ekattest_protocol::RejectCode::AgentIdMismatch
+                    | ekattest_protocol::RejectCode::Busy
+            ),
+            "{id}: {code:?}"
+        );
+        peer.disconnect();
+    }
+    let mismatch = world.metric(&failed("agent_id_mismatch"));
+    assert!(mismatch >= 1.0);
+    assert_eq!(world.metric("attestation_sessions_active"), 0.0);
+
+    // Attack 3: an anonymous client publishes a policy document on the config topic.
+    let mut rogue = mqtt_peer::connect(&world.broker, "rogue", None, Via::Tls(&tls_ca)).unwrap();
+    rogue
+        .publish(
+            topics.config().unwrap().as_str(),
+            b"section: AgentAttestation\nschema: v1\nspec:\n  policies: []\n",
+            true,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // Any document the server sees from the topic is logged with this source, applied or
+    // refused; the ACL dropped it before.
+    let log = world.server.log();
+    assert!(
+        !log.contains("\"source\":\"config topic\""),
+        "the rogue document reached the server:\n{log}"
+    );
+}
+
 #[test]
 fn untrusted_ca_and_unlisted_hash_are_rejected_with_the_seed_strings() {
     let trusted = Ca::create().unwrap();
