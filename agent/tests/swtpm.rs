@@ -271,7 +271,7 @@ fn ak_matches_tpm2_tools_ak() {
         &mut tpm,
         &AkOptions {
             kind: ak::AkKind::Rsa2048,
-            no_da: true,
+            ..AkOptions::default()
         },
     )
     .unwrap();
