@@ -155,7 +155,7 @@ fn cfb(key: &[u8; 16], iv: &[u8; 16], data: &mut [u8], encrypt: bool) {
     let aes = Aes128::new(GenericArray::from_slice(key));
     let mut feedback = GenericArray::clone_from_slice(iv);
     for chunk in data.chunks_mut(16) {
-        let mut stream = feedback.clone();
+        let mut stream = feedback;
         aes.encrypt_block(&mut stream);
         for (i, (b, s)) in chunk.iter_mut().zip(stream.iter()).enumerate() {
             let c = if encrypt { *b ^ s } else { *b };
