@@ -228,13 +228,10 @@ pub fn activate<T: Transport>(
             &credential.secret,
         ),
     };
-    // Sessions with continueSession clear are flushed by the TPM when the command succeeds
-    // (even if our check of the response then fails); on a TPM error the scope flushes them.
-    let consumed = matches!(
-        &result,
-        Ok(_) | Err(Error::Session { .. } | Error::Malformed { .. })
-    );
-    if consumed {
+    // Sessions with continueSession clear are flushed by the TPM when the command succeeds.
+    // After any error the scope flushes them: if the TPM had already done so (our check of
+    // its response failed), that flush fails harmlessly and is logged at debug level.
+    if result.is_ok() {
         if let Auth::Policy(session) = ek_auth {
             scope.forget(session);
         }

@@ -629,11 +629,22 @@ impl<T: Transport> Tpm<T> {
         let rsp: TpmStartAuthSessionResponse = self.typed(name, n)?;
         let handle = rsp.handles[0].value();
         let nonce_tpm: &[u8] = &rsp.nonce_tpm;
-        if nonce_tpm.len() < 16 {
-            // Still hand the handle back so the caller's scope flushes it.
-            log::debug!("TPM2_{name}: nonceTPM of {} bytes", nonce_tpm.len());
+        // nonceTPM is at least 16 bytes (Part 1, 19.6.3); a session we cannot use is flushed
+        // here, since the caller never learns its handle.
+        let session = if nonce_tpm.len() < 16 {
+            Err(Error::Malformed {
+                command: name,
+                detail: format!("nonceTPM of {} bytes (at least 16)", nonce_tpm.len()),
+            })
+        } else {
+            Session::new(handle, &salt.secret, nonce_tpm, &nonce).map_err(fault)
+        };
+        if session.is_err()
+            && let Err(e) = self.flush_context(handle)
+        {
+            log::debug!("flushing {handle:#010x}: {e}");
         }
-        Session::new(handle, &salt.secret, nonce_tpm, &nonce).map_err(fault)
+        session
     }
 
     /// TPM2_ActivateCredential (Part 3, 12.5) with the AK authorized through `session`, a
