@@ -23,6 +23,8 @@ use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::{Ca, Device, ProvisionOptions};
 use ekattest_protocol::public::{Public, PublicKey};
 
+mod param_enc;
+
 fn ca() -> &'static Ca {
     static CA: OnceLock<Ca> = OnceLock::new();
     CA.get_or_init(|| Ca::create().unwrap_or_else(|e| panic!("cannot create the swtpm CA: {e}")))
@@ -271,7 +273,7 @@ fn ak_matches_tpm2_tools_ak() {
         &mut tpm,
         &AkOptions {
             kind: ak::AkKind::Rsa2048,
-            no_da: true,
+            ..AkOptions::default()
         },
     )
     .unwrap();

@@ -390,3 +390,124 @@ fn each_injected_fault_is_a_clear_error_within_the_timeouts_and_the_next_command
     }
     eprintln!("total {:?}", started.elapsed());
 }
+
+/// Everything the TPM drove onto MISO, as a bus probe sees it: every byte (`all`), and the
+/// data phases of FIFO reads concatenated (`fifo`: the response byte streams an eavesdropper
+/// reassembles, whatever the burst and wait-state split).
+#[derive(Default)]
+struct MisoLog {
+    all: Vec<u8>,
+    fifo: Vec<u8>,
+}
+
+/// A SPI bus probe between the driver and the device model.
+struct MisoProbe {
+    double: SpiDouble,
+    log: std::sync::Arc<std::sync::Mutex<MisoLog>>,
+    /// The transaction under way reads a FIFO register (from its 4-byte header on MOSI).
+    fifo_read: bool,
+    /// The next transfer starts a transaction (chip select was released).
+    at_start: bool,
+}
+
+impl SpiBus for MisoProbe {
+    fn transfer(&mut self, buf: &mut [u8], keep_selected: bool) -> io::Result<()> {
+        if self.at_start && buf.len() == 4 {
+            // Header: R/W | size-1, then the 24-bit address; TPM_DATA_FIFO is 0x24 and
+            // TPM_XDATA_FIFO 0x80 in each locality's 4 KiB page.
+            let reg = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]) & 0xFFF;
+            self.fifo_read = buf[0] & 0x80 != 0 && matches!(reg, 0x24 | 0x80..=0x83);
+        }
+        SpiDouble::transfer(&mut self.double, buf, keep_selected);
+        let mut log = self.log.lock().unwrap();
+        log.all.extend_from_slice(buf);
+        if !keep_selected && self.fifo_read && !self.at_start {
+            log.fifo.extend_from_slice(buf);
+        }
+        self.at_start = !keep_selected;
+        Ok(())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Acceptance (issue 14): a probe on the SPI bus records MISO during a whole
+/// ActivateCredential (EK discovery, AK, the salted and policy sessions, the command). With
+/// parameter encryption the 32 secret bytes appear nowhere in it; without, they do, in the
+/// FIFO stream the probe reassembles. In both runs the probe demonstrably sees response
+/// payloads (the EK certificate read from NV).
+#[test]
+fn secret_never_crosses_spi_miso_with_parameter_encryption_and_does_without() {
+    use ekattest_agent::tpm::activate::{self, Credential};
+    use ekattest_agent::tpm::ak::{self, AkOptions};
+    use ekattest_agent::tpm::ek;
+
+    let ca = Ca::create().unwrap();
+    let dev = provision(&ca);
+    let secret: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(53) ^ 0x9e).collect();
+    let cfg = Config {
+        wait_states: 1,
+        burst_count: 8,
+        ..Config::default()
+    };
+    for parameter_encryption in [true, false] {
+        let what = format!("parameter encryption {parameter_encryption}");
+        let (double, probe) = SpiDouble::swtpm(dev.port(), cfg).unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(MisoLog::default()));
+        let bus = MisoProbe {
+            double,
+            log: std::sync::Arc::clone(&log),
+            fifo_read: false,
+            at_start: true,
+        };
+        let tis = Tis::open(
+            SpiTis::new(bus).with_max_wait_polls(50),
+            "spi-probe".to_owned(),
+            Timeouts::default(),
+        )
+        .unwrap_or_else(|e| panic!("Tis::open: {}", ErrorChain(&e)));
+        let mut tpm = Tpm::new(tis);
+        tpm.startup_clear().unwrap();
+        tpm.flush_leftovers().unwrap();
+        let found = ek::discover(&mut tpm).unwrap();
+        let e = found.pick(Some(EK)).unwrap();
+        let opts = AkOptions {
+            parameter_encryption,
+            ..AkOptions::default()
+        };
+        let ak = ak::read(&mut tpm, &opts).unwrap();
+        let cred = ekattest_fleet::tpm2_makecredential(&e.public, &secret, &ak.name).unwrap();
+        let cred = Credential::decode_tpm2_tools(&cred).unwrap();
+        let got = activate::activate(&mut tpm, e, &opts, &cred)
+            .unwrap_or_else(|err| panic!("{what}: {}\n{:#?}", ErrorChain(&err), probe.stats()));
+        assert_eq!(got, secret, "{what}");
+        drop(tpm);
+        let log = log.lock().unwrap();
+        let cert = e.certificate.as_deref().unwrap();
+        assert!(
+            contains(&log.fifo, cert),
+            "{what}: the probe misses FIFO data"
+        );
+        eprintln!(
+            "{what}: {} MISO bytes, {} in FIFO reads; secret on MISO: {}",
+            log.all.len(),
+            log.fifo.len(),
+            contains(&log.all, &secret) || contains(&log.fifo, &secret)
+        );
+        if parameter_encryption {
+            assert!(!contains(&log.all, &secret), "{what}: secret on MISO");
+            assert!(
+                !contains(&log.fifo, &secret),
+                "{what}: secret in the FIFO stream"
+            );
+        } else {
+            assert!(
+                contains(&log.fifo, &secret),
+                "{what}: secret not seen in clear"
+            );
+        }
+        assert_eq!(probe.stats().protocol_errors, 0, "{what}");
+    }
+}

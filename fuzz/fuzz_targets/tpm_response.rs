@@ -33,6 +33,7 @@ use ekattest_agent::tpm::commands::{
     Auth, MAX_ATTEMPTS, PT_NV_BUFFER_MAX, RH_ENDORSEMENT, RH_OWNER, Tpm,
 };
 use ekattest_agent::tpm::ek;
+use ekattest_agent::tpm::session::Session;
 use ekattest_agent::tpm::stream::Stream;
 use ekattest_agent::tpm::tis::regs::DATA_FIFO;
 use ekattest_agent::tpm::tis::{Tis, TisRegisters, Timeouts};
@@ -167,6 +168,28 @@ fn each_command(data: &[u8]) {
     }
     calls_at_most(&mut t, attempts, "activate_credential");
 
+    // The salted session and the encrypted ActivateCredential (parameter encryption): the
+    // StartAuthSession response and the response's authorization area are parsed from the
+    // input; no input can carry a valid HMAC under a session key it does not know, so the
+    // encrypted path must never return a secret.
+    let mut t = replay(data);
+    let _ = t.start_salted_session(0x8101_0002, &p256_generator_public());
+    calls_at_most(&mut t, attempts, "start_salted_session");
+
+    let mut t = replay(data);
+    if let Ok(session) = Session::new(0x0200_0000, &[7; 32], &[1; 32], &[2; 32]) {
+        let name = [0x00, 0x0b, 0xaa, 0xbb];
+        let got = t.activate_credential_encrypted(
+            (0x8000_0000, &name),
+            (0x8000_0001, &name, Auth::Policy(0x0300_0000)),
+            &session,
+            &[0x00, 0x20, 1, 2],
+            &[0x5e; 16],
+        );
+        assert!(got.is_err(), "an encrypted response verified without the session key");
+    }
+    calls_at_most(&mut t, attempts, "activate_credential_encrypted");
+
     let mut t = replay(data);
     let _ = t.startup_clear();
     let _ = t.flush_context(0x8000_0000);
@@ -283,6 +306,25 @@ fn tis(data: &[u8]) {
     }
 }
 
+/// TPM2B_PUBLIC of an ECC P-256 decrypt key whose point is the curve's generator (a valid
+/// point, so a salt can be made for it).
+fn p256_generator_public() -> Vec<u8> {
+    let x = hex::decode("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296");
+    let y = hex::decode("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
+    let (Ok(x), Ok(y)) = (x, y) else {
+        return Vec::new();
+    };
+    let mut t = vec![0x00, 0x23, 0x00, 0x0b, 0x00, 0x03, 0x00, 0xb2, 0x00, 0x00];
+    t.extend([0x00, 0x06, 0x00, 0x80, 0x00, 0x43, 0x00, 0x10, 0x00, 0x03, 0x00, 0x10]);
+    for c in [x, y] {
+        t.extend([0x00, 0x20]);
+        t.extend(c);
+    }
+    let mut out = u16::try_from(t.len()).unwrap_or(0).to_be_bytes().to_vec();
+    out.extend(t);
+    out
+}
+
 /// Discovery, ActivateCredential and the AK over a real transport.
 fn flows<T: Transport>(transport: T) {
     let mut tpm = Tpm::new(transport).with_sleep(|_| {});
@@ -305,7 +347,13 @@ fn flows<T: Transport>(transport: T) {
             id_object: vec![0x00, 0x20, 0xab, 0xcd],
             secret: vec![0x5e; 32],
         };
+        // With parameter encryption (the default) and without (the plain password session).
         let _ = activate::activate(&mut tpm, &found.eks[0], &opts, &credential);
+        let plain = AkOptions {
+            parameter_encryption: false,
+            ..opts
+        };
+        let _ = activate::activate(&mut tpm, &found.eks[0], &plain, &credential);
     }
     if let Ok(a) = ak::read(&mut tpm, &opts) {
         let p = Public::decode(&a.public)

@@ -306,6 +306,10 @@ pub struct Config {
     pub renew_before: f64,
     /// `insecure-plaintext`: allow `mqtt://` to a non-loopback host (default false).
     pub insecure_plaintext: bool,
+    /// `parameter-encryption`: authorize the AK in ActivateCredential through a session
+    /// salted to the EK with response encryption, so the secret never crosses the TPM bus
+    /// in clear (default true; false for TPMs that misbehave with salted sessions).
+    pub parameter_encryption: bool,
 }
 
 /// Refuses a password or private key file that group or others may access. A file that
@@ -395,6 +399,7 @@ struct Raw {
     response_timeout: Option<String>,
     renew_before: Option<f64>,
     insecure_plaintext: Option<bool>,
+    parameter_encryption: Option<bool>,
 }
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`, `500ms` ([`ekattest_protocol::duration::parse`],
@@ -568,6 +573,7 @@ impl Config {
             response_timeout,
             renew_before,
             insecure_plaintext,
+            parameter_encryption: raw.parameter_encryption.unwrap_or(true),
         })
     }
 }

@@ -39,6 +39,10 @@ fn seed_example_parses_with_defaults() {
     assert!((c.renew_before - 0.33).abs() < 1e-9);
     assert_eq!(c.agent_id, None);
     assert_eq!(c.metrics_textfile, None);
+    assert!(
+        c.parameter_encryption,
+        "parameter encryption is on by default"
+    );
 }
 
 #[test]
@@ -70,6 +74,7 @@ metrics-textfile: /m.prom
 retry: {initial: 500ms, max: 2m}
 response-timeout: 10s
 renew-before: 0.5
+parameter-encryption: false
 ",
     )
     .unwrap();
@@ -98,6 +103,7 @@ renew-before: 0.5
     assert_eq!(c.retry.max, Duration::from_secs(120));
     assert_eq!(c.response_timeout, Duration::from_secs(10));
     assert!((c.renew_before - 0.5).abs() < 1e-9);
+    assert!(!c.parameter_encryption);
 }
 
 #[test]

@@ -180,7 +180,15 @@ fn read_device(config: &Config) -> Result<Device, DaemonError> {
     let mut tpm = ops::open(&config.tpm).map_err(|e| fail(&e))?;
     let endorsement = ek::discover(&mut tpm).map_err(|e| fail(&e))?;
     let ek = endorsement.pick(config.ek).map_err(|e| fail(&e))?.clone();
-    let ak_opts = AkOptions::default();
+    let ak_opts = AkOptions {
+        parameter_encryption: config.parameter_encryption,
+        ..AkOptions::default()
+    };
+    if !ak_opts.parameter_encryption {
+        log::warn!(
+            "parameter-encryption is off: the activated secret crosses the TPM bus in clear"
+        );
+    }
     let ak = ak::read(&mut tpm, &ak_opts).map_err(|e| fail(&e))?;
     Ok(Device {
         ek,

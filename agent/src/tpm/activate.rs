@@ -6,6 +6,16 @@
 //! PolicySecret(TPM_RH_ENDORSEMENT) when userWithAuth is clear (L-1, L-2), or a password
 //! session when it is set (high-range templates such as swtpm's P-384 EK). Every transient
 //! object and session is flushed on every path. The recovered secret is never logged.
+//!
+//! Parameter encryption ([`AkOptions::parameter_encryption`], on by default): the AK is
+//! authorized through a salted HMAC session instead of a password session. The salt is
+//! encrypted to the EK (only this TPM can read it), and the session carries the encrypt
+//! attribute, so the TPM returns certInfo (the secret) AES-128-CFB encrypted and the bus
+//! (SPI, LPC, the swtpm socket) never carries it in clear; the response HMAC is verified
+//! before decryption ([`super::session`]). Using the AK's own authorization rather than a
+//! third, encrypt-only session keeps the command at two sessions (libtpms has three slots)
+//! and makes the TPM check our HMAC, so a wrong salt fails loudly at the TPM
+//! (`TPM_RC_AUTH_FAIL`/`BAD_AUTH`) instead of only at our response check.
 
 use super::Transport;
 use super::ak::{self, AkOptions};
@@ -185,8 +195,17 @@ pub fn activate<T: Transport>(
     credential: &Credential,
 ) -> Result<Vec<u8>, Error> {
     let mut scope = tpm.scope();
-    let (ak_handle, _) = ak::create(&mut scope, ak)?;
+    let (ak_handle, ak_public) = ak::create(&mut scope, ak)?;
     let ek_handle = ek::load(&mut scope, ek)?;
+    // The salted session first: libtpms has three session slots, and it must exist before
+    // the policy session is satisfied for this command.
+    let salted = if ak.parameter_encryption {
+        let s = scope.start_salted_session(ek_handle, &ek.public)?;
+        scope.track(s.handle);
+        Some(s)
+    } else {
+        None
+    };
     let ek_auth = if ek.needs_policy()? {
         let session = scope.start_policy_session_tracked(ek.name_alg()?)?;
         scope.policy_secret(RH_ENDORSEMENT, session)?;
@@ -194,17 +213,33 @@ pub fn activate<T: Transport>(
     } else {
         Auth::Password
     };
-    let secret = scope.activate_credential(
-        (ak_handle, Auth::Password),
-        (ek_handle, ek_auth),
-        &credential.id_object,
-        &credential.secret,
-    )?;
-    if let Auth::Policy(session) = ek_auth {
-        // The TPM flushed the policy session when the command succeeded.
-        scope.forget(session);
+    let result = match &salted {
+        Some(s) => scope.activate_credential_encrypted(
+            (ak_handle, &ak_public.name),
+            (ek_handle, &ek.name, ek_auth),
+            s,
+            &credential.id_object,
+            &credential.secret,
+        ),
+        None => scope.activate_credential(
+            (ak_handle, Auth::Password),
+            (ek_handle, ek_auth),
+            &credential.id_object,
+            &credential.secret,
+        ),
+    };
+    // Sessions with continueSession clear are flushed by the TPM when the command succeeds.
+    // After any error the scope flushes them: if the TPM had already done so (our check of
+    // its response failed), that flush fails harmlessly and is logged at debug level.
+    if result.is_ok() {
+        if let Auth::Policy(session) = ek_auth {
+            scope.forget(session);
+        }
+        if let Some(s) = &salted {
+            scope.forget(s.handle);
+        }
     }
-    Ok(secret)
+    result
 }
 
 #[cfg(test)]

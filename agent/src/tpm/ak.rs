@@ -32,6 +32,11 @@ pub struct AkOptions {
     /// Set noDA (default true). Clearing it reproduces AKs made by tools that omit it,
     /// such as the test vectors' AK (attributes 0x00050072).
     pub no_da: bool,
+    /// Authorize the AK in ActivateCredential through a salted HMAC session with response
+    /// parameter encryption (default true; config `parameter-encryption`), so the recovered
+    /// secret never crosses the TPM bus in clear. False sends a password session, for TPMs
+    /// that misbehave with salted sessions.
+    pub parameter_encryption: bool,
 }
 
 impl Default for AkOptions {
@@ -39,6 +44,7 @@ impl Default for AkOptions {
         Self {
             kind: AkKind::P256,
             no_da: true,
+            parameter_encryption: true,
         }
     }
 }

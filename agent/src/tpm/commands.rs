@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use tpm2_protocol::basic::{TpmHandle, TpmUint16, TpmUint32};
 use tpm2_protocol::data::{
-    Tpm2bData, Tpm2bDigest, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce, Tpm2bPublic,
-    Tpm2bSensitiveCreate, TpmAlgId, TpmCap, TpmSe, TpmSt, TpmSu, TpmaSession, TpmlPcrSelection,
-    TpmsAuthCommand, TpmtSymDef,
+    Tpm2bAuth, Tpm2bData, Tpm2bDigest, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce,
+    Tpm2bPublic, Tpm2bSensitiveCreate, TpmAlgId, TpmCap, TpmSe, TpmSt, TpmSu, TpmaSession,
+    TpmlPcrSelection, TpmsAuthCommand, TpmtSymDef,
 };
 use tpm2_protocol::frame::{
     TpmActivateCredentialCommand, TpmActivateCredentialResponse, TpmCreatePrimaryCommand,
@@ -35,6 +35,7 @@ use super::error::Error;
 use super::rc::{self, ResponseCode};
 use super::reader::{Reader, split};
 pub use super::scope::Scope;
+use super::session::{self, Session};
 use super::{FRAME_MAX, HEADER_LEN, Transport};
 
 /// `TPM_RH_OWNER`.
@@ -43,6 +44,8 @@ pub const RH_OWNER: u32 = 0x4000_0001;
 pub const RH_ENDORSEMENT: u32 = 0x4000_000B;
 const RH_NULL: u32 = 0x4000_0007;
 const RS_PW: u32 = 0x4000_0009;
+/// `TPM_CC_ActivateCredential`.
+const CC_ACTIVATE_CREDENTIAL: u32 = 0x0000_0147;
 
 /// `TPM_PT_MANUFACTURER`.
 pub const PT_MANUFACTURER: u32 = 0x105;
@@ -149,6 +152,16 @@ impl<T: Transport> Tpm<T> {
         auths: &[Auth],
     ) -> Result<usize, Error> {
         let sessions: Vec<TpmsAuthCommand> = auths.iter().map(|a| auth_command(*a)).collect();
+        self.call_with(name, command, &sessions)
+    }
+
+    /// [`Tpm::call`] with the authorization area given as built sessions.
+    fn call_with<C: TpmFrame>(
+        &mut self,
+        name: &'static str,
+        command: &C,
+        sessions: &[TpmsAuthCommand],
+    ) -> Result<usize, Error> {
         let tag = if sessions.is_empty() {
             TpmSt::NoSessions
         } else {
@@ -156,7 +169,7 @@ impl<T: Transport> Tpm<T> {
         };
         let len = {
             let mut w = TpmWriter::new(&mut self.cmd[..]);
-            tpm_marshal_command(command, tag, &sessions, &mut w).map_err(|e| Error::Build {
+            tpm_marshal_command(command, tag, sessions, &mut w).map_err(|e| Error::Build {
                 command: name,
                 detail: format!("{e:?}"),
             })?;
@@ -573,6 +586,180 @@ impl<T: Transport> Tpm<T> {
         let rsp: TpmActivateCredentialResponse = self.typed(name, n)?;
         let cert_info: &Tpm2bDigest = &rsp.cert_info;
         Ok(cert_info.to_vec())
+    }
+
+    /// TPM2_StartAuthSession (Part 3, 11.1) for a salted, unbound HMAC session with
+    /// AES-128-CFB parameter encryption and SHA-256: tpmKey = `tpm_key` (the EK, whose
+    /// public area is `tpm_key_public`, TPM2B_PUBLIC), bind = TPM_RH_NULL, encryptedSalt =
+    /// the salt encrypted to the EK ([`session::salt_for`]). The caller must flush the
+    /// session unless a command consumes it.
+    ///
+    /// # Errors
+    /// Response code (e.g. `TPM_RC_VALUE` or `TPM_RC_ECC_POINT` for a salt the EK cannot
+    /// decrypt), transport failure, malformed response, salt generation failure.
+    pub fn start_salted_session(
+        &mut self,
+        tpm_key: u32,
+        tpm_key_public: &[u8],
+    ) -> Result<Session, Error> {
+        let name = "StartAuthSession";
+        let fault = |detail: &str| Error::Session {
+            command: name,
+            detail: detail.to_owned(),
+        };
+        let build = |what: &str, e: tpm2_protocol::TpmError| Error::Build {
+            command: name,
+            detail: format!("{what}: {e:?}"),
+        };
+        let salt = session::salt_for(tpm_key_public).map_err(fault)?;
+        let mut nonce = [0u8; session::NONCE_LEN];
+        session::random(&mut nonce).map_err(fault)?;
+        let (symmetric, _) = TpmtSymDef::unmarshal(&session::SYMMETRIC_AES128_CFB)
+            .map_err(|e| build("symmetric", e))?;
+        let cmd = TpmStartAuthSessionCommand {
+            handles: [TpmHandle::new(tpm_key), TpmHandle::new(RH_NULL)],
+            nonce_caller: Tpm2bNonce::try_from(&nonce[..]).map_err(|e| build("nonceCaller", e))?,
+            encrypted_salt: Tpm2bEncryptedSecret::try_from(&salt.encrypted[..])
+                .map_err(|e| build("encryptedSalt", e))?,
+            session_type: TpmSe::Hmac,
+            symmetric,
+            auth_hash: TpmAlgId::Sha256,
+        };
+        let n = self.call(name, &cmd, &[])?;
+        let rsp: TpmStartAuthSessionResponse = self.typed(name, n)?;
+        let handle = rsp.handles[0].value();
+        let nonce_tpm: &[u8] = &rsp.nonce_tpm;
+        // nonceTPM is at least 16 bytes (Part 1, 19.6.3); a session we cannot use is flushed
+        // here, since the caller never learns its handle.
+        let session = if nonce_tpm.len() < 16 {
+            Err(Error::Malformed {
+                command: name,
+                detail: format!("nonceTPM of {} bytes (at least 16)", nonce_tpm.len()),
+            })
+        } else {
+            Session::new(handle, &salt.secret, nonce_tpm, &nonce).map_err(fault)
+        };
+        if session.is_err()
+            && let Err(e) = self.flush_context(handle)
+        {
+            log::debug!("flushing {handle:#010x}: {e}");
+        }
+        session
+    }
+
+    /// TPM2_ActivateCredential (Part 3, 12.5) with the AK authorized through `session`, a
+    /// salted HMAC session carrying the encrypt attribute (continueSession clear, so the TPM
+    /// flushes it on success), and the EK through `key.2`. The response HMAC is verified
+    /// before certInfo is decrypted, so the secret never crosses the bus in clear.
+    /// `activate` and `key` carry each handle's Name for cpHash.
+    ///
+    /// # Errors
+    /// As [`Tpm::activate_credential`]; [`Error::Session`] if the response HMAC does not
+    /// verify (a tampered response, or a TPM that derived another session key) or the TPM
+    /// did not encrypt; [`Error::Malformed`] for a response whose areas do not parse.
+    pub fn activate_credential_encrypted(
+        &mut self,
+        activate: (u32, &[u8]),
+        key: (u32, &[u8], Auth),
+        session: &Session,
+        id_object: &[u8],
+        secret: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let name = "ActivateCredential";
+        let build = |what: &str, e: tpm2_protocol::TpmError| Error::Build {
+            command: name,
+            detail: format!("{what}: {e:?}"),
+        };
+        let fault = |detail: &str| Error::Session {
+            command: name,
+            detail: detail.to_owned(),
+        };
+        let cmd = TpmActivateCredentialCommand {
+            handles: [TpmHandle::new(activate.0), TpmHandle::new(key.0)],
+            credential_blob: Tpm2bIdObject::try_from(id_object)
+                .map_err(|e| build("credentialBlob", e))?,
+            secret: Tpm2bEncryptedSecret::try_from(secret).map_err(|e| build("secret", e))?,
+        };
+        // The parameter area as marshalled without sessions: header and two handles first.
+        let params = {
+            let mut buf = [0u8; FRAME_MAX];
+            let mut w = TpmWriter::new(&mut buf[..]);
+            tpm_marshal_command(&cmd, TpmSt::NoSessions, &[], &mut w)
+                .map_err(|e| build("parameters", e))?;
+            let len = w.len();
+            buf.get(HEADER_LEN + 8..len)
+                .ok_or_else(|| fault("command shorter than its handles"))?
+                .to_vec()
+        };
+        let cp = session::cp_hash(
+            session::SESSION_HASH,
+            CC_ACTIVATE_CREDENTIAL,
+            &[activate.1, key.1],
+            &params,
+        )
+        .map_err(fault)?;
+        let mut nonce = [0u8; session::NONCE_LEN];
+        session::random(&mut nonce).map_err(fault)?;
+        let attrs = session::ATTR_ENCRYPT;
+        let hmac = session.command_hmac(&cp, &nonce, attrs).map_err(fault)?;
+        let sessions = [
+            TpmsAuthCommand {
+                session_handle: TpmHandle::new(session.handle),
+                nonce: Tpm2bNonce::try_from(&nonce[..]).map_err(|e| build("nonceCaller", e))?,
+                session_attributes: TpmaSession::ENCRYPT,
+                hmac: Tpm2bAuth::try_from(&hmac[..]).map_err(|e| build("hmac", e))?,
+            },
+            auth_command(key.2),
+        ];
+        let n = self.call_with(name, &cmd, &sessions)?;
+        let a = self.areas(name, n, 0)?;
+        let mut params = a.params.to_vec();
+        // The authorization area follows the parameters: one TPMS_AUTH_RESPONSE per session.
+        let bytes = self.rsp.get(..n).unwrap_or_default();
+        let auth_area = bytes
+            .get(HEADER_LEN + 4 + params.len()..)
+            .ok_or_else(|| a.bad("authorization area missing"))?;
+        let mut r = Reader::new(auth_area);
+        let nonce_tpm = r
+            .tpm2b()
+            .ok_or_else(|| a.bad("AK session nonceTPM truncated"))?;
+        let rsp_attrs = r
+            .u8()
+            .ok_or_else(|| a.bad("AK session attributes missing"))?;
+        let rsp_hmac = r
+            .tpm2b()
+            .ok_or_else(|| a.bad("AK session HMAC truncated"))?;
+        session
+            .open_response(
+                CC_ACTIVATE_CREDENTIAL,
+                &mut params,
+                nonce_tpm,
+                &nonce,
+                rsp_attrs,
+                rsp_hmac,
+            )
+            .map_err(fault)?;
+        let mut p = Reader::new(&params);
+        let cert_info = p
+            .tpm2b()
+            .ok_or_else(|| Error::Malformed {
+                command: name,
+                detail: "certInfo truncated".into(),
+            })?
+            .to_vec();
+        if p.take(1).is_some() {
+            return Err(Error::Malformed {
+                command: name,
+                detail: "bytes after certInfo".into(),
+            });
+        }
+        if cert_info.len() > 64 {
+            return Err(Error::Malformed {
+                command: name,
+                detail: format!("certInfo of {} bytes exceeds TPM2B_DIGEST", cert_info.len()),
+            });
+        }
+        Ok(cert_info)
     }
 
     /// TPM2_FlushContext (Part 3, 28.4); the handle is a parameter, not a handle.

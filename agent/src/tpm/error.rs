@@ -28,6 +28,16 @@ pub enum Error {
         /// The response code.
         rc: ResponseCode,
     },
+    /// A session check failed: a response HMAC that does not verify, a response the TPM
+    /// should have encrypted and did not, or session crypto that could not run (no
+    /// randomness, an EK key no salt can be made for).
+    #[error("TPM2_{command}: session check failed: {detail}")]
+    Session {
+        /// Command name.
+        command: &'static str,
+        /// What failed.
+        detail: String,
+    },
     /// The TPM kept answering RETRY/YIELDED/TESTING past our retry budget.
     #[error("TPM2_{command} failed: {rc} still returned after {attempts} attempts")]
     Busy {

@@ -25,6 +25,7 @@ pub mod ek;
 pub mod rc;
 mod reader;
 pub mod scope;
+pub mod session;
 pub mod stream;
 mod templates;
 pub mod tis;
