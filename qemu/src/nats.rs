@@ -52,6 +52,10 @@ pub struct Access {
     pub probe: users::Credential,
 }
 
+/// How often [`NatsCluster::start_with`] retries a start that lost a port to another
+/// process.
+const PORT_RACE_RETRIES: usize = 3;
+
 /// A running local nats-server cluster; every node is stopped on drop.
 #[derive(Debug)]
 pub struct NatsCluster {
@@ -75,9 +79,28 @@ impl NatsCluster {
 
     /// [`NatsCluster::start`], enforcing `access` if given.
     ///
+    /// Ports come from [`process::free_port`], which releases each port before nats-server
+    /// binds it, so a parallel test can take one in between; a node that then fails with
+    /// "address already in use" makes the whole cluster start again on fresh ports (at most
+    /// [`PORT_RACE_RETRIES`] times).
+    ///
     /// # Errors
     /// As [`NatsCluster::start`]; [`Error::Io`] if the shipped permissions cannot be copied.
     pub fn start_with(n: usize, access: Option<Access>) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::try_start(n, access.clone()) {
+                Err(Error::NotReady { output, .. })
+                    if attempt < PORT_RACE_RETRIES && output.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start(n: usize, access: Option<Access>) -> Result<Self> {
         if !(1..=9).contains(&n) {
             return Err(Error::Invalid(format!("{n} NATS nodes: use 1 to 9")));
         }

@@ -411,6 +411,21 @@ fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
     assert!(!accepted.signature.is_empty());
 }
 
+/// Logs ek-1 in with the vector's fixed randomness (so the secret is secret.bin).
+fn vector_challenge(a: &Attestor, now: Instant) -> Challenge {
+    a.login(
+        &doc(),
+        "ek-1",
+        &login(),
+        &T,
+        now,
+        SystemTime::now(),
+        &mut vector_random(),
+    )
+    .unwrap()
+    .0
+}
+
 #[test]
 fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
     let a = attestor();
@@ -418,17 +433,7 @@ fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
     let secret = read("secret.bin");
     // The device's MAC over its own Login's transcript, while the server received a rewritten
     // Login (another transcript): what an attacker who swapped the svid_key gets.
-    let (challenge, _) = a
-        .login(
-            &doc(),
-            "ek-1",
-            &login(),
-            &T,
-            now,
-            SystemTime::now(),
-            &mut vector_random(),
-        )
-        .unwrap();
+    let challenge = vector_challenge(&a, now);
     let device_t: Transcript = [0x34; 32];
     let answer = Answer {
         session: challenge.session,
@@ -441,17 +446,7 @@ fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
     assert_eq!(a.pending(), 0, "a wrong MAC spends the session");
 
     // The right secret and transcript but another node's name: refused.
-    let (challenge, _) = a
-        .login(
-            &doc(),
-            "ek-1",
-            &login(),
-            &T,
-            now,
-            SystemTime::now(),
-            &mut vector_random(),
-        )
-        .unwrap();
+    let challenge = vector_challenge(&a, now);
     let answer = Answer {
         session: challenge.session,
         mac: sign::answer_mac(&secret, &T, &challenge.session, "node-2").unwrap(),
@@ -462,17 +457,7 @@ fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
         RejectCode::ChallengeFailed
     );
     // The raw secret in the MAC field (what a v1 agent would have sent): refused.
-    let (challenge, _) = a
-        .login(
-            &doc(),
-            "ek-1",
-            &login(),
-            &T,
-            now,
-            SystemTime::now(),
-            &mut vector_random(),
-        )
-        .unwrap();
+    let challenge = vector_challenge(&a, now);
     let mut raw = [0u8; 32];
     raw.copy_from_slice(&secret);
     let answer = Answer {
