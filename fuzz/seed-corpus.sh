@@ -45,10 +45,12 @@ put() {
 login() { # ek_hex ak_hex [cert_hex] [chain_hex]
   local cert="00"
   [ -n "${3:-}" ] && cert="01$(pc_bytes "$3")"
-  printf '01000100%s%s%s%s00' "$(pc_bytes "$1")" "$cert" "$(pc_bytes "${4:-}")" "$(pc_bytes "$2")"
+  # Wire version 2: ... ak_public, svid_key None, key_certify None, 16-byte nonce, signer_hint None.
+  printf '02000100%s%s%s%s0000%s00' "$(pc_bytes "$1")" "$cert" "$(pc_bytes "${4:-}")" "$(pc_bytes "$2")" \
+    "$(repeat 4e 16)"
 }
-# Uplink::Answer with session 00.. and a 32-byte secret 5e..
-answer() { printf '0101%s%s00' "$(repeat 00 16)" "$(pc_bytes "$(repeat 5e 32)")"; }
+# Uplink::Answer (wire version 2) with session 00.. and a 32-byte MAC 5e.., no pop.
+answer() { printf '0201%s%s00' "$(repeat 00 16)" "$(repeat 5e 32)"; }
 # server_handler record: ctl byte, u16 length, frame.
 record() { printf '%02x%s%s' "$1" "$(u16 "$(len "$2")")" "$2"; }
 
