@@ -10,7 +10,7 @@
 
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::{EK_CHAIN_MAX, NONCE_LEN, SIGNER_HINT_LEN};
-use ekattest_protocol::msg::{Answer, Challenge, Login, Method};
+use ekattest_protocol::msg::{Answer, Challenge, KeyCertify, Login, Method};
 use ekattest_protocol::sign::{self, Transcript};
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
@@ -20,6 +20,16 @@ use crate::tpm::activate::{self, Credential, CredentialError};
 use crate::tpm::ak::{Ak, AkOptions};
 use crate::tpm::commands::Tpm;
 use crate::tpm::ek::Ek;
+use crate::tpm::key::{self, CertifiedKey, TpmKey};
+
+/// The key whose possession the Answer proves.
+#[derive(Debug, Clone, Copy)]
+pub enum PopKey<'a> {
+    /// A software key in the agent's memory (`svid-key: software`).
+    Software(&'a SigningKey),
+    /// A key in the TPM (`svid-key: tpm`): TPM2_Sign.
+    Tpm(&'a TpmKey),
+}
 
 /// Why a Login could not be built or a Challenge not answered.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,9 @@ pub enum AttestError {
     /// The MAC could not be computed (a node id longer than the protocol allows).
     #[error("cannot compute the Answer's MAC")]
     Mac(#[source] ekattest_protocol::EncodeError),
+    /// The TPM-resident SVID key could not sign the proof of possession.
+    #[error("the TPM could not sign with the SVID key")]
+    TpmKey(#[source] crate::tpm::Error),
 }
 
 fn bounded<const N: usize>(
@@ -102,10 +115,28 @@ pub fn login(
     })
 }
 
+/// Makes `login` ask for an SVID for the TPM-resident `key`: its SubjectPublicKeyInfo as the
+/// `svid_key`, and the AK's certification of it as `key_certify`.
+///
+/// # Errors
+/// [`AttestError::TooLarge`] if a structure exceeds the protocol's limits.
+pub fn with_certified_key(login: &mut Login, key: &CertifiedKey) -> Result<(), AttestError> {
+    login.svid_key = Some(bounded("SVID key", key.key.spki())?);
+    login.key_certify = Some(KeyCertify {
+        public: bounded("SVID key public area", key.key.public())?,
+        attest: bounded("key certification", &key.certification.attest)?,
+        signature: bounded(
+            "key certification signature",
+            &key.certification.signature,
+        )?,
+    });
+    Ok(())
+}
+
 /// Opens `challenge` with the TPM (ActivateCredential with this AK and `ek`) and returns the
 /// Answer: the MAC keyed with the recovered secret over `transcript` (the Login's), the
 /// session and the node, and, with `svid_key` (the private half of the Login's `svid_key`),
-/// the proof of possession. Call it only for a Challenge whose signature and transcript
+/// the proof of possession (signed in the TPM for a [`PopKey::Tpm`]). Call it only for a Challenge whose signature and transcript
 /// verified.
 ///
 /// # Errors
@@ -117,13 +148,23 @@ pub fn answer<T: Transport>(
     ak: &AkOptions,
     challenge: &Challenge,
     transcript: &Transcript,
-    svid_key: Option<&SigningKey>,
+    svid_key: Option<PopKey<'_>>,
 ) -> Result<Answer, AttestError> {
     let credential =
         Credential::from_tpm2b(&challenge.credential_blob, &challenge.encrypted_secret)
             .map_err(AttestError::Challenge)?;
     let secret = activate::activate(tpm, ek, ak, &credential).map_err(AttestError::Tpm)?;
-    answer_with_secret(&secret, challenge, transcript, svid_key)
+    match svid_key {
+        None => answer_with_secret(&secret, challenge, transcript, None),
+        Some(PopKey::Software(k)) => answer_with_secret(&secret, challenge, transcript, Some(k)),
+        Some(PopKey::Tpm(k)) => {
+            let mut answer = answer_with_secret(&secret, challenge, transcript, None)?;
+            let message = sign::pop_signed_bytes(transcript, &challenge.session, &answer.mac);
+            let der = key::sign(tpm, k, &message).map_err(AttestError::TpmKey)?;
+            answer.pop = Some(bounded("proof of possession", &der)?);
+            Ok(answer)
+        }
+    }
 }
 
 /// The Answer for a `secret` recovered from `challenge` (by the TPM, or by a software TPM in

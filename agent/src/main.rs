@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! ekattest-agent run --config FILE [--once] [--timeout 5m] [--tpm SPEC] [--broker URL[,URL...]] [--ek KIND]
+//!                   [--svid-key software|tpm]
 //! ekattest-agent tpm info [--tpm SPEC] [--json]
 //! ekattest-agent tpm activate --credential FILE [--tpm SPEC] [--ek rsa2048|p256|p384|rsa3072]
 //! ```
@@ -21,12 +22,13 @@ use ekattest_agent::ops::{self, Command};
 const USAGE: &str = "\
 usage: ekattest-agent run --config FILE [--once] [--timeout DURATION] [--tpm SPEC]
                           [--broker URL[,URL...]]
-                          [--ek rsa2048|p256|p384|rsa3072]
+                          [--ek rsa2048|p256|p384|rsa3072] [--svid-key software|tpm]
        ekattest-agent tpm info [--tpm SPEC] [--json]
        ekattest-agent tpm activate --credential FILE [--tpm SPEC] [--ek rsa2048|p256|p384|rsa3072]
 
 run: attest over MQTT and keep the SVID fresh; --once attests, writes the files and exits
      (0 attested, 1 rejected / failed / --timeout reached, default 5m). Flags override the file.
+     --svid-key tpm keeps the SVID key in the TPM (svid.key is then a TSS2 PRIVATE KEY).
 SPEC: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or swtpm-unix:PATH; without a kernel
       TPM driver: spi:/dev/spidevB.C[@HZ] (TIS over SPI, default 10 MHz) or tis-mmio:0xADDR
 options: -v/--verbose (repeat for more log output), -h/--help";
@@ -39,6 +41,7 @@ struct RunArgs {
     tpm: Option<String>,
     broker: Option<String>,
     ek: Option<String>,
+    svid_key: Option<String>,
 }
 
 enum Cli {
@@ -126,6 +129,10 @@ fn load(args: &RunArgs) -> Result<Config, String> {
     if let Some(ek) = &args.ek {
         config.ek = Some(ops::parse_ek(ek).map_err(|e| format!("usage: --ek: {e}"))?);
     }
+    if let Some(kind) = &args.svid_key {
+        config.svid_key = daemon::config::SvidKeyKind::parse(kind)
+            .map_err(|e| format!("usage: --svid-key: {e}"))?;
+    }
     Ok(config)
 }
 
@@ -169,6 +176,7 @@ fn parse(mut p: lexopt::Parser) -> Result<Option<(Cli, u8)>, lexopt::Error> {
     let mut once = false;
     let mut timeout = None;
     let mut broker = None;
+    let mut svid_key = None;
     let mut verbosity = 0u8;
     while let Some(arg) = p.next()? {
         match arg {
@@ -182,6 +190,7 @@ fn parse(mut p: lexopt::Parser) -> Result<Option<(Cli, u8)>, lexopt::Error> {
             Long("once") => once = true,
             Long("timeout") => timeout = Some(p.value()?.string()?),
             Long("broker") => broker = Some(p.value()?.string()?),
+            Long("svid-key") => svid_key = Some(p.value()?.string()?),
             Value(v) => words.push(v.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -200,12 +209,13 @@ fn parse(mut p: lexopt::Parser) -> Result<Option<(Cli, u8)>, lexopt::Error> {
                 tpm: spec,
                 broker,
                 ek,
+                svid_key,
             }),
             verbosity,
         )));
     }
-    if config.is_some() || once || timeout.is_some() || broker.is_some() {
-        return Err("--config, --once, --timeout and --broker belong to run".into());
+    if config.is_some() || once || timeout.is_some() || broker.is_some() || svid_key.is_some() {
+        return Err("--config, --once, --timeout, --broker and --svid-key belong to run".into());
     }
     let spec = ops::parse_spec(spec.as_deref()).map_err(|e| lexopt::Error::from(e.to_string()))?;
     let command = match words.as_slice() {

@@ -204,6 +204,7 @@ impl core::error::Error for EncodeError {
 /// | 15 `Internal` | internal server error | the server failed (random numbers, signing): see the server log |
 /// | 16 `ProofOfPossession` | SVID key proof of possession failed | the Login's `svid_key` is not a P-256 SubjectPublicKeyInfo, or the Answer's `pop` is missing or is not that key's signature over this Login's transcript and MAC |
 /// | 17 `AgentIdMismatch` | agent id is not the one derived from the EK | the server requires agent ids of the form `ek-` + 32 hex digits of the EK's public_hash (`agent-id-from-ek`): the agent's `agent-id` is set, or a Login was replayed under another id |
+/// | 18 `KeyCertification` | SVID key certification failed | the Login's `key_certify` (`svid-key: tpm`) does not show a fixedTPM signing key certified by the Login's AK for this Login, or the server requires a TPM key (`require-tpm-svid-key`) and the Login carries a software key |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RejectCode {
     /// No cluster policy authorizes the provided attestors.
@@ -242,6 +243,8 @@ pub enum RejectCode {
     ProofOfPossession,
     /// Agent id is not the one derived from the EK.
     AgentIdMismatch,
+    /// SVID key certification failed.
+    KeyCertification,
 }
 
 impl RejectCode {
@@ -265,6 +268,7 @@ impl RejectCode {
         Self::Internal,
         Self::ProofOfPossession,
         Self::AgentIdMismatch,
+        Self::KeyCertification,
     ];
 
     /// The operator string (also this code's `Display`).
@@ -291,6 +295,7 @@ impl RejectCode {
             Self::Internal => "internal server error",
             Self::ProofOfPossession => "SVID key proof of possession failed",
             Self::AgentIdMismatch => "agent id is not the one derived from the EK",
+            Self::KeyCertification => "SVID key certification failed",
         }
     }
 

@@ -916,3 +916,164 @@ fn agent_waits_for_the_broker_and_survives_a_server_restart() {
     );
     assert!(spec.data_dir.join("svid.pem").is_file());
 }
+
+/// Runs `openssl` with the tpm2 provider reaching `tcti`; returns the output. `dgst` prefers
+/// the provider's implementation (`-propquery ?provider=tpm2`), as the README's workload
+/// example does: otherwise OpenSSL hands the key to the default provider, which has no
+/// private key to sign with.
+fn openssl_tpm2(tcti: &str, args: &[&str]) -> std::process::Output {
+    let (command, rest) = args.split_first().expect("an openssl command");
+    let mut cmd = Command::new("openssl");
+    cmd.arg(command)
+        .args(["-provider", "tpm2", "-provider", "default"]);
+    if *command == "dgst" {
+        cmd.args(["-propquery", "?provider=tpm2"]);
+    }
+    cmd.args(rest)
+        .env("TPM2OPENSSL_TCTI", tcti)
+        .output()
+        .expect("openssl is required")
+}
+
+/// `svid-key: tpm` (issue 14): the agent's key lives in the TPM. The SVID chains to the CA and
+/// certifies the TPM key; OpenSSL's tpm2 provider (Debian's tpm2-openssl, an independent
+/// implementation of the TSS2 key format) signs with `svid.key` on that swtpm and the
+/// signature verifies with the SVID's public key; on another swtpm the same file is useless.
+#[test]
+fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        Path::new("/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so").is_file()
+            || Path::new("/usr/lib/aarch64-linux-gnu/ossl-modules/tpm2.so").is_file(),
+        "OpenSSL's tpm2 provider is required: apt-get install tpm2-openssl"
+    );
+    let ca = Ca::create().unwrap();
+    let world = World::start(
+        &policy(Some(&ca), &[]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let dev = provision(&ca);
+    let hash = public_hash(&dev, EkKind::Rsa2048);
+    let mut spec = world.agent_spec(&dev, "tpmkey", false);
+    spec.extra_args = vec!["--svid-key".into(), "tpm".into()];
+    let exit = world.run_once(&spec, "tpmkey");
+    assert!(
+        exit.success(),
+        "agent failed:\n{}\nserver:\n{}",
+        exit.log,
+        world.server.log()
+    );
+    let svid = spec.data_dir.join("svid.pem");
+    let key = spec.data_dir.join("svid.key");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN TSS2 PRIVATE KEY-----"),
+        "svid.key is not a TSS2 key:\n{pem}"
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "svid.key mode");
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&world.ca_cert)
+        .arg(&svid)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/agents/tpm/{hash}");
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&svid)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("URI:{spiffe_id}")));
+
+    // The provider reads the public key out of the TSS2 file: it is the SVID's.
+    let cert_pub = Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(&svid)
+        .output()
+        .unwrap();
+    let key_str = key.to_str().unwrap();
+    let key_pub = openssl_tpm2(&dev.tcti(), &["pkey", "-pubout", "-in", key_str]);
+    assert!(
+        key_pub.status.success(),
+        "tpm2 provider cannot read svid.key: {}",
+        String::from_utf8_lossy(&key_pub.stderr)
+    );
+    assert_eq!(key_pub.stdout, cert_pub.stdout, "svid.key is not the SVID's key");
+
+    // A workload signs through the TPM; the signature verifies with the SVID's key.
+    let dir = world.dir.path();
+    let data = dir.join("workload-data");
+    std::fs::write(&data, b"a TLS handshake transcript, say").unwrap();
+    let pub_pem = dir.join("svid-pub.pem");
+    std::fs::write(&pub_pem, &cert_pub.stdout).unwrap();
+    let sig = dir.join("workload.sig");
+    let signed = openssl_tpm2(
+        &dev.tcti(),
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            key_str,
+            "-out",
+            sig.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        signed.status.success(),
+        "openssl could not sign with the TPM key: {}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let verified = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pub_pem)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "signature does not verify with the SVID key: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+
+    // The same file on another TPM: the load fails (the key is wrapped by this TPM's
+    // storage primary), so nothing is signed.
+    let other = provision(&ca);
+    let stolen = dir.join("stolen.sig");
+    let elsewhere = openssl_tpm2(
+        &other.tcti(),
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            key_str,
+            "-out",
+            stolen.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !elsewhere.status.success(),
+        "another swtpm signed with the key: {}",
+        String::from_utf8_lossy(&elsewhere.stdout)
+    );
+    assert!(
+        std::fs::metadata(&stolen).map_or(true, |m| m.len() == 0),
+        "a signature was written on another TPM"
+    );
+    // The original TPM still signs (the failure above was the other TPM's, not the file's).
+    let again = openssl_tpm2(
+        &dev.tcti(),
+        &["pkey", "-pubout", "-in", key_str],
+    );
+    assert!(again.status.success());
+    assert_eq!(world.metric(SUCCESS), 1.0);
+}

@@ -24,6 +24,7 @@ use ekattest_protocol::topic::default_agent_id;
 use ekattest_protocol::{RejectCode, heapless};
 
 use crate::ak;
+use crate::certify;
 use crate::config::Document;
 use crate::credential::{self, Random};
 use crate::ek::{self, Check, EkError, Evidence};
@@ -154,6 +155,8 @@ pub struct Attestor {
     trust_domain: Option<String>,
     sessions: Mutex<SessionStore<Box<Identity>>>,
     agent_id_from_ek: bool,
+    cluster: String,
+    require_tpm_key: bool,
 }
 
 impl Attestor {
@@ -178,6 +181,8 @@ impl Attestor {
             trust_domain: trust_domain.map(str::to_owned),
             sessions: Mutex::new(SessionStore::new(sessions)),
             agent_id_from_ek: false,
+            cluster: String::new(),
+            require_tpm_key: false,
         })
     }
 
@@ -188,6 +193,23 @@ impl Attestor {
     #[must_use]
     pub fn agent_id_from_ek(mut self, required: bool) -> Self {
         self.agent_id_from_ek = required;
+        self
+    }
+
+    /// The cluster this node serves: a TPM-resident SVID key's certification must be made
+    /// for it ([`sign::certify_qualifying_data`]). Empty for a bare `Attestor`.
+    #[must_use]
+    pub fn cluster(mut self, cluster: &str) -> Self {
+        cluster.clone_into(&mut self.cluster);
+        self
+    }
+
+    /// Requires (with `true`) that every Login asking for an SVID carry a TPM-resident key
+    /// with its certification (`key_certify`): software keys are refused with
+    /// [`RejectCode::KeyCertification`]. The daemon's `require-tpm-svid-key` (default off).
+    #[must_use]
+    pub fn require_tpm_key(mut self, required: bool) -> Self {
+        self.require_tpm_key = required;
         self
     }
 
@@ -248,6 +270,7 @@ impl Attestor {
             svid::check_svid_key(key)
                 .map_err(|e| Rejection::from_error(RejectCode::ProofOfPossession, &e))?;
         }
+        self.check_key_certify(agent, login)?;
         let ek_public = Public::decode(&login.ek_public).map_err(|e| Rejection {
             code: RejectCode::Malformed,
             reason: format!("EK public area (TPM2B_PUBLIC) is malformed: {e}"),
@@ -345,6 +368,28 @@ impl Attestor {
             signature: heapless::Vec::new(),
         };
         Ok((challenge, proven))
+    }
+
+    /// A `key_certify` must show the Login's `svid_key` is a TPM key certified by its AK for
+    /// this Login ([`certify::check`]); with `require_tpm_key`, a Login asking for an SVID
+    /// must carry one.
+    fn check_key_certify(&self, agent: &str, login: &Login) -> Result<(), Rejection> {
+        let Some(kc) = &login.key_certify else {
+            if self.require_tpm_key && login.svid_key.is_some() {
+                return Err(Rejection {
+                    code: RejectCode::KeyCertification,
+                    reason: "SVID key certification failed: this server requires the SVID key \
+                             to live in the TPM (require-tpm-svid-key) and the Login carries a \
+                             software key; set svid-key: tpm on the agent"
+                        .to_owned(),
+                });
+            }
+            return Ok(());
+        };
+        let qualifying = sign::certify_qualifying_data(&self.cluster, agent, &login.nonce)
+            .map_err(|e| Rejection::from_error(RejectCode::Malformed, &e))?;
+        certify::check(kc, &login.ak_public, login.svid_key.as_deref(), &qualifying)
+            .map_err(|e| Rejection::from_error(RejectCode::KeyCertification, &e))
     }
 
     /// Handles an Answer from `agent`: takes the session (single use, right or wrong),

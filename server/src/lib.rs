@@ -20,6 +20,7 @@
 
 pub mod ak;
 pub mod attest;
+pub mod certify;
 pub mod config;
 pub mod credential;
 pub mod daemon;

@@ -310,6 +310,46 @@ pub struct Config {
     /// salted to the EK with response encryption, so the secret never crosses the TPM bus
     /// in clear (default true; false for TPMs that misbehave with salted sessions).
     pub parameter_encryption: bool,
+    /// `svid-key`: where the SVID key lives (default [`SvidKeyKind::Software`]).
+    pub svid_key: SvidKeyKind,
+}
+
+/// `svid-key` (and `--svid-key`): where the agent makes the key its X.509-SVID certifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SvidKeyKind {
+    /// `software`: a P-256 key generated in memory; `svid.key` is PKCS#8 PEM. Any process
+    /// that reads `svid.key` holds the identity until the SVID expires.
+    #[default]
+    Software,
+    /// `tpm`: a P-256 key created in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin)
+    /// and certified by the AK; `svid.key` is a `TSS2 PRIVATE KEY` that only this TPM can
+    /// load (workloads sign through OpenSSL's tpm2 provider).
+    Tpm,
+}
+
+impl SvidKeyKind {
+    /// Parses `software` or `tpm`.
+    ///
+    /// # Errors
+    /// A message naming the accepted values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "software" => Ok(Self::Software),
+            "tpm" => Ok(Self::Tpm),
+            other => Err(format!(
+                "svid-key {other:?} is not one of: software (default), tpm"
+            )),
+        }
+    }
+
+    /// The config spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Software => "software",
+            Self::Tpm => "tpm",
+        }
+    }
 }
 
 /// Refuses a password or private key file that group or others may access. A file that
@@ -400,6 +440,7 @@ struct Raw {
     renew_before: Option<f64>,
     insecure_plaintext: Option<bool>,
     parameter_encryption: Option<bool>,
+    svid_key: Option<String>,
 }
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`, `500ms` ([`ekattest_protocol::duration::parse`],
@@ -477,6 +518,13 @@ impl Config {
             .map_or_else(|| vec!["mqtt://localhost:1883".to_owned()], |b| b.0);
         let (broker, fallback_brokers) = Broker::parse_list(&urls)?;
         let insecure_plaintext = raw.insecure_plaintext.unwrap_or(false);
+        let svid_key = raw
+            .svid_key
+            .as_deref()
+            .map(SvidKeyKind::parse)
+            .transpose()
+            .map_err(|e| invalid("svid-key", e))?
+            .unwrap_or_default();
         check_plaintext(
             std::iter::once(&broker).chain(&fallback_brokers),
             insecure_plaintext,
@@ -574,6 +622,7 @@ impl Config {
             renew_before,
             insecure_plaintext,
             parameter_encryption: raw.parameter_encryption.unwrap_or(true),
+            svid_key,
         })
     }
 }

@@ -14,7 +14,7 @@ use ekattest_protocol::msg::{Accepted, Challenge, Downlink, Outcome, SessionId, 
 use ekattest_protocol::{ErrorChain, decode};
 use rumqttc::Client;
 
-use super::identity::{self, Signer, SvidKey, TrustBundle};
+use super::identity::{self, HeldKey, Signer, TrustBundle};
 use super::{DaemonError, End, Phase, Runner, unix_now};
 use crate::{attest, ops};
 use ekattest_protocol::sign::Transcript;
@@ -154,7 +154,7 @@ impl Runner<'_> {
     fn on_challenge(
         &mut self,
         client: &Client,
-        key: SvidKey,
+        key: HeldKey,
         spki: Vec<u8>,
         transcript: Transcript,
         signer: Box<Signer>,
@@ -175,7 +175,7 @@ impl Runner<'_> {
                     &d.ak_opts,
                     challenge,
                     &transcript,
-                    Some(key.signing_key()),
+                    Some(key.pop_key()),
                 )
                 .map_err(|e| ErrorChain(&e).to_string())
             });
@@ -224,7 +224,7 @@ impl Runner<'_> {
     /// `Ok(false)` when the Result was refused (logged, nothing written).
     fn on_accepted(
         &mut self,
-        key: &SvidKey,
+        key: &HeldKey,
         spki: &[u8],
         signer: &Signer,
         session: &SessionId,
@@ -246,11 +246,12 @@ impl Runner<'_> {
             now,
         )
         .and_then(|v| {
+            let key_pem = key.key_pem()?;
             identity::write_identity(
                 &self.config.data_dir,
                 &v.svid,
                 &v.chain,
-                key,
+                &key_pem,
                 self.bundle.pem(),
             )
             .map(|()| v)

@@ -26,6 +26,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
 use super::x509;
+use crate::attest::PopKey;
+use crate::tpm::key::TpmKey;
 
 /// Largest trust bundle file read.
 pub const BUNDLE_MAX: u64 = 256 * 1024;
@@ -178,6 +180,42 @@ impl SvidKey {
         self.0
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|_| IdentityError::Encode("the SVID private key"))
+    }
+}
+
+/// The SVID key of an attestation in flight: a software key (default), or a key in the TPM
+/// (`svid-key: tpm`).
+#[derive(Debug)]
+pub enum HeldKey {
+    /// A P-256 key in the agent's memory; `svid.key` is PKCS#8.
+    Software(SvidKey),
+    /// A P-256 key in the TPM, certified by the AK; `svid.key` is a `TSS2 PRIVATE KEY`.
+    Tpm(TpmKey),
+}
+
+impl HeldKey {
+    /// The key that signs the Answer's proof of possession.
+    #[must_use]
+    pub fn pop_key(&self) -> PopKey<'_> {
+        match self {
+            Self::Software(k) => PopKey::Software(k.signing_key()),
+            Self::Tpm(k) => PopKey::Tpm(k),
+        }
+    }
+
+    /// The contents of `svid.key`: PKCS#8 PEM, or `TSS2 PRIVATE KEY` PEM (the form
+    /// tpm2-openssl's provider and tpm2-tss-engine load).
+    ///
+    /// # Errors
+    /// [`IdentityError::Encode`] (not expected).
+    pub fn key_pem(&self) -> Result<Zeroizing<String>, IdentityError> {
+        match self {
+            Self::Software(k) => k.pkcs8_pem(),
+            Self::Tpm(k) => k
+                .tss2_pem()
+                .map(Zeroizing::new)
+                .map_err(|_| IdentityError::Encode("the TPM SVID key")),
+        }
     }
 }
 
@@ -559,7 +597,8 @@ pub fn verify_result(
 
 /// File names in the data folder.
 pub const SVID_PEM: &str = "svid.pem";
-/// The private key file (mode 0600).
+/// The private key file (mode 0600): PKCS#8 PEM, or `TSS2 PRIVATE KEY` PEM with
+/// `svid-key: tpm`.
 pub const SVID_KEY: &str = "svid.key";
 /// The trust bundle copy.
 pub const BUNDLE_PEM: &str = "bundle.pem";
@@ -593,7 +632,7 @@ pub fn write_identity(
     dir: &Path,
     svid_der: &[u8],
     chain_der: &[u8],
-    key: &SvidKey,
+    key_pem: &str,
     bundle_pem: &[u8],
 ) -> Result<(), IdentityError> {
     let wrap = |path: PathBuf| move |source| IdentityError::Write { path, source };
@@ -613,7 +652,6 @@ pub fn write_identity(
                 .map_err(|_| IdentityError::Encode("the signer certificate as PEM"))?,
         );
     }
-    let key_pem = key.pkcs8_pem()?;
     write_atomic(dir, SVID_KEY, key_pem.as_bytes(), 0o600)?;
     write_atomic(dir, SVID_PEM, svid_pem.as_bytes(), 0o644)?;
     write_atomic(dir, BUNDLE_PEM, bundle_pem, 0o644)?;

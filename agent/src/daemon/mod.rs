@@ -53,7 +53,8 @@ use crate::tpm::ak::{self, Ak, AkOptions};
 use crate::tpm::ek::{self, Ek};
 use backoff::Backoff;
 use config::Config;
-use identity::{Signer, SvidKey, TrustBundle};
+use config::SvidKeyKind;
+use identity::{HeldKey, Signer, SvidKey, TrustBundle};
 use metrics::{Metrics, Textfile};
 
 /// How `run` behaves.
@@ -110,14 +111,14 @@ enum Phase {
     Idle,
     /// Login sent; `transcript` is its transcript.
     AwaitChallenge {
-        key: SvidKey,
+        key: HeldKey,
         spki: Vec<u8>,
         transcript: Transcript,
         deadline: Instant,
     },
     /// Answer sent to the Challenge `signer` signed.
     AwaitResult {
-        key: SvidKey,
+        key: HeldKey,
         spki: Vec<u8>,
         transcript: Transcript,
         signer: Box<Signer>,
@@ -520,8 +521,6 @@ impl<'a> Runner<'a> {
     }
 
     fn login(&mut self, client: &Client) -> Result<Phase, End> {
-        let key = SvidKey::generate().map_err(DaemonError::from)?;
-        let spki = key.spki_der().map_err(DaemonError::from)?;
         let mut nonce = [0u8; ekattest_protocol::limits::NONCE_LEN];
         getrandom::getrandom(&mut nonce).map_err(|e| {
             End::Fatal(DaemonError::Identity(identity::IdentityError::Random(
@@ -533,14 +532,36 @@ impl<'a> Runner<'a> {
             .as_ref()
             .map(Signer::hint)
             .or_else(|| self.bundle.default_hint());
+        let tpm_failed = |e: &dyn std::error::Error| {
+            End::Fatal(DaemonError::Tpm {
+                spec: self.config.tpm.to_string(),
+                reason: ErrorChain(e).to_string(),
+            })
+        };
         let d = &self.device;
-        let login =
-            attest::login(&d.ek, &d.chain, &d.ak, Some(&spki), nonce, hint).map_err(|e| {
-                End::Fatal(DaemonError::Tpm {
-                    spec: self.config.tpm.to_string(),
-                    reason: ErrorChain(&e).to_string(),
-                })
-            })?;
+        let (key, spki, login) = match self.config.svid_key {
+            SvidKeyKind::Software => {
+                let key = SvidKey::generate().map_err(DaemonError::from)?;
+                let spki = key.spki_der().map_err(DaemonError::from)?;
+                let login = attest::login(&d.ek, &d.chain, &d.ak, Some(&spki), nonce, hint)
+                    .map_err(|e| tpm_failed(&e))?;
+                (HeldKey::Software(key), spki, login)
+            }
+            SvidKeyKind::Tpm => match self.tpm_key_login(nonce, hint) {
+                Ok(made) => made,
+                Err(why) => {
+                    // A TPM that is busy or briefly unreachable: retried like a rejection.
+                    let why = format!(
+                        "cannot create the TPM SVID key: {why} (verify {} is accessible to \
+                         the agent, or set svid-key: software)",
+                        self.config.tpm
+                    );
+                    log::error!("{why}");
+                    self.failed(why);
+                    return Ok(Phase::Idle);
+                }
+            },
+        };
         log::debug!(
             "Sending Login, attestors: [\"tpm_ek\"], agent: {}, topic: {}",
             self.agent,
@@ -560,5 +581,26 @@ impl<'a> Runner<'a> {
             transcript,
             deadline: Instant::now() + self.config.response_timeout,
         })
+    }
+
+    /// `svid-key: tpm`: creates a key in the TPM, has the AK certify it for this Login's
+    /// `nonce`, and builds the Login that carries both.
+    fn tpm_key_login(
+        &self,
+        nonce: [u8; ekattest_protocol::limits::NONCE_LEN],
+        hint: Option<[u8; ekattest_protocol::limits::SIGNER_HINT_LEN]>,
+    ) -> Result<(HeldKey, Vec<u8>, ekattest_protocol::msg::Login), String> {
+        let d = &self.device;
+        let qualifying = sign::certify_qualifying_data(&self.config.cluster_id, &self.agent, &nonce)
+            .map_err(|e| e.to_string())?;
+        let mut tpm = ops::open(&self.config.tpm).map_err(|e| ErrorChain(&e).to_string())?;
+        let certified = crate::tpm::key::create_certified(&mut tpm, &d.ak_opts, &qualifying)
+            .map_err(|e| ErrorChain(&e).to_string())?;
+        let spki = certified.key.spki().to_vec();
+        let mut login = attest::login(&d.ek, &d.chain, &d.ak, None, nonce, hint)
+            .map_err(|e| ErrorChain(&e).to_string())?;
+        attest::with_certified_key(&mut login, &certified)
+            .map_err(|e| ErrorChain(&e).to_string())?;
+        Ok((HeldKey::Tpm(certified.key), spki, login))
     }
 }

@@ -19,11 +19,12 @@ use std::time::Duration;
 use tpm2_protocol::basic::{TpmHandle, TpmUint16, TpmUint32};
 use tpm2_protocol::data::{
     Tpm2bAuth, Tpm2bData, Tpm2bDigest, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce,
-    Tpm2bPublic, Tpm2bSensitiveCreate, TpmAlgId, TpmCap, TpmSe, TpmSt, TpmSu, TpmaSession,
-    TpmlPcrSelection, TpmsAuthCommand, TpmtSymDef,
+    Tpm2bPrivate, Tpm2bPublic, Tpm2bSensitiveCreate, TpmAlgId, TpmCap, TpmSe, TpmSt, TpmSu, TpmaSession,
+    TpmlPcrSelection, TpmsAuthCommand, TpmtSigScheme, TpmtSymDef, TpmtTkHashcheck,
 };
 use tpm2_protocol::frame::{
-    TpmActivateCredentialCommand, TpmActivateCredentialResponse, TpmCreatePrimaryCommand,
+    TpmActivateCredentialCommand, TpmActivateCredentialResponse, TpmCertifyCommand,
+    TpmCreateCommand, TpmCreatePrimaryCommand, TpmLoadCommand, TpmSignCommand,
     TpmFlushContextCommand, TpmFrame, TpmGetCapabilityCommand, TpmNvReadCommand,
     TpmNvReadPublicCommand, TpmNvReadResponse, TpmPolicySecretCommand, TpmReadPublicCommand,
     TpmResponse, TpmStartAuthSessionCommand, TpmStartAuthSessionResponse, TpmStartupCommand,
@@ -79,6 +80,34 @@ pub struct NvPublic {
     pub attributes: u32,
     /// Size of the data in bytes.
     pub data_size: u16,
+}
+
+/// A key created under a parent (TPM2_Create): both halves as the TPM marshalled them, size
+/// prefixes included, ready for TPM2_Load or a `TSS2 PRIVATE KEY` file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreatedKey {
+    /// TPM2B_PUBLIC.
+    pub public: Vec<u8>,
+    /// TPM2B_PRIVATE: the sensitive area wrapped by the parent (useless without it).
+    pub private: Vec<u8>,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("public", &hex::encode(&self.public))
+            .field("private", &format_args!("<{} bytes>", self.private.len()))
+            .finish()
+    }
+}
+
+/// TPM2_Certify's output, as the TPM marshalled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certification {
+    /// TPM2B_ATTEST (`certifyInfo`), size prefix included.
+    pub attest: Vec<u8>,
+    /// TPMT_SIGNATURE.
+    pub signature: Vec<u8>,
 }
 
 /// An object's public area as the TPM reported it.
@@ -462,27 +491,10 @@ impl<T: Transport> Tpm<T> {
         template: &[u8],
     ) -> Result<(u32, ObjectPublic), Error> {
         let name = "CreatePrimary";
-        let mut sized = Vec::with_capacity(template.len() + 2);
-        let len = u16::try_from(template.len()).map_err(|_| Error::Build {
-            command: name,
-            detail: "template too large".into(),
-        })?;
-        sized.extend_from_slice(&len.to_be_bytes());
-        sized.extend_from_slice(template);
-        let (in_public, rest) = Tpm2bPublic::unmarshal(&sized).map_err(|e| Error::Build {
-            command: name,
-            detail: format!("template: {e:?}"),
-        })?;
-        if !rest.is_empty() {
-            return Err(Error::Build {
-                command: name,
-                detail: "template has trailing bytes".into(),
-            });
-        }
         let cmd = TpmCreatePrimaryCommand {
             handles: [TpmHandle::new(hierarchy)],
             in_sensitive: Tpm2bSensitiveCreate::default(),
-            in_public,
+            in_public: template_public(name, template)?,
             outside_info: Tpm2bData::default(),
             creation_pcr: TpmlPcrSelection::default(),
         };
@@ -762,6 +774,141 @@ impl<T: Transport> Tpm<T> {
         Ok(cert_info)
     }
 
+    /// TPM2_Create (Part 3, 12.1) under `parent` (empty auth) from a TPMT_PUBLIC template,
+    /// with an empty authValue and no sensitive data: the TPM generates the key.
+    ///
+    /// # Errors
+    /// Response code, transport failure, a template the crate cannot marshal, or a malformed
+    /// response.
+    pub fn create(&mut self, parent: u32, template: &[u8]) -> Result<CreatedKey, Error> {
+        let name = "Create";
+        let cmd = TpmCreateCommand {
+            handles: [TpmHandle::new(parent)],
+            in_sensitive: Tpm2bSensitiveCreate::default(),
+            in_public: template_public(name, template)?,
+            outside_info: Tpm2bData::default(),
+            creation_pcr: TpmlPcrSelection::default(),
+        };
+        let n = self.call(name, &cmd, &[Auth::Password])?;
+        let a = self.areas(name, n, 0)?;
+        let mut r = Reader::new(a.params);
+        let private = r
+            .tpm2b_whole()
+            .ok_or_else(|| a.bad("outPrivate truncated"))?;
+        let public = r
+            .tpm2b_whole()
+            .ok_or_else(|| a.bad("outPublic truncated"))?;
+        Ok(CreatedKey {
+            public: public.to_vec(),
+            private: private.to_vec(),
+        })
+    }
+
+    /// TPM2_Load (Part 3, 12.2) of `key` under `parent` (empty auth). Returns the transient
+    /// handle (the caller flushes it: track it in a [`Scope`]) and the Name the TPM computed.
+    ///
+    /// # Errors
+    /// Response code (`TPM_RC_INTEGRITY` for a key wrapped by another parent or another
+    /// TPM), transport failure, malformed blobs or response.
+    pub fn load(&mut self, parent: u32, key: &CreatedKey) -> Result<(u32, Vec<u8>), Error> {
+        let name = "Load";
+        let build = |what: &str, e: tpm2_protocol::TpmError| Error::Build {
+            command: name,
+            detail: format!("{what}: {e:?}"),
+        };
+        let (in_private, rest) =
+            Tpm2bPrivate::unmarshal(&key.private).map_err(|e| build("inPrivate", e))?;
+        let (in_public, tail) =
+            Tpm2bPublic::unmarshal(&key.public).map_err(|e| build("inPublic", e))?;
+        if !rest.is_empty() || !tail.is_empty() {
+            return Err(Error::Build {
+                command: name,
+                detail: "key blob has trailing bytes".into(),
+            });
+        }
+        let cmd = TpmLoadCommand {
+            handles: [TpmHandle::new(parent)],
+            in_private,
+            in_public,
+        };
+        let n = self.call(name, &cmd, &[Auth::Password])?;
+        let a = self.areas(name, n, 1)?;
+        let handle = Reader::new(a.handles)
+            .u32()
+            .ok_or_else(|| a.bad("objectHandle missing"))?;
+        let obj_name = Reader::new(a.params)
+            .tpm2b()
+            .ok_or_else(|| a.bad("name truncated"))?
+            .to_vec();
+        Ok((handle, obj_name))
+    }
+
+    /// TPM2_Certify (Part 3, 18.2): `signer` (the AK, its own scheme) attests that `object`
+    /// is loaded in this TPM, with `qualifying` as extraData. Both are authorized by empty
+    /// password.
+    ///
+    /// # Errors
+    /// Response code (`TPM_RC_AUTH_UNAVAILABLE` for an object loaded without its private
+    /// part), transport failure, malformed response.
+    pub fn certify(
+        &mut self,
+        object: u32,
+        signer: u32,
+        qualifying: &[u8],
+    ) -> Result<Certification, Error> {
+        let name = "Certify";
+        let build = |what: &str, e: tpm2_protocol::TpmError| Error::Build {
+            command: name,
+            detail: format!("{what}: {e:?}"),
+        };
+        let (in_scheme, _) =
+            TpmtSigScheme::unmarshal(&SIG_SCHEME_NULL).map_err(|e| build("inScheme", e))?;
+        let cmd = TpmCertifyCommand {
+            handles: [TpmHandle::new(object), TpmHandle::new(signer)],
+            qualifying_data: Tpm2bData::try_from(qualifying)
+                .map_err(|e| build("qualifyingData", e))?,
+            in_scheme,
+        };
+        let n = self.call(name, &cmd, &[Auth::Password, Auth::Password])?;
+        let a = self.areas(name, n, 0)?;
+        let mut r = Reader::new(a.params);
+        let attest = r
+            .tpm2b_whole()
+            .ok_or_else(|| a.bad("certifyInfo truncated"))?
+            .to_vec();
+        let signature = r.rest().to_vec();
+        if signature.len() < 2 {
+            return Err(a.bad("signature truncated"));
+        }
+        Ok(Certification { attest, signature })
+    }
+
+    /// TPM2_Sign (Part 3, 20.2) of a SHA-256 `digest` with the unrestricted ECDSA key
+    /// `key` (empty password, no hash check ticket). Returns the TPMT_SIGNATURE.
+    ///
+    /// # Errors
+    /// Response code, transport failure, malformed response.
+    pub fn sign_ecdsa_sha256(&mut self, key: u32, digest: &[u8; 32]) -> Result<Vec<u8>, Error> {
+        let name = "Sign";
+        let build = |what: &str, e: tpm2_protocol::TpmError| Error::Build {
+            command: name,
+            detail: format!("{what}: {e:?}"),
+        };
+        let (in_scheme, _) = TpmtSigScheme::unmarshal(&SIG_SCHEME_ECDSA_SHA256)
+            .map_err(|e| build("inScheme", e))?;
+        let (validation, _) =
+            TpmtTkHashcheck::unmarshal(&TICKET_NULL).map_err(|e| build("validation", e))?;
+        let cmd = TpmSignCommand {
+            handles: [TpmHandle::new(key)],
+            digest: Tpm2bDigest::try_from(&digest[..]).map_err(|e| build("digest", e))?,
+            in_scheme,
+            validation,
+        };
+        let n = self.call(name, &cmd, &[Auth::Password])?;
+        let a = self.areas(name, n, 0)?;
+        Ok(a.params.to_vec())
+    }
+
     /// TPM2_FlushContext (Part 3, 28.4); the handle is a parameter, not a handle.
     ///
     /// # Errors
@@ -774,6 +921,35 @@ impl<T: Transport> Tpm<T> {
         self.call("FlushContext", &cmd, &[])?;
         Ok(())
     }
+}
+
+/// TPMT_SIG_SCHEME TPM_ALG_NULL: the signing key's own scheme.
+const SIG_SCHEME_NULL: [u8; 2] = [0x00, 0x10];
+/// TPMT_SIG_SCHEME ECDSA with SHA-256.
+const SIG_SCHEME_ECDSA_SHA256: [u8; 4] = [0x00, 0x18, 0x00, 0x0B];
+/// TPMT_TK_HASHCHECK for an unrestricted key: TPM_ST_HASHCHECK, TPM_RH_NULL, empty digest.
+const TICKET_NULL: [u8; 8] = [0x80, 0x24, 0x40, 0x00, 0x00, 0x07, 0x00, 0x00];
+
+/// A TPMT_PUBLIC template as the crate's TPM2B_PUBLIC, for `command`'s error messages.
+fn template_public(command: &'static str, template: &[u8]) -> Result<Tpm2bPublic, Error> {
+    let mut sized = Vec::with_capacity(template.len() + 2);
+    let len = u16::try_from(template.len()).map_err(|_| Error::Build {
+        command,
+        detail: "template too large".into(),
+    })?;
+    sized.extend_from_slice(&len.to_be_bytes());
+    sized.extend_from_slice(template);
+    let (in_public, rest) = Tpm2bPublic::unmarshal(&sized).map_err(|e| Error::Build {
+        command,
+        detail: format!("template: {e:?}"),
+    })?;
+    if !rest.is_empty() {
+        return Err(Error::Build {
+            command,
+            detail: "template has trailing bytes".into(),
+        });
+    }
+    Ok(in_public)
 }
 
 fn auth_command(auth: Auth) -> TpmsAuthCommand {

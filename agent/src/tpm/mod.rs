@@ -22,6 +22,7 @@ pub mod ak;
 pub mod chardev;
 pub mod commands;
 pub mod ek;
+pub mod key;
 pub mod rc;
 mod reader;
 pub mod scope;

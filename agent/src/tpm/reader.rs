@@ -48,4 +48,9 @@ impl<'a> Reader<'a> {
         self.take(usize::from(n))?;
         start.get(..2 + usize::from(n))
     }
+
+    /// Everything not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
 }

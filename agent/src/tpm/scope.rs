@@ -7,7 +7,7 @@
 use std::ops::{Deref, DerefMut};
 
 use super::Transport;
-use super::commands::{ObjectPublic, Tpm};
+use super::commands::{CreatedKey, ObjectPublic, Tpm};
 use super::error::Error;
 
 /// Flushes every handle it tracks when dropped, newest first, on success and error paths.
@@ -48,6 +48,25 @@ impl<'a, T: Transport> Scope<'a, T> {
         let (h, public) = self.tpm.create_primary(hierarchy, template)?;
         self.track(h);
         Ok((h, public))
+    }
+
+    /// TPM2_Load, with the loaded key tracked for flushing.
+    ///
+    /// # Errors
+    /// As [`Tpm::load`].
+    pub fn load_tracked(&mut self, parent: u32, key: &CreatedKey) -> Result<(u32, Vec<u8>), Error> {
+        let (h, name) = self.tpm.load(parent, key)?;
+        self.track(h);
+        Ok((h, name))
+    }
+
+    /// Flushes a tracked handle now (to free an object slot) and stops tracking it.
+    ///
+    /// # Errors
+    /// As [`Tpm::flush_context`]; the handle is forgotten either way.
+    pub fn flush_now(&mut self, handle: u32) -> Result<(), Error> {
+        self.forget(handle);
+        self.tpm.flush_context(handle)
     }
 
     /// TPM2_StartAuthSession (policy), with the session tracked for flushing.

@@ -258,6 +258,44 @@ pub(crate) const AK_RSA2048: Template = Template {
     unique: Unique::Empty,
 };
 
+/// fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA | restricted | decrypt:
+/// a storage key.
+pub(crate) const SRK_ATTRS: u32 = 0x0003_0472;
+/// fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA | sign: an
+/// unrestricted signing key that never leaves this TPM.
+pub(crate) const SVID_KEY_ATTRS: u32 = 0x0004_0472;
+
+/// The ECC P-256 storage primary in the owner hierarchy that tpm2-openssl (and
+/// tpm2-tss-engine) recreate for a `TSS2 PRIVATE KEY` whose parent is TPM_RH_OWNER
+/// (tpm2-openssl `primaryEccTemplate`: AES-128-CFB, NULL scheme and KDF, empty unique). A key
+/// created under it loads through those tools with no persistent handle.
+pub(crate) const SRK_P256: Template = Template {
+    name_alg: alg::SHA256,
+    attrs: SRK_ATTRS,
+    policy: &[],
+    aes_bits: Some(128),
+    scheme: None,
+    key: KeyParams::Ecc {
+        curve: CURVE_P256,
+        len: 32,
+    },
+    unique: Unique::Empty,
+};
+
+/// The TPM-resident SVID key (`svid-key: tpm`): P-256, ECDSA-SHA256 only.
+pub(crate) const SVID_KEY_P256: Template = Template {
+    name_alg: alg::SHA256,
+    attrs: SVID_KEY_ATTRS,
+    policy: &[],
+    aes_bits: None,
+    scheme: Some((alg::ECDSA, alg::SHA256)),
+    key: KeyParams::Ecc {
+        curve: CURVE_P256,
+        len: 32,
+    },
+    unique: Unique::Empty,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -316,6 +316,9 @@ pub struct ServerConfig {
     /// `agent-id-from-ek`: require the agent id to be the one derived from the EK (`ek-` +
     /// hash prefix); default true.
     pub agent_id_from_ek: bool,
+    /// `require-tpm-svid-key`: refuse Logins whose SVID key is not a TPM-resident key
+    /// certified by the AK (agents with `svid-key: tpm`); default false.
+    pub require_tpm_svid_key: bool,
 }
 
 impl ServerConfig {
@@ -426,6 +429,8 @@ struct RawConfig {
     policy_signers: Vec<PathBuf>,
     #[serde(default = "yes")]
     agent_id_from_ek: bool,
+    #[serde(default)]
+    require_tpm_svid_key: bool,
 }
 
 fn yes() -> bool {
@@ -746,6 +751,7 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         policy_topic: raw.policy_topic,
         policy_signers,
         agent_id_from_ek: raw.agent_id_from_ek,
+        require_tpm_svid_key: raw.require_tpm_svid_key,
     })
 }
 

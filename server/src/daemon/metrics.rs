@@ -88,6 +88,7 @@ pub const fn reason_label(code: RejectCode) -> &'static str {
         RejectCode::Internal => "internal",
         RejectCode::ProofOfPossession => "proof_of_possession",
         RejectCode::AgentIdMismatch => "agent_id_mismatch",
+        RejectCode::KeyCertification => "key_certification",
     }
 }
 

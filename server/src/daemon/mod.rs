@@ -299,7 +299,9 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
 
     let attestor = Attestor::new(&config.node_id, Some(&config.trust_domain), config.sessions)
         .map_err(DaemonError::Node)?
-        .agent_id_from_ek(config.agent_id_from_ek);
+        .agent_id_from_ek(config.agent_id_from_ek)
+        .cluster(&config.cluster_id)
+        .require_tpm_key(config.require_tpm_svid_key);
     if loaded.authority.is_root() {
         log::warn!(
             caCert:% = config.ca_cert.display();

@@ -1,0 +1,243 @@
+//! The TPM-resident SVID key (`svid-key: tpm`): a P-256 ECDSA key created in the TPM under the
+//! owner hierarchy's ECC storage primary, certified by the AK, and used for the Answer's proof
+//! of possession; afterwards workloads use it through OpenSSL's tpm2 provider.
+//!
+//! - The key is fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA | sign,
+//!   not restricted, not decrypt ([`templates::SVID_KEY_P256`]). Its private half exists only
+//!   wrapped by the storage primary, which is recreated from a fixed template
+//!   ([`templates::SRK_P256`], the one tpm2-openssl uses for parent TPM_RH_OWNER): the
+//!   wrapped blob is useless on any other TPM, or on this one after a TPM2_Clear.
+//! - TPM2_Certify by the AK over `qualifyingData` = [`sign::certify_qualifying_data`] (cluster,
+//!   agent id and the Login's nonce) tells the server the key lives in the TPM whose AK
+//!   the credential activation proves. The TPM refuses Certify of a public-only object loaded
+//!   with TPM2_LoadExternal (its authValue is unavailable), so a software key cannot be
+//!   certified whatever attributes its public area claims.
+//! - With three object slots and no resource manager, the storage primary is flushed as
+//!   soon as the key is loaded; every handle lives in a [`super::Scope`].
+//!
+//! [`sign::certify_qualifying_data`]: ekattest_protocol::sign::certify_qualifying_data
+
+use ekattest_protocol::public::{Public, PublicKey, SPKI_MAX};
+use sha2::{Digest, Sha256};
+
+use super::Transport;
+use super::ak::{self, AkOptions};
+use super::commands::{Certification, CreatedKey, RH_OWNER, Scope, Tpm};
+use super::error::Error;
+use super::reader::Reader;
+use super::templates;
+
+/// `id-loadablekey` (TCG/openssl_tpm2_engine "TPM 2.0 Key Files"): a key for TPM2_Load.
+const OID_LOADABLE_KEY: [u8; 6] = [0x67, 0x81, 0x05, 0x0A, 0x01, 0x03];
+/// The PEM label tpm2-openssl and tpm2-tss-engine read.
+pub const TSS2_PEM_LABEL: &str = "TSS2 PRIVATE KEY";
+
+/// A key created in the TPM: the public area and the parent-wrapped private blob, with the
+/// public key as a SubjectPublicKeyInfo for the Login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmKey {
+    blob: CreatedKey,
+    spki: Vec<u8>,
+}
+
+/// A [`TpmKey`] and the AK's certification of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedKey {
+    /// The key.
+    pub key: TpmKey,
+    /// TPM2_Certify's attestation and AK signature.
+    pub certification: Certification,
+}
+
+impl TpmKey {
+    /// Wraps a created key, checking that its public area is a P-256 key.
+    ///
+    /// # Errors
+    /// [`Error::Public`] if the public area does not parse or is not ECC P-256.
+    pub fn new(blob: CreatedKey) -> Result<Self, Error> {
+        let bad = |detail: String| Error::Public {
+            what: "SVID key".to_owned(),
+            detail,
+        };
+        let public = Public::decode(&blob.public).map_err(|e| bad(e.to_string()))?;
+        if !matches!(public.key, PublicKey::Ecc { .. }) {
+            return Err(bad("not an ECC key".into()));
+        }
+        let mut buf = [0u8; SPKI_MAX];
+        let spki = public
+            .key
+            .spki_der(&mut buf)
+            .map_err(|e| bad(e.to_string()))?
+            .to_vec();
+        Ok(Self { blob, spki })
+    }
+
+    /// The TPM2B_PUBLIC.
+    #[must_use]
+    pub fn public(&self) -> &[u8] {
+        &self.blob.public
+    }
+
+    /// The public key as DER SubjectPublicKeyInfo (the Login's `svid_key`).
+    #[must_use]
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    /// The key as a `TSS2 PRIVATE KEY` DER: `SEQUENCE { type id-loadablekey, emptyAuth [0]
+    /// TRUE, parent TPM_RH_OWNER, pubkey OCTET STRING, privkey OCTET STRING }`.
+    #[must_use]
+    pub fn tss2_der(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.blob.public.len() + self.blob.private.len() + 32);
+        tlv(&mut body, 0x06, &OID_LOADABLE_KEY);
+        tlv(&mut body, 0xA0, &[0x01, 0x01, 0xFF]);
+        tlv(&mut body, 0x02, &RH_OWNER.to_be_bytes());
+        tlv(&mut body, 0x04, &self.blob.public);
+        tlv(&mut body, 0x04, &self.blob.private);
+        let mut der = Vec::with_capacity(body.len() + 4);
+        tlv(&mut der, 0x30, &body);
+        der
+    }
+
+    /// [`TpmKey::tss2_der`] as PEM, the `svid.key` of `svid-key: tpm`.
+    ///
+    /// # Errors
+    /// A message if PEM encoding fails (not expected).
+    pub fn tss2_pem(&self) -> Result<String, String> {
+        p256::pkcs8::der::pem::encode_string(
+            TSS2_PEM_LABEL,
+            p256::pkcs8::der::pem::LineEnding::LF,
+            &self.tss2_der(),
+        )
+        .map_err(|e| format!("cannot encode the TPM key as PEM: {e}"))
+    }
+}
+
+/// Appends a DER TLV (definite length) to `out`.
+fn tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    out.push(tag);
+    let len = value.len();
+    match u8::try_from(len) {
+        Ok(short) if short < 0x80 => out.push(short),
+        _ => {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            let digits = bytes.get(skip..).unwrap_or_default();
+            // At most size_of::<usize>() digits.
+            out.push(0x80 | u8::try_from(digits.len()).unwrap_or(0x7F));
+            out.extend_from_slice(digits);
+        }
+    }
+    out.extend_from_slice(value);
+}
+
+/// Loads the storage primary and `key` under it, flushing the primary at once; returns the
+/// key's handle (tracked by `scope`).
+fn load<T: Transport>(scope: &mut Scope<'_, T>, key: &TpmKey) -> Result<u32, Error> {
+    let (srk, _) = scope.create_primary_tracked(RH_OWNER, &templates::SRK_P256.tpmt())?;
+    let (handle, name) = scope.load_tracked(srk, &key.blob)?;
+    scope.flush_now(srk)?;
+    check_name(key, &name)?;
+    Ok(handle)
+}
+
+/// The Name the TPM gave the loaded key must be the one its public area hashes to.
+fn check_name(key: &TpmKey, name: &[u8]) -> Result<(), Error> {
+    let expected = Public::decode(&key.blob.public)
+        .and_then(|p| p.name())
+        .map_err(|e| Error::Public {
+            what: "SVID key".to_owned(),
+            detail: e.to_string(),
+        })?;
+    if expected.as_slice() != name {
+        return Err(Error::NameMismatch { what: "SVID key" });
+    }
+    Ok(())
+}
+
+/// Creates a P-256 signing key in the TPM and has the AK (made with `ak`) certify it with
+/// `qualifying` as extraData. Flushes everything it loaded.
+///
+/// # Errors
+/// TPM and transport errors; [`Error::NameMismatch`] if the TPM names the loaded key
+/// differently from its public area.
+pub fn create_certified<T: Transport>(
+    tpm: &mut Tpm<T>,
+    ak: &AkOptions,
+    qualifying: &[u8],
+) -> Result<CertifiedKey, Error> {
+    let mut scope = tpm.scope();
+    let (srk, _) = scope.create_primary_tracked(RH_OWNER, &templates::SRK_P256.tpmt())?;
+    let key = TpmKey::new(scope.create(srk, &templates::SVID_KEY_P256.tpmt())?)?;
+    let (handle, name) = scope.load_tracked(srk, &key.blob)?;
+    scope.flush_now(srk)?;
+    check_name(&key, &name)?;
+    let (ak_handle, _) = ak::create(&mut scope, ak)?;
+    let certification = scope.certify(handle, ak_handle, qualifying)?;
+    Ok(CertifiedKey { key, certification })
+}
+
+/// Signs SHA-256(`message`) with `key` in the TPM; returns the ECDSA signature as DER (the
+/// form the Answer's `pop` carries).
+///
+/// # Errors
+/// TPM and transport errors (`TPM_RC_INTEGRITY` from Load: the key was made by another TPM
+/// or before a TPM2_Clear); [`Error::Malformed`] for a signature that is not ECDSA P-256.
+pub fn sign<T: Transport>(tpm: &mut Tpm<T>, key: &TpmKey, message: &[u8]) -> Result<Vec<u8>, Error> {
+    let digest: [u8; 32] = Sha256::digest(message).into();
+    let mut scope = tpm.scope();
+    let handle = load(&mut scope, key)?;
+    let signature = scope.sign_ecdsa_sha256(handle, &digest)?;
+    ecdsa_der(&signature)
+}
+
+/// A TPMT_SIGNATURE (ECDSA, SHA-256, P-256) as a DER ECDSA-Sig-Value.
+fn ecdsa_der(tpmt_signature: &[u8]) -> Result<Vec<u8>, Error> {
+    let bad = |detail: &str| Error::Malformed {
+        command: "Sign",
+        detail: detail.to_owned(),
+    };
+    let mut r = Reader::new(tpmt_signature);
+    if r.u16() != Some(0x0018) || r.u16() != Some(0x000B) {
+        return Err(bad("signature is not ECDSA with SHA-256"));
+    }
+    let sr = r.tpm2b().ok_or_else(|| bad("signatureR truncated"))?;
+    let ss = r.tpm2b().ok_or_else(|| bad("signatureS truncated"))?;
+    let pad = |v: &[u8]| -> Result<[u8; 32], Error> {
+        let v = v.get(v.len().saturating_sub(32)..).unwrap_or_default();
+        let mut out = [0u8; 32];
+        let start = 32 - v.len();
+        if let Some(dst) = out.get_mut(start..) {
+            dst.copy_from_slice(v);
+        }
+        Ok(out)
+    };
+    let signature = p256::ecdsa::Signature::from_scalars(pad(sr)?, pad(ss)?)
+        .map_err(|_| bad("signature scalars out of range"))?;
+    Ok(signature.to_der().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_lengths() {
+        let mut v = Vec::new();
+        tlv(&mut v, 0x04, &[0u8; 5]);
+        assert_eq!(&v[..2], &[0x04, 5]);
+        let mut v = Vec::new();
+        tlv(&mut v, 0x04, &[0u8; 200]);
+        assert_eq!(&v[..3], &[0x04, 0x81, 200]);
+        let mut v = Vec::new();
+        tlv(&mut v, 0x04, &[0u8; 300]);
+        assert_eq!(&v[..4], &[0x04, 0x82, 0x01, 0x2C]);
+    }
+
+    #[test]
+    fn ecdsa_der_refuses_other_schemes() {
+        assert!(ecdsa_der(&[0x00, 0x14, 0x00, 0x0B, 0x00, 0x00]).is_err());
+        assert!(ecdsa_der(&[0x00, 0x18, 0x00, 0x0B, 0x00]).is_err());
+        assert!(ecdsa_der(&[]).is_err());
+    }
+}
