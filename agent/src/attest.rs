@@ -125,10 +125,7 @@ pub fn with_certified_key(login: &mut Login, key: &CertifiedKey) -> Result<(), A
     login.key_certify = Some(KeyCertify {
         public: bounded("SVID key public area", key.key.public())?,
         attest: bounded("key certification", &key.certification.attest)?,
-        signature: bounded(
-            "key certification signature",
-            &key.certification.signature,
-        )?,
+        signature: bounded("key certification signature", &key.certification.signature)?,
     });
     Ok(())
 }

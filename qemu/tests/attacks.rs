@@ -30,6 +30,7 @@ use attack_kit::{SUCCESS, SoftDevice, Wire, World, accepted, allow_list, failed,
 use ekattest_agent::tpm::ak::{self as agent_ak, AkOptions};
 use ekattest_agent::tpm::commands::Tpm;
 use ekattest_agent::tpm::ek::{self as agent_ek, EkKind as AgentEkKind};
+use ekattest_agent::tpm::key;
 use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::soft_tpm::{EkAlg, SoftEk, SoftTpmError};
 use ekattest_fleet::{Ca, Device, ProvisionOptions};
@@ -396,5 +397,249 @@ fn copied_certificate_on_swtpm_is_a_mismatch_or_an_unopenable_challenge() {
         ekattest_agent::attest::answer(&mut b.tpm, &b.ek, &AkOptions::default(), &c, &t, None)
             .unwrap();
     assert!(accepted(&wire.send_answer(&c.node, &answer)));
+    assert_eq!(world.metric("node-1", SUCCESS), 1.0);
+}
+
+/// `TPMT_PUBLIC` of an ECC P-256 ECDSA-SHA256 signing key template with `attrs`.
+fn p256_template(attrs: u32) -> Vec<u8> {
+    let mut t = vec![0x00, 0x23, 0x00, 0x0B];
+    t.extend_from_slice(&attrs.to_be_bytes());
+    t.extend_from_slice(&[
+        0x00, 0x00, 0x00, 0x10, 0x00, 0x18, 0x00, 0x0B, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x00,
+        0x00,
+    ]);
+    t
+}
+
+/// A's Login with a TPM-resident SVID key certified by A's TPM for `nonce` with qualifying
+/// data `qd` (the honest value unless a test forges it).
+fn certified_login(
+    dev: &mut TpmDevice,
+    nonce: [u8; NONCE_LEN],
+    qd: &[u8; 32],
+    template: &[u8],
+) -> (Login, key::CertifiedKey) {
+    let certified =
+        key::create_certified_from(&mut dev.tpm, &AkOptions::default(), qd, template).unwrap();
+    let mut login = dev.login.clone();
+    login.nonce = nonce;
+    ekattest_agent::attest::with_certified_key(&mut login, &certified).unwrap();
+    (login, certified)
+}
+
+fn honest_qd(agent: &str, nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
+    sign::certify_qualifying_data(attack_kit::CLUSTER, agent, nonce).unwrap()
+}
+
+/// Forged certifications of a TPM-resident SVID key (issue 14), each built from real swtpm
+/// output the way an attacker with some access would: a certification signed by another
+/// TPM's AK, one made for another Login's qualifying data, a genuine certification of a key
+/// the TPM may let leave (fixedTPM and fixedParent clear), and a software key's public area
+/// (claiming every attribute) sent with a genuine certification of a TPM key. Each is
+/// refused before a challenge as `key_certification`, naming the check; the TPM itself
+/// refuses to certify a software key loaded public-only (tpm2-tools as the attacker's tool:
+/// TPM_RC_AUTH_UNAVAILABLE). The honest certified key attests, proves possession with
+/// TPM2_Sign, and its SVID certifies that key.
+#[test]
+fn forged_key_certifications_are_refused_and_a_genuine_one_attests() {
+    let ca = Ca::create().unwrap();
+    let world = World::start(&common::policy(Some(&ca), &[]), &["node-1"], None);
+    let opts = ProvisionOptions {
+        rsa_keysize: 2048,
+        p256_ek_cert: false,
+    };
+    let dev_a = Device::provision(&ca, &opts).unwrap_or_else(|e| panic!("swtpm: {e}"));
+    let dev_b = Device::provision(&ca, &opts).unwrap_or_else(|e| panic!("swtpm: {e}"));
+    let mut a = TpmDevice::open(&dev_a);
+    let a_id = a.agent.clone();
+    let mut b = TpmDevice::open(&dev_b);
+    let mut wire = Wire::connect(&world, &a.agent);
+    let honest = p256_template(0x0004_0472);
+    let refused = |wire: &mut Wire, login: &Login, why: &str| {
+        assert_eq!(
+            rejected(&wire.send_login(login)),
+            RejectCode::KeyCertification,
+            "{why}"
+        );
+        world
+            .server("node-1")
+            .wait_for_log(why, LOG)
+            .unwrap_or_else(|e| panic!("{e}\n{}", world.logs()));
+    };
+
+    // 1. Another TPM's AK certifies a key of its own, with A's qualifying data.
+    let nonce = [0x01; NONCE_LEN];
+    let (_, by_b) = certified_login(&mut b, nonce, &honest_qd(&a_id, &nonce), &honest);
+    let mut login = a.login.clone();
+    login.nonce = nonce;
+    ekattest_agent::attest::with_certified_key(&mut login, &by_b).unwrap();
+    refused(
+        &mut wire,
+        &login,
+        "signed by another key than the Login's AK",
+    );
+
+    // 2. A genuine certification by A's AK, made for another Login (another nonce).
+    let (mut login, _) = certified_login(
+        &mut a,
+        [0x02; NONCE_LEN],
+        &honest_qd(&a_id, &[0x02; 16]),
+        &honest,
+    );
+    login.nonce = [0x03; NONCE_LEN];
+    refused(&mut wire, &login, "made for another Login");
+
+    // 3. A genuine certification of a key without fixedTPM / fixedParent (duplicable).
+    let nonce = [0x04; NONCE_LEN];
+    let (login, _) = certified_login(
+        &mut a,
+        nonce,
+        &honest_qd(&a_id, &nonce),
+        &p256_template(0x0004_0460),
+    );
+    refused(&mut wire, &login, "the certified key lacks fixedTPM");
+
+    // 4. A software key's public area claiming every attribute of a TPM key, with a genuine
+    //    certification of a TPM key: the attested Name is not this public area's.
+    let nonce = [0x05; NONCE_LEN];
+    let (mut login, genuine) = certified_login(&mut a, nonce, &honest_qd(&a_id, &nonce), &honest);
+    let soft = p256::ecdsa::SigningKey::from_slice(&[0x77; 32]).unwrap();
+    let point = soft.verifying_key().to_encoded_point(false);
+    let mut area = p256_template(0x0004_0472);
+    area.truncate(area.len() - 4);
+    for c in [point.x().unwrap(), point.y().unwrap()] {
+        area.extend_from_slice(&[0x00, 0x20]);
+        area.extend_from_slice(c);
+    }
+    let mut public = u16::try_from(area.len()).unwrap().to_be_bytes().to_vec();
+    public.extend_from_slice(&area);
+    let kc = login.key_certify.as_mut().unwrap();
+    kc.public = ekattest_protocol::heapless::Vec::from_slice(&public).unwrap();
+    let soft_spki = ekattest_agent::daemon::identity::SvidKey::from_signing_key(soft)
+        .spki_der()
+        .unwrap();
+    login.svid_key = Some(ekattest_protocol::heapless::Vec::from_slice(&soft_spki).unwrap());
+    refused(
+        &mut wire,
+        &login,
+        "attests another key than the public area",
+    );
+    assert_eq!(world.metric("node-1", &failed("key_certification")), 4.0);
+    assert_eq!(world.metric("node-1", SUCCESS), 0.0);
+
+    // The TPM will not certify that software key either: loaded public-only (with every
+    // attribute it claims), its authValue is unavailable to Certify.
+    drop(b);
+    let dir = world.dir.path();
+    let pem = dir.join("soft-pub.pem");
+    std::fs::write(
+        &pem,
+        p256::pkcs8::EncodePublicKey::to_public_key_pem(
+            &p256::PublicKey::from_sec1_bytes(point.as_bytes()).unwrap(),
+            p256::pkcs8::LineEnding::LF,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let tools = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", dev_b.tcti())
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("tpm2-tools are required (apt-get install tpm2-tools): {e}"))
+    };
+    let ext = tools(&[
+        "tpm2_loadexternal",
+        "-C",
+        "o",
+        "-G",
+        "ecc",
+        "-u",
+        pem.to_str().unwrap(),
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
+        "-c",
+        "ext.ctx",
+    ]);
+    assert!(
+        ext.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ext.stderr)
+    );
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+    let ak = tools(&[
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-G",
+        "ecc256:ecdsa-sha256:null",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda",
+        "-c",
+        "ak.ctx",
+    ]);
+    assert!(
+        ak.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ak.stderr)
+    );
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+    let certify = tools(&[
+        "tpm2_certify",
+        "-c",
+        "ext.ctx",
+        "-C",
+        "ak.ctx",
+        "-g",
+        "sha256",
+        "-o",
+        "att.bin",
+        "-s",
+        "sig.bin",
+    ]);
+    let stderr = String::from_utf8_lossy(&certify.stderr);
+    assert!(
+        !certify.status.success(),
+        "the TPM certified a public-only object"
+    );
+    assert!(
+        stderr.contains("0x12F") || stderr.contains("0x12f"),
+        "{stderr}"
+    );
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+
+    // Control: the genuine certification attests, possession proven in the TPM.
+    let nonce = [0x06; NONCE_LEN];
+    let (login, certified) = certified_login(&mut a, nonce, &honest_qd(&a_id, &nonce), &honest);
+    let Downlink::Challenge(c) = wire.send_login(&login) else {
+        panic!("the genuine certification is challenged\n{}", world.logs());
+    };
+    let t = wire.transcript();
+    world.verify_challenge(&a.agent, &c, &t);
+    let answer = ekattest_agent::attest::answer(
+        &mut a.tpm,
+        &a.ek,
+        &AkOptions::default(),
+        &c,
+        &t,
+        Some(ekattest_agent::attest::PopKey::Tpm(&certified.key)),
+    )
+    .unwrap();
+    let reply = wire.send_answer(&c.node, &answer);
+    let Downlink::Result(ekattest_protocol::msg::Outcome::Accepted(acc)) = &reply else {
+        panic!("not accepted: {reply:?}\n{}", world.logs());
+    };
+    let svid = x509_parser::parse_x509_certificate(&acc.svid).unwrap().1;
+    assert_eq!(
+        svid.public_key().raw,
+        certified.key.spki(),
+        "SVID for the TPM key"
+    );
+    assert_ne!(
+        certified.key.spki(),
+        genuine.key.spki(),
+        "a fresh key per Login"
+    );
     assert_eq!(world.metric("node-1", SUCCESS), 1.0);
 }

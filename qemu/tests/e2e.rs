@@ -982,7 +982,11 @@ fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
         .arg(&svid)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/agents/tpm/{hash}");
     let text = Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
@@ -1004,7 +1008,10 @@ fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
         "tpm2 provider cannot read svid.key: {}",
         String::from_utf8_lossy(&key_pub.stderr)
     );
-    assert_eq!(key_pub.stdout, cert_pub.stdout, "svid.key is not the SVID's key");
+    assert_eq!(
+        key_pub.stdout, cert_pub.stdout,
+        "svid.key is not the SVID's key"
+    );
 
     // A workload signs through the TPM; the signature verifies with the SVID's key.
     let dir = world.dir.path();
@@ -1070,10 +1077,7 @@ fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
         "a signature was written on another TPM"
     );
     // The original TPM still signs (the failure above was the other TPM's, not the file's).
-    let again = openssl_tpm2(
-        &dev.tcti(),
-        &["pkey", "-pubout", "-in", key_str],
-    );
+    let again = openssl_tpm2(&dev.tcti(), &["pkey", "-pubout", "-in", key_str]);
     assert!(again.status.success());
     assert_eq!(world.metric(SUCCESS), 1.0);
 }

@@ -66,7 +66,9 @@ pub enum CertifyError {
         attribute: &'static str,
     },
     /// restricted or decrypt is set.
-    #[error("the certified key is restricted or can decrypt: the SVID key must be an unrestricted, signing-only key")]
+    #[error(
+        "the certified key is restricted or can decrypt: the SVID key must be an unrestricted, signing-only key"
+    )]
     Usage,
     /// Not ECC P-256 with a SHA-256/384 nameAlg and a NULL or ECDSA scheme.
     #[error(
@@ -81,13 +83,17 @@ pub enum CertifyError {
     #[error("the key certification is malformed: {0}")]
     Malformed(&'static str),
     /// The attestation does not start with TPM_GENERATED_VALUE: not made by a TPM.
-    #[error("the key certification's magic is {0:#010x}, not TPM_GENERATED_VALUE: it was not produced by a TPM")]
+    #[error(
+        "the key certification's magic is {0:#010x}, not TPM_GENERATED_VALUE: it was not produced by a TPM"
+    )]
     Magic(u32),
     /// Another attestation type (a quote, a creation certificate, ...).
     #[error("the key certification has type {0:#06x}, not TPM_ST_ATTEST_CERTIFY (0x8017)")]
     Type(u16),
     /// qualifiedSigner is not the Login's AK.
-    #[error("the key certification was signed by another key than the Login's AK (qualifiedSigner differs)")]
+    #[error(
+        "the key certification was signed by another key than the Login's AK (qualifiedSigner differs)"
+    )]
     Signer,
     /// extraData is not this Login's qualifying data.
     #[error(
@@ -99,7 +105,9 @@ pub enum CertifyError {
     #[error("the key certification attests another key than the public area the Login carries")]
     Name,
     /// The signature's scheme is not the AK's.
-    #[error("the key certification's signature scheme {alg:#06x} with hash {hash:#06x} is not the AK's")]
+    #[error(
+        "the key certification's signature scheme {alg:#06x} with hash {hash:#06x} is not the AK's"
+    )]
     Scheme {
         /// TPM_ALG_ID of the signature.
         alg: u16,
@@ -126,7 +134,10 @@ pub fn check(
     check_key(&key, svid_key)?;
     let ak = Public::decode(ak_public).map_err(|_| CertifyError::Malformed("AK public area"))?;
     let attest = parse_attest(&kc.attest)?;
-    if !qualified_names(&ak)?.iter().any(|qn| qn.as_slice() == attest.signer) {
+    if !qualified_names(&ak)?
+        .iter()
+        .any(|qn| qn.as_slice() == attest.signer)
+    {
         return Err(CertifyError::Signer);
     }
     if attest.extra_data != qualifying {
@@ -344,7 +355,9 @@ fn left_pad(v: &[u8], len: usize) -> Option<Vec<u8>> {
 /// ECDSA-Sig-Value `SEQUENCE { INTEGER r, INTEGER s }` for big-endian `r` and `s`.
 fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
     fn integer(out: &mut Vec<u8>, v: &[u8]) {
-        let v = v.get(v.iter().take_while(|b| **b == 0).count()..).unwrap_or_default();
+        let v = v
+            .get(v.iter().take_while(|b| **b == 0).count()..)
+            .unwrap_or_default();
         let pad = v.first().is_none_or(|b| b & 0x80 != 0);
         let len = v.len() + usize::from(pad);
         out.push(0x02);

@@ -487,7 +487,14 @@ fn files_are_written_atomically_with_a_private_key_file() {
     let s = setup();
     let data = s.dir.path().join("data");
     let bundle = s.ca.bundle(s.dir.path());
-    write_identity(&data, &s.good.svid, &[], &s.ours.pkcs8_pem().unwrap(), bundle.pem()).unwrap();
+    write_identity(
+        &data,
+        &s.good.svid,
+        &[],
+        &s.ours.pkcs8_pem().unwrap(),
+        bundle.pem(),
+    )
+    .unwrap();
     let mode = |name: &str| {
         std::fs::metadata(data.join(name))
             .unwrap()
@@ -509,7 +516,14 @@ fn files_are_written_atomically_with_a_private_key_file() {
 
     // Replacing a world-readable key file leaves a 0600 one, and no temporary files.
     std::fs::set_permissions(data.join(SVID_KEY), std::fs::Permissions::from_mode(0o644)).unwrap();
-    write_identity(&data, &s.good.svid, &[], &s.ours.pkcs8_pem().unwrap(), bundle.pem()).unwrap();
+    write_identity(
+        &data,
+        &s.good.svid,
+        &[],
+        &s.ours.pkcs8_pem().unwrap(),
+        bundle.pem(),
+    )
+    .unwrap();
     assert_eq!(mode(SVID_KEY), 0o600);
     let mut names: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
@@ -655,7 +669,14 @@ fn intermediate_signer_with_the_signer_usage_is_accepted_and_chained() {
 
     // svid.pem holds the SVID, then the intermediate; openssl builds the chain to the root.
     let data = dir.join("data");
-    write_identity(&data, &v.svid, &v.chain, &s.ours.pkcs8_pem().unwrap(), bundle.pem()).unwrap();
+    write_identity(
+        &data,
+        &v.svid,
+        &v.chain,
+        &s.ours.pkcs8_pem().unwrap(),
+        bundle.pem(),
+    )
+    .unwrap();
     let pem = std::fs::read(data.join(SVID_PEM)).unwrap();
     let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
         .map(|c| c.unwrap().to_vec())

@@ -591,8 +591,9 @@ impl<'a> Runner<'a> {
         hint: Option<[u8; ekattest_protocol::limits::SIGNER_HINT_LEN]>,
     ) -> Result<(HeldKey, Vec<u8>, ekattest_protocol::msg::Login), String> {
         let d = &self.device;
-        let qualifying = sign::certify_qualifying_data(&self.config.cluster_id, &self.agent, &nonce)
-            .map_err(|e| e.to_string())?;
+        let qualifying =
+            sign::certify_qualifying_data(&self.config.cluster_id, &self.agent, &nonce)
+                .map_err(|e| e.to_string())?;
         let mut tpm = ops::open(&self.config.tpm).map_err(|e| ErrorChain(&e).to_string())?;
         let certified = crate::tpm::key::create_certified(&mut tpm, &d.ak_opts, &qualifying)
             .map_err(|e| ErrorChain(&e).to_string())?;

@@ -19,16 +19,16 @@ use std::time::Duration;
 use tpm2_protocol::basic::{TpmHandle, TpmUint16, TpmUint32};
 use tpm2_protocol::data::{
     Tpm2bAuth, Tpm2bData, Tpm2bDigest, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce,
-    Tpm2bPrivate, Tpm2bPublic, Tpm2bSensitiveCreate, TpmAlgId, TpmCap, TpmSe, TpmSt, TpmSu, TpmaSession,
-    TpmlPcrSelection, TpmsAuthCommand, TpmtSigScheme, TpmtSymDef, TpmtTkHashcheck,
+    Tpm2bPrivate, Tpm2bPublic, Tpm2bSensitiveCreate, TpmAlgId, TpmCap, TpmSe, TpmSt, TpmSu,
+    TpmaSession, TpmlPcrSelection, TpmsAuthCommand, TpmtSigScheme, TpmtSymDef, TpmtTkHashcheck,
 };
 use tpm2_protocol::frame::{
     TpmActivateCredentialCommand, TpmActivateCredentialResponse, TpmCertifyCommand,
-    TpmCreateCommand, TpmCreatePrimaryCommand, TpmLoadCommand, TpmSignCommand,
-    TpmFlushContextCommand, TpmFrame, TpmGetCapabilityCommand, TpmNvReadCommand,
-    TpmNvReadPublicCommand, TpmNvReadResponse, TpmPolicySecretCommand, TpmReadPublicCommand,
-    TpmResponse, TpmStartAuthSessionCommand, TpmStartAuthSessionResponse, TpmStartupCommand,
-    TpmUnmarshalBody, tpm_marshal_command,
+    TpmCreateCommand, TpmCreatePrimaryCommand, TpmFlushContextCommand, TpmFrame,
+    TpmGetCapabilityCommand, TpmLoadCommand, TpmNvReadCommand, TpmNvReadPublicCommand,
+    TpmNvReadResponse, TpmPolicySecretCommand, TpmReadPublicCommand, TpmResponse, TpmSignCommand,
+    TpmStartAuthSessionCommand, TpmStartAuthSessionResponse, TpmStartupCommand, TpmUnmarshalBody,
+    tpm_marshal_command,
 };
 use tpm2_protocol::{TpmUnmarshal, TpmWriter};
 
@@ -894,8 +894,8 @@ impl<T: Transport> Tpm<T> {
             command: name,
             detail: format!("{what}: {e:?}"),
         };
-        let (in_scheme, _) = TpmtSigScheme::unmarshal(&SIG_SCHEME_ECDSA_SHA256)
-            .map_err(|e| build("inScheme", e))?;
+        let (in_scheme, _) =
+            TpmtSigScheme::unmarshal(&SIG_SCHEME_ECDSA_SHA256).map_err(|e| build("inScheme", e))?;
         let (validation, _) =
             TpmtTkHashcheck::unmarshal(&TICKET_NULL).map_err(|e| build("validation", e))?;
         let cmd = TpmSignCommand {

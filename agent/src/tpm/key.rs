@@ -166,9 +166,23 @@ pub fn create_certified<T: Transport>(
     ak: &AkOptions,
     qualifying: &[u8],
 ) -> Result<CertifiedKey, Error> {
+    create_certified_from(tpm, ak, qualifying, &templates::SVID_KEY_P256.tpmt())
+}
+
+/// [`create_certified`] from any ECC key template (TPMT_PUBLIC): how tests make genuine
+/// certifications of keys the server must refuse (without fixedTPM, say).
+///
+/// # Errors
+/// As [`create_certified`]; the TPM's own errors for a template it refuses.
+pub fn create_certified_from<T: Transport>(
+    tpm: &mut Tpm<T>,
+    ak: &AkOptions,
+    qualifying: &[u8],
+    template: &[u8],
+) -> Result<CertifiedKey, Error> {
     let mut scope = tpm.scope();
     let (srk, _) = scope.create_primary_tracked(RH_OWNER, &templates::SRK_P256.tpmt())?;
-    let key = TpmKey::new(scope.create(srk, &templates::SVID_KEY_P256.tpmt())?)?;
+    let key = TpmKey::new(scope.create(srk, template)?)?;
     let (handle, name) = scope.load_tracked(srk, &key.blob)?;
     scope.flush_now(srk)?;
     check_name(&key, &name)?;
@@ -183,7 +197,11 @@ pub fn create_certified<T: Transport>(
 /// # Errors
 /// TPM and transport errors (`TPM_RC_INTEGRITY` from Load: the key was made by another TPM
 /// or before a TPM2_Clear); [`Error::Malformed`] for a signature that is not ECDSA P-256.
-pub fn sign<T: Transport>(tpm: &mut Tpm<T>, key: &TpmKey, message: &[u8]) -> Result<Vec<u8>, Error> {
+pub fn sign<T: Transport>(
+    tpm: &mut Tpm<T>,
+    key: &TpmKey,
+    message: &[u8],
+) -> Result<Vec<u8>, Error> {
     let digest: [u8; 32] = Sha256::digest(message).into();
     let mut scope = tpm.scope();
     let handle = load(&mut scope, key)?;
