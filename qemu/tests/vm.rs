@@ -50,9 +50,18 @@ impl Booted {
 }
 
 fn boot_one(board: &str) -> Booted {
-    let dir = PathBuf::from(RUNS).join(board);
+    boot_with(board, None)
+}
+
+/// Boots one `board`, its agent with `svid_key` (`None`: the profile's).
+fn boot_with(board: &str, svid_key: Option<&str>) -> Booted {
+    let dir = PathBuf::from(RUNS).join(match svid_key {
+        Some(k) => format!("{board}-svid-key-{k}"),
+        None => board.to_owned(),
+    });
     let _ = std::fs::remove_dir_all(&dir);
     let mut opts = VmOptions::new(board, 1);
+    opts.svid_key = svid_key.map(str::to_owned);
     opts.run_dir = Some(dir.clone());
     opts.bin_dir = Some(common::bin_dir_with(&["ekattest-server"]));
     let stop = AtomicBool::new(false);
@@ -100,7 +109,22 @@ fn boot_one(board: &str) -> Booted {
         "{board}: no report.json\n{keep}"
     );
     let secs = b.boot_to_identity.unwrap().as_secs_f64();
-    eprintln!("{board}: {spiffe_id} in {secs:.2} s from QEMU start, agent peak RSS {rss_kb:?} kB");
+    // Where the SVID key lives, by the server's count.
+    let in_tpm = metric_value(
+        &r.server_metrics,
+        "attestation_svids_issued_total{key=\"tpm\"}",
+    );
+    let expect_tpm = svid_key == Some("tpm");
+    assert_eq!(
+        in_tpm,
+        Some(if expect_tpm { 1.0 } else { 0.0 }),
+        "{board}: SVIDs for TPM keys\n{keep}"
+    );
+    eprintln!(
+        "{board} (svid-key {}): {spiffe_id} in {secs:.2} s from QEMU start, agent peak RSS \
+         {rss_kb:?} kB",
+        svid_key.unwrap_or("software")
+    );
     Booted {
         secs,
         console,
@@ -174,11 +198,21 @@ fn aarch64_armv7_and_tis_mmio_boards_attest_and_the_image_cache_downloads_nothin
     check_tis_mmio("qemu-virt-aarch64-tis", &tis);
     let a32 = boot_one("qemu-virt-armv7");
     check_kernel_driver("qemu-virt-armv7", &a32);
+    // The SVID key in the guest's TPM (issue 14): created, certified by the AK and used for
+    // the proof of possession through the kernel's /dev/tpmrm0.
+    let a64_tpm_key = boot_with("qemu-virt-aarch64", Some("tpm"));
+    check_kernel_driver("qemu-virt-aarch64", &a64_tpm_key);
+    assert!(
+        a64_tpm_key.agent_log().contains("svid-key tpm"),
+        "the guest agent did not run with svid-key tpm\n{}",
+        a64_tpm_key.keep
+    );
     assert!(a64.secs > 0.0 && tis.secs > 0.0 && a32.secs > 0.0);
     eprintln!(
-        "boot to identity: qemu-virt-aarch64 (kernel tpm_tis) {:.2} s, qemu-virt-aarch64-tis \
-         (agent's TIS driver over /dev/mem) {:.2} s, qemu-virt-armv7 {:.2} s",
-        a64.secs, tis.secs, a32.secs
+        "boot to identity: qemu-virt-aarch64 (kernel tpm_tis) {:.2} s, with svid-key tpm \
+         {:.2} s, qemu-virt-aarch64-tis (agent's TIS driver over /dev/mem) {:.2} s, \
+         qemu-virt-armv7 {:.2} s",
+        a64.secs, a64_tpm_key.secs, tis.secs, a32.secs
     );
     // Second run of the builder: everything from the cache, no apt at all.
     let cache = PathBuf::from(image::DEFAULT_CACHE);

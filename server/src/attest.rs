@@ -48,6 +48,9 @@ pub struct Identity {
     /// The Login's `svid_key` (DER SubjectPublicKeyInfo, checked to be P-256), if the agent
     /// asked for an X.509-SVID: the Answer must then prove possession of it.
     pub svid_key: Option<Vec<u8>>,
+    /// Whether the `svid_key` is TPM-resident: the Login's `key_certify` passed
+    /// [`certify::check`].
+    pub svid_key_in_tpm: bool,
     /// The agent id the Login came from (its topic): only that agent may answer.
     pub agent: String,
     /// The Login transcript `T` (DESIGN.md section 2): the Answer's MAC and proof of
@@ -327,6 +330,7 @@ impl Attestor {
             spiffe_id,
             warnings: verdict.warnings,
             svid_key: login.svid_key.as_ref().map(|k| k.to_vec()),
+            svid_key_in_tpm: login.key_certify.is_some(),
             agent: agent.to_owned(),
             transcript: *transcript,
         });

@@ -378,3 +378,17 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
         .to_string();
     assert!(e.contains(&format!("chmod 600 {}", pw.display())), "{e}");
 }
+
+#[test]
+fn svid_key_is_software_by_default_or_tpm() {
+    let c = with("").unwrap();
+    assert_eq!(c.svid_key, SvidKeyKind::Software);
+    let c = with("svid-key: tpm\n").unwrap();
+    assert_eq!(c.svid_key, SvidKeyKind::Tpm);
+    assert_eq!(c.svid_key.as_str(), "tpm");
+    let e = with("svid-key: hsm\n").unwrap_err().to_string();
+    assert!(
+        e.contains("svid-key") && e.contains("software (default), tpm"),
+        "{e}"
+    );
+}

@@ -223,10 +223,11 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
     let down_topic = topics.down(&agent)?.to_string();
     let brokers: Vec<String> = config.brokers().map(config::Broker::url).collect();
     log::info!(
-        "agent {agent}: {} EK, public_hash {}, broker {}",
+        "agent {agent}: {} EK, public_hash {}, broker {}, svid-key {}",
         device.ek.kind.as_str(),
         hex::encode(device.ek.public_hash),
-        brokers.join(", then ")
+        brokers.join(", then "),
+        config.svid_key.as_str()
     );
     let signer = identity::held_signer(&config.data_dir, &bundle, unix_now());
     if let Some(s) = &signer {

@@ -15,6 +15,7 @@ usage: ekattest-fleet vm --board qemu-virt-aarch64|qemu-virt-aarch64-tis|qemu-vi
                          --count N [--cache DIR]
                          [--report FILE] [--keep] [--run-dir DIR] [--parallel P]
                          [--agent FILE] [--bin-dir DIR] [--boards DIR]
+                         [--svid-key software|tpm]
 
   --board     a board profile with a [qemu] section (boards/NAME.toml); -tis: the agent
               drives QEMU's TIS registers itself (no tpm_tis.ko)
@@ -27,6 +28,8 @@ usage: ekattest-fleet vm --board qemu-virt-aarch64|qemu-virt-aarch64-tis|qemu-vi
   --parallel  boards booting at once (default two per core)
   --agent     the guest's agent binary (default: cross-built with build-agent)
   --bin-dir   folder of ekattest-server (default: beside this program)
+  --svid-key  tpm: each agent creates its SVID key in its swtpm and has the AK certify it
+              (default: the board profile's svid-key, else software)
 
 Needs qemu-system-arm (qemu-system-aarch64 too), swtpm, swtpm-tools, mosquitto, the ARM
 cross compilers, make, xz-utils and apt (bash .ci/install).";
@@ -69,6 +72,17 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<VmOptions>, String> {
             Long("agent") => o.agent = Some(path(&mut p)?),
             Long("bin-dir") => o.bin_dir = Some(path(&mut p)?),
             Long("boards") => o.boards_dir = path(&mut p)?,
+            Long("svid-key") => {
+                let kind = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .into_string()
+                    .map_err(|v| format!("--svid-key: not UTF-8: {v:?}"))?;
+                if !matches!(kind.as_str(), "software" | "tpm") {
+                    return Err(format!("--svid-key {kind:?}: expected software or tpm"));
+                }
+                o.svid_key = Some(kind);
+            }
             Long("keep") => o.keep = true,
             Short('h') | Long("help") => return Ok(None),
             other => return Err(other.unexpected().to_string()),

@@ -65,6 +65,9 @@ pub struct VmOptions {
     pub bin_dir: Option<PathBuf>,
     /// The agent for the guest (default: cross-built with `build-agent`).
     pub agent: Option<PathBuf>,
+    /// The agents' `svid-key` (`software` or `tpm`; default: the board profile's, else
+    /// software).
+    pub svid_key: Option<String>,
 }
 
 impl VmOptions {
@@ -84,6 +87,7 @@ impl VmOptions {
                 .saturating_mul(2),
             bin_dir: None,
             agent: None,
+            svid_key: None,
         }
     }
 }
@@ -358,6 +362,9 @@ fn run_in(
     // The host's loopback broker is 10.0.2.2 to the guest, which is not loopback: the VM lab
     // accepts plaintext explicitly (the agent warns about it at start).
     overrides.insert("insecure-plaintext".into(), true.into());
+    if let Some(kind) = &opts.svid_key {
+        overrides.insert("svid-key".into(), kind.clone().into());
+    }
     let config = board
         .render_agent_config_with(CLUSTER, &overrides)
         .map_err(|e| e.to_string())?;

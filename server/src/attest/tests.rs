@@ -529,3 +529,44 @@ fn agent_id_from_ek_refuses_other_ids_before_any_session() {
     };
     assert!(a.answer(derived.as_str(), &answer, now).is_ok());
 }
+
+#[test]
+fn require_tpm_key_refuses_software_svid_keys_and_checks_certifications() {
+    let now = Instant::now();
+    let (_, spki) = svid_key();
+    let mut with_key = login();
+    with_key.svid_key = Some(heapless::Vec::from_slice(&spki).unwrap());
+    let run = |a: &Attestor, l: &Login| {
+        a.login(
+            &doc(),
+            "ek-1",
+            l,
+            &T,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+    };
+
+    // Off (the default): a software key is challenged.
+    assert!(run(&attestor(), &with_key).is_ok());
+    // On: refused before any session, with the setting named.
+    let strict = attestor().require_tpm_key(true);
+    let r = run(&strict, &with_key).unwrap_err();
+    assert_eq!(r.code, RejectCode::KeyCertification);
+    assert!(r.reason.contains("require-tpm-svid-key"), "{}", r.reason);
+    assert_eq!(strict.pending(), 0);
+    // No SVID asked for: nothing to certify (the Login proves the TPM only).
+    assert!(run(&strict, &login()).is_ok());
+
+    // A certification that does not parse is refused whatever the setting.
+    let mut forged = with_key.clone();
+    forged.key_certify = Some(ekattest_protocol::msg::KeyCertify {
+        public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        attest: heapless::Vec::from_slice(&[0, 2, 0xff, 0x54]).unwrap(),
+        signature: heapless::Vec::from_slice(&[0, 0x18]).unwrap(),
+    });
+    let r = run(&attestor(), &forged).unwrap_err();
+    assert_eq!(r.code, RejectCode::KeyCertification);
+    assert!(r.reason.contains("certified key"), "{}", r.reason);
+}

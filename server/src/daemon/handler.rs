@@ -200,6 +200,9 @@ impl Handler {
                     "Authorization received and verified"
                 );
                 self.metrics.proof_succeeded();
+                if identity.svid_key.is_some() {
+                    self.metrics.svid_issued(identity.svid_key_in_tpm);
+                }
                 if self.publish(agent, &Downlink::Result(Outcome::Accepted(accepted))) {
                     log::info!(
                         agentId = agent, spiffeId = identity.spiffe_id.as_str();

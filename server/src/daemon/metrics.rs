@@ -202,12 +202,21 @@ pub struct Metrics {
     documents_refused: [AtomicU64; DocumentRefusal::ALL.len()],
     frame_bytes_in: AtomicU64,
     frame_bytes_out: AtomicU64,
+    /// X.509-SVIDs issued for a software key (0) and a TPM-resident key (1).
+    svids_issued: [AtomicU64; 2],
 }
 
 impl Metrics {
     /// A successful proof (an accepted Answer).
     pub fn proof_succeeded(&self) {
         self.proof_success.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An X.509-SVID issued, for a TPM-resident key (`svid-key: tpm`) or a software key.
+    pub fn svid_issued(&self, tpm_key: bool) {
+        if let Some(c) = self.svids_issued.get(usize::from(tpm_key)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A failed proof: a rejected Login or Answer.
@@ -290,6 +299,17 @@ impl Metrics {
                 out,
                 "attestation_signer_proof{{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"{}\"}} {n}",
                 reason_label(*code)
+            );
+        }
+        out.push_str(
+            "# HELP attestation_svids_issued_total X.509-SVIDs issued, by where the key lives (tpm: certified by the AK).\n\
+             # TYPE attestation_svids_issued_total counter\n",
+        );
+        for (key, c) in ["software", "tpm"].iter().zip(&self.svids_issued) {
+            let _ = writeln!(
+                out,
+                "attestation_svids_issued_total{{key=\"{key}\"}} {}",
+                load(c)
             );
         }
         out.push_str(

@@ -253,6 +253,7 @@ fn identity(svid_key: Option<Vec<u8>>) -> Identity {
         spiffe_id: ID.to_owned(),
         warnings: Vec::new(),
         svid_key,
+        svid_key_in_tpm: false,
         agent: "agent-1".to_owned(),
         transcript: T,
     }

@@ -388,6 +388,11 @@ fn new_keys_default_to_the_secure_choice() {
     assert!(e.contains("agent-id-from-ek"), "{e}");
     let e = error(&format!("{MINIMAL}policy-topic: yes please\n"));
     assert!(e.contains("policy-topic"), "{e}");
+    assert!(!c.require_tpm_svid_key);
+    let c = parse(&format!("{MINIMAL}require-tpm-svid-key: true\n")).unwrap();
+    assert!(c.require_tpm_svid_key);
+    let e = error(&format!("{MINIMAL}require-tpm-svid-key: sometimes\n"));
+    assert!(e.contains("require-tpm-svid-key"), "{e}");
 }
 
 #[test]
