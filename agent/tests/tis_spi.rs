@@ -511,3 +511,60 @@ fn secret_never_crosses_spi_miso_with_parameter_encryption_and_does_without() {
         assert_eq!(probe.stats().protocol_errors, 0, "{what}");
     }
 }
+
+/// `svid-key: tpm` over the agent's SPI driver (issue 14: every transport): the key is
+/// created and certified through the device model, the server library accepts the
+/// certification, TPM2_Sign's signature verifies with the key's SubjectPublicKeyInfo, and
+/// the driver conformed throughout.
+#[test]
+fn tpm_resident_svid_key_is_created_certified_and_signs_over_spi() {
+    use ekattest_agent::tpm::ak::{self, AkOptions};
+    use ekattest_agent::tpm::key;
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+
+    let ca = Ca::create().unwrap();
+    let dev = provision(&ca);
+    let cfg = Config {
+        wait_states: 1,
+        burst_count: 8,
+        ..Config::default()
+    };
+    let (mut tis, probe) = open(dev.port(), cfg, 50, Timeouts::default());
+    let mut tpm = Tpm::new(&mut tis);
+    tpm.startup_clear().unwrap();
+    let opts = AkOptions::default();
+    let ak = ak::read(&mut tpm, &opts).unwrap();
+    let qd = [0x42; 32];
+    let certified = key::create_certified(&mut tpm, &opts, &qd)
+        .unwrap_or_else(|e| panic!("{}\n{:#?}", ErrorChain(&e), probe.stats()));
+    let mut login = ekattest_protocol::msg::Login {
+        methods: ekattest_protocol::heapless::Vec::new(),
+        ek_public: ekattest_protocol::heapless::Vec::new(),
+        ek_cert: None,
+        ek_chain: ekattest_protocol::heapless::Vec::new(),
+        ak_public: ekattest_protocol::heapless::Vec::from_slice(&ak.public).unwrap(),
+        svid_key: None,
+        key_certify: None,
+        nonce: [0; 16],
+        signer_hint: None,
+    };
+    ekattest_agent::attest::with_certified_key(&mut login, &certified).unwrap();
+    ekattest_server::certify::check(
+        login.key_certify.as_ref().unwrap(),
+        &login.ak_public,
+        login.svid_key.as_deref(),
+        &qd,
+    )
+    .unwrap_or_else(|e| panic!("the server refused an SPI-made certification: {e}"));
+    let message = b"proof of possession, over SPI";
+    let der = key::sign(&mut tpm, &certified.key, message).unwrap();
+    let verifying = p256::ecdsa::VerifyingKey::from_public_key_der(certified.key.spki()).unwrap();
+    let signature = p256::ecdsa::Signature::from_der(&der).unwrap();
+    verifying
+        .verify(message, &signature)
+        .expect("TPM2_Sign's signature verifies with the certified key");
+    drop(tpm);
+    drop(tis);
+    assert_conforms(&probe.stats(), cfg, "svid-key tpm over SPI");
+}

@@ -437,8 +437,9 @@ fn honest_qd(agent: &str, nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
 /// the TPM may let leave (fixedTPM and fixedParent clear), and a software key's public area
 /// (claiming every attribute) sent with a genuine certification of a TPM key. Each is
 /// refused before a challenge as `key_certification`, naming the check; the TPM itself
-/// refuses to certify a software key loaded public-only (tpm2-tools as the attacker's tool:
-/// TPM_RC_AUTH_UNAVAILABLE). The honest certified key attests, proves possession with
+/// refuses to certify a software key loaded public-only, or to activate a credential for a
+/// software AK loaded that way (tpm2-tools as the attacker's tool: TPM_RC_AUTH_UNAVAILABLE,
+/// although the load itself succeeds with fixedTPM claimed). The honest certified key attests, proves possession with
 /// TPM2_Sign, and its SVID certifies that key.
 #[test]
 fn forged_key_certifications_are_refused_and_a_genuine_one_attests() {
@@ -607,6 +608,90 @@ fn forged_key_certifications_are_refused_and_a_genuine_one_attests() {
         stderr.contains("0x12F") || stderr.contains("0x12f"),
         "{stderr}"
     );
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+    // Nor will it activate a credential for a software "AK" loaded public-only with every
+    // AK attribute claimed: the credential opens only for an object whose authorization the
+    // TPM holds.
+    let ext_ak = tools(&[
+        "tpm2_loadexternal",
+        "-C",
+        "o",
+        "-G",
+        "ecc:ecdsa-sha256:null",
+        "-u",
+        pem.to_str().unwrap(),
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+        "-c",
+        "extak.ctx",
+        "-n",
+        "extak.name",
+    ]);
+    assert!(
+        ext_ak.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ext_ak.stderr)
+    );
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+    let ek = tools(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+    assert!(
+        ek.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ek.stderr)
+    );
+    let _ = tools(&["tpm2_flushcontext", "-t"]);
+    std::fs::write(dir.join("secret"), [0x5a; 32]).unwrap();
+    let name = hex::encode(std::fs::read(dir.join("extak.name")).unwrap());
+    let made = tools(&[
+        "tpm2_makecredential",
+        "-T",
+        "none",
+        "-e",
+        "ek.pub",
+        "-s",
+        "secret",
+        "-n",
+        &name,
+        "-o",
+        "cred.bin",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let session = tools(&["tpm2_startauthsession", "--policy-session", "-S", "s.ctx"]);
+    assert!(session.status.success());
+    let secret = tools(&["tpm2_policysecret", "-S", "s.ctx", "-c", "e"]);
+    assert!(
+        secret.status.success(),
+        "{}",
+        String::from_utf8_lossy(&secret.stderr)
+    );
+    let activated = tools(&[
+        "tpm2_activatecredential",
+        "-c",
+        "extak.ctx",
+        "-C",
+        "ek.ctx",
+        "-i",
+        "cred.bin",
+        "-o",
+        "recovered",
+        "-P",
+        "session:s.ctx",
+    ]);
+    let stderr = String::from_utf8_lossy(&activated.stderr);
+    assert!(
+        !activated.status.success(),
+        "the TPM activated a credential for a software AK"
+    );
+    assert!(
+        stderr.contains("0x12F") || stderr.contains("0x12f"),
+        "{stderr}"
+    );
+    assert!(!dir.join("recovered").exists());
+    let _ = tools(&["tpm2_flushcontext", "s.ctx"]);
     let _ = tools(&["tpm2_flushcontext", "-t"]);
 
     // Control: the genuine certification attests, possession proven in the TPM.
