@@ -171,6 +171,21 @@ L_RSA=$(login "${EK[rsa2048]}" "${AK[rsa2048]}")
 L_P256=$(login "${EK[p256]}" "${AK[p256]}")
 L_P384=$(login "${EK[p384]}" "${AK[p384]}")
 A=$(answer)
+# A Login for a TPM-resident SVID key (svid-key: tpm): the P-256 AK's point as the key (its
+# attributes made those of an unrestricted signing key), the matching SPKI, and a
+# certification laid out as a TPM writes it (unsigned: the fuzzer goes on from there).
+kc_login() { # ek_hex ak_hex (an ECC P-256 TPM2B_PUBLIC with empty authPolicy)
+  local ak=$2 key spki attest sig
+  key="${ak:0:12}00040472${ak:20}"
+  spki="3059301306072a8648ce3d020106082a8648ce3d03010703420004${ak:48:64}${ak:116:64}"
+  attest=$(tpm2b "ff5443478017$(tpm2b "000b$(repeat 11 32)")$(tpm2b "$(repeat 22 32)")$(repeat 33 25)$(tpm2b "000b$(repeat 44 32)")$(tpm2b "000b$(repeat 55 32)")")
+  sig="0018000b$(tpm2b "$(repeat 66 32)")$(tpm2b "$(repeat 77 32)")"
+  printf '02000100%s00%s%s01%s01%s%s%s%s00' "$(pc_bytes "$1")" "$(pc_bytes "")" "$(pc_bytes "$2")" \
+    "$(pc_bytes "$spki")" "$(pc_bytes "$key")" "$(pc_bytes "$attest")" "$(pc_bytes "$sig")" "$(repeat 4e 16)"
+}
+L_KC=$(kc_login "${EK[p256]}" "${AK[p256]}")
+put uplink/seed-login-tpm-key "$L_KC"
+put $s/seed-tpm-key "$(record 0x00 "$L_KC")$(record 0x0c "$A")"
 # agent 0 logs in and answers right; agent 1 answers its own session with a wrong secret.
 put $s/seed-right-and-wrong "$(record 0x00 "$L_RSA")$(record 0x0c "$A")$(record 0x01 "$L_P256")$(record 0x15 "$A")"
 # four agents against a cap of 3, a cross-agent answer, then a time jump and a re-login.

@@ -70,3 +70,23 @@ fn golden_reader_ignores_comments_and_whitespace() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(bytes, [0x01, 0x02, 0x0a, 0x0b]);
 }
+
+/// The committed fuzz seed for a TPM-resident SVID key (`fuzz/seed-corpus.sh`, `kc_login`)
+/// decodes as a Login carrying `svid_key` and `key_certify`, so the fuzzer starts inside the
+/// server's certification check rather than at the decoder.
+#[test]
+fn fuzz_seed_for_a_tpm_key_login_carries_a_certification() {
+    use ekattest_protocol::msg::Uplink;
+    let path = format!(
+        "{}/../fuzz/seeds/uplink/login-tpm-key",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let Uplink::Login(login) = decode::<Uplink>(&bytes).unwrap() else {
+        panic!("{path} is not a Login");
+    };
+    let kc = login.key_certify.expect("key_certify");
+    assert_eq!(login.svid_key.expect("svid_key").len(), 91);
+    assert_eq!(&kc.attest[2..8], &[0xff, 0x54, 0x43, 0x47, 0x80, 0x17]);
+    assert_eq!(&kc.public[6..10], &[0x00, 0x04, 0x04, 0x72]);
+}
