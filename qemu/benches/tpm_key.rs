@@ -1,6 +1,6 @@
 //! What `svid-key: tpm` costs on swtpm, next to the software-key path in the same run.
 //!
-//! `cargo bench -p ekattest-agent --features it --bench tpm_key` (needs swtpm and
+//! `cargo bench -p ekattest-fleet --features it --bench tpm_key` (needs swtpm and
 //! swtpm_setup). Over the swtpm TCP socket, on one provisioned device (RSA-2048 EK):
 //! - `login/software_key` (baseline): a P-256 key generated in memory, the Login's only key
 //!   work; `login/tpm_key`: storage primary, TPM2_Create, TPM2_Load, AK, TPM2_Certify.
