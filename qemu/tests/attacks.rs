@@ -550,19 +550,29 @@ fn forged_key_certifications_are_refused_and_a_genuine_one_attests() {
             .output()
             .unwrap_or_else(|e| panic!("tpm2-tools are required (apt-get install tpm2-tools): {e}"))
     };
-    let ext = tools(&[
-        "tpm2_loadexternal",
-        "-C",
-        "o",
-        "-G",
+    // tpm2_loadexternal of the software key's public half only, with `alg` and `attrs`.
+    let load_external = |alg: &str, attrs: &str, ctx: &str| {
+        tools(&[
+            "tpm2_loadexternal",
+            "-C",
+            "o",
+            "-G",
+            alg,
+            "-u",
+            pem.to_str().unwrap(),
+            "-a",
+            attrs,
+            "-c",
+            &format!("{ctx}.ctx"),
+            "-n",
+            &format!("{ctx}.name"),
+        ])
+    };
+    let ext = load_external(
         "ecc",
-        "-u",
-        pem.to_str().unwrap(),
-        "-a",
         "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign",
-        "-c",
-        "ext.ctx",
-    ]);
+        "ext",
+    );
     assert!(
         ext.status.success(),
         "{}",
@@ -612,21 +622,11 @@ fn forged_key_certifications_are_refused_and_a_genuine_one_attests() {
     // Nor will it activate a credential for a software "AK" loaded public-only with every
     // AK attribute claimed: the credential opens only for an object whose authorization the
     // TPM holds.
-    let ext_ak = tools(&[
-        "tpm2_loadexternal",
-        "-C",
-        "o",
-        "-G",
+    let ext_ak = load_external(
         "ecc:ecdsa-sha256:null",
-        "-u",
-        pem.to_str().unwrap(),
-        "-a",
         "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
-        "-c",
-        "extak.ctx",
-        "-n",
-        "extak.name",
-    ]);
+        "extak",
+    );
     assert!(
         ext_ak.status.success(),
         "{}",

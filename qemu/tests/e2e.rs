@@ -1019,19 +1019,23 @@ fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
     std::fs::write(&data, b"a TLS handshake transcript, say").unwrap();
     let pub_pem = dir.join("svid-pub.pem");
     std::fs::write(&pub_pem, &cert_pub.stdout).unwrap();
+    // `openssl dgst -sha256 -sign svid.key` on the TPM `tcti` names, into `out`.
+    let sign_on = |tcti: &str, out: &Path| {
+        openssl_tpm2(
+            tcti,
+            &[
+                "dgst",
+                "-sha256",
+                "-sign",
+                key_str,
+                "-out",
+                out.to_str().unwrap(),
+                data.to_str().unwrap(),
+            ],
+        )
+    };
     let sig = dir.join("workload.sig");
-    let signed = openssl_tpm2(
-        &dev.tcti(),
-        &[
-            "dgst",
-            "-sha256",
-            "-sign",
-            key_str,
-            "-out",
-            sig.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
+    let signed = sign_on(&dev.tcti(), &sig);
     assert!(
         signed.status.success(),
         "openssl could not sign with the TPM key: {}",
@@ -1055,18 +1059,7 @@ fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
     // storage primary), so nothing is signed.
     let other = provision(&ca);
     let stolen = dir.join("stolen.sig");
-    let elsewhere = openssl_tpm2(
-        &other.tcti(),
-        &[
-            "dgst",
-            "-sha256",
-            "-sign",
-            key_str,
-            "-out",
-            stolen.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
+    let elsewhere = sign_on(&other.tcti(), &stolen);
     assert!(
         !elsewhere.status.success(),
         "another swtpm signed with the key: {}",

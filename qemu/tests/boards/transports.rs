@@ -93,10 +93,20 @@ fn rpi4_spi_variant_drives_spidev0_1_itself_at_a_conservative_clock() {
             hz: spi.hz
         }
     );
-    // Same hardware, same build and agent defaults as the kernel variant.
+    // Same hardware, same build and agent defaults as the kernel variant, but the SVID key:
+    // through /dev/tpmrm0 workloads can use a TPM-resident key; with the agent's own SPI
+    // driver nothing else can reach the TPM, so the key stays software (the default).
+    let mut kernel_agent = kernel.agent.clone();
+    assert_eq!(
+        kernel_agent
+            .remove("svid-key")
+            .and_then(|v| v.as_str().map(str::to_owned)),
+        Some("tpm".to_owned())
+    );
+    assert!(!b.agent.contains_key("svid-key"), "{:?}", b.agent);
     assert_eq!(
         (&b.build, &b.agent, b.tpm.ek_handle),
-        (&kernel.build, &kernel.agent, None)
+        (&kernel.build, &kernel_agent, None)
     );
     assert_eq!(b.tpm.chip, kernel.tpm.chip);
     let cfg = Config::parse(

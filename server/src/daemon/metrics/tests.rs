@@ -97,6 +97,7 @@ fn renders_exact_text_for_a_known_state() {
     m.frame_received(1500);
     m.frame_published(700);
     m.login_duration.observe(Duration::from_micros(50));
+    m.svid_issued(false);
     m.login_duration.observe(Duration::from_millis(3));
     m.login_duration.observe(Duration::from_secs(2));
     let text = m.render();
@@ -111,6 +112,11 @@ attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"ek
     let expected_tail = "\
 attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"proof_of_possession\"} 1
 attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"agent_id_mismatch\"} 0
+attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"key_certification\"} 0
+# HELP attestation_svids_issued_total X.509-SVIDs issued, by where the key lives (tpm: certified by the AK).
+# TYPE attestation_svids_issued_total counter
+attestation_svids_issued_total{key=\"software\"} 1
+attestation_svids_issued_total{key=\"tpm\"} 0
 # HELP attestation_sessions_active Challenge sessions pending on this node.
 # TYPE attestation_sessions_active gauge
 attestation_sessions_active 7
