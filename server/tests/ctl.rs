@@ -424,6 +424,74 @@ fn ek_verify_with_an_invalid_document_exits_2() {
     );
 }
 
+/// The STM leaf behind the 7-byte PC Client header (`10 01 00 LLLL 10 02`), padded like NV.
+fn stm_seven_byte_blob(tag_bytes: usize) -> Vec<u8> {
+    let der = std::fs::read(data(STM_DER)).unwrap();
+    let mut blob = vec![0x10, 0x01, 0x00];
+    blob.extend_from_slice(&u16::try_from(der.len() + tag_bytes).unwrap().to_be_bytes());
+    blob.extend_from_slice(&[0x10, 0x02]);
+    blob.extend_from_slice(&der);
+    blob.resize(1600, 0xFF);
+    blob
+}
+
+#[test]
+fn ek_hash_and_verify_read_the_seven_byte_nv_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("ek7.bin");
+    std::fs::write(&good, stm_seven_byte_blob(2)).unwrap();
+    let o = ctl(&[&"ek-hash", &good]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{STM_HASH}\n"));
+    let doc = write_doc(
+        dir.path(),
+        "stm",
+        &ca_config("ca/STM_RSA_RT.pem", Some("ca/STM_RSA_05I.pem")),
+        None,
+    );
+    let o = ctl(&[
+        &"ek",
+        &"verify",
+        &"--config",
+        &doc,
+        &"--cert",
+        &good,
+        &"--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(json(&o)["attributes"]["tpm_ek.model"], "ST33HTPHAHB4");
+
+    // LLLL = the DER length (the 5-byte rule) in the 7-byte form: both commands name it.
+    let bad = dir.path().join("ek7-bad.bin");
+    std::fs::write(&bad, stm_seven_byte_blob(0)).unwrap();
+    let o = ctl(&[&"ek-hash", &bad]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`10 01 00 LLLL 10 02` says LLLL = 1169 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(&[
+        &"ek",
+        &"verify",
+        &"--config",
+        &doc,
+        &"--cert",
+        &bad,
+        &"--json",
+    ]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    let reasons = v["reasons"].as_array().unwrap();
+    assert!(
+        reasons[0]
+            .as_str()
+            .unwrap()
+            .contains("`10 01 00 LLLL 10 02` says LLLL = 1169 bytes"),
+        "{v}"
+    );
+}
+
 #[cfg(feature = "it")]
 mod openssl {
     use super::*;

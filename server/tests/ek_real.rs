@@ -329,6 +329,34 @@ fn ca_certificate_presented_as_ek_fails_the_profile() {
 }
 
 #[test]
+fn pc_client_seven_byte_header_nv_blob_verifies() {
+    // 10 01 | 00 | LLLL = DER + 2 | 10 02 | DER | 0xFF padding, as many TPMs store it.
+    let der = stm_der();
+    let mut blob = vec![0x10, 0x01, 0x00];
+    blob.extend_from_slice(&u16::try_from(der.len() + 2).unwrap().to_be_bytes());
+    blob.extend_from_slice(&[0x10, 0x02]);
+    blob.extend_from_slice(&der);
+    blob.resize(1600, 0xFF);
+    let p = policy(
+        &["STM_RSA_RT.pem"],
+        &["STM_RSA_05I.pem"],
+        ProfileMode::Enforce,
+    );
+    let v = validate(&p, &cert_only(&blob), at(JUNE_2024)).unwrap();
+    assert_eq!(v.passed, Check::Chain);
+    check_stm_attributes(&v);
+    // LLLL without the tag's two bytes: the inconsistency is named, not "found byte 0x10".
+    blob[3..5].copy_from_slice(&u16::try_from(der.len()).unwrap().to_be_bytes());
+    let e = validate(&p, &cert_only(&blob), at(JUNE_2024)).unwrap_err();
+    let text = chain_text(&e);
+    assert!(
+        text.contains("`10 01 00 LLLL 10 02` says LLLL = 1169 bytes"),
+        "{text}"
+    );
+    assert!(!text.contains("found byte 0x10"), "{text}");
+}
+
+#[test]
 fn device_ek_public_must_be_the_certificate_key() {
     let der = stm_der();
     let p = policy(
