@@ -2,9 +2,9 @@
 //!
 //! EK certificates are stored in NV indices whose size is fixed at manufacturing, so the
 //! certificate is often followed by padding (STMicro pads with `0xFF`), and some TPMs wrap it
-//! in the TCG PC Client stored-certificate header (`TCG_PCCLIENT_STORED_CERT`, TCG PC Client
-//! Specific Implementation Specification for Conventional BIOS 1.21, 7.4.4 "EK Credential"),
-//! in one of two forms:
+//! in the TCG PC Client stored-certificate header (the `TCG_PCCLIENT_STORED_CERT` and
+//! `TCG_FULL_CERT` structures of the TCG PC Client Specific Implementation Specification for
+//! Conventional BIOS, where platforms keep the EK credential in NV), in one of two forms:
 //!
 //! - 5 bytes, `10 01 | 00 | LLLL | DER`: tag `TCG_TAG_PCCLIENT_STORED_CERT`, certType 0
 //!   (full certificate), LLLL = the DER length (what some TPM 2.0 provisioning tools write);
