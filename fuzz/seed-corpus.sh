@@ -81,11 +81,14 @@ for c in rsa2048 p256 p384; do
 done
 put tpm_public/seed-ak "$(hex_of "$mc/ak.tpm2b_public")"
 
-# der and ek_cert: the STM leaf bare, as its padded NV blob, wrapped, and with its chain.
+# der and ek_cert: the STM leaf bare, as its padded NV blob, wrapped (5- and 7-byte PC Client
+# headers), and with its chain.
 for t in der ek_cert; do
   put "$t/seed-stm-der" "$STM"
   put "$t/seed-stm-nv" "$STM_NV"
   put "$t/seed-stm-wrapped" "100100$(u16 "$(len "$STM")")$STM$(repeat ff 8)"
+  # The 7-byte PC Client header: 10 01 00 LLLL 10 02 DER, LLLL = DER length + 2.
+  put "$t/seed-stm-wrapped-full-cert" "100100$(u16 $(($(len "$STM") + 2)))1002$STM$(repeat ff 8)"
   put "$t/seed-stm-chain" "$STM$STM_05I$STM_RT$(repeat ff 8)"
 done
 for f in INTEL_I NUVO_1110 IFX_ECC_042; do put "ek_cert/seed-$f" "$(pem_hex "$ca/$f.pem")"; done

@@ -1,12 +1,13 @@
 //! Fuzz target `der`: NV blob trimming and chain splitting (`ekattest_protocol::der`).
 //!
 //! Invariants: every returned object is a sub-slice of the input that starts with a SEQUENCE
-//! tag; `first_object` is idempotent; `objects` returns contiguous objects from the start of
+//! tag; `first_object` is idempotent; behind a PC Client header the object starts at offset 5
+//! (`10 01 00 LLLL`, LLLL = its length) or 7 (`10 01 00 LLLL 10 02`, LLLL = its length + 2); `objects` returns contiguous objects from the start of
 //! the input, at most one error and nothing after it, stays finished once finished, and
 //! agrees with `first_object` on unwrapped blobs.
 #![no_main]
 
-use ekattest_protocol::der::{first_object, objects};
+use ekattest_protocol::der::{WRAPPER_FULL, WRAPPER_SHORT, first_object, objects};
 use libfuzzer_sys::fuzz_target;
 
 /// Offset of `part` inside `whole`; panics if it is not a sub-slice.
@@ -28,6 +29,19 @@ fuzz_target!(|blob: &[u8]| {
             "not a SEQUENCE: {obj:02x?}"
         );
         assert_eq!(first_object(obj), Ok(obj), "first_object is not idempotent");
+        if let [0x10, 0x01, 0x00, hi, lo, ..] = *blob {
+            let declared = usize::from(u16::from_be_bytes([hi, lo]));
+            match offset_in(blob, obj) {
+                WRAPPER_SHORT => assert_eq!(declared, obj.len(), "5-byte header length"),
+                WRAPPER_FULL => {
+                    assert_eq!(blob[5..7], [0x10, 0x02], "7-byte header without 10 02");
+                    assert_eq!(declared, obj.len() + 2, "7-byte header length");
+                }
+                other => panic!("object behind a PC Client header at offset {other}"),
+            }
+        } else {
+            assert_eq!(offset_in(blob, obj), 0, "bare object not at offset 0");
+        }
         let mut again = objects(obj);
         assert_eq!(again.next(), Some(Ok(obj)));
         assert_eq!(again.next(), None);

@@ -2,15 +2,33 @@
 //!
 //! EK certificates are stored in NV indices whose size is fixed at manufacturing, so the
 //! certificate is often followed by padding (STMicro pads with `0xFF`), and some TPMs wrap it
-//! in the PC Client header `10 01 00 <u16 length>` (TCG PC Client Platform Firmware Profile,
-//! "EK Credential" NV data). The chain range 0x01C00100..=0x01C001FF holds concatenated DER
-//! certificates. This module only finds object boundaries; it never interprets the contents
-//! and never reads past the slice it is given.
+//! in the TCG PC Client stored-certificate header (the `TCG_PCCLIENT_STORED_CERT` and
+//! `TCG_FULL_CERT` structures of the TCG PC Client Specific Implementation Specification for
+//! Conventional BIOS, where platforms keep the EK credential in NV), in one of two forms:
+//!
+//! - 5 bytes, `10 01 | 00 | LLLL | DER`: tag `TCG_TAG_PCCLIENT_STORED_CERT`, certType 0
+//!   (full certificate), LLLL = the DER length (what some TPM 2.0 provisioning tools write);
+//! - 7 bytes, `10 01 | 00 | LLLL | 10 02 | DER`: the same header followed by the
+//!   `TCG_FULL_CERT` tag `TCG_TAG_PCCLIENT_FULL_CERT`, LLLL = the DER length + 2 (the tag is
+//!   counted). This is the specification's layout, kept by many vendors and NV dump tools.
+//!
+//! Both are recognised by [`first_object`], the one trimming function the agent's NV reader
+//! and `ekattestctl` share; a header whose length disagrees with the DER object behind it is
+//! [`DerError::WrapperMismatch`]. The chain range 0x01C00100..=0x01C001FF holds concatenated
+//! DER certificates. This module only finds object boundaries; it never interprets the
+//! contents and never reads past the slice it is given.
 
 use core::fmt;
 
-/// The PC Client NV wrapper tag in front of some EK certificates.
+/// `TCG_TAG_PCCLIENT_STORED_CERT` (0x1001) and certType 0 (full certificate): the start of
+/// the PC Client stored-certificate header in front of some EK certificates.
 const WRAPPER_TAG: [u8; 3] = [0x10, 0x01, 0x00];
+/// `TCG_TAG_PCCLIENT_FULL_CERT` (0x1002): the 7-byte form's tag between header and DER.
+const FULL_CERT_TAG: [u8; 2] = [0x10, 0x02];
+/// Length of the short header form `10 01 00 LLLL`.
+pub const WRAPPER_SHORT: usize = 5;
+/// Length of the full header form `10 01 00 LLLL 10 02`.
+pub const WRAPPER_FULL: usize = 7;
 
 /// Largest DER length this module accepts (longer objects are not certificates).
 pub const OBJECT_MAX: usize = 64 * 1024;
@@ -44,11 +62,14 @@ pub enum DerError {
         /// Declared object length.
         len: usize,
     },
-    /// The PC Client wrapper's length disagrees with the DER object inside it.
+    /// The PC Client header's length field disagrees with the DER object behind it.
     WrapperMismatch {
-        /// Length in the wrapper.
+        /// Header form: [`WRAPPER_SHORT`] (LLLL counts the DER) or [`WRAPPER_FULL`] (LLLL
+        /// counts the `10 02` tag and the DER).
+        header: usize,
+        /// The header's length field LLLL.
         wrapper: usize,
-        /// Length of the DER object.
+        /// Length of the DER object behind the header.
         der: usize,
     },
 }
@@ -76,9 +97,28 @@ impl fmt::Display for DerError {
                     "DER object of {len} bytes exceeds the {OBJECT_MAX}-byte limit"
                 )
             }
-            Self::WrapperMismatch { wrapper, der } => write!(
+            Self::WrapperMismatch {
+                header: WRAPPER_FULL,
+                wrapper,
+                der,
+            } => write!(
                 f,
-                "PC Client NV wrapper says {wrapper} bytes but the DER object is {der} bytes"
+                "PC Client NV header `10 01 00 LLLL 10 02` says LLLL = {wrapper} bytes, but the \
+                 `10 02` tag and the {der}-byte DER certificate behind it are {} bytes: the NV \
+                 data is inconsistent (truncated or badly provisioned); read the index again, \
+                 or send the certificate without the header",
+                der.saturating_add(2)
+            ),
+            Self::WrapperMismatch {
+                header: _,
+                wrapper,
+                der,
+            } => write!(
+                f,
+                "PC Client NV header `10 01 00 LLLL` says LLLL = {wrapper} bytes, but the DER \
+                 certificate behind it is {der} bytes: the NV data is inconsistent (truncated \
+                 or badly provisioned); read the index again, or send the certificate without \
+                 the header"
             ),
         }
     }
@@ -134,25 +174,50 @@ fn object_len(blob: &[u8], base: usize) -> Result<usize, DerError> {
 /// Trims an NV blob to its first DER object.
 ///
 /// Accepts a bare DER object followed by anything (`0xFF`/`0x00` padding, as STMicro writes),
-/// or the PC Client wrapper `10 01 00 <u16 len>` followed by the DER object.
+/// or a PC Client stored-certificate header in front of it (see the module docs): the 5-byte
+/// `10 01 00 LLLL` with LLLL = DER length, or the 7-byte `10 01 00 LLLL 10 02` with LLLL =
+/// DER length + 2. Whatever follows the object (padding) is ignored in every form.
 ///
 /// # Errors
-/// [`DerError`] if the blob holds no complete DER SEQUENCE at its start.
+/// [`DerError`] if the blob holds no complete DER SEQUENCE at its start (after the header),
+/// [`DerError::WrapperMismatch`] if a header's length disagrees with the object.
 pub fn first_object(blob: &[u8]) -> Result<&[u8], DerError> {
     if blob.iter().all(|&b| b == 0xFF || b == 0x00) {
         return Err(DerError::Empty);
     }
-    if blob.len() >= 5 && blob[..3] == WRAPPER_TAG {
-        let wrapper = usize::from(u16::from_be_bytes([blob[3], blob[4]]));
-        let inner = &blob[5..];
-        let len = object_len(inner, 5)?;
-        if wrapper != len {
-            return Err(DerError::WrapperMismatch { wrapper, der: len });
+    if let Some((head, rest)) = blob.split_first_chunk::<WRAPPER_SHORT>()
+        && head[..3] == WRAPPER_TAG
+    {
+        let wrapper = usize::from(u16::from_be_bytes([head[3], head[4]]));
+        // The full form has the TCG_FULL_CERT tag where a bare certificate has 0x30.
+        let (header, inner, counted) = match rest.split_first_chunk::<2>() {
+            Some((tag, inner)) if *tag == FULL_CERT_TAG => (WRAPPER_FULL, inner, 2),
+            _ => (WRAPPER_SHORT, rest, 0),
+        };
+        if inner.is_empty() {
+            return Err(DerError::Truncated {
+                needed: wrapper.saturating_sub(counted),
+                available: 0,
+            });
         }
-        return Ok(&inner[..len]);
+        let len = object_len(inner, header)?;
+        if wrapper != len + counted {
+            return Err(DerError::WrapperMismatch {
+                header,
+                wrapper,
+                der: len,
+            });
+        }
+        return inner.get(..len).ok_or(DerError::Truncated {
+            needed: len,
+            available: inner.len(),
+        });
     }
     let len = object_len(blob, 0)?;
-    Ok(&blob[..len])
+    blob.get(..len).ok_or(DerError::Truncated {
+        needed: len,
+        available: blob.len(),
+    })
 }
 
 /// Iterator over concatenated DER objects; see [`objects`].
@@ -204,6 +269,7 @@ pub fn objects(blob: &[u8]) -> Objects<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString as _;
 
     const CERT: [u8; 6] = [0x30, 0x04, 0x02, 0x02, 0x01, 0x02];
 
@@ -223,7 +289,68 @@ mod tests {
         blob[4] = 7;
         assert_eq!(
             first_object(&blob),
-            Err(DerError::WrapperMismatch { wrapper: 7, der: 6 })
+            Err(DerError::WrapperMismatch {
+                header: WRAPPER_SHORT,
+                wrapper: 7,
+                der: 6
+            })
+        );
+    }
+
+    #[test]
+    fn unwraps_the_seven_byte_full_cert_header() {
+        // 10 01 | 00 | LLLL = DER + 2 | 10 02 | DER | padding
+        let mut blob = [0xFFu8; 24];
+        blob[..7].copy_from_slice(&[0x10, 0x01, 0x00, 0x00, 0x08, 0x10, 0x02]);
+        blob[7..13].copy_from_slice(&CERT);
+        assert_eq!(first_object(&blob), Ok(&CERT[..]));
+        // Zero padding behind it, and no padding at all, trim the same way.
+        let mut zeros = blob;
+        zeros[13..].fill(0);
+        assert_eq!(first_object(&zeros), Ok(&CERT[..]));
+        assert_eq!(first_object(&blob[..13]), Ok(&CERT[..]));
+    }
+
+    #[test]
+    fn seven_byte_header_with_an_inconsistent_length_is_named() {
+        let mut blob = [0xFFu8; 16];
+        blob[..7].copy_from_slice(&[0x10, 0x01, 0x00, 0x00, 0x06, 0x10, 0x02]);
+        blob[7..13].copy_from_slice(&CERT);
+        // LLLL = DER length without the tag: the 5-byte rule applied to the 7-byte form.
+        let err = first_object(&blob).unwrap_err();
+        assert_eq!(
+            err,
+            DerError::WrapperMismatch {
+                header: WRAPPER_FULL,
+                wrapper: 6,
+                der: 6
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("`10 01 00 LLLL 10 02` says LLLL = 6 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("are 8 bytes"), "{text}");
+        // A length below the tag's own two bytes.
+        blob[4] = 1;
+        assert!(matches!(
+            first_object(&blob),
+            Err(DerError::WrapperMismatch { wrapper: 1, .. })
+        ));
+        // A declared length running past the blob: the DER object is truncated.
+        blob[4] = 8;
+        assert!(matches!(
+            first_object(&blob[..10]),
+            Err(DerError::Truncated { .. })
+        ));
+        // A header with nothing behind it.
+        assert_eq!(
+            first_object(&blob[..7]),
+            Err(DerError::Truncated {
+                needed: 6,
+                available: 0
+            })
         );
     }
 

@@ -124,6 +124,10 @@ pub enum PublicError {
     },
     /// The output buffer is too small for the encoding.
     BufferTooSmall,
+    /// An RSAES-OAEP key (id-RSAES-OAEP, 1.2.840.113549.1.1.7): what TPM 1.2 EK certificates
+    /// hold (TCG Credential Profiles for TPM Family 1.2, EK credential). TPM 2.0 EK
+    /// certificates use rsaEncryption or id-ecPublicKey.
+    Tpm12Key,
 }
 
 impl fmt::Display for PublicError {
@@ -149,6 +153,11 @@ impl fmt::Display for PublicError {
             Self::BadKey { reason } => write!(f, "invalid public key: {reason}"),
             Self::BadSpki { reason } => write!(f, "invalid SubjectPublicKeyInfo: {reason}"),
             Self::BufferTooSmall => f.write_str("output buffer too small for the public key"),
+            Self::Tpm12Key => f.write_str(
+                "it is an RSAES-OAEP key (OID 1.2.840.113549.1.1.7), the EK of a TPM 1.2; \
+                 TPM 2.0 is required: switch the TPM to TPM 2.0 mode in the firmware setup if \
+                 it supports that, or use a device with a TPM 2.0",
+            ),
         }
     }
 }
@@ -264,6 +273,10 @@ const OID_RSA: &[u8] = &[
 ];
 /// DER of the id-ecPublicKey OID, tag and length included.
 const OID_EC: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+/// id-RSAES-OAEP (RFC 4055), the key algorithm of TPM 1.2 EK certificates.
+const OID_RSAES_OAEP: &[u8] = &[
+    0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x07,
+];
 
 /// A public key, borrowed from a TPM public area or a SubjectPublicKeyInfo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,6 +449,8 @@ impl<'a> PublicKey<'a> {
                     reason: "EC point is not an uncompressed point of the curve's size",
                 }),
             }
+        } else if oid == OID_RSAES_OAEP {
+            Err(PublicError::Tpm12Key)
         } else {
             Err(PublicError::BadSpki {
                 reason: "algorithm is neither rsaEncryption nor id-ecPublicKey",
@@ -855,6 +870,7 @@ impl<'a> Public<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString as _;
 
     #[test]
     fn ak_name_matches_vector() {
@@ -960,6 +976,23 @@ mod tests {
         for n in 0..spki.len() {
             assert!(PublicKey::from_spki_der(&spki[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn rsaes_oaep_spki_is_named_a_tpm12_key() {
+        let rsa = include_bytes!("../../../shared/testdata/make-credential/rsa2048/ek.spki.der");
+        let mut oaep = heapless::Vec::<u8, 512>::new();
+        oaep.extend_from_slice(rsa).unwrap();
+        let at = oaep
+            .windows(OID_RSA.len())
+            .position(|w| w == OID_RSA)
+            .unwrap();
+        // rsaEncryption (.1.1.1) -> id-RSAES-OAEP (.1.1.7): same length, same key.
+        oaep[at + OID_RSA.len() - 1] = 0x07;
+        assert_eq!(PublicKey::from_spki_der(&oaep), Err(PublicError::Tpm12Key));
+        let text = PublicError::Tpm12Key.to_string();
+        assert!(text.contains("TPM 1.2") && text.contains("TPM 2.0 is required"));
+        assert!(PublicKey::from_spki_der(rsa).is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!             allowedHashes: ["<64 hex digits>"]
 //!             ekProfileCheck: enforce     # ours: enforce | warn
 //!             allowSha1Signatures: false  # ours
+//!             acceptExpiredEk: false      # ours: EK certificate outside its validity period
 //! ```
 //!
 //! Parsing is all-or-nothing: [`Document::parse`] either returns a document whose every
@@ -398,6 +399,8 @@ struct RawTpmEkConfig {
     ek_profile_check: Option<RawProfileMode>,
     #[serde(default)]
     allow_sha1_signatures: Option<bool>,
+    #[serde(default)]
+    accept_expired_ek: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -496,6 +499,7 @@ fn build_tpm_ek(
 ) -> Result<TpmEkConfig, ConfigError> {
     let chain = ChainOptions {
         allow_sha1: raw.allow_sha1_signatures.unwrap_or(false),
+        accept_expired_ek: raw.accept_expired_ek.unwrap_or(false),
         ..ChainOptions::default()
     };
     let hashes = raw.allowed_hashes.unwrap_or_default();

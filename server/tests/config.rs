@@ -417,6 +417,31 @@ fn extensions_parse_and_bad_values_are_named() {
 }
 
 #[test]
+fn accept_expired_ek_defaults_off_and_parses() {
+    let d = Document::parse(doc(&hashes(&[STM_HASH])).as_bytes()).unwrap();
+    assert!(!d.policies()[0].tpm_ek().unwrap().ek.chain.accept_expired_ek);
+    let d = Document::parse(
+        doc(&(hashes(&[STM_HASH]) + "            acceptExpiredEk: true\n")).as_bytes(),
+    )
+    .unwrap();
+    let t = d.policies()[0].tpm_ek().unwrap();
+    assert!(t.ek.chain.accept_expired_ek);
+    assert!(
+        !t.ek.chain.allow_sha1,
+        "one option does not turn on another"
+    );
+    let e = err(&doc(
+        &(hashes(&[STM_HASH]) + "            acceptExpiredEk: sometimes\n")
+    ));
+    assert!(e.contains("config.acceptExpiredEk: invalid type"), "{e}");
+    // The field's spelling is checked like every other (no silent typo).
+    let e = err(&doc(
+        &(hashes(&[STM_HASH]) + "            accept-expired-ek: true\n")
+    ));
+    assert!(e.contains("accept-expired-ek"), "{e}");
+}
+
+#[test]
 fn template_errors_name_the_placeholder_and_field() {
     let text = doc(&hashes(&[STM_HASH])).replace(
         "    - name: tpm_ek_policy\n",

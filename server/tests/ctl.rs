@@ -424,6 +424,218 @@ fn ek_verify_with_an_invalid_document_exits_2() {
     );
 }
 
+/// The STM leaf behind the 7-byte PC Client header (`10 01 00 LLLL 10 02`), padded like NV.
+fn stm_seven_byte_blob(tag_bytes: usize) -> Vec<u8> {
+    let der = std::fs::read(data(STM_DER)).unwrap();
+    let mut blob = vec![0x10, 0x01, 0x00];
+    blob.extend_from_slice(&u16::try_from(der.len() + tag_bytes).unwrap().to_be_bytes());
+    blob.extend_from_slice(&[0x10, 0x02]);
+    blob.extend_from_slice(&der);
+    blob.resize(1600, 0xFF);
+    blob
+}
+
+#[test]
+fn ek_hash_and_verify_read_the_seven_byte_nv_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("ek7.bin");
+    std::fs::write(&good, stm_seven_byte_blob(2)).unwrap();
+    let o = ctl(&[&"ek-hash", &good]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{STM_HASH}\n"));
+    let doc = write_doc(
+        dir.path(),
+        "stm",
+        &ca_config("ca/STM_RSA_RT.pem", Some("ca/STM_RSA_05I.pem")),
+        None,
+    );
+    let o = ctl(&[
+        &"ek",
+        &"verify",
+        &"--config",
+        &doc,
+        &"--cert",
+        &good,
+        &"--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(json(&o)["attributes"]["tpm_ek.model"], "ST33HTPHAHB4");
+
+    // LLLL = the DER length (the 5-byte rule) in the 7-byte form: both commands name it.
+    let bad = dir.path().join("ek7-bad.bin");
+    std::fs::write(&bad, stm_seven_byte_blob(0)).unwrap();
+    let o = ctl(&[&"ek-hash", &bad]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`10 01 00 LLLL 10 02` says LLLL = 1169 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(&[
+        &"ek",
+        &"verify",
+        &"--config",
+        &doc,
+        &"--cert",
+        &bad,
+        &"--json",
+    ]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    let reasons = v["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{v}");
+    assert!(
+        reasons[0]
+            .as_str()
+            .unwrap()
+            .contains("`10 01 00 LLLL 10 02` says LLLL = 1169 bytes"),
+        "{v}"
+    );
+}
+
+#[test]
+fn corrupt_pem_and_corrupt_der_cert_both_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = write_doc(
+        dir.path(),
+        "stm",
+        &ca_config("ca/STM_RSA_RT.pem", None),
+        None,
+    );
+    let pem = dir.path().join("corrupt.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nMIIB!!not base64!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let der = dir.path().join("corrupt.der");
+    let mut bytes = std::fs::read(data(STM_DER)).unwrap();
+    bytes.truncate(600);
+    std::fs::write(&der, bytes).unwrap();
+    let wrong_label = dir.path().join("key.pem");
+    std::fs::write(
+        &wrong_label,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for file in [&pem, &der, &wrong_label] {
+        let o = ctl(&[
+            &"ek",
+            &"verify",
+            &"--config",
+            &doc,
+            &"--cert",
+            file,
+            &"--json",
+        ]);
+        assert_eq!(
+            code(&o),
+            1,
+            "{}: {}{}",
+            file.display(),
+            stdout(&o),
+            stderr(&o)
+        );
+        let v = json(&o);
+        assert_eq!(v["verdict"], "rejected", "{v}");
+        assert!(!v["reasons"].as_array().unwrap().is_empty(), "{v}");
+        // Text mode: the same exit code, and the file named.
+        let o = ctl(&[&"ek", &"verify", &"--config", &doc, &"--cert", file]);
+        assert_eq!(code(&o), 1, "{}", file.display());
+        assert!(stdout(&o).contains("verdict: rejected"), "{}", stdout(&o));
+    }
+    let o = ctl(&[&"ek", &"verify", &"--config", &doc, &"--cert", &pem]);
+    assert!(
+        stdout(&o).contains(&format!(
+            "error: --cert {} holds no usable certificate",
+            pem.display()
+        )),
+        "{}",
+        stdout(&o)
+    );
+    // A corrupt PEM --chain is judged the same way; an unreadable file stays a usage error.
+    let o = ctl(&[
+        &"ek",
+        &"verify",
+        &"--config",
+        &doc,
+        &"--cert",
+        &data(STM_DER),
+        &"--chain",
+        &pem,
+    ]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let o = ctl(&[
+        &"ek",
+        &"verify",
+        &"--config",
+        &doc,
+        &"--cert",
+        &dir.path().join("absent.pem"),
+    ]);
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
+}
+
+#[test]
+fn ek_verify_reasons_never_repeat_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // Both checks configured and failing; the certificate a corrupt DER (parser reason).
+    let config = ca_config("ca/INTEL_RT.pem", None) + &hash_config(&"00".repeat(32));
+    let doc = write_doc(dir.path(), "both", &config, None);
+    let corrupt = dir.path().join("corrupt.der");
+    let mut bytes = std::fs::read(data(STM_DER)).unwrap();
+    bytes[1] = 0x83;
+    std::fs::write(&corrupt, bytes).unwrap();
+    let chain_only = write_doc(
+        dir.path(),
+        "chain",
+        &ca_config("ca/INTEL_RT.pem", None),
+        None,
+    );
+    for (doc, cert) in [
+        (&doc, data(STM_DER)),
+        (&doc, corrupt.clone()),
+        (&chain_only, corrupt.clone()),
+        (&chain_only, data(STM_DER)),
+    ] {
+        let o = ctl(&[
+            &"ek",
+            &"verify",
+            &"--config",
+            doc,
+            &"--cert",
+            &cert,
+            &"--json",
+        ]);
+        assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+        let v = json(&o);
+        let mut seen: Vec<String> = vec![v["error"].as_str().unwrap().to_owned()];
+        for r in v["reasons"].as_array().unwrap() {
+            let r = r.as_str().unwrap();
+            for earlier in &seen {
+                assert!(!earlier.contains(r), "{r:?} repeats {earlier:?}: {v}");
+            }
+            seen.push(r.to_owned());
+        }
+        assert!(seen.len() > 1, "a reason is given: {v}");
+    }
+}
+
+#[test]
+fn config_validate_shows_accept_expired_ek() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = hash_config(STM_HASH) + "            acceptExpiredEk: true\n";
+    let doc = write_doc(dir.path(), "lenient", &config, None);
+    let o = ctl(&[&"config", &"validate", &doc]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("acceptExpiredEk true"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[cfg(feature = "it")]
 mod openssl {
     use super::*;

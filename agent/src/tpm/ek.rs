@@ -198,6 +198,15 @@ fn public_error(what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The EK certificate in the contents of NV index `index`: the first DER object, behind a
+/// PC Client stored-certificate header (5-byte `10 01 00 LLLL` or 7-byte
+/// `10 01 00 LLLL 10 02`) if there is one, without the padding after it
+/// (`ekattest_protocol::der::first_object`, shared with the server and `ekattestctl`).
+fn certificate_in_nv(index: u32, blob: &[u8]) -> Result<&[u8], Error> {
+    der::first_object(blob)
+        .map_err(|e| public_error(&format!("EK certificate at NV {index:#010x}"), e))
+}
+
 /// Reads an NV index whole (size from NV_ReadPublic, data in chunks).
 ///
 /// # Errors
@@ -240,8 +249,7 @@ pub fn discover<T: Transport>(tpm: &mut Tpm<T>) -> Result<Endorsement, Error> {
             continue;
         }
         let blob = read_nv(tpm, index)?;
-        let cert = der::first_object(&blob)
-            .map_err(|e| public_error(&format!("EK certificate at NV {index:#010x}"), e))?;
+        let cert = certificate_in_nv(index, &blob)?;
         let template = template_for(tpm, kind, &nv)?;
         let ek = locate(tpm, kind, template, &persistent, Some((index, cert)))?;
         out.eks.push(ek);
@@ -407,6 +415,38 @@ mod tests {
         let der = read("stm-st33htphahb4-rsa2048.der");
         assert_eq!(blob.len(), 1600);
         assert_eq!(der::first_object(&blob).unwrap(), &der[..]);
+    }
+
+    #[test]
+    fn stm_certificate_behind_either_pc_client_header_trims_to_the_der() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
+        );
+        let der = std::fs::read(path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+        let len = u16::try_from(der.len()).unwrap();
+        // 7-byte TCG_PCCLIENT_STORED_CERT + TCG_FULL_CERT: LLLL counts the 10 02 tag too.
+        let mut full = vec![0x10, 0x01, 0x00];
+        full.extend_from_slice(&(len + 2).to_be_bytes());
+        full.extend_from_slice(&[0x10, 0x02]);
+        full.extend_from_slice(&der);
+        full.resize(1600, 0xFF);
+        assert_eq!(certificate_in_nv(0x01C0_0002, &full).unwrap(), &der[..]);
+        // 5-byte form: LLLL is the DER length.
+        let mut short = vec![0x10, 0x01, 0x00];
+        short.extend_from_slice(&len.to_be_bytes());
+        short.extend_from_slice(&der);
+        assert_eq!(certificate_in_nv(0x01C0_0002, &short).unwrap(), &der[..]);
+        // The 7-byte form with the 5-byte form's length: named, with the index.
+        full[3..5].copy_from_slice(&len.to_be_bytes());
+        let err = certificate_in_nv(0x01C0_0002, &full)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0x01c00002"), "{err}");
+        assert!(
+            err.contains("`10 01 00 LLLL 10 02` says LLLL = 1169"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! only `ca create`, `config keygen` and `config sign --out` write files.
 //!
 //! Exit status: 0 success (hash printed, document valid, EK accepted); 1 the input was judged
-//! and rejected (invalid document for `config validate`, EK rejected, file holds no
-//! certificate or public key); 2 usage error, unreadable file, or (for `ek verify`) an
-//! invalid document.
+//! and rejected (invalid document for `config validate`, EK rejected, a file that was read
+//! holds no usable certificate or public key, whether its PEM or its DER is corrupt); 2
+//! usage error, unreadable file, or (for `ek verify`) an invalid document.
 
 #[path = "ekattestctl/ca.rs"]
 mod ca;
@@ -58,8 +58,9 @@ Commands:
                     bundle, key 0600 for the server)
 
 Exit status: 0 success or accepted; 1 rejected (invalid document, EK rejected, no key
-found); 2 usage error, unreadable file, invalid document for `ek verify`, or a file
-`ca create` cannot or may not write.
+or certificate in a file that was read, corrupt PEM and corrupt DER alike); 2 usage
+error, unreadable file, invalid document for `ek verify`, or a file `ca create` cannot
+or may not write.
 ";
 
 const EK_HASH_USAGE: &str = "\
@@ -106,7 +107,9 @@ the attributes and the SPIFFE ID.
   --trust-domain TD    render spiffe://TD/... instead of the path alone
   --json               print one JSON object instead of text
 
-Exit 0 accepted, 1 rejected, 2 usage error or invalid document.
+Exit 0 accepted; 1 rejected, including a --cert or --chain file that holds no usable
+certificate (corrupt PEM or corrupt DER alike); 2 usage error, unreadable file or invalid
+document.
 ";
 
 fn main() -> ExitCode {
@@ -251,7 +254,7 @@ fn config_validate(file: &std::path::Path) -> ExitCode {
         if let Some(t) = p.tpm_ek() {
             println!(
                 "  tpm_ek: caCerts {}, intermediateCerts {}, allowedHashes {}, \
-                 ekProfileCheck {}, allowSha1Signatures {}",
+                 ekProfileCheck {}, allowSha1Signatures {}, acceptExpiredEk {}",
                 t.ca_certs,
                 t.intermediate_certs,
                 t.ek.allowed_hashes.len(),
@@ -259,7 +262,8 @@ fn config_validate(file: &std::path::Path) -> ExitCode {
                     ekattest_server::ek::ProfileMode::Enforce => "enforce",
                     ekattest_server::ek::ProfileMode::Warn => "warn",
                 },
-                t.ek.chain.allow_sha1
+                t.ek.chain.allow_sha1,
+                t.ek.chain.accept_expired_ek
             );
         }
         println!(

@@ -6,12 +6,24 @@
 //! - `serial_number`: lowercase hex of the certificate serial's magnitude (the DER INTEGER
 //!   without its leading 00 sign byte), as openssl prints it without colons.
 //! - `manufacturer`, `model`: the SAN values verbatim (`id:53544D20`, `ST33HTPHAHB4`).
-//! - `version`: TCG encodes the firmware version as `id:` and 8 hex digits, the upper 16 bits
-//!   being the major and the lower 16 bits the minor version (TPM_PT_FIRMWARE_VERSION_1), so
-//!   the seed's `id:00070040` is `7.64`. The rule is applied to every value of that shape,
-//!   without guessing: swtpm's `id:20191023` renders as `8217.4131` (0x2019.0x1023) although
-//!   swtpm meant a date, because a heuristic would make a real firmware 0x2019.0x1023 render
-//!   differently from what it is. Any other value is kept verbatim.
+//! - `version`: one rule for every value of the form `id:` + hex digits (TCG EK Credential
+//!   Profile 2.x, the SAN's tpmVersion attribute 2.23.133.2.3: `id:` and the hex of the
+//!   firmware version, TPM_PT_FIRMWARE_VERSION_1, whose upper half is the major and lower
+//!   half the minor version). The prefix and the digits are
+//!   read in either case:
+//!   - 4, 8, 12 or 16 digits (an even number of bytes) render as `major.minor`, the decimal
+//!     values of the first and second half: the seed's `id:00070040` is `7.64`, STMicro's
+//!     `id:00490004` is `73.4`, the 2-byte `id:073F` (one byte per half, as some vendors
+//!     write it) is `7.63`, and `id:073f` is `7.63` too;
+//!   - any other number of digits (1 to 16) cannot be split into two whole-byte halves and
+//!     renders as `id:` + the digits in upper case (`id:7a3` is `id:7A3`), so the attribute,
+//!     and a SPIFFE path built from it, never depends on letter case;
+//!   - anything else (no `id:` prefix, a non-hex character, more than 16 digits) is kept
+//!     verbatim.
+//!
+//!   The rule never guesses: swtpm's `id:20191023` renders as `8217.4131` (0x2019.0x1023)
+//!   although swtpm meant a date, because a heuristic would make a real firmware
+//!   0x2019.0x1023 render differently from what it is.
 //!
 //! Values are only rendered here; this module never decides whether they are trustworthy.
 
@@ -62,17 +74,33 @@ pub(crate) fn serial_hex(raw: &[u8]) -> String {
     hex::encode(raw.get(start..).unwrap_or_default())
 }
 
-/// Renders a TCG tpmVersion value: `id:XXXXYYYY` (hex) as `major.minor` (decimal); anything
-/// else verbatim.
+/// Renders a TCG tpmVersion value (see the module docs for the rule): `id:` + 4, 8, 12 or 16
+/// hex digits as `major.minor` (decimal halves), other `id:` + hex values as `id:` + upper
+/// case digits, anything else verbatim. Case-insensitive, so the result never depends on the
+/// letter case the certificate used.
 pub fn render_version(value: &str) -> String {
-    let parsed = value
-        .strip_prefix("id:")
-        .filter(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .and_then(|h| u32::from_str_radix(h, 16).ok());
-    match parsed {
-        Some(v) => format!("{}.{}", v >> 16, v & 0xffff),
-        None => value.to_owned(),
+    /// Most hex digits read (two 32-bit halves).
+    const DIGITS_MAX: usize = 16;
+    let digits = value
+        .get(..3)
+        .filter(|p| p.eq_ignore_ascii_case("id:"))
+        .and_then(|_| value.get(3..))
+        .filter(|h| {
+            (1..=DIGITS_MAX).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    let Some(digits) = digits else {
+        return value.to_owned();
+    };
+    if digits.len() % 4 == 0 {
+        let (major, minor) = digits.split_at(digits.len() / 2);
+        if let (Ok(major), Ok(minor)) = (
+            u64::from_str_radix(major, 16),
+            u64::from_str_radix(minor, 16),
+        ) {
+            return format!("{major}.{minor}");
+        }
     }
+    format!("id:{}", digits.to_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -84,11 +112,56 @@ mod tests {
         assert_eq!(render_version("id:00070040"), "7.64");
         assert_eq!(render_version("id:00490004"), "73.4");
         assert_eq!(render_version("id:20191023"), "8217.4131");
-        assert_eq!(render_version("id:0007004"), "id:0007004");
         assert_eq!(render_version("id:0007004g"), "id:0007004g");
         assert_eq!(render_version("7.2.1"), "7.2.1");
-        assert_eq!(render_version("ID:00070040"), "ID:00070040");
         assert_eq!(render_version("id:+0070040"), "id:+0070040");
+        assert_eq!(render_version("id:"), "id:");
+        assert_eq!(render_version(""), "");
+        assert_eq!(render_version("é"), "é");
+    }
+
+    #[test]
+    fn every_length_of_hex_id_follows_one_rule() {
+        // Two whole-byte halves: major.minor in decimal, whatever the length.
+        assert_eq!(render_version("id:073F"), "7.63");
+        assert_eq!(render_version("id:00070040"), "7.64");
+        assert_eq!(render_version("id:000102000304"), "258.772");
+        assert_eq!(render_version("id:0000000700000040"), "7.64");
+        assert_eq!(
+            render_version("id:FFFFFFFFFFFFFFFF"),
+            "4294967295.4294967295"
+        );
+        // No whole-byte halves: canonical id: + upper-case digits.
+        assert_eq!(render_version("id:0007004"), "id:0007004");
+        assert_eq!(render_version("id:7a3"), "id:7A3");
+        assert_eq!(render_version("id:0a"), "id:0A");
+        assert_eq!(render_version("id:0a0b0c"), "id:0A0B0C");
+        // Longer than two 32-bit halves: verbatim.
+        let long = "id:00000007000000400";
+        assert_eq!(render_version(long), long);
+    }
+
+    #[test]
+    fn version_rendering_ignores_letter_case() {
+        for (a, b) in [
+            ("id:073F", "id:073f"),
+            ("id:073F", "ID:073F"),
+            ("id:00a0000b", "Id:00A0000B"),
+            ("id:7a3", "iD:7A3"),
+        ] {
+            assert_eq!(render_version(a), render_version(b), "{a} vs {b}");
+        }
+        assert_eq!(render_version("ID:00070040"), "7.64");
+        // Rendered values hold digits, dots, upper-case hex and the `id:` prefix only (the
+        // SPIFFE template maps the ':' to '_').
+        for v in ["id:073f", "id:7a3", "id:00070040"] {
+            let r = render_version(v);
+            assert!(
+                r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b':'),
+                "{r}"
+            );
+        }
     }
 
     #[test]

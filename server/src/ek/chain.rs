@@ -5,8 +5,17 @@
 //! and the certificates the device sent; they are matched by subject DN (bytes, or normalised)
 //! and by AKI/SKI when both are present, and alternatives with the same subject are tried in
 //! turn (depth-first, with backtracking). Every certificate in the path, anchor included, must
-//! be within its validity period; every issuer must be a CA (basicConstraints cA) with
-//! keyCertSign when keyUsage is present, and respect pathLenConstraint.
+//! be within its validity period (the EK certificate itself may be outside it with
+//! `acceptExpiredEk`, [`ChainOptions::accept_expired_ek`]); every issuer must be a CA
+//! (basicConstraints cA) with keyCertSign when keyUsage is present, and respect
+//! pathLenConstraint.
+//!
+//! Before any path is searched, the EK certificate itself must not be a CA certificate: not
+//! one of the configured caCerts or intermediateCerts (reported as such), and not a
+//! certificate whose basicConstraints says cA. Both fail the chain check whatever
+//! `ekProfileCheck` says (the seed: the EK certificate "must not be a CA certificate").
+//! A path that ends at a self-signed certificate which is not a configured CA is reported as
+//! that (an untrusted root, or a self-signed EK certificate), not as a missing issuer.
 //!
 //! Work is bounded: at most `max_depth` certificates in a path, [`SIGNATURE_BUDGET`] signature
 //! verifications and [`STEP_BUDGET`] candidate evaluations per call, no recursion. A loop
@@ -29,9 +38,77 @@ pub enum ChainError {
     /// The device sent no EK certificate (a raw-key TPM).
     #[error("the device sent no EK certificate")]
     NoCertificate,
-    /// The EK certificate does not parse.
+    /// The EK certificate does not parse. (The parser's reason is part of the message, so it
+    /// is not also a `source`: error chains would print it twice.)
     #[error("EK certificate: {0}")]
-    Certificate(#[source] CertError),
+    Certificate(CertError),
+    /// The EK certificate is one of the policy's configured CA certificates.
+    #[error(
+        "the EK certificate is {field} certificate {index} of this policy ({cert}): the device \
+         sent a CA certificate instead of its own EK certificate"
+    )]
+    EkIsConfiguredCa {
+        /// `caCerts` or `intermediateCerts`.
+        field: &'static str,
+        /// Position in that list (0-based).
+        index: usize,
+        /// The certificate.
+        cert: String,
+    },
+    /// The EK certificate says cA in basicConstraints.
+    #[error(
+        "EK certificate {cert} is a CA certificate (basicConstraints cA): an EK certificate \
+         never is; rejected in every ekProfileCheck mode"
+    )]
+    EkIsCa {
+        /// The certificate.
+        cert: String,
+    },
+    /// The EK certificate is past its notAfter (and acceptExpiredEk is off).
+    #[error(
+        "EK certificate {cert} expired on {not_after} (notAfter); if this TPM is still trusted, \
+         set acceptExpiredEk: true in the policy's tpm_ek config to accept EK certificates \
+         outside their validity period whose chain is otherwise valid"
+    )]
+    EkExpired {
+        /// The certificate.
+        cert: String,
+        /// notAfter.
+        not_after: String,
+    },
+    /// The EK certificate is before its notBefore (and acceptExpiredEk is off).
+    #[error(
+        "EK certificate {cert} is not valid before {not_before} (notBefore); check the server's \
+         clock, or set acceptExpiredEk: true in the policy's tpm_ek config to accept EK \
+         certificates outside their validity period whose chain is otherwise valid"
+    )]
+    EkNotYetValid {
+        /// The certificate.
+        cert: String,
+        /// notBefore.
+        not_before: String,
+    },
+    /// The EK certificate is self-signed (its issuer is its own subject).
+    #[error(
+        "EK certificate {cert} is self-signed and not among the configured caCerts: an EK \
+         certificate is issued by the TPM vendor's CA; configure that CA in caCerts, or list \
+         the key in allowedHashes"
+    )]
+    SelfSignedEk {
+        /// The certificate.
+        cert: String,
+    },
+    /// The path reached a self-signed root that is not a configured CA.
+    #[error(
+        "{cert} (depth {depth}) is a self-signed root certificate that is not among the \
+         configured caCerts; add it to caCerts if it is a TPM vendor root you trust"
+    )]
+    UntrustedRoot {
+        /// The root.
+        cert: String,
+        /// Its position.
+        depth: usize,
+    },
     /// More chain certificates than allowed.
     #[error("device sent {count} chain certificates, more than the limit of {limit}")]
     TooManyChainCerts {
@@ -284,8 +361,34 @@ impl Search<'_> {
         Ok(false)
     }
 
+    /// Checks of the EK certificate's validity period: outside it, an error naming the date
+    /// and `acceptExpiredEk`, unless that option is on.
+    fn ek_time_checks(&self, ek: &Cert) -> Result<(), ChainError> {
+        if self.opts.accept_expired_ek || self.time_ok(ek).is_ok() {
+            return Ok(());
+        }
+        Err(if self.now < ek.not_before {
+            ChainError::EkNotYetValid {
+                cert: ek.describe(),
+                not_before: format_time(ek.not_before),
+            }
+        } else {
+            ChainError::EkExpired {
+                cert: ek.describe(),
+                not_after: format_time(ek.not_after),
+            }
+        })
+    }
+
     fn run(&mut self, ek: &Cert) -> Result<usize, ChainError> {
-        self.own_checks(ek, 0)?;
+        self.ek_time_checks(ek)?;
+        if let Some(oid) = ek.unknown_critical.first() {
+            return Err(ChainError::CriticalExtension {
+                cert: ek.describe(),
+                depth: 0,
+                oid: oid.clone(),
+            });
+        }
         let mut path = vec![Frame {
             cert: ek,
             id: None,
@@ -334,14 +437,10 @@ impl Search<'_> {
                 Err(e) => self.fail(depth, e),
             }
         }
-        Err(self.best.take().map_or(
-            ChainError::NoIssuer {
-                cert: ek.describe(),
-                issuer: ek.issuer.to_string(),
-                depth: 0,
-            },
-            |(_, e)| e,
-        ))
+        Err(self
+            .best
+            .take()
+            .map_or_else(|| no_issuer(ek, 0), |(_, e)| e))
     }
 
     /// Returns the path length (anchor included) if the top certificate is issued by an anchor.
@@ -382,12 +481,8 @@ impl Search<'_> {
                 },
             );
         } else if top.candidates.is_empty() && !anchor_named {
-            let err = if named.is_empty() {
-                ChainError::NoIssuer {
-                    cert: top.cert.describe(),
-                    issuer: top.cert.issuer.to_string(),
-                    depth,
-                }
+            let err = if named.is_empty() || top.cert.self_issued() {
+                no_issuer(top.cert, depth)
             } else {
                 ChainError::Loop {
                     cert: top.cert.describe(),
@@ -400,12 +495,69 @@ impl Search<'_> {
     }
 }
 
+/// Why `cert` at `depth` has no issuer to continue with: a self-signed certificate (its
+/// issuer is its own subject: the only certificate that could have issued it is itself) is
+/// an untrusted root, or a self-signed EK certificate; anything else lacks its issuer.
+fn no_issuer(cert: &Cert, depth: usize) -> ChainError {
+    match (cert.self_issued(), depth) {
+        (true, 0) => ChainError::SelfSignedEk {
+            cert: cert.describe(),
+        },
+        (true, _) => ChainError::UntrustedRoot {
+            cert: cert.describe(),
+            depth,
+        },
+        (false, _) => ChainError::NoIssuer {
+            cert: cert.describe(),
+            issuer: cert.issuer.to_string(),
+            depth,
+        },
+    }
+}
+
+/// The EK certificate must not be a CA certificate: not one of the configured ones (named
+/// by list and position), and not one that says cA.
+fn ek_not_ca(store: &Store, ek: &Cert) -> Result<(), ChainError> {
+    let configured = [
+        ("caCerts", &store.anchors),
+        ("intermediateCerts", &store.intermediates),
+    ];
+    for (field, list) in configured {
+        if let Some(index) = list.iter().position(|c| c.der == ek.der) {
+            return Err(ChainError::EkIsConfiguredCa {
+                field,
+                index,
+                cert: ek.describe(),
+            });
+        }
+    }
+    if ek.is_ca() {
+        return Err(ChainError::EkIsCa {
+            cert: ek.describe(),
+        });
+    }
+    Ok(())
+}
+
 /// Builds and verifies a path from `ek` through `store` and the device's `presented`
 /// certificates to an anchor in `store`, at time `now` (UNIX seconds). Returns the path
 /// length, anchor included.
 pub(crate) fn build(
     store: &Store,
     ek: &Cert,
+    presented: &[Cert],
+    opts: ChainOptions,
+    now: i64,
+) -> Result<usize, ChainError> {
+    ek_not_ca(store, ek)?;
+    search(store, ek, presented, opts, now)
+}
+
+/// The path search of [`build`] from `start`, without the checks that only an EK
+/// certificate must pass (not a CA).
+fn search(
+    store: &Store,
+    start: &Cert,
     presented: &[Cert],
     opts: ChainOptions,
     now: i64,
@@ -428,5 +580,78 @@ pub(crate) fn build(
         steps: 0,
         best: None,
     };
-    search.run(ek)
+    search.run(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::signature::{Hash, SigAlg};
+    use super::*;
+
+    const REAL_EK_CA: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/real-ek/ca"
+    );
+    /// 2024-06-01T00:00:00Z: inside the validity of the real CA certificates used here.
+    const JUNE_2024: i64 = 1_717_200_000;
+
+    /// Every vendor CA certificate whose issuer is in the set verifies under it (RSA PKCS#1
+    /// SHA-1/256/384, ECDSA P-256/SHA-256 and P-384/SHA-384), and SHA-1 ones only when
+    /// allowed. The path search starts at the CA certificate itself (`build` would refuse it
+    /// as an EK certificate, rightly), with every other certificate of the set as an anchor.
+    #[test]
+    fn real_vendor_ca_signatures_verify() {
+        let mut names: Vec<String> = std::fs::read_dir(REAL_EK_CA)
+            .unwrap_or_else(|e| panic!("test data {REAL_EK_CA} missing: {e}"))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".pem"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 51);
+        let all: Vec<Cert> = names
+            .iter()
+            .map(|n| {
+                let text = std::fs::read(format!("{REAL_EK_CA}/{n}")).unwrap();
+                Cert::parse(pem::parse(text).unwrap().contents()).unwrap()
+            })
+            .collect();
+        let (mut verified, mut sha1) = (0, 0);
+        for (i, (name, c)) in names.iter().zip(&all).enumerate() {
+            let issuer_present = all
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && c.issuer.matches(&o.subject));
+            if c.self_issued() || !issuer_present {
+                continue;
+            }
+            let store = Store {
+                anchors: all
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, o)| o.clone())
+                    .collect(),
+                intermediates: Vec::new(),
+            };
+            let mut opts = ChainOptions {
+                allow_sha1: true,
+                ..ChainOptions::default()
+            };
+            let len =
+                search(&store, c, &[], opts, JUNE_2024).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(len >= 2, "{name}");
+            verified += 1;
+            if c.sig_alg == SigAlg::RsaPkcs1(Hash::Sha1) {
+                sha1 += 1;
+                opts.allow_sha1 = false;
+                let e = search(&store, c, &[], opts, JUNE_2024).unwrap_err();
+                assert!(e.to_string().contains("SHA-1"), "{name}: {e}");
+            }
+        }
+        // Sanity: the set holds the STM, Infineon, Intel, Nuvoton chains.
+        assert!(
+            verified >= 30 && sha1 >= 10,
+            "verified {verified}, sha1 {sha1}"
+        );
+    }
 }

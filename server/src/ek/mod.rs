@@ -9,9 +9,10 @@
 //!    [`EkError::KeyMismatch`]. The key identity is the SHA-256 of the canonical DER SPKI
 //!    (`ekattest_protocol::public`), of the certificate's key or, without a certificate, of
 //!    the public area.
-//! 2. Chain check (caCerts configured): a path from the EK certificate to any configured CA
-//!    (see `chain`), then the TCG EK profile (see `profile`): in [`ProfileMode::Enforce`] a
-//!    profile failure fails the chain check, in [`ProfileMode::Warn`] it becomes a warning.
+//! 2. Chain check (caCerts configured): the EK certificate is not a CA certificate (in every
+//!    mode), then a path from the EK certificate to any configured CA (see `chain`), then the
+//!    TCG EK profile (see `profile`): in [`ProfileMode::Enforce`] a profile failure fails the
+//!    chain check, in [`ProfileMode::Warn`] it becomes a warning.
 //! 3. Allow-list check (allowedHashes configured): the key hash is listed. It needs no
 //!    certificate and no profile (the seed applies the profile to CA validation only).
 //! 4. Either check passing is enough; the chain check is reported when both pass, and when
@@ -60,6 +61,12 @@ pub struct ChainOptions {
     pub allow_sha1: bool,
     /// Most certificates in a path, EK certificate and anchor included (default 8).
     pub max_depth: usize,
+    /// Accept an EK certificate outside its validity period (expired, or not yet valid) when
+    /// its chain is otherwise valid: the issuers must still be valid now. The policy's
+    /// `acceptExpiredEk`; off by default. Chips outlive their EK certificates, and the
+    /// challenge proves possession of the key whatever the certificate's dates say; an
+    /// accepted EK outside its validity period is reported as a verdict warning.
+    pub accept_expired_ek: bool,
 }
 
 impl Default for ChainOptions {
@@ -67,6 +74,7 @@ impl Default for ChainOptions {
         Self {
             allow_sha1: false,
             max_depth: 8,
+            accept_expired_ek: false,
         }
     }
 }
@@ -242,11 +250,9 @@ impl fmt::Display for CheckFailures {
     }
 }
 
-impl std::error::Error for CheckFailures {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.chain.as_ref().map(|c| c as _)
-    }
-}
+/// No `source`: `Display` already holds each check's reason, and a chain error's own text is
+/// complete (no nested sources), so an error chain never prints a reason twice.
+impl std::error::Error for CheckFailures {}
 
 /// EK validation failures. The first two are the seed's operator strings; the reason is in
 /// the error source.
@@ -281,12 +287,13 @@ pub enum EkError {
     /// Neither an EK certificate nor an EK public area was sent.
     #[error("the device sent neither an EK certificate nor an EK public key")]
     NoKey,
-    /// The EK public area does not decode.
+    /// The EK public area does not decode. (The reason is in the message, not a `source`.)
     #[error("EK public area (TPM2B_PUBLIC) is malformed: {0}")]
-    EkPublic(#[source] PublicError),
-    /// The EK certificate's key is not a TPM EK key type (RSA, ECC P-256/384/521).
+    EkPublic(PublicError),
+    /// The EK certificate's key is not a TPM 2.0 EK key type (RSA, ECC P-256/384/521); a
+    /// TPM 1.2 EK (RSAES-OAEP key) says so. (The reason is in the message, not a `source`.)
     #[error("EK certificate key is not a supported EK key: {0}")]
-    UnsupportedKey(#[source] PublicError),
+    UnsupportedKey(PublicError),
     /// A configured certificate does not parse.
     #[error("{field}: certificate {index} is not usable: {source}")]
     Config {
@@ -363,6 +370,21 @@ fn chain_check(
     let mut notes = Vec::new();
     let presented = parse_chain(ev.ek_chain, &mut notes)?;
     chain::build(&trust.store, ek, &presented, policy.chain, now)?;
+    // Only reached outside the validity period with acceptExpiredEk (else build failed).
+    if now > ek.not_after {
+        notes.push(format!(
+            "EK certificate {} expired on {} (notAfter); accepted because acceptExpiredEk is true",
+            ek.describe(),
+            cert::format_time(ek.not_after)
+        ));
+    } else if now < ek.not_before {
+        notes.push(format!(
+            "EK certificate {} is not valid before {} (notBefore); accepted because \
+             acceptExpiredEk is true",
+            ek.describe(),
+            cert::format_time(ek.not_before)
+        ));
+    }
     let (issues, profile_notes) = profile::check(ek);
     notes.extend(profile_notes);
     if !issues.is_empty() {

@@ -1,14 +1,21 @@
 //! TCG EK Credential Profile checks on the EK certificate (applied with CA validation).
 //!
-//! What the seed requires, and how it is read here (TCG EK Credential Profile 2.6, 3.2):
-//! - not a CA: basicConstraints, if present, must not say cA;
-//! - keyUsage allows the challenge: keyEncipherment for an RSA EK (MakeCredential encrypts the
-//!   seed with RSA-OAEP), keyAgreement for an ECC EK (the seed is an ECDH shared secret).
-//!   The extension must be present: the profile makes it mandatory and critical.
-//!   An ECC EK with keyEncipherment but no keyAgreement (older swtpm releases issue these;
-//!   the one installed here uses keyAgreement) is accepted in both modes with a warning: the challenge only needs the
-//!   TPM to hold the private key, which the ActivateCredential round trip proves, and the bit
-//!   pattern says nothing about the key's TPM-side attributes;
+//! What the seed requires, and how it is read here (TCG EK Credential Profile for TPM Family
+//! 2.0, 2.x, section 3.2 "X.509 EK certificate": keyUsage critical, keyEncipherment for an
+//! RSA EK, keyAgreement for an ECC EK):
+//! - not a CA: checked before the path is built, in every mode (see `chain`), since a CA
+//!   certificate is never an EK certificate whatever the profile mode;
+//! - keyUsage allows the challenge. The extension must be present (the profile makes it
+//!   mandatory and critical) and must assert a key-establishment bit, keyEncipherment or
+//!   keyAgreement; a keyUsage with neither (digitalSignature only, say) fails. The profile's
+//!   bit for the key type (keyEncipherment for RSA: MakeCredential encrypts the seed with
+//!   RSA-OAEP; keyAgreement for ECC: the seed is an ECDH shared secret) passes silently. The
+//!   other bit passes with a warning, in both modes: RSA EK certificates with keyAgreement
+//!   only are what firmware TPMs such as Microsoft Pluton issue, ECC EK certificates with
+//!   keyEncipherment only what older swtpm releases issue. Both are genuine EKs: the
+//!   challenge needs only that the TPM holds the private key and uses it for ActivateCredential
+//!   (a property of the key's TPM-side attributes, which the round trip proves), and the
+//!   certificate's bits say nothing about those;
 //! - TPM identity: manufacturer (2.23.133.2.1), model (.2) and version (.3) in a SAN
 //!   directoryName, as one multi-valued RDN or separate RDNs, UTF8String or PrintableString
 //!   (IA5String and NumericString are tolerated).
@@ -86,16 +93,16 @@ pub(crate) fn read_identity(dn: &X509Name<'_>, id: &mut Identity) {
 /// One way an EK certificate departs from the TCG EK profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProfileIssue {
-    /// basicConstraints says cA: a CA certificate was presented as the EK certificate.
-    IsCa,
     /// No keyUsage extension.
     NoKeyUsage,
-    /// keyUsage lacks the bit the challenge needs.
+    /// keyUsage has neither key-establishment bit the challenge may rely on.
     KeyUsage {
         /// `RSA` or `ECC`.
         key: &'static str,
-        /// The bit required.
+        /// The TCG profile's bit for this key type.
         want: &'static str,
+        /// The other bit, also accepted (with a warning).
+        also: &'static str,
     },
     /// The EK key is neither RSA nor ECC on a supported curve.
     KeyType(String),
@@ -111,11 +118,12 @@ pub enum ProfileIssue {
 impl fmt::Display for ProfileIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::IsCa => f.write_str("EK certificate is a CA certificate (basicConstraints cA)"),
             Self::NoKeyUsage => f.write_str("EK certificate has no keyUsage extension"),
-            Self::KeyUsage { key, want } => {
-                write!(f, "keyUsage of the {key} EK certificate lacks {want}")
-            }
+            Self::KeyUsage { key, want, also } => write!(
+                f,
+                "keyUsage of the {key} EK certificate lacks {want} (and {also}, also accepted): \
+                 the key is not certified for the challenge"
+            ),
             Self::KeyType(what) => write!(f, "EK key type not supported: {what}"),
             Self::MissingIdentity { missing, problems } => {
                 write!(
@@ -159,18 +167,26 @@ impl std::error::Error for ProfileError {}
 pub(crate) fn check(ek: &Cert) -> (Vec<ProfileIssue>, Vec<String>) {
     let mut issues = Vec::new();
     let mut warnings = Vec::new();
-    if ek.is_ca() {
-        issues.push(ProfileIssue::IsCa);
-    }
     match (&ek.key_kind, ek.key_usage) {
         (KeyKind::Other(what), _) => issues.push(ProfileIssue::KeyType(what.clone())),
         (_, None) => issues.push(ProfileIssue::NoKeyUsage),
         (KeyKind::Rsa, Some(ku)) => {
             if !ku.key_encipherment {
-                issues.push(ProfileIssue::KeyUsage {
-                    key: "RSA",
-                    want: "keyEncipherment",
-                });
+                if ku.key_agreement {
+                    warnings.push(
+                        "RSA EK certificate has keyAgreement instead of keyEncipherment (as \
+                         firmware TPMs such as Microsoft Pluton issue them); accepted: the \
+                         challenge is RSA-OAEP decryption with the EK, which the TPM does \
+                         whatever the certificate's keyUsage says"
+                            .to_owned(),
+                    );
+                } else {
+                    issues.push(ProfileIssue::KeyUsage {
+                        key: "RSA",
+                        want: "keyEncipherment",
+                        also: "keyAgreement",
+                    });
+                }
             }
         }
         (KeyKind::Ec(_), Some(ku)) => {
@@ -186,6 +202,7 @@ pub(crate) fn check(ek: &Cert) -> (Vec<ProfileIssue>, Vec<String>) {
                     issues.push(ProfileIssue::KeyUsage {
                         key: "ECC",
                         want: "keyAgreement",
+                        also: "keyEncipherment",
                     });
                 }
             }

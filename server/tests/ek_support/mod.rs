@@ -292,3 +292,181 @@ pub(crate) fn openssl_public_hash(pki_dir: &Path, cert_der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
     hex::encode(digest.as_ref())
 }
+
+/// Splits one DER TLV off the front of `b`: (the whole TLV, its content, the rest).
+pub(crate) fn split_tlv(b: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let (header, len) = match b[1] {
+        n if n < 0x80 => (2, usize::from(n)),
+        0x81 => (3, usize::from(b[2])),
+        0x82 => (4, usize::from(u16::from_be_bytes([b[2], b[3]]))),
+        n => panic!("unexpected DER length byte {n:#04x}"),
+    };
+    (
+        &b[..header + len],
+        &b[header..header + len],
+        &b[header + len..],
+    )
+}
+
+/// A DER TLV with a definite length.
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n if n < 0x80 => out.push(u8::try_from(n).unwrap()),
+        n if n < 0x100 => out.extend_from_slice(&[0x81, u8::try_from(n).unwrap()]),
+        n => {
+            out.push(0x82);
+            out.extend_from_slice(&u16::try_from(n).unwrap().to_be_bytes());
+        }
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The tbsCertificate and signatureAlgorithm TLVs of a DER certificate.
+pub(crate) fn cert_parts(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (_, body, _) = split_tlv(der);
+    let (tbs, _, rest) = split_tlv(body);
+    let (alg, _, _) = split_tlv(rest);
+    (tbs.to_vec(), alg.to_vec())
+}
+
+/// Replaces every occurrence of `from` in `bytes` by `to` (same length); panics if none.
+pub(crate) fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len(), "patches keep DER lengths");
+    let mut found = false;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            found = true;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(found, "pattern {from:02x?} not found");
+}
+
+/// The notBefore and notAfter UTCTime TLVs (13-character times) of a certificate.
+pub(crate) fn validity(der: &[u8]) -> ([u8; 15], [u8; 15]) {
+    let at = der
+        .windows(4)
+        .position(|w| w == [0x30, 0x1e, 0x17, 0x0d])
+        .expect("a Validity of two UTCTimes");
+    let nb: [u8; 15] = der[at + 2..at + 17].try_into().unwrap();
+    let na: [u8; 15] = der[at + 17..at + 32].try_into().unwrap();
+    (nb, na)
+}
+
+impl Pki {
+    /// Re-signs a certificate after `edit` changed its tbsCertificate (keeping every length),
+    /// with `<issuer>.key` and `digest` (the certificate's own signature algorithm, which is
+    /// kept): `openssl dgst -sign` makes the signature, so the result verifies with openssl.
+    pub(crate) fn resign(
+        &self,
+        cert: &[u8],
+        issuer: &str,
+        digest: &str,
+        edit: impl FnOnce(&mut Vec<u8>),
+    ) -> Vec<u8> {
+        let (mut tbs, alg) = cert_parts(cert);
+        edit(&mut tbs);
+        let tbs_path = self.dir().join("resign-tbs.der");
+        std::fs::write(&tbs_path, &tbs).expect("write tbs");
+        let sig = run(Command::new("openssl")
+            .args(["dgst", &format!("-{digest}"), "-sign"])
+            .arg(self.dir().join(format!("{issuer}.key")))
+            .arg(&tbs_path));
+        let mut bits = vec![0u8];
+        bits.extend_from_slice(&sig);
+        let body = [tbs, alg, tlv(0x03, &bits)].concat();
+        tlv(0x30, &body)
+    }
+
+    /// Writes DER to `<name>.der` in the PKI folder and returns its path.
+    pub(crate) fn write(&self, name: &str, der: &[u8]) -> PathBuf {
+        let path = self.dir().join(format!("{name}.der"));
+        std::fs::write(&path, der).expect("write certificate");
+        path
+    }
+
+    /// `openssl verify` of `ek` against self-signed `anchors` with `untrusted` intermediates
+    /// (certificate stems of this PKI), at UNIX time `attime`: Ok, or openssl's output.
+    pub(crate) fn openssl_verify(
+        &self,
+        anchors: &[&str],
+        untrusted: &[&str],
+        ek: &[u8],
+        attime: u64,
+    ) -> Result<(), String> {
+        let bundle = |name: &str, stems: &[&str]| {
+            let mut text = Vec::new();
+            for s in stems {
+                text.extend(read(&self.dir().join(format!("{s}.pem"))));
+            }
+            let path = self.dir().join(name);
+            std::fs::write(&path, text).expect("write bundle");
+            path
+        };
+        let ek_path = self.dir().join("verify-ek.der");
+        std::fs::write(&ek_path, ek).expect("write ek");
+        let ek_pem = run(Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-in"])
+            .arg(&ek_path));
+        let ek_pem_path = self.dir().join("verify-ek.pem");
+        std::fs::write(&ek_pem_path, ek_pem).expect("write ek pem");
+        let mut cmd = Command::new("openssl");
+        cmd.args(["verify", "-attime", &attime.to_string(), "-CAfile"])
+            .arg(bundle("verify-anchors.pem", anchors));
+        if !untrusted.is_empty() {
+            cmd.arg("-untrusted")
+                .arg(bundle("verify-untrusted.pem", untrusted));
+        }
+        let out = cmd.arg(&ek_pem_path).output().expect("run openssl verify");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// `openssl x509 -text` of a DER certificate.
+    pub(crate) fn openssl_text(&self, der: &[u8]) -> String {
+        let path = self.dir().join("text-input.der");
+        std::fs::write(&path, der).expect("write cert");
+        String::from_utf8(run(Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(&path)))
+        .expect("openssl prints text")
+    }
+}
+
+/// The error and each of its sources, outermost first.
+pub(crate) fn error_messages(e: &dyn std::error::Error) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Fails if a message of an error chain repeats one printed before it (with or without a
+/// prefix): each reason must be printed once.
+pub(crate) fn assert_no_repeated_reason(e: &dyn std::error::Error) {
+    let msgs = error_messages(e);
+    for (i, later) in msgs.iter().enumerate() {
+        for earlier in &msgs[..i] {
+            assert!(
+                !earlier.contains(later.as_str()),
+                "error chain repeats {later:?} (already in {earlier:?}): {msgs:#?}"
+            );
+        }
+    }
+}

@@ -89,22 +89,39 @@ enum Outcome {
     },
 }
 
-/// Setup errors (unreadable file, invalid document) are `Err`; judgments are `Ok`.
+/// Setup errors (unreadable file, invalid document) are `Err`; judgments are `Ok`, and so is
+/// a `--cert` or `--chain` file that was read but holds no usable certificate: corrupt PEM is
+/// rejected like corrupt DER (which only EK validation can tell apart from an NV blob), so
+/// both exit 1.
 fn verify(args: &Args) -> Result<Outcome, String> {
     let config = args.config.as_deref().ok_or("missing --config")?;
     let doc = Document::load(config).map_err(|e| format!("{}: invalid: {e}", config.display()))?;
-    let cert = match &args.cert {
-        Some(p) => Some(
-            files::read(p)
-                .and_then(|b| files::first_certificate(&b))
-                .map_err(|e| format!("--cert {}: {e}", p.display()))?,
+    let read = |flag: &str, p: &PathBuf| {
+        files::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+    };
+    let cert_bytes = args.cert.as_ref().map(|p| read("--cert", p)).transpose()?;
+    let chain_bytes = args
+        .chain
+        .as_ref()
+        .map(|p| read("--chain", p))
+        .transpose()?;
+    let unusable = |flag: &str, p: Option<&PathBuf>, e: String| Outcome::Rejected {
+        policy: None,
+        error: format!(
+            "{flag} {} holds no usable certificate",
+            p.map(|p| p.display().to_string()).unwrap_or_default()
         ),
+        reasons: vec![e],
+        verdict: None,
+    };
+    let cert = match cert_bytes.as_deref().map(files::first_certificate) {
+        Some(Ok(der)) => Some(der),
+        Some(Err(e)) => return Ok(unusable("--cert", args.cert.as_ref(), e)),
         None => None,
     };
-    let chain = match &args.chain {
-        Some(p) => files::read(p)
-            .and_then(|b| files::certificates_der(&b))
-            .map_err(|e| format!("--chain {}: {e}", p.display()))?,
+    let chain = match chain_bytes.as_deref().map(files::certificates_der) {
+        Some(Ok(der)) => der,
+        Some(Err(e)) => return Ok(unusable("--chain", args.chain.as_ref(), e)),
         None => Vec::new(),
     };
     let ek_public = match &args.ek_public {
