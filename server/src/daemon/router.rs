@@ -317,6 +317,7 @@ pub(super) async fn drive(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     delay = RECONNECT_MIN;
                     connected = true;
+                    router.metrics.set_broker_connected(true);
                     let filters = router.subscriptions();
                     log::info!(broker = router.broker.as_str(); "connected to broker");
                     if let Err(e) = client.try_subscribe_many(filters) {
@@ -340,6 +341,7 @@ pub(super) async fn drive(
                         log::warn!(error:% = e, retryInMs = delay.as_millis(); "cannot connect to broker; retrying");
                     }
                     connected = false;
+                    router.metrics.set_broker_connected(false);
                     tokio::select! {
                         () = &mut shutdown => return eventloop,
                         () = tokio::time::sleep(bus::jittered(delay)) => {}
