@@ -30,6 +30,7 @@ pub mod msg;
 pub mod public;
 pub mod sign;
 pub mod topic;
+pub mod yaml;
 
 pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
 /// The `heapless` the message types are built from, so users name the same version.

@@ -103,6 +103,9 @@ pub enum ConfigError {
     /// unknown attestor type or profile mode. serde_yaml's message names the path and line.
     #[error("{0}")]
     Yaml(#[from] serde_yaml::Error),
+    /// A tab in the indentation (YAML allows spaces only).
+    #[error("{0}")]
+    Tab(ekattest_protocol::yaml::TabIndent),
     /// `section` or `schema` is not the supported one.
     #[error("{field}: expected {expected:?}, found {found:?}")]
     Header {
@@ -272,7 +275,10 @@ impl Document {
             offset: e.valid_up_to(),
         })?;
         budget::check(text)?;
-        let raw: RawDocument = serde_yaml::from_str(text)?;
+        let raw: RawDocument = serde_yaml::from_str(text).map_err(|e| {
+            ekattest_protocol::yaml::tab_in_indentation(text)
+                .map_or(ConfigError::Yaml(e), ConfigError::Tab)
+        })?;
         build(raw, now)
     }
 
@@ -600,6 +606,17 @@ mod tests {
         assert_eq!(parse_hash(&lower[..63]), None);
         assert_eq!(parse_hash(&format!("{lower}00")), None);
         assert_eq!(parse_hash(&lower.replace('d', "g")), None);
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_is_named_with_its_line() {
+        let doc = "section: AgentAttestation\nschema: v1\nspec:\n\tpolicies: []\n";
+        let e = Document::parse(doc.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "line 4: a tab in the indentation; YAML indents with spaces only (replace the tab \
+             with spaces)"
+        );
     }
 
     #[test]

@@ -392,3 +392,12 @@ fn svid_key_is_software_by_default_or_tpm() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tab_in_the_indentation_is_named_with_its_line() {
+    let e = with("retry:\n\tinitial: 1s\n").unwrap_err().to_string();
+    assert!(
+        e.contains("line 6: a tab in the indentation; YAML indents with spaces only"),
+        "{e}"
+    );
+}

@@ -61,6 +61,14 @@ pub enum ServerConfigError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// A tab in the indentation (YAML allows spaces only).
+    #[error("{file}: {tab}")]
+    Tab {
+        /// The config file.
+        file: PathBuf,
+        /// Where.
+        tab: ekattest_protocol::yaml::TabIndent,
+    },
     /// A password or private key file is readable or writable by group or others.
     #[error(
         "{file}: {key}: {path} is accessible by group or others (mode {mode:04o}); run \
@@ -464,11 +472,18 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerConfigError`] naming the file and the key.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ServerConfigError> {
-        let raw: RawConfig =
-            serde_yaml::from_str(text).map_err(|source| ServerConfigError::Yaml {
-                file: file.to_owned(),
-                source,
-            })?;
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| {
+            match ekattest_protocol::yaml::tab_in_indentation(text) {
+                Some(tab) => ServerConfigError::Tab {
+                    file: file.to_owned(),
+                    tab,
+                },
+                None => ServerConfigError::Yaml {
+                    file: file.to_owned(),
+                    source,
+                },
+            }
+        })?;
         build(file, raw)
     }
 }

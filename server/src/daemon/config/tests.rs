@@ -538,3 +538,12 @@ fn the_nats_deploy_example_parses_with_the_secure_defaults() {
     assert!(c.broker.tls);
     assert!(c.plaintext_hosts().is_empty());
 }
+
+#[test]
+fn a_tab_in_the_indentation_is_named_with_its_line() {
+    let e = error(&format!("{MINIMAL}retry:\n\tinitial: 1s\n"));
+    assert!(
+        e.starts_with("/etc/ekattest/server.yaml: line 7: a tab in the indentation"),
+        "{e}"
+    );
+}
