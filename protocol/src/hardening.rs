@@ -36,6 +36,25 @@ pub const fn private_mode_ok(mode: u32) -> bool {
     mode & PRIVATE_MODE_MASK == 0
 }
 
+/// The hint for a plaintext (`mqtt://`) connection the broker dropped before answering, as
+/// a TLS listener does when it gets an MQTT CONNECT instead of a TLS ClientHello: `error` is
+/// the client library's message (`Connection reset by peer`, an unexpected end of file).
+/// `None` for TLS connections and other errors.
+#[must_use]
+pub fn plaintext_to_tls_hint(tls: bool, error: &str) -> Option<&'static str> {
+    const DROPPED: [&str; 5] = [
+        "reset by peer",
+        "closed by peer",
+        "end of file",
+        "UnexpectedEof",
+        "Connection aborted",
+    ];
+    (!tls && DROPPED.iter().any(|d| error.contains(d))).then_some(
+        "the broker closed the connection before answering: if this port is a TLS listener \
+         (8883 usually is), use mqtts:// with the broker's CA",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +94,16 @@ mod tests {
         assert!(!private_mode_ok(0o640));
         assert!(!private_mode_ok(0o604));
         assert!(!private_mode_ok(0o100644));
+    }
+
+    #[test]
+    fn plaintext_dropped_by_a_tls_port_suggests_mqtts() {
+        let reset = "Mqtt state: Mqtt serialization/deserialization error: IO: Connection reset by peer (os error 104)";
+        assert!(plaintext_to_tls_hint(false, reset).is_some_and(|h| h.contains("use mqtts://")));
+        assert_eq!(plaintext_to_tls_hint(true, reset), None);
+        assert_eq!(
+            plaintext_to_tls_hint(false, "I/O: Connection refused (os error 111)"),
+            None
+        );
     }
 }

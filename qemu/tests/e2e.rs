@@ -1207,4 +1207,21 @@ fn config_set_reads_back_get_prints_and_clear_removes_through_the_acl() {
         .unwrap_or_else(|e| panic!("{e}\n{}", world.server.log()));
     let got = ctl("ekattest-admin", &["get"]);
     assert_eq!(got.status.code(), Some(1), "{}", text(&got));
+
+    // mqtt:// to the TLS port: the error suggests mqtts:// (issue 16, item 6).
+    let plain_to_tls = format!("mqtt://127.0.0.1:{}", world.broker.tls_port().unwrap());
+    let out = Command::new(bin("ekattestctl"))
+        .args([
+            "config",
+            "get",
+            "cluster",
+            "--id",
+            CLUSTER,
+            "--broker",
+            &plain_to_tls,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("use mqtts://"), "{}", text(&out));
 }

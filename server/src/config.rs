@@ -716,7 +716,10 @@ spec:
             e.starts_with("spec.policies[1].requiredAttestors[0].config.caCerts: could not parse"),
             "{e}"
         );
-        assert!(e.contains("the certificate at line 15 cannot be parsed"), "{e}");
+        assert!(
+            e.contains("the certificate at line 15 cannot be parsed"),
+            "{e}"
+        );
         assert!(!e.contains("NomError"), "{e}");
     }
 

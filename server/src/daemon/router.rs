@@ -347,7 +347,11 @@ pub(super) async fn drive(
                     if connected {
                         log::warn!(error:% = e; "broker connection lost; reconnecting (sessions are kept)");
                     } else {
-                        log::warn!(error:% = e, retryInMs = delay.as_millis(); "cannot connect to broker; retrying");
+                        let error = e.to_string();
+                        match ekattest_protocol::hardening::plaintext_to_tls_hint(router.broker.starts_with("mqtts://"), &error) {
+                            Some(hint) => log::warn!(error = error.as_str(), hint = hint, retryInMs = delay.as_millis(); "cannot connect to broker; retrying"),
+                            None => log::warn!(error = error.as_str(), retryInMs = delay.as_millis(); "cannot connect to broker; retrying"),
+                        }
                     }
                     connected = false;
                     router.metrics.set_broker_connected(false);

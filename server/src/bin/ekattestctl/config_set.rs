@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ekattest_protocol::hardening::is_loopback_host;
+use ekattest_protocol::hardening::{is_loopback_host, plaintext_to_tls_hint};
 use ekattest_protocol::topic::{self, Topics};
 use ekattest_server::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
 use ekattest_server::config::{ConfigError, Document};
@@ -223,6 +223,9 @@ pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexop
         Ok(kept) => kept,
         Err(e) => {
             eprintln!("ekattestctl: {e}");
+            if let Some(hint) = plaintext_to_tls_hint(broker.tls, &e) {
+                eprintln!("ekattestctl: {hint}");
+            }
             return Ok(ExitCode::from(1));
         }
     };
