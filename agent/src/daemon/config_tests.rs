@@ -402,3 +402,12 @@ fn a_tab_in_the_indentation_is_named_with_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn the_kubernetes_example_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/agent.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let c = Config::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(c.broker.tls);
+    assert_eq!(c.data_dir, std::path::PathBuf::from("/var/lib/ekattest"));
+}
