@@ -1225,3 +1225,191 @@ fn config_set_reads_back_get_prints_and_clear_removes_through_the_acl() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("use mqtts://"), "{}", text(&out));
 }
+
+/// The ```sh blocks of the README's quickstart section, in order.
+fn quickstart_blocks(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("## Quickstart")
+        .expect("README has a Quickstart section");
+    let section = &readme[start..];
+    // Steps 0 to 5: up to the next heading of any level below the section's own.
+    let end = section[3..]
+        .find("\n## ")
+        .into_iter()
+        .chain(section[3..].find("\n### "))
+        .min()
+        .map_or(section.len(), |i| i + 3);
+    let mut blocks = Vec::new();
+    let mut rest = &section[..end];
+    while let Some(open) = rest.find("```sh\n") {
+        let body = &rest[open + 6..];
+        let close = body.find("```").expect("an unclosed ```sh block");
+        blocks.push(body[..close].to_owned());
+        rest = &body[close + 3..];
+    }
+    blocks
+}
+
+/// The README's quickstart, steps 0 to 5, run as written (issue 16, item 4), as root in a
+/// private mount namespace whose `/etc`, `/usr/bin` and `/var/lib` are overlays on a
+/// temporary folder, so the host is left as it was. What the test supplies is what the
+/// README asks the operator for: the values of the first block (its `export` lines are
+/// replaced), a broker with the shipped ACL and TLS (step 1), the EK roots file, and the
+/// device's copy of the server's `ca.pem`. `cargo build` is skipped (`target/release` is the
+/// test's own binaries) and `systemctl` is replaced by starting the unit's `ExecStart`: the
+/// test machine has no systemd.
+#[test]
+fn the_readme_quickstart_runs_verbatim() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the quickstart installs into /usr/bin and /etc: run the tests as root (CI does)"
+    );
+    let repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let blocks = quickstart_blocks(&readme);
+    assert_eq!(
+        blocks.len(),
+        4,
+        "steps 0, 2, 3 and 5 have commands: {blocks:#?}"
+    );
+
+    let ca = Ca::create().unwrap();
+    let dev = provision(&ca);
+    let broker = Broker::start(&BrokerOptions {
+        tls: true,
+        acl: true,
+    })
+    .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // The checkout: deploy/ and target/release/ (this test's binaries).
+    std::os::unix::fs::symlink(repo.join("deploy"), w.join("deploy")).unwrap();
+    std::fs::create_dir(w.join("target")).unwrap();
+    std::os::unix::fs::symlink(
+        common::bin_dir_with(&["ekattest-server", "ekattestctl", "ekattest-agent"]),
+        w.join("target/release"),
+    )
+    .unwrap();
+    // Step 1's results, and the EK roots.
+    std::fs::copy(broker.ca_pem().unwrap(), w.join("broker-ca.pem")).unwrap();
+    for (user, file) in [
+        ("ekattest-server", "server-broker.password"),
+        ("ekattest-admin", "admin.password"),
+    ] {
+        std::fs::copy(broker.user(user).unwrap().1, w.join(file)).unwrap();
+    }
+    let roots = format!(
+        "{}{}",
+        read(ca.root_cert_pem()),
+        read(ca.intermediate_cert_pem())
+    );
+    std::fs::write(w.join("ek-roots.pem"), roots).unwrap();
+    std::fs::create_dir(w.join("home")).unwrap();
+
+    // Block 0 starts with the values; the rest is verbatim but for cargo and systemctl.
+    let values = format!(
+        "export BROKER={} CLUSTER=c-quick TRUST_DOMAIN=quick.test EK_ROOTS={} TPM={}\n",
+        broker.tls_url().unwrap(),
+        w.join("ek-roots.pem").display(),
+        dev.spec()
+    );
+    // The server started in place of `systemctl` is stopped whatever happens.
+    let mut script =
+        String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n");
+    script += &format!(
+        "cd {}\nexport HOME={}\n",
+        w.display(),
+        w.join("home").display()
+    );
+    for (i, block) in blocks.iter().enumerate() {
+        let mut lines = block.lines().peekable();
+        if i == 0 {
+            // The `export ...` line and its continuation.
+            let mut first = lines.next().unwrap().to_owned();
+            assert!(first.starts_with("export BROKER="), "{first}");
+            while first.ends_with('\\') {
+                first = lines.next().unwrap().to_owned();
+            }
+            script += &values;
+        }
+        for line in lines {
+            if line.starts_with("cargo ") {
+                continue;
+            }
+            if line.starts_with("systemctl enable --now ekattest-server") {
+                script += "ekattest-server --config /etc/ekattest/server.yaml >server.log 2>&1 &\n\
+                           for _ in $(seq 300); do grep -q 'connected to broker' server.log && break; sleep 0.1; done\n\
+                           cp /etc/ekattest/ca.pem ca.pem\n";
+                continue;
+            }
+            if line.starts_with("systemctl ") {
+                continue;
+            }
+            script += line;
+            script += "\n";
+        }
+    }
+
+    let ov = w.join("overlay");
+    let mut wrapper = String::from("set -e\n");
+    for dir in ["/etc", "/usr/bin", "/var/lib"] {
+        let name = dir.trim_start_matches('/').replace('/', "-");
+        let (up, wk) = (ov.join(&name).join("up"), ov.join(&name).join("work"));
+        std::fs::create_dir_all(&up).unwrap();
+        std::fs::create_dir_all(&wk).unwrap();
+        wrapper += &format!(
+            "mount -t overlay overlay -o lowerdir={dir},upperdir={},workdir={} {dir}\n",
+            up.display(),
+            wk.display()
+        );
+    }
+    std::fs::write(w.join("quickstart.sh"), &script).unwrap();
+    wrapper += &format!("exec bash {}\n", w.join("quickstart.sh").display());
+    let out = Command::new("unshare")
+        .args(["--mount", "bash", "-c", &wrapper])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let server_log = std::fs::read_to_string(w.join("server.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the quickstart failed ({}):\nscript:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver:\n{server_log}",
+        out.status
+    );
+    // What the README promises: the check passed, the device attested and wrote its files,
+    // the server logged the seed's lines, and the policy was published and read back.
+    assert!(stdout.contains("configuration valid"), "{stdout}");
+    for file in ["svid.pem", "svid.key", "bundle.pem"] {
+        assert!(stdout.contains(file), "`ls /var/lib/ekattest`: {stdout}");
+    }
+    let data = ov.join("var-lib/up/ekattest");
+    let verify = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ov.join("etc/up/ekattest/ca.pem"))
+        .arg("-untrusted")
+        .arg(data.join("svid.pem"))
+        .arg(data.join("svid.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    for msg in [
+        "Login started with multi-attestation support",
+        "Authorization received and verified",
+        "Connected to agent",
+    ] {
+        assert!(server_log.contains(msg), "{msg}:\n{server_log}");
+    }
+    assert!(stdout.contains("read back"), "{stdout}");
+    assert!(stdout.contains("# cluster: c-quick"), "{stdout}");
+    // Everything went to the overlays, nothing to the host.
+    assert!(ov.join("usr-bin/up/ekattest-server").is_file());
+    assert!(ov.join("etc/up/systemd/system/ekattest-server.service").is_file());
+}

@@ -405,7 +405,10 @@ fn a_tab_in_the_indentation_is_named_with_its_line() {
 
 #[test]
 fn the_kubernetes_example_parses() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/agent.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/agent.yaml"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let c = Config::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(c.broker.tls);

@@ -193,6 +193,18 @@ pub(crate) fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Er
             }
         }
     }
+    // `--out ~/.ekattest` on a fresh machine: make the folder (private: it holds the key).
+    if !dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            eprintln!("ekattestctl: cannot create --out {}: {e}", dir.display());
+            return Ok(ExitCode::from(2));
+        }
+    }
     let (key, private_pem) = match SigningKey::generate() {
         Ok(k) => k,
         Err(e) => {
