@@ -8,15 +8,16 @@
 //! ekattest-agent tpm activate --credential FILE [--tpm SPEC] [--ek rsa2048|p256|p384|rsa3072]
 //! ```
 //!
-//! This file parses arguments, loads the config, installs the logger and the SIGTERM/SIGINT
-//! handling, calls the library and maps errors to an exit code (0 ok, 1 failure, 2 usage).
-//! Logic lives in the library.
+//! This file parses arguments, loads the config, installs the logger and the signal handling
+//! (SIGTERM/SIGINT stop, SIGHUP re-reads the config and re-attests), calls the library and
+//! maps the outcome to an exit code (0 ok or stopped, 1 failure, 2 usage, 128 + the signal
+//! when a `--once` run is stopped before its identity is written). Logic lives in the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use ekattest_agent::daemon::{self, RunOptions, config::Config};
+use ekattest_agent::daemon::{self, Control, Exit, RunOptions, config::Config};
 use ekattest_agent::ops::{self, Command};
 
 const USAGE: &str = "\
@@ -29,6 +30,10 @@ usage: ekattest-agent run --config FILE [--once] [--timeout DURATION] [--tpm SPE
 run: attest over MQTT and keep the SVID fresh; --once attests, writes the files and exits
      (0 attested, 1 rejected / failed / --timeout reached, default 5m). Flags override the file.
      --svid-key tpm keeps the SVID key in the TPM (svid.key is then a TSS2 PRIVATE KEY).
+     Signals: SIGTERM/SIGINT stop (exit 0; with --once before the identity is written, 143
+     for SIGTERM and 130 for SIGINT); SIGHUP re-reads --config (an invalid file is logged and
+     the previous configuration kept) and attests again now.
+exit status: 0 ok, 1 failure, 2 usage error, 130/143 --once interrupted.
 SPEC: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or swtpm-unix:PATH; without a kernel
       TPM driver: spi:/dev/spidevB.C[@HZ] (TIS over SPI, default 10 MHz) or tis-mmio:0xADDR
 options: -v/--verbose (repeat for more log output), -h/--help";
@@ -102,13 +107,27 @@ fn run(args: &RunArgs, verbosity: u8) -> ExitCode {
     } else {
         config.log_level
     });
-    let stop = stop_on_signals();
+    let signals = Signals::install();
     let opts = RunOptions {
         once: args.once,
         timeout,
     };
-    match daemon::run(&config, &opts, &stop) {
-        Ok(()) => ExitCode::SUCCESS,
+    let reload = || {
+        let config = load(args)?;
+        if verbosity == 0 {
+            log::set_max_level(config.log_level);
+        }
+        Ok(config)
+    };
+    match daemon::run(config, &opts, &signals.control, &reload) {
+        Ok(Exit::Attested) => ExitCode::SUCCESS,
+        // A daemon stopped by a signal stopped cleanly; an interrupted --once did not do its
+        // job, so `--once && next-step` must not carry on: 128 + the signal, as a shell does.
+        Ok(Exit::Stopped) if args.once => {
+            let signal = signals.last.load(Ordering::Relaxed);
+            ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
+        }
+        Ok(Exit::Stopped) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ekattest-agent: {}", ekattest_agent::error::chain(&e));
             ExitCode::FAILURE
@@ -136,32 +155,53 @@ fn load(args: &RunArgs) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Blocks SIGTERM and SIGINT in this (and every later) thread and waits for them on a
-/// dedicated thread, which sets the returned flag; the daemon checks it between steps and
-/// exits 0. No signal handler runs, so no unsafe code is needed.
-fn stop_on_signals() -> Arc<AtomicBool> {
-    use nix::sys::signal::{SigSet, Signal};
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    if let Err(e) = set.thread_block() {
-        log::warn!("cannot block SIGTERM/SIGINT ({e}); they will end the agent abruptly");
-        return stop;
+/// The flags `main`'s signal thread sets.
+struct Signals {
+    control: Arc<Control>,
+    /// The number of the signal that stopped the run (for the `--once` exit code).
+    last: Arc<AtomicI32>,
+}
+
+impl Signals {
+    /// Blocks SIGTERM, SIGINT and SIGHUP in this (and every later) thread and waits for them
+    /// on a dedicated thread: SIGTERM/SIGINT set `stop`, SIGHUP sets `reload`; the daemon
+    /// checks both between steps. No signal handler runs, so no unsafe code is needed.
+    fn install() -> Self {
+        use nix::sys::signal::{SigSet, Signal};
+        let signals = Self {
+            control: Arc::new(Control::default()),
+            last: Arc::new(AtomicI32::new(0)),
+        };
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGHUP);
+        if let Err(e) = set.thread_block() {
+            log::warn!(
+                "cannot block SIGTERM/SIGINT/SIGHUP ({e}); they will end the agent abruptly"
+            );
+            return signals;
+        }
+        let (control, last) = (Arc::clone(&signals.control), Arc::clone(&signals.last));
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(signal) = set.wait() {
+                    if signal == Signal::SIGHUP {
+                        log::info!("SIGHUP received: re-reading the configuration");
+                        control.reload.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    log::info!("{signal} received, stopping");
+                    last.store(signal as i32, Ordering::Relaxed);
+                    control.stop.store(true, Ordering::Relaxed);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the signal thread ({e})");
+        }
+        signals
     }
-    let flag = Arc::clone(&stop);
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(signal) = set.wait() {
-                log::info!("{signal} received, stopping");
-                flag.store(true, Ordering::Relaxed);
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the signal thread ({e})");
-    }
-    stop
 }
 
 /// Parses the command line; `Ok(None)` means `--help`.

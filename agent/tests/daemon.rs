@@ -357,3 +357,124 @@ fn tls_listener_with_the_broker_ca() {
     assert!(log.contains("no attestation within 3s"), "{log}");
     assert!(log.contains("TLS"), "{log}");
 }
+
+fn signal(agent: &Agent, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).unwrap());
+    nix::sys::signal::kill(pid, signal).unwrap();
+}
+
+#[test]
+fn once_interrupted_before_the_identity_exits_128_plus_the_signal() {
+    use nix::sys::signal::Signal;
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    // No server answers: the agent waits for a Challenge until it is interrupted.
+    let mut watcher = FakeServer::connect(broker.port());
+    for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TdCa::new(dir.path());
+        let cfg = config(broker.port(), &device, &ca, dir.path(), "");
+        let mut agent = Agent::start(dir.path(), &cfg, &["--once"]);
+        let _ = watcher.login(Duration::from_secs(60));
+        signal(&agent, sig);
+        let status = agent.wait(Duration::from_secs(10));
+        let log = agent.log();
+        assert_eq!(status.code(), Some(code), "{sig}: {log}");
+        assert!(log.contains(&format!("{sig} received, stopping")), "{log}");
+        assert!(!dir.path().join("data/svid.pem").exists(), "{sig}");
+        assert!(!dir.path().join("data/svid.key").exists(), "{sig}");
+    }
+    // Without --once, SIGTERM is a clean stop: 0.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let cfg = config(broker.port(), &device, &ca, dir.path(), "");
+    let mut agent = Agent::start(dir.path(), &cfg, &[]);
+    let _ = watcher.login(Duration::from_secs(60));
+    signal(&agent, Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn sighup_rereads_the_config_and_attests_again() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    let mut server = FakeServer::connect(broker.port());
+    // A long response timeout: any Login within the test's few seconds comes from SIGHUP.
+    let cfg = config(
+        broker.port(),
+        &device,
+        &ca,
+        dir.path(),
+        "response-timeout: 10m\n",
+    );
+    let mut agent = Agent::start(dir.path(), &cfg, &[]);
+    let (first, _) = server.login(Duration::from_secs(60));
+    assert!(first.starts_with("ek-"), "{first}");
+
+    // A new agent-id in the file: the Login after SIGHUP comes from it.
+    let cfg_path = dir.path().join("agent.yaml");
+    std::fs::write(&cfg_path, format!("{cfg}agent-id: reloaded-1\n")).unwrap();
+    signal(&agent, Signal::SIGHUP);
+    let (second, _) = server.login(Duration::from_secs(20));
+    assert_eq!(second, "reloaded-1", "{}", agent.log());
+    assert!(agent.child.try_wait().unwrap().is_none(), "{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("SIGHUP: configuration re-read; attesting again now"),
+        "{log}"
+    );
+
+    // An invalid file: logged, the previous configuration stays, the agent attests again.
+    std::fs::write(&cfg_path, format!("{cfg}no-such-key: 1\n")).unwrap();
+    signal(&agent, Signal::SIGHUP);
+    let (third, _) = server.login(Duration::from_secs(20));
+    assert_eq!(third, "reloaded-1", "{}", agent.log());
+    agent.wait_for_log(
+        "SIGHUP: the configuration is invalid, keeping the previous one",
+        Duration::from_secs(5),
+    );
+    assert!(agent.log().contains("no-such-key"), "{}", agent.log());
+    assert!(agent.child.try_wait().unwrap().is_none(), "{}", agent.log());
+
+    signal(&agent, Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn run_refuses_a_tpm_path_that_is_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let file = dir.path().join("not-a-tpm");
+    std::fs::write(&file, b"keep me").unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let cfg = config(1, &device, &ca, dir.path(), "").replace(
+        &format!("tpm: {}", device.spec()),
+        &format!("tpm: {}", file.display()),
+    );
+    assert!(cfg.contains(&format!("tpm: {}", file.display())), "{cfg}");
+    let mut agent = Agent::start(dir.path(), &cfg, &["--once"]);
+    let status = agent.wait(Duration::from_secs(30));
+    let log = agent.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{} is a regular file, not a character device",
+            file.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
+}
