@@ -3,7 +3,7 @@
 //!
 //! Usage: `ekattest-server --config FILE [--check]`. Exit status: 0 stopped cleanly (SIGTERM
 //! or SIGINT) or `--check` passed; 1 the configuration, a policy file or the CA is invalid,
-//! or start-up failed; 2 usage error.
+//! or start-up failed; 2 usage error. SIGHUP re-reads the policy files at once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,9 @@ Usage:
   --config FILE   server configuration (YAML; see deploy/server.yaml)
   --check         validate the configuration, the policy files and the SVID CA, then exit
   -h, --help      this text
+
+Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the policy files now (other keys of
+the config file need a restart).
 
 Exit status: 0 clean stop or check passed; 1 invalid configuration or start-up failure;
 2 usage error.
