@@ -36,7 +36,7 @@ run: attest over MQTT and keep the SVID fresh; --once attests, writes the files 
 exit status: 0 ok, 1 failure, 2 usage error, 130/143 --once interrupted.
 SPEC: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or swtpm-unix:PATH; without a kernel
       TPM driver: spi:/dev/spidevB.C[@HZ] (TIS over SPI, default 10 MHz) or tis-mmio:0xADDR
-options: -v/--verbose (repeat for more log output), -h/--help";
+options: -v/--verbose (repeat for more log output), -h/--help, -V/--version";
 
 /// The `run` subcommand's arguments.
 struct RunArgs {
@@ -52,6 +52,7 @@ struct RunArgs {
 enum Cli {
     Tpm(Command),
     Run(RunArgs),
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +70,10 @@ fn main() -> ExitCode {
     let command = match cli {
         Cli::Run(args) => return run(&args, verbosity),
         Cli::Tpm(command) => command,
+        Cli::Version => {
+            println!("{}", ekattest_protocol::version_line!("ekattest-agent"));
+            return ExitCode::SUCCESS;
+        }
     };
     StderrLogger::install(level(verbosity));
     let mut stdout = std::io::stdout().lock();
@@ -221,6 +226,9 @@ fn parse(mut p: lexopt::Parser) -> Result<Option<(Cli, u8)>, lexopt::Error> {
     while let Some(arg) = p.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
+            Short('V') | Long("version") => {
+                return Ok(Some((Cli::Version, 0)));
+            }
             Short('v') | Long("verbose") => verbosity = verbosity.saturating_add(1),
             Long("tpm") => spec = Some(p.value()?.string()?),
             Long("json") => json = true,

@@ -305,3 +305,14 @@ fn a_character_device_that_is_no_tpm_fails_the_exchange() {
     assert!(err.contains("/dev/null"), "{err}");
     assert!(err.contains("shorter than the 10-byte header"), "{err}");
 }
+
+#[test]
+fn version_flag_prints_name_version_and_git_commit() {
+    let line = ekattest_fleet::version::check_version_flag(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ekattest-agent")),
+        "ekattest-agent",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .unwrap();
+    eprintln!("{line}");
+}

@@ -35,3 +35,20 @@ pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
 /// The `heapless` the message types are built from, so users name the same version.
 pub use heapless;
 pub use msg::{Downlink, Uplink, decode, encode};
+
+/// `--version`'s line for the binary `$name`: `NAME VERSION (git COMMIT)`, where COMMIT is
+/// the calling crate's `EKATTEST_GIT_COMMIT` (set by the shared `build/git_commit.rs`;
+/// `unknown` outside a git checkout). A macro, so the version and commit are the caller's.
+#[macro_export]
+macro_rules! version_line {
+    ($name:literal) => {
+        concat!(
+            $name,
+            " ",
+            env!("CARGO_PKG_VERSION"),
+            " (git ",
+            env!("EKATTEST_GIT_COMMIT"),
+            ")"
+        )
+    };
+}

@@ -20,6 +20,7 @@ Usage:
   --config FILE   server configuration (YAML; see deploy/server.yaml)
   --check         validate the configuration, the policy files and the SVID CA, then exit
   -h, --help      this text
+  -V, --version   print `ekattest-server VERSION (git COMMIT)` and exit
 
 Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the policy files now (other keys of
 the config file need a restart).
@@ -41,6 +42,10 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         match arg {
             Short('h') | Long("help") => {
                 print!("{USAGE}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("{}", ekattest_protocol::version_line!("ekattest-server"));
                 return Ok(None);
             }
             Short('c') | Long("config") => config = Some(PathBuf::from(parser.value()?)),
