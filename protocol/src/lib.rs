@@ -14,6 +14,7 @@
 //! - [`public`]: TPM 2.0 public areas (TPM2B_PUBLIC) as sent in a Login: parsing, the
 //!   object Name, and the DER SubjectPublicKeyInfo whose SHA-256 is `tpm_ek.public_hash`.
 //!   Agent and server both need it, so it lives here instead of being written twice.
+//! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
 #![no_std]
 #![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod msg;
 pub mod public;
 pub mod sign;
+pub mod timestamp;
 pub mod topic;
 
 pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
