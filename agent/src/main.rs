@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use ekattest_agent::daemon::{self, Control, Exit, RunOptions, config::Config};
+use ekattest_agent::daemon::config::{Config, LogFormat};
+use ekattest_agent::daemon::{self, Control, Exit, RunOptions};
+use ekattest_agent::logging::Logger;
 use ekattest_agent::ops::{self, Command};
 
 const USAGE: &str = "\
@@ -75,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    StderrLogger::install(level(verbosity));
+    Logger::install(level(verbosity), LogFormat::Text);
     let mut stdout = std::io::stdout().lock();
     match ops::run(&command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,11 +109,14 @@ fn run(args: &RunArgs, verbosity: u8) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    StderrLogger::install(if verbosity > 0 {
-        level(verbosity.saturating_add(1))
-    } else {
-        config.log_level
-    });
+    Logger::install(
+        if verbosity > 0 {
+            level(verbosity.saturating_add(1))
+        } else {
+            config.log_level
+        },
+        config.log_format,
+    );
     let signals = Signals::install();
     let opts = RunOptions {
         once: args.once,
@@ -122,6 +127,7 @@ fn run(args: &RunArgs, verbosity: u8) -> ExitCode {
         if verbosity == 0 {
             log::set_max_level(config.log_level);
         }
+        Logger::set_format(config.log_format);
         Ok(config)
     };
     match daemon::run(config, &opts, &signals.control, &reload) {
@@ -301,34 +307,4 @@ fn level(verbosity: u8) -> log::LevelFilter {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     }
-}
-
-/// Minimal `log` backend: `level: message` lines on stderr. Other crates (rumqttc, rustls)
-/// log at most warnings, so debug output stays the agent's own.
-struct StderrLogger;
-
-impl StderrLogger {
-    fn install(level: log::LevelFilter) {
-        static LOGGER: StderrLogger = StderrLogger;
-        if log::set_logger(&LOGGER).is_ok() {
-            log::set_max_level(level);
-        }
-    }
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with("ekattest") || metadata.level() <= log::Level::Warn
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        eprintln!(
-            "{}: {}",
-            record.level().as_str().to_lowercase(),
-            record.args()
-        );
-    }
-    fn flush(&self) {}
 }

@@ -479,3 +479,88 @@ fn run_refuses_a_tpm_path_that_is_a_regular_file() {
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
 }
+
+#[test]
+fn log_format_json_writes_the_server_field_names_and_sighup_switches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    let mut server = FakeServer::connect(broker.port());
+    let cfg = config(
+        broker.port(),
+        &device,
+        &ca,
+        dir.path(),
+        "log-format: json\n",
+    );
+    let mut agent = Agent::start(dir.path(), &cfg, &[]);
+    let spiffe = "spiffe://td.example/device/json";
+
+    let (id, login) = server.login(Duration::from_secs(60));
+    let secret: Vec<u8> = (0u8..32).rev().collect();
+    let session = SessionId([0x44; 16]);
+    server.send(
+        &id,
+        &Downlink::Challenge(ca.challenge(&id, &login, &secret, session)),
+    );
+    let _ = server.checked_answer(Duration::from_secs(60), &login, &secret);
+    let spki = login.svid_key.clone().unwrap();
+    let good = ca.accepted(&id, &session, &login.transcript, &spki, spiffe);
+    server.send(&id, &Downlink::Result(Outcome::Accepted(good)));
+    agent.wait_for_log("\"msg\":\"Connected to server\"", Duration::from_secs(30));
+
+    // Every line is one JSON object with time, level and msg first.
+    let log = agent.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    for (line, v) in log.lines().zip(&lines) {
+        assert!(line.starts_with("{\"time\":\""), "{line}");
+        let time = v["time"].as_str().unwrap();
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+            "{line}"
+        );
+        assert!(
+            ["error", "warn", "info", "debug", "trace"].contains(&v["level"].as_str().unwrap())
+        );
+        assert!(v["msg"].is_string(), "{line}");
+    }
+    let connected = lines
+        .iter()
+        .find(|v| v["msg"] == "Connected to server")
+        .unwrap();
+    assert_eq!(connected["level"], "info");
+    assert_eq!(connected["agentId"], id.as_str());
+    assert_eq!(connected["spiffeId"], spiffe);
+    assert!(
+        connected["svidNotAfter"].as_i64().unwrap() > 1_700_000_000,
+        "{connected}"
+    );
+    assert!(
+        lines.iter().any(|v| v["msg"]
+            == "Sending Login, attestors: [\"tpm_ek\"], agent: ".to_owned()
+                + &id
+                + ", topic: ekattest/v1/c-test/agents/"
+                + &id
+                + "/login"),
+        "{log}"
+    );
+
+    // SIGHUP with log-format: text: later lines are text.
+    std::fs::write(
+        dir.path().join("agent.yaml"),
+        cfg.replace("log-format: json", "log-format: text"),
+    )
+    .unwrap();
+    signal(&agent, nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for_log(
+        "\ninfo: SIGHUP: configuration re-read; attesting again now\n",
+        Duration::from_secs(10),
+    );
+    signal(&agent, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)).code(), Some(0));
+}

@@ -271,9 +271,9 @@ impl Runner<'_> {
             }
         };
         log::info!(
-            "Connected to server, spiffe_id: {}, svid_not_after: {}",
-            v.spiffe_id,
-            v.not_after
+            agentId = self.agent.as_str(), spiffeId = v.spiffe_id.as_str(),
+            svidNotAfter = v.not_after;
+            "Connected to server"
         );
         self.metrics.record(true);
         self.metrics.svid_expiry = Some(v.not_after);
