@@ -39,6 +39,12 @@ impl Logger {
         log::set_max_level(level);
     }
 
+    /// Whether lines are JSON (`log-format: json`).
+    #[must_use]
+    pub fn is_json() -> bool {
+        LOGGER.json.load(Ordering::Relaxed)
+    }
+
     /// Switches between text and JSON lines.
     pub fn set_format(format: LogFormat) {
         LOGGER

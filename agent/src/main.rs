@@ -140,7 +140,13 @@ fn run(args: &RunArgs, verbosity: u8) -> ExitCode {
         }
         Ok(Exit::Stopped) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ekattest-agent: {}", ekattest_agent::error::chain(&e));
+            let chain = ekattest_agent::error::chain(&e);
+            if Logger::is_json() {
+                // Every line stays JSON with log-format: json.
+                log::error!(error = chain.as_str(); "ekattest-agent stopped");
+            } else {
+                eprintln!("ekattest-agent: {chain}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -460,7 +460,8 @@ fn run_refuses_a_tpm_path_that_is_a_regular_file() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    let cfg = config(1, &device, &ca, dir.path(), "").replace(
+    // JSON lines: the fatal error is one too.
+    let cfg = config(1, &device, &ca, dir.path(), "log-format: json\n").replace(
         &format!("tpm: {}", device.spec()),
         &format!("tpm: {}", file.display()),
     );
@@ -469,12 +470,21 @@ fn run_refuses_a_tpm_path_that_is_a_regular_file() {
     let status = agent.wait(Duration::from_secs(30));
     let log = agent.log();
     assert_eq!(status.code(), Some(1), "{log}");
+    let stopped = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .find(|v| v["msg"] == "ekattest-agent stopped")
+        .unwrap_or_else(|| panic!("no stop line: {log}"));
+    assert_eq!(stopped["level"], "error");
+    let error = stopped["error"].as_str().unwrap();
     assert!(
-        log.contains(&format!(
+        error.contains(&format!(
             "{} is a regular file, not a character device",
             file.display()
         )),
-        "{log}"
+        "{error}"
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
