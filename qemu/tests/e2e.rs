@@ -826,6 +826,46 @@ fn hot_reload_by_config_set_and_invalid_document_keeps_the_old_one() {
 }
 
 #[test]
+fn wrong_trust_bundle_on_the_agent_is_counted_on_the_agent_side() {
+    let ca = Ca::create().unwrap();
+    let dev = provision(&ca);
+    let hash = public_hash(&dev, EkKind::Rsa2048);
+    let world = World::start(
+        &policy(None, &[&hash]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let mut spec = world.agent_spec(&dev, "wrong-bundle", false);
+    let other = world.dir.path().join("other-td");
+    std::fs::create_dir_all(&other).unwrap();
+    spec.trust_bundle = common::svid_ca(&other, "other.test").0;
+    let prom = world.dir.path().join("wrong-bundle.prom");
+    spec.metrics_textfile = Some(prom.clone());
+    spec.response_timeout = Some(Duration::from_secs(3));
+    spec.extra_args = vec!["--timeout".into(), "8s".into()];
+    let exit = world.run_once(&spec, "wrong-bundle");
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    // The agent refuses the server's signer (it does not chain to its bundle) and writes
+    // nothing; it counts the failed attempts, the server counts no success.
+    assert!(
+        exit.log.contains("not issued by a CA of the trust bundle"),
+        "{}",
+        exit.log
+    );
+    assert!(!spec.data_dir.join("svid.pem").exists());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let agent_failed = ekattest_fleet::daemons::metric_value(
+        &text,
+        "attestation_agent_proof{attestor_type=\"tpm_ek\",outcome=\"failed\"}",
+    )
+    .unwrap();
+    assert!(agent_failed >= 1.0, "{text}");
+    assert_eq!(world.metric(SUCCESS), 0.0, "{}", world.server.log());
+}
+
+#[test]
 fn sighup_reloads_the_policy_files_at_once_and_keeps_the_server_running() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_cert, ca_key) = common::svid_ca(dir.path(), TRUST_DOMAIN);
