@@ -32,6 +32,7 @@ pub mod public;
 pub mod sign;
 pub mod timestamp;
 pub mod topic;
+pub mod yaml;
 
 pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
 /// The `heapless` the message types are built from, so users name the same version.

@@ -202,6 +202,19 @@ impl ServerProcess {
         http_get(addr, "/metrics")
     }
 
+    /// `GET path` on the metrics address (`/healthz`, `/readyz`): the status code and the
+    /// body, whatever the status.
+    ///
+    /// # Errors
+    /// [`Error::Request`] when metrics are disabled or the exchange fails.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self.metrics.as_deref().ok_or_else(|| Error::Request {
+            what: format!("GET {path}"),
+            detail: "the server's metrics endpoint is disabled".into(),
+        })?;
+        http_exchange(addr, path)
+    }
+
     /// SIGTERM and wait (SIGKILL after a timeout); returns the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.process.take().and_then(|mut p| p.stop())
@@ -353,6 +366,17 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
 
 /// `GET path` on `addr` (HTTP/1.1, `Connection: close`); the body of a 200 response.
 fn http_get(addr: &str, path: &str) -> Result<String> {
+    match http_exchange(addr, path)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(Error::Request {
+            what: format!("GET http://{addr}{path}"),
+            detail: format!("status {status}"),
+        }),
+    }
+}
+
+/// One HTTP/1.1 GET: the status code and the body.
+fn http_exchange(addr: &str, path: &str) -> Result<(u16, String)> {
     let what = format!("GET http://{addr}{path}");
     let fail = |detail: String| Error::Request {
         what: what.clone(),
@@ -375,11 +399,13 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| fail(format!("no end of headers in {} bytes", raw.len())))?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(fail(format!("status line {status:?}")));
-    }
-    Ok(body.to_owned())
+    let line = head.lines().next().unwrap_or_default();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| fail(format!("status line {line:?}")))?;
+    Ok((status, body.to_owned()))
 }
 
 /// Polls `found` every 50 ms until it returns `Some` or `timeout` passes.

@@ -31,6 +31,7 @@ pub mod flow;
 pub mod load;
 pub mod nats;
 pub mod process;
+pub mod progress;
 pub mod report;
 pub mod soft_tpm;
 pub mod swtpm;

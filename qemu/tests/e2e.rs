@@ -973,10 +973,30 @@ fn agent_waits_for_the_broker_and_survives_a_server_restart() {
     );
 
     // Broker restarted under a running server: the server reconnects and subscribes again,
-    // so the next device attests without anyone touching the server.
+    // so the next device attests without anyone touching the server. /readyz follows the
+    // connection (a load balancer or Kubernetes takes the node out meanwhile); /healthz
+    // stays 200.
+    assert_eq!(world.server.get("/readyz").unwrap().0, 200);
     std::fs::remove_file(spec.data_dir.join("svid.pem")).unwrap();
     world.broker.stop();
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = world.server.get("/readyz").unwrap();
+        if status == 503 {
+            assert_eq!(body, "not ready: not connected to the broker\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status} without a broker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(world.metric("attestation_broker_connected"), 0.0);
+    assert_eq!(
+        world.server.get("/healthz").unwrap(),
+        (200, "ok\n".to_owned())
+    );
     world.broker.start_again().unwrap();
     let exit = world.run_once(&spec, "after-broker-restart");
     assert!(
@@ -1188,4 +1208,135 @@ fn tpm_resident_svid_key_signs_through_tpm2_openssl_and_only_on_its_tpm() {
     let again = openssl_tpm2(&dev.tcti(), &["pkey", "-pubout", "-in", key_str]);
     assert!(again.status.success());
     assert_eq!(world.metric(SUCCESS), 1.0);
+}
+
+/// `ekattestctl config set|get|clear` through the shipped ACL over TLS (issue 16, item 5).
+/// As a user the ACL lets read but not write the config topic (the server's), `set` gets a
+/// PUBACK from mosquitto while the document is dropped: it must say so and exit 1. As
+/// `ekattest-admin` it publishes, reads the document back and prints the sha256 the server
+/// then logs; `get` prints that document; `clear` removes it and the server logs the clear,
+/// keeping the document in force.
+#[test]
+fn config_set_reads_back_get_prints_and_clear_removes_through_the_acl() {
+    let world = World::start(
+        &policy(None, &[&"2".repeat(64)]),
+        &Setup {
+            tls_acl: true,
+            session_ttl: None,
+        },
+    );
+    let tls_ca = world.broker.ca_pem().unwrap();
+    let url = world.broker.tls_url().unwrap();
+    let ctl = |user: &str, args: &[&str]| {
+        let (name, password_file) = world.broker.user(user).unwrap();
+        let (sub, rest) = args.split_first().unwrap();
+        Command::new(bin("ekattestctl"))
+            .args(["config", sub, "cluster", "--id", CLUSTER, "--broker", &url])
+            .arg("--tls-ca")
+            .arg(&tls_ca)
+            .args(["--username", &name, "--password-file"])
+            .arg(&password_file)
+            .args(rest)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let doc = world.dir.path().join("doc.yaml");
+    std::fs::write(&doc, policy(None, &[&"3".repeat(64)])).unwrap();
+    let doc_str = doc.to_str().unwrap();
+    let key = world.sign_key.to_str().unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(read(&doc).as_bytes()))
+    };
+
+    // Nothing retained yet.
+    let got = ctl("ekattest-server", &["get"]);
+    assert_eq!(got.status.code(), Some(1), "{}", text(&got));
+    assert!(
+        text(&got).contains("no document is retained"),
+        "{}",
+        text(&got)
+    );
+
+    // The server's user may read the topic but not write it: acknowledged, dropped, refused.
+    let denied = ctl("ekattest-server", &["set", doc_str, "--sign-key", key]);
+    assert_eq!(denied.status.code(), Some(1), "{}", text(&denied));
+    assert!(
+        text(&denied).contains("its ACL does not let this user write"),
+        "{}",
+        text(&denied)
+    );
+    assert!(!text(&denied).contains("read back"), "{}", text(&denied));
+
+    // The admin publishes; the output names the hash the server logs. (A topic document
+    // must be signed in a later second than the policy files' last change.)
+    std::thread::sleep(Duration::from_millis(1100));
+    let set = ctl("ekattest-admin", &["set", doc_str, "--sign-key", key]);
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(
+        text(&set).contains(&format!("sha256 {digest}")),
+        "{}",
+        text(&set)
+    );
+    world
+        .server
+        .wait_for_log(&digest, WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", world.server.log()));
+
+    // get prints it, and --out keeps the signed bytes, which set republishes unchanged.
+    let out = world.dir.path().join("retained.signed");
+    let got = ctl("ekattest-admin", &["get", "--out", out.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", text(&got));
+    let shown = String::from_utf8_lossy(&got.stdout).into_owned();
+    assert!(shown.contains(&format!("# sha256: {digest}")), "{shown}");
+    assert!(shown.contains(&format!("# cluster: {CLUSTER}")), "{shown}");
+    assert!(shown.ends_with(&read(&doc)), "{shown}");
+    let again = ctl("ekattest-admin", &["set", out.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+
+    // The server's user cannot clear it either; the admin can, and the server keeps it.
+    let denied = ctl("ekattest-server", &["clear"]);
+    assert_eq!(denied.status.code(), Some(1), "{}", text(&denied));
+    assert!(
+        text(&denied).contains("still retained"),
+        "{}",
+        text(&denied)
+    );
+    let cleared = ctl("ekattest-admin", &["clear"]);
+    assert!(cleared.status.success(), "{}", text(&cleared));
+    world
+        .server
+        .wait_for_msg(
+            "Config topic cleared: the policy document in force stays until another document \
+             arrives or the server restarts",
+            None,
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", world.server.log()));
+    let got = ctl("ekattest-admin", &["get"]);
+    assert_eq!(got.status.code(), Some(1), "{}", text(&got));
+
+    // mqtt:// to the TLS port: the error suggests mqtts:// (issue 16, item 6).
+    let plain_to_tls = format!("mqtt://127.0.0.1:{}", world.broker.tls_port().unwrap());
+    let out = Command::new(bin("ekattestctl"))
+        .args([
+            "config",
+            "get",
+            "cluster",
+            "--id",
+            CLUSTER,
+            "--broker",
+            &plain_to_tls,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("use mqtts://"), "{}", text(&out));
 }

@@ -102,6 +102,16 @@ fn ten_mixed_devices_attest_and_leave_nothing_behind() {
         run.status
     );
     assert!(stdout.contains("10 / 10"), "summary table:\n{stdout}");
+    // Not a terminal: whole progress lines, no carriage returns, ending with the totals.
+    assert!(
+        !stderr.contains('\r'),
+        "carriage returns in a redirected run:\n{stderr:?}"
+    );
+    assert!(stderr.contains("provisioned 10/10\n"), "{stderr}");
+    assert!(
+        stderr.contains("attesting 10/10: 10 attested, 0 failed"),
+        "{stderr}"
+    );
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();

@@ -103,6 +103,9 @@ pub enum ConfigError {
     /// unknown attestor type or profile mode. serde_yaml's message names the path and line.
     #[error("{0}")]
     Yaml(#[from] serde_yaml::Error),
+    /// A tab in the indentation (YAML allows spaces only).
+    #[error("{0}")]
+    Tab(ekattest_protocol::yaml::TabIndent),
     /// `section` or `schema` is not the supported one.
     #[error("{field}: expected {expected:?}, found {found:?}")]
     Header {
@@ -272,8 +275,12 @@ impl Document {
             offset: e.valid_up_to(),
         })?;
         budget::check(text)?;
-        let raw: RawDocument = serde_yaml::from_str(text)?;
-        build(raw, now)
+        let raw: RawDocument = serde_yaml::from_str(text).map_err(|e| {
+            ekattest_protocol::yaml::tab_in_indentation(text)
+                .map_or(ConfigError::Yaml(e), ConfigError::Tab)
+        })?;
+        let fields = pem_fields(&raw);
+        build(raw, now).map_err(|e| in_file_lines(e, text, &fields))
     }
 
     /// The policies, in document order (the order [`Document::select`] tries them).
@@ -411,6 +418,76 @@ enum RawProfileMode {
 }
 
 // ---- validation ------------------------------------------------------------------------
+
+/// The paths of the `caCerts` and `intermediateCerts` fields present, in document order.
+fn pem_fields(raw: &RawDocument) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, policy) in raw.spec.policies.iter().enumerate() {
+        for (j, attestor) in policy.required_attestors.iter().enumerate() {
+            let Some(config) = &attestor.config else {
+                continue;
+            };
+            let at = format!("spec.policies[{i}].requiredAttestors[{j}].config");
+            if config.ca_certs.is_some() {
+                out.push(format!("{at}.caCerts"));
+            }
+            if config.intermediate_certs.is_some() {
+                out.push(format!("{at}.intermediateCerts"));
+            }
+        }
+    }
+    out
+}
+
+/// A PEM problem's line, counted within its field's value, as a line of the document
+/// `text`: the value of the n-th `caCerts` field starts on the line after the n-th
+/// `caCerts:` key for a block scalar (`|`, `>`), on the key's line otherwise. Errors that
+/// cannot be placed (a flow-style document, say) keep the value's line.
+fn in_file_lines(e: ConfigError, text: &str, fields: &[String]) -> ConfigError {
+    let place = |path: &str, problem: PemProblem| -> PemProblem {
+        let Some(key) = path.rsplit('.').next() else {
+            return problem;
+        };
+        let nth = fields
+            .iter()
+            .filter(|f| f.ends_with(&format!(".{key}")))
+            .position(|f| f == path);
+        let start = nth.and_then(|n| {
+            text.lines()
+                .enumerate()
+                .filter_map(|(i, line)| {
+                    let t = line.trim_start().trim_start_matches("- ").trim_start();
+                    let rest = t.strip_prefix(key)?.trim_start().strip_prefix(':')?;
+                    let rest = rest.trim();
+                    let block = rest.is_empty() || rest.starts_with('|') || rest.starts_with('>');
+                    Some(i + 1 + usize::from(block))
+                })
+                .nth(n)
+        });
+        match start {
+            Some(first) => problem.offset_lines(first - 1),
+            None => problem,
+        }
+    };
+    match e {
+        ConfigError::NoPemCertificates { path, problem } => ConfigError::NoPemCertificates {
+            problem: place(&path, problem),
+            path,
+        },
+        ConfigError::PemBlock {
+            path,
+            block,
+            blocks,
+            problem,
+        } => ConfigError::PemBlock {
+            problem: place(&path, problem),
+            path,
+            block,
+            blocks,
+        },
+        other => other,
+    }
+}
 
 fn build(raw: RawDocument, now: SystemTime) -> Result<Document, ConfigError> {
     if raw.section != SECTION {
@@ -600,6 +677,50 @@ mod tests {
         assert_eq!(parse_hash(&lower[..63]), None);
         assert_eq!(parse_hash(&format!("{lower}00")), None);
         assert_eq!(parse_hash(&lower.replace('d', "g")), None);
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_is_named_with_its_line() {
+        let doc = "section: AgentAttestation\nschema: v1\nspec:\n\tpolicies: []\n";
+        let e = Document::parse(doc.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "line 4: a tab in the indentation; YAML indents with spaces only (replace the tab \
+             with spaces)"
+        );
+    }
+
+    #[test]
+    fn pem_problems_name_the_documents_line_not_the_fields() {
+        // Line 15 is the bad block's BEGIN, in policy p2 (p1 uses a flow-style config).
+        let doc = "section: AgentAttestation
+schema: v1
+spec:
+  policies:
+  - name: p1
+    requiredAttestors:
+    - type: tpm_ek
+      config: {allowedHashes: [\"1111111111111111111111111111111111111111111111111111111111111111\"]}
+  - name: p2
+    requiredAttestors:
+    - type: tpm_ek
+      config:
+        caCerts: |
+          some text a vendor bundle carries
+          -----BEGIN CERTIFICATE-----
+          bm90IGEgY2VydGlmaWNhdGU=
+          -----END CERTIFICATE-----
+";
+        let e = Document::parse(doc.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("spec.policies[1].requiredAttestors[0].config.caCerts: could not parse"),
+            "{e}"
+        );
+        assert!(
+            e.contains("the certificate at line 15 cannot be parsed"),
+            "{e}"
+        );
+        assert!(!e.contains("NomError"), "{e}");
     }
 
     #[test]

@@ -295,6 +295,12 @@ impl Authority {
         self.root
     }
 
+    /// The signer certificate's notAfter (unix seconds): no SVID outlives it.
+    #[must_use]
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
     /// A new self-signed CA for `trust_domain`: subject O=ekattest, CN=`<trust domain> CA`,
     /// URI SAN `spiffe://<trust domain>`, keyUsage keyCertSign and cRLSign, CA:TRUE with
     /// pathlen 0, valid from a minute ago for `validity`. Returns the authority, the

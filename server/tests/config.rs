@@ -654,3 +654,101 @@ fn version_flag_prints_name_version_and_git_commit() {
     .unwrap();
     eprintln!("{line}");
 }
+
+/// `deploy/kubernetes` renders with `kubectl kustomize` (Debian's kubernetes-client, or any
+/// kubectl) into the objects the README describes, and the generated server config and
+/// policy agree with the pod's mounts and ports (issue 16, item 4).
+#[test]
+fn the_kubernetes_base_renders_and_its_configs_match_the_mounts() {
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", base])
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl is required (apt-get install kubernetes-client): {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let objects: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let find = |kind: &str, prefix: &str| -> &serde_yaml::Value {
+        objects
+            .iter()
+            .find(|o| {
+                o["kind"] == kind
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(prefix))
+            })
+            .unwrap_or_else(|| panic!("no {kind} {prefix}* in\n{text}"))
+    };
+    let all = |o: &serde_yaml::Value| o["metadata"]["namespace"] == "ekattest";
+    assert!(objects.iter().filter(|o| o["kind"] != "Namespace").all(all));
+
+    // The agent: the TPM as a character device, a read-only root, a writable data-dir.
+    let ds = find("DaemonSet", "ekattest-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
+    assert_eq!(volume("tpmrm0")["hostPath"]["path"], "/dev/tpmrm0");
+    assert_eq!(volume("tpmrm0")["hostPath"]["type"], "CharDevice");
+    let agent = &pod["containers"][0];
+    assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
+    let mounts = agent["volumeMounts"].as_sequence().unwrap();
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"))
+    };
+    assert_eq!(mount("/dev/tpmrm0")["name"], "tpmrm0");
+    let data = mount("/var/lib/ekattest");
+    assert_ne!(data["readOnly"], true, "data-dir must be writable");
+    assert!(volume(data["name"].as_str().unwrap())["emptyDir"].is_mapping());
+    let agent_cm = find("ConfigMap", "ekattest-agent-config");
+    let agent_yaml: serde_yaml::Value =
+        serde_yaml::from_str(agent_cm["data"]["agent.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(agent_yaml["data-dir"], "/var/lib/ekattest");
+    for key in ["trust-bundle", "tpm"] {
+        mount(agent_yaml[key].as_str().unwrap());
+    }
+    mount(agent_yaml["tls"]["ca"].as_str().unwrap());
+
+    // The server: probes on the metrics port, which the config binds on every interface;
+    // every file the config names is mounted; the policy is valid.
+    let deploy = find("Deployment", "ekattest-server");
+    let server = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(server["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(server["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(server["ports"][0]["containerPort"], 9464);
+    assert_eq!(server["securityContext"]["readOnlyRootFilesystem"], true);
+    let server_cm = find("ConfigMap", "ekattest-server-config");
+    let server_yaml: serde_yaml::Value =
+        serde_yaml::from_str(server_cm["data"]["server.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(server_yaml["metrics-address"], "0.0.0.0:9464");
+    let smounts = server["volumeMounts"].as_sequence().unwrap();
+    let covered = |path: &str| {
+        smounts.iter().any(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|p| path == p || path.starts_with(&format!("{p}/")))
+        })
+    };
+    for path in [
+        server_yaml["ca-cert"].as_str().unwrap(),
+        server_yaml["ca-key"].as_str().unwrap(),
+        server_yaml["password-file"].as_str().unwrap(),
+        server_yaml["tls"]["ca"].as_str().unwrap(),
+        server_yaml["policy-files"][0].as_str().unwrap(),
+    ] {
+        assert!(covered(path), "{path} is not mounted in the server pod");
+    }
+    let policy = server_cm["data"]["attestation-policy.yaml"]
+        .as_str()
+        .unwrap();
+    Document::parse(policy.as_bytes()).unwrap();
+    find("Service", "ekattest-server-metrics");
+}

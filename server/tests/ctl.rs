@@ -798,11 +798,11 @@ fn group_readable_signing_key_and_password_file_are_refused_with_the_chmod() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _, _) = keygen_and_sign(dir.path());
     let doc = dir.path().join("policy.yaml");
-    chmod(&key, 0o640);
+    chmod(&key, 0o660);
     let o = ctl(&[&"config", &"sign", &"--key", &key, &"--id", &"c-1", &doc]);
     assert_eq!(code(&o), 2);
     let e = stderr(&o);
-    assert!(e.contains("(mode 0640)"), "{e}");
+    assert!(e.contains("(mode 0660)"), "{e}");
     assert!(
         e.contains(&format!("run `chmod 600 {}`", key.display())),
         "{e}"

@@ -545,6 +545,36 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
     agent.publish(topics.login(&ek_a).unwrap().as_str(), login_frame(), false);
     assert!(matches!(agent.next_downlink().1, Downlink::Challenge(_)));
 
+    // 6b. Over the login rate limit (per agent id and per EK, login-burst 10 here; last, as
+    // it spends the EK's tokens): `server busy`, and the agent is told it is a rate limit
+    // and when to retry.
+    let flood = Peer::connect(
+        s.port,
+        "ek-flood",
+        Some(topics.down("ek-flood").unwrap().as_str()),
+    );
+    let limited = (0..12)
+        .find_map(|_| {
+            flood.publish(
+                topics.login("ek-flood").unwrap().as_str(),
+                login_frame(),
+                false,
+            );
+            match flood.next_downlink().1 {
+                Downlink::Result(Outcome::Rejected(r)) if r.code == RejectCode::Busy => Some(r),
+                _ => None,
+            }
+        })
+        .expect("the 11th Login within the burst is rate limited");
+    assert!(
+        limited
+            .message
+            .starts_with("server busy: login rate limit for ")
+            && limited.message.contains(": retry after "),
+        "{}",
+        limited.message
+    );
+
     // 7. SIGTERM: a clean stop with exit status 0.
     let mut server = server;
     let pid = server.child.0.id().to_string();

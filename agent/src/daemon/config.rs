@@ -501,7 +501,12 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the key.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let raw: Raw = serde_yaml::from_str(text).map_err(|e| {
+            ConfigError::Yaml(
+                ekattest_protocol::yaml::tab_in_indentation(text)
+                    .map_or_else(|| e.to_string(), |tab| tab.to_string()),
+            )
+        })?;
         let cluster_id = raw
             .cluster_id
             .ok_or_else(|| invalid("cluster-id", "missing (write e.g. cluster-id: c-xxxxxx)"))?;

@@ -53,7 +53,8 @@ fn committed_example_parses() {
     assert!(c.broker.tls);
     assert_eq!(c.broker.port, 8883);
     assert!(c.tls.as_ref().unwrap().ca.is_some());
-    assert!(c.metrics_textfile.is_some());
+    // Off in the example: the textfile folder exists only where node_exporter runs.
+    assert!(c.metrics_textfile.is_none());
 }
 
 #[test]
@@ -407,4 +408,25 @@ fn log_format_is_text_by_default_or_json() {
     );
     let e = with("log-format: JSON\n").unwrap_err().to_string();
     assert!(e.contains("expected text or json"), "{e}");
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_named_with_its_line() {
+    let e = with("retry:\n\tinitial: 1s\n").unwrap_err().to_string();
+    assert!(
+        e.contains("line 6: a tab in the indentation; YAML indents with spaces only"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_kubernetes_example_parses() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/agent.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let c = Config::parse(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(c.broker.tls);
+    assert_eq!(c.data_dir, std::path::PathBuf::from("/var/lib/ekattest"));
 }

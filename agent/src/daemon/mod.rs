@@ -529,7 +529,16 @@ impl<'a> Runner<'a> {
                     ));
                 }
                 Ok(Err(e)) => {
-                    return End::Transient(format!("connection to broker {broker} failed: {e}"));
+                    let mut why = format!("connection to broker {broker} failed: {e}");
+                    if !subscribed
+                        && let Some(hint) = ekattest_protocol::hardening::plaintext_to_tls_hint(
+                            url.starts_with("mqtts://"),
+                            &why,
+                        )
+                    {
+                        why = format!("{why} ({hint})");
+                    }
+                    return End::Transient(why);
                 }
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     log::info!("connected to broker {url} as {}", self.agent);

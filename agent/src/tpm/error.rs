@@ -21,7 +21,7 @@ pub enum Error {
         source: TransportError,
     },
     /// The TPM answered with an error response code.
-    #[error("TPM2_{command} failed: {rc}{}", hint(*.rc))]
+    #[error("TPM2_{command} failed: {rc}{}", hint(command, *.rc))]
     Response {
         /// Command name.
         command: &'static str,
@@ -101,11 +101,21 @@ pub enum Error {
     },
 }
 
-fn hint(rc: ResponseCode) -> &'static str {
-    match rc.0 {
-        rc::FAILURE => " (the TPM is in failure mode: reset or power-cycle it)",
-        0x902 | 0x903 => " (the TPM has no free object/session slots: flush leftovers)",
-        0x921 => " (the TPM is in dictionary-attack lockout)",
+fn hint(command: &str, rc: ResponseCode) -> &'static str {
+    // TPM_RC_INTEGRITY with its parameter/handle number bits: format-one code 0x01F.
+    let integrity = rc.0 & 0x080 != 0 && rc.0 & 0x03F == 0x01F;
+    match (command, rc.0) {
+        ("ActivateCredential", _) if integrity => {
+            " (the credential was made for another AK or another EK than this TPM's: the \
+             server's Challenge does not match this device, or the Login was altered)"
+        }
+        ("Load", _) if integrity => {
+            " (the key was created by another TPM, or before this TPM's owner hierarchy was \
+             cleared: it cannot be used here)"
+        }
+        (_, rc::FAILURE) => " (the TPM is in failure mode: reset or power-cycle it)",
+        (_, 0x902 | 0x903) => " (the TPM has no free object/session slots: flush leftovers)",
+        (_, 0x921) => " (the TPM is in dictionary-attack lockout)",
         _ => "",
     }
 }
@@ -118,5 +128,34 @@ impl Error {
             Self::Response { rc, .. } | Self::Busy { rc, .. } => Some(*rc),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integrity_failures_say_what_they_mean_per_command() {
+        let activate = Error::Response {
+            command: "ActivateCredential",
+            rc: ResponseCode(0x1df),
+        };
+        let text = activate.to_string();
+        assert!(text.contains("TPM_RC_INTEGRITY (0x1df)"), "{text}");
+        assert!(text.contains("made for another AK or another EK"), "{text}");
+        let load = Error::Response {
+            command: "Load",
+            rc: ResponseCode(0x19f),
+        };
+        assert!(
+            load.to_string().contains("created by another TPM"),
+            "{load}"
+        );
+        let other = Error::Response {
+            command: "Sign",
+            rc: ResponseCode(0x1df),
+        };
+        assert!(!other.to_string().contains("another"), "{other}");
     }
 }

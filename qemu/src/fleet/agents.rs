@@ -6,7 +6,7 @@
 //! It never leaves an agent or swtpm running when it returns (both are stopped on drop,
 //! also on timeout and on a stop request) and never spawns more than `parallel` agents.
 
-use std::io::{IsTerminal, Write};
+use crate::progress::Progress;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -279,8 +279,8 @@ fn progress_loop(
     running: &AtomicUsize,
     start: Instant,
 ) {
-    let tty = std::io::stderr().is_terminal();
-    let mut last_plain = Instant::now();
+    let mut progress = Progress::stderr();
+    let tty = progress.is_tty();
     loop {
         let finished = running.load(Ordering::Relaxed) == 0;
         let (a, b) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
@@ -295,18 +295,7 @@ fn progress_loop(
         let line = format!(
             "attesting {done}/{total}: {a} attested, {b} failed, {rate:.1}/s, {secs:.1} s elapsed, ETA {eta}"
         );
-        let mut err = std::io::stderr().lock();
-        if tty {
-            let _ = write!(err, "\r\x1b[2K{line}");
-            if finished {
-                let _ = writeln!(err);
-            }
-        } else if finished || last_plain.elapsed() >= Duration::from_secs(5) {
-            let _ = writeln!(err, "{line}");
-            last_plain = Instant::now();
-        }
-        let _ = err.flush();
-        drop(err);
+        progress.update(&line, finished);
         if finished {
             return;
         }

@@ -263,15 +263,10 @@ fn run_in(
             .unwrap_or_default()
     );
     let total = opts.devices;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let printer = std::sync::Mutex::new(crate::progress::Progress::stderr());
     let progress = move |n: usize| {
-        if tty {
-            eprint!("\r\x1b[2Kprovisioned {n}/{total}");
-            if n == total {
-                eprintln!();
-            }
-        } else if n == total || n.is_multiple_of(100) {
-            eprintln!("provisioned {n}/{total}");
+        if let Ok(mut p) = printer.lock() {
+            p.update(&format!("provisioned {n}/{total}"), n == total);
         }
     };
     let states = devices::prepare(

@@ -510,6 +510,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot start a device thread: {e}"))?;
     let mut last_print = Instant::now();
+    let mut progress = crate::progress::Progress::stderr();
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
         if stop.load(Ordering::Relaxed) || started.elapsed() > opts.deadline {
@@ -518,16 +519,20 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
             let n = done.load(Ordering::Relaxed);
-            eprint!(
-                "\r  {n}/{} devices done, {:.0}/s   ",
-                opts.devices,
-                n as f64 / started.elapsed().as_secs_f64()
+            progress.update(
+                &format!(
+                    "  {n}/{} devices done, {:.0}/s",
+                    opts.devices,
+                    n as f64 / started.elapsed().as_secs_f64()
+                ),
+                false,
             );
         }
     }
     let elapsed = started.elapsed();
     if opts.progress {
-        eprintln!();
+        let n = done.load(Ordering::Relaxed);
+        progress.update(&format!("  {n}/{} devices done", opts.devices), true);
     }
     if let Some(f) = flood {
         match f.join() {

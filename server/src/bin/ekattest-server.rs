@@ -118,11 +118,63 @@ fn check(config: &ServerConfig) -> ExitCode {
                      (ekattestctl config set cluster)"
                 ),
             }
+            if let Some(w) = ttl_warning(config.svid_ttl, loaded.authority.not_after(), now()) {
+                println!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("ekattest-server: {}: {e}", config.file.display());
             ExitCode::from(1)
         }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `--check`'s warning when `svid-ttl` is longer than the CA certificate has left: SVIDs are
+/// then cut to the CA's notAfter, and agents renew ever more often until it expires.
+fn ttl_warning(ttl: std::time::Duration, ca_not_after: i64, now: i64) -> Option<String> {
+    let left = ca_not_after.saturating_sub(now);
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    if ttl_secs <= left {
+        return None;
+    }
+    let until = u64::try_from(ca_not_after).map_or_else(
+        |_| ca_not_after.to_string(),
+        ekattest_server::config::signed::utc,
+    );
+    Some(if left <= 0 {
+        format!(
+            "ca-cert expired at {until}: no SVID can be issued; make a new signer with \
+             `ekattestctl ca issue-signer`"
+        )
+    } else {
+        format!(
+            "svid-ttl ({} s) exceeds the {left} s ca-cert has left (until {until}): SVIDs \
+             will end with the CA; make a new signer with `ekattestctl ca issue-signer`",
+            ttl.as_secs()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ttl_warning;
+    use std::time::Duration;
+
+    #[test]
+    fn svid_ttl_longer_than_the_ca_has_left_is_named() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(ttl_warning(hour, 10_000, 1_000), None);
+        let w = ttl_warning(hour, 2_000, 1_000).unwrap();
+        assert!(w.contains("svid-ttl (3600 s) exceeds the 1000 s"), "{w}");
+        assert!(w.contains("ca issue-signer"), "{w}");
+        let w = ttl_warning(hour, 500, 1_000).unwrap();
+        assert!(w.contains("expired at 1970-01-01T00:08:20Z"), "{w}");
     }
 }

@@ -38,6 +38,8 @@ Usage:
   ekattestctl config set cluster --id ID FILE --sign-key KEY.pem [--broker URL]
                         [--tls-ca PEM] [--username U --password-file F]
                         [--topic-prefix P] [--insecure-plaintext]
+  ekattestctl config get cluster --id ID [--out FILE] [--broker URL] ...
+  ekattestctl config clear cluster --id ID [--broker URL] ...
   ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
                         [--trust-domain TD] [--json]
   ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key [--days N]
@@ -51,8 +53,10 @@ Commands:
   config validate   check an AgentAttestation document and summarize it
   config sign       validate a document and sign it for one cluster (policy-topic)
   config keygen     make the ECDSA P-256 key pair that signs policy documents
-  config set        validate and sign a document, then publish it retained on the
-                    cluster's config topic (servers with policy-topic: true apply it)
+  config set        validate and sign a document, publish it retained on the cluster's
+                    config topic (servers with policy-topic: true apply it), read it back
+  config get        print the document retained on the cluster's config topic
+  config clear      remove the retained document from the cluster's config topic
   ek verify         run EK validation against a document's tpm_ek policy
   ca create         create the trust domain's SVID CA (certificate = agents' trust
                     bundle, key 0600 for the server)
@@ -80,7 +84,8 @@ Usage: ekattestctl config validate FILE
        ekattestctl config sign --key KEY.pem --id ID FILE [--out OUT]
        ekattestctl config keygen --out DIR
        ekattestctl config set cluster --id ID FILE --sign-key KEY.pem ...
-       (see `config sign|keygen|set --help`)
+       ekattestctl config get|clear cluster --id ID ...
+       (see `config sign|keygen|set|get|clear --help`)
 
 Parses and validates an AgentAttestation document (every certificate, hash and
 template) and prints a summary and any warnings. Exit 0 if valid, 1 if not (the error
@@ -157,10 +162,16 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                     };
                     Ok(config_validate(&file))
                 }
-                Some(sub) if sub == "set" => config_set::run(&mut parser),
+                Some(sub) if sub == "set" => config_set::run(&mut parser, config_set::Op::Set),
+                Some(sub) if sub == "get" => config_set::run(&mut parser, config_set::Op::Get),
+                Some(sub) if sub == "clear" => config_set::run(&mut parser, config_set::Op::Clear),
                 Some(sub) if sub == "sign" => config_sign::sign(&mut parser),
                 Some(sub) if sub == "keygen" => config_sign::keygen(&mut parser),
-                Some(sub) => Err(unknown("config", &sub, "validate|sign|keygen|set")),
+                Some(sub) => Err(unknown(
+                    "config",
+                    &sub,
+                    "validate|sign|keygen|set|get|clear",
+                )),
             },
             Some("ek") => match subcommand(&mut parser, VERIFY_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),

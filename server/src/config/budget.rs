@@ -26,7 +26,8 @@ pub(super) fn check(text: &str) -> Result<(), ConfigError> {
         Ok(()) => Ok(()),
         Err(_) if exhausted.get() => Err(ConfigError::TooComplex),
         // A syntax error: the same message the typed parse would give.
-        Err(e) => Err(ConfigError::Yaml(e)),
+        Err(e) => Err(ekattest_protocol::yaml::tab_in_indentation(text)
+            .map_or(ConfigError::Yaml(e), ConfigError::Tab)),
     }
 }
 

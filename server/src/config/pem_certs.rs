@@ -21,7 +21,8 @@ use super::ConfigError;
 use crate::ek::{ChainOptions, EkError, TrustStore};
 
 /// What is wrong with a `caCerts`/`intermediateCerts` value or one of its PEM blocks.
-/// Lines count from 1 within the field's value.
+/// Lines count from 1 within the field's value; [`crate::config::Document::parse`] reports
+/// them as lines of the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PemProblem {
     /// No `-----BEGIN` line at all.
@@ -57,6 +58,31 @@ pub enum PemProblem {
         /// The parser's message.
         detail: String,
     },
+}
+
+impl PemProblem {
+    /// The same problem with its line moved down by `by` (a line of the field's value made
+    /// a line of the document).
+    #[must_use]
+    pub fn offset_lines(self, by: usize) -> Self {
+        match self {
+            Self::NoBlock => Self::NoBlock,
+            Self::Unterminated { line } => Self::Unterminated { line: line + by },
+            Self::StrayEnd { line } => Self::StrayEnd { line: line + by },
+            Self::NotCertificate { line, label } => Self::NotCertificate {
+                line: line + by,
+                label,
+            },
+            Self::Base64 { line, detail } => Self::Base64 {
+                line: line + by,
+                detail,
+            },
+            Self::Certificate { line, detail } => Self::Certificate {
+                line: line + by,
+                detail,
+            },
+        }
+    }
 }
 
 impl fmt::Display for PemProblem {

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ekattest_protocol::hardening::{is_loopback_host, private_mode_ok};
+use ekattest_protocol::hardening::{is_loopback_host, private_mode_ok_for};
 use ekattest_protocol::topic::{self, Part};
 use serde::Deserialize;
 
@@ -61,10 +61,18 @@ pub enum ServerConfigError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// A tab in the indentation (YAML allows spaces only).
+    #[error("{file}: {tab}")]
+    Tab {
+        /// The config file.
+        file: PathBuf,
+        /// Where.
+        tab: ekattest_protocol::yaml::TabIndent,
+    },
     /// A password or private key file is readable or writable by group or others.
     #[error(
         "{file}: {key}: {path} is accessible by group or others (mode {mode:04o}); run \
-         `chmod 600 {path}`"
+         `chmod 600 {path}` (group read is accepted only on a file owned by root)"
     )]
     Permissions {
         /// The config file.
@@ -352,22 +360,25 @@ pub fn check_private_file(
     path: &Path,
 ) -> Result<(), ServerConfigError> {
     match private_file_mode(path) {
-        Some(mode) if !private_mode_ok(mode) => Err(ServerConfigError::Permissions {
-            file: config.to_owned(),
-            key,
-            path: path.to_owned(),
-            mode: mode & 0o7777,
-        }),
+        Some((mode, uid)) if !private_mode_ok_for(mode, uid == 0) => {
+            Err(ServerConfigError::Permissions {
+                file: config.to_owned(),
+                key,
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            })
+        }
         _ => Ok(()),
     }
 }
 
-/// The permission bits of `path` (following symlinks), if it can be examined.
-pub fn private_file_mode(path: &Path) -> Option<u32> {
+/// The permission bits and the owner's uid of `path` (following symlinks, as Kubernetes
+/// Secret volumes need), if it can be examined.
+pub fn private_file_mode(path: &Path) -> Option<(u32, u32)> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| (m.mode(), m.uid()))
     }
     #[cfg(not(unix))]
     {
@@ -464,11 +475,18 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerConfigError`] naming the file and the key.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ServerConfigError> {
-        let raw: RawConfig =
-            serde_yaml::from_str(text).map_err(|source| ServerConfigError::Yaml {
-                file: file.to_owned(),
-                source,
-            })?;
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| {
+            match ekattest_protocol::yaml::tab_in_indentation(text) {
+                Some(tab) => ServerConfigError::Tab {
+                    file: file.to_owned(),
+                    tab,
+                },
+                None => ServerConfigError::Yaml {
+                    file: file.to_owned(),
+                    source,
+                },
+            }
+        })?;
         build(file, raw)
     }
 }

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ekattest_protocol::RejectCode;
@@ -204,6 +204,10 @@ pub struct Metrics {
     frame_bytes_out: AtomicU64,
     /// X.509-SVIDs issued for a software key (0) and a TPM-resident key (1).
     svids_issued: [AtomicU64; 2],
+    /// Connected to the broker (MQTT CONNACK received, or NATS connected), not lost since.
+    broker_connected: AtomicBool,
+    /// A policy document is in force.
+    policy_loaded: AtomicBool,
 }
 
 impl Metrics {
@@ -217,6 +221,29 @@ impl Metrics {
         if let Some(c) = self.svids_issued.get(usize::from(tpm_key)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The bus connection came up (`true`) or was lost (`false`).
+    pub fn set_broker_connected(&self, up: bool) {
+        self.broker_connected.store(up, Ordering::Relaxed);
+    }
+
+    /// A policy document is (now) in force.
+    pub fn set_policy_loaded(&self) {
+        self.policy_loaded.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the server is not ready (`/readyz`): empty when it is (connected to the broker,
+    /// and a policy document in force).
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if !self.broker_connected.load(Ordering::Relaxed) {
+            why.push("not connected to the broker");
+        }
+        if !self.policy_loaded.load(Ordering::Relaxed) {
+            why.push("no policy document in force");
+        }
+        why
     }
 
     /// A failed proof: a rejected Login or Answer.
@@ -313,6 +340,24 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP ekattest_build_info The running ekattest-server's version (value 1).\n\
+             # TYPE ekattest_build_info gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "ekattest_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.push_str(
+            "# HELP attestation_broker_connected 1 while connected to the broker (MQTT or NATS), else 0.\n\
+             # TYPE attestation_broker_connected gauge\n",
+        );
+        let _ = writeln!(
+            out,
+            "attestation_broker_connected {}",
+            u8::from(self.broker_connected.load(Ordering::Relaxed))
+        );
+        out.push_str(
             "# HELP attestation_sessions_active Challenge sessions pending on this node.\n\
              # TYPE attestation_sessions_active gauge\n",
         );
@@ -401,7 +446,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Serves `GET /metrics`, `/healthz` (the process answers) and `/readyz` (connected to the
+/// broker with a policy document in force; 503 naming what is missing) on `listener` until
+/// the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
@@ -482,7 +529,24 @@ pub fn route(head: &[u8], metrics: &Metrics) -> Vec<u8> {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render().as_bytes(),
         ),
-        (Some(b"GET"), Some(_)) => plain(404, "Not Found", "not found; try /metrics\n"),
+        (Some(b"GET"), Some(b"/healthz")) => plain(200, "OK", "ok\n"),
+        (Some(b"GET"), Some(b"/readyz")) => {
+            let why = metrics.not_ready();
+            if why.is_empty() {
+                plain(200, "OK", "ready\n")
+            } else {
+                plain(
+                    503,
+                    "Service Unavailable",
+                    &format!("not ready: {}\n", why.join("; ")),
+                )
+            }
+        }
+        (Some(b"GET"), Some(_)) => plain(
+            404,
+            "Not Found",
+            "not found; try /metrics, /healthz or /readyz\n",
+        ),
         (Some(_), Some(_)) => plain(405, "Method Not Allowed", "only GET is supported\n"),
         _ => plain(400, "Bad Request", "bad request\n"),
     }

@@ -284,7 +284,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
             let (client, eventloop) = mqtt_client(&config)?;
             Link::Mqtt(client, Box::new(eventloop))
         }
-        Bus::Nats { urls } => Link::Nats(nats::connect(&config, urls).await?),
+        Bus::Nats { urls } => Link::Nats(nats::connect(&config, urls, Arc::clone(&metrics)).await?),
     };
     let outbox: Box<dyn Outbox> = match &link {
         Link::Mqtt(client, _) => Box::new(MqttOutbox {

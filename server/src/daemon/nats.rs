@@ -18,6 +18,8 @@
 //! that drops when full. Topics with empty levels or spaces (which the gateway escapes or
 //! refuses and ours never have) are not converted: they are errors, never guesses.
 
+use std::sync::Arc;
+
 use async_nats::{Client, ConnectOptions, Event, Message, Subscriber};
 use ekattest_protocol::topic::{SHARE_GROUP, Topics};
 use futures_util::StreamExt;
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 use super::bus;
 use super::config::ServerConfig;
 use super::handler::Outbox;
-use super::metrics::FrameRejection;
+use super::metrics::{FrameRejection, Metrics};
 use super::router::{Refusals, Router, shutdown_signal};
 use super::{DRAIN_TIMEOUT, DaemonError};
 
@@ -130,7 +132,11 @@ impl Refusals for NatsRefusals {
 ///
 /// # Errors
 /// [`DaemonError`] for unusable TLS files or URLs.
-pub(super) async fn connect(config: &ServerConfig, urls: &[String]) -> Result<Client, DaemonError> {
+pub(super) async fn connect(
+    config: &ServerConfig,
+    urls: &[String],
+    metrics: Arc<Metrics>,
+) -> Result<Client, DaemonError> {
     let addrs = urls
         .iter()
         .map(|u| u.parse::<async_nats::ServerAddr>())
@@ -143,7 +149,10 @@ pub(super) async fn connect(config: &ServerConfig, urls: &[String]) -> Result<Cl
         .client_capacity(1024)
         // Never a process-default rustls provider: always our aws-lc-rs configuration.
         .tls_client_config(bus::tls_config(&config.tls)?)
-        .event_callback(|event| async move { log_event(&event) });
+        .event_callback(move |event| {
+            let metrics = Arc::clone(&metrics);
+            async move { log_event(&event, &metrics) }
+        });
     if config.broker.tls {
         options = options.require_tls(true);
     }
@@ -161,10 +170,14 @@ pub(super) async fn connect(config: &ServerConfig, urls: &[String]) -> Result<Cl
         .map_err(|e| DaemonError::Nats(e.to_string()))
 }
 
-fn log_event(event: &Event) {
+fn log_event(event: &Event, metrics: &Metrics) {
     match event {
-        Event::Connected => log::info!("connected to NATS"),
+        Event::Connected => {
+            metrics.set_broker_connected(true);
+            log::info!("connected to NATS");
+        }
         Event::Disconnected => {
+            metrics.set_broker_connected(false);
             log::warn!("NATS connection lost; reconnecting (sessions are kept)");
         }
         Event::SlowConsumer(sid) => {

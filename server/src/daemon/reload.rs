@@ -94,6 +94,13 @@ pub enum Decision {
         /// The SHA-256 of the document still in force.
         previous: Option<String>,
     },
+    /// The config topic's retained document was removed (`ekattestctl config clear`: an
+    /// empty retained message). Servers keep the document in force; one that starts later
+    /// gets no document from the topic.
+    Cleared {
+        /// The SHA-256 of the document still in force.
+        previous: Option<String>,
+    },
     /// These bytes were already considered from this source, or are the document in force:
     /// nothing to do.
     Unchanged,
@@ -173,6 +180,11 @@ impl Reloader {
             return Decision::Unchanged;
         }
         self.last_topic = Some(digest);
+        if payload.is_empty() {
+            return Decision::Cleared {
+                previous: self.in_force.clone(),
+            };
+        }
         let refuse = |reason: DocumentRefusal, message: String, previous: Option<String>| {
             Decision::Refused {
                 sha256: hex::encode(digest),
@@ -396,6 +408,14 @@ pub fn report(decision: &Decision, source: &str, metrics: &Metrics) {
                 ),
             }
         }
+        Decision::Cleared { previous } => {
+            let prev = previous.as_deref().unwrap_or("none");
+            log::info!(
+                sha256 = prev, source = source;
+                "Config topic cleared: the policy document in force stays until another \
+                 document arrives or the server restarts"
+            );
+        }
         Decision::Unchanged => {}
     }
 }
@@ -516,14 +536,9 @@ pub fn watch(
             }
         }
         if let Some(payload) = wake.payload {
-            if payload.is_empty() {
-                log::info!(
-                    "config topic cleared (empty retained message); the document in force stays"
-                );
-            } else {
-                let decision = reloader.consider_topic(&payload, SystemTime::now());
-                apply(&decision, "config topic", &state, &metrics);
-            }
+            // An empty payload is `config clear`: Decision::Cleared, logged.
+            let decision = reloader.consider_topic(&payload, SystemTime::now());
+            apply(&decision, "config topic", &state, &metrics);
         }
         if Instant::now() < next_poll || files.is_empty() {
             continue;
@@ -561,6 +576,7 @@ pub fn watch(
 pub fn apply(decision: &Decision, source: &str, state: &PolicyState, metrics: &Metrics) {
     if let Decision::Applied { doc, .. } = decision {
         state.set(Arc::clone(doc));
+        metrics.set_policy_loaded();
     }
     report(decision, source, metrics);
 }

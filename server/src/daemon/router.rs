@@ -227,10 +227,13 @@ impl Router {
         self.metrics.frame_rejected(FrameRejection::RateLimited);
         self.metrics.proof_failed(RejectCode::Busy);
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        self.refuse(
+        // The agent is told too: `server busy` alone reads like an overloaded server, and
+        // the wait is what it needs (it reveals nothing but the agent's own limit).
+        let reason = format!("login rate limit for {what}: retry after {secs} s");
+        self.send_refusal(
             agent,
-            RejectCode::Busy,
-            format!("login rate limit for {what}: retry after {secs} s"),
+            Rejected::with_detail(RejectCode::Busy, &reason),
+            reason,
         );
         true
     }
@@ -273,8 +276,14 @@ impl Router {
 
     /// Logs a refusal and tells the agent without waiting (a full client queue drops it).
     fn refuse(&self, agent: &str, code: RejectCode, reason: String) {
+        self.send_refusal(agent, Rejected::new(code), reason);
+    }
+
+    /// Logs `reason` and sends `rejected` to the agent without waiting.
+    fn send_refusal(&self, agent: &str, rejected: Rejected, reason: String) {
+        let code = rejected.code;
         log_rejection(agent, &Rejection { code, reason });
-        let msg = Downlink::Result(Outcome::Rejected(Rejected::new(code)));
+        let msg = Downlink::Result(Outcome::Rejected(rejected));
         match downlink_frame(&self.prefix, &self.cluster, agent, &msg) {
             Ok((topic, frame)) => {
                 let len = frame.len();
@@ -317,6 +326,7 @@ pub(super) async fn drive(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     delay = RECONNECT_MIN;
                     connected = true;
+                    router.metrics.set_broker_connected(true);
                     let filters = router.subscriptions();
                     log::info!(broker = router.broker.as_str(); "connected to broker");
                     if let Err(e) = client.try_subscribe_many(filters) {
@@ -337,9 +347,14 @@ pub(super) async fn drive(
                     if connected {
                         log::warn!(error:% = e; "broker connection lost; reconnecting (sessions are kept)");
                     } else {
-                        log::warn!(error:% = e, retryInMs = delay.as_millis(); "cannot connect to broker; retrying");
+                        let error = e.to_string();
+                        match ekattest_protocol::hardening::plaintext_to_tls_hint(router.broker.starts_with("mqtts://"), &error) {
+                            Some(hint) => log::warn!(error = error.as_str(), hint = hint, retryInMs = delay.as_millis(); "cannot connect to broker; retrying"),
+                            None => log::warn!(error = error.as_str(), retryInMs = delay.as_millis(); "cannot connect to broker; retrying"),
+                        }
                     }
                     connected = false;
+                    router.metrics.set_broker_connected(false);
                     tokio::select! {
                         () = &mut shutdown => return eventloop,
                         () = tokio::time::sleep(bus::jittered(delay)) => {}

@@ -298,7 +298,7 @@ impl Cert {
             .with_deep_parse_extensions(false)
             .parse(der)
             .map_err(|e| CertError::Malformed {
-                reason: e.to_string(),
+                reason: describe(&e),
             })?;
         if !rest.is_empty() {
             return Err(CertError::Trailing { bytes: rest.len() });
@@ -435,6 +435,29 @@ pub(crate) fn format_time(t: i64) -> String {
         .unwrap_or_else(|_| format!("@{t}"))
 }
 
+/// The parser's failure in words an operator can act on (x509-parser prints its internals,
+/// e.g. `Parsing Error: NomError(Eof)`).
+fn describe(e: &x509_parser::nom::Err<x509_parser::error::X509Error>) -> String {
+    use x509_parser::error::X509Error;
+    use x509_parser::nom::error::ErrorKind;
+    const TRUNCATED: &str = "the DER ends before the certificate does (truncated, or cut by a \
+                             copy)";
+    match e {
+        x509_parser::nom::Err::Incomplete(_) => TRUNCATED.to_owned(),
+        x509_parser::nom::Err::Error(x) | x509_parser::nom::Err::Failure(x) => match x {
+            X509Error::NomError(ErrorKind::Eof) => TRUNCATED.to_owned(),
+            X509Error::Der(x509_parser::der_parser::error::BerError::Incomplete(_)) => {
+                TRUNCATED.to_owned()
+            }
+            X509Error::NomError(_) => {
+                "the bytes are not a DER-encoded X.509 certificate".to_owned()
+            }
+            X509Error::Der(d) => format!("invalid DER: {d}"),
+            other => other.to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +533,15 @@ mod tests {
         let big = vec![0x30; CERT_MAX + 1];
         assert!(matches!(Cert::parse(&big), Err(CertError::TooLarge { .. })));
         assert!(matches!(Cert::parse(&[]), Err(CertError::Malformed { .. })));
+        // Truncated: said in words, not as the parser's internals.
+        let der = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
+        ))
+        .unwrap();
+        let e = Cert::parse(&der[..der.len() / 2]).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        assert!(!e.contains("NomError"), "{e}");
         assert!(matches!(
             Cert::parse(&[0x30, 0x00]),
             Err(CertError::Malformed { .. })

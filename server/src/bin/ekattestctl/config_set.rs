@@ -6,16 +6,21 @@
 //! checking its document and its cluster.
 //!
 //! An invalid document is reported with the seed's message and nothing is published. The
-//! command waits for the broker's PUBACK (at most [`ACK_TIMEOUT`]) so exit 0 means the broker
-//! holds the document. `mqtt://` to a non-loopback host needs `--insecure-plaintext`; a
-//! password file or signing key readable by group or others is refused. It never prints the
-//! password or the key.
+//! command waits for the broker's PUBACK (at most [`ACK_TIMEOUT`]), then subscribes to the
+//! topic and reads the retained document back: exit 0 means the broker holds *this*
+//! document, and the output names the sha256 the servers will log. A PUBACK alone proves
+//! nothing: mosquitto acknowledges a publish its ACL drops.
+//!
+//! `config get` prints the retained document (with its signer, cluster, issue time and
+//! sha256); `config clear` removes it (an empty retained message) and checks that it is gone.
+//! `mqtt://` to a non-loopback host needs `--insecure-plaintext`; a password file or signing
+//! key readable by group or others is refused. It never prints the password or the key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ekattest_protocol::hardening::is_loopback_host;
+use ekattest_protocol::hardening::{is_loopback_host, plaintext_to_tls_hint};
 use ekattest_protocol::topic::{self, Topics};
 use ekattest_server::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
 use ekattest_server::config::{ConfigError, Document};
@@ -26,6 +31,20 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
 /// How long to wait for the broker to take the document.
 pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait, after the SUBACK, for the retained document (mosquitto sends it at
+/// once; an empty topic sends nothing).
+const RETAINED_WAIT: Duration = Duration::from_secs(2);
+
+/// What the command does with the cluster's config topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `config set`: publish FILE, then read it back.
+    Set,
+    /// `config get`: print the retained document.
+    Get,
+    /// `config clear`: remove the retained document, then check it is gone.
+    Clear,
+}
 
 /// Usage text of `config set`.
 pub(crate) const USAGE: &str = "\
@@ -49,13 +68,34 @@ already (`config sign`) is published as it is, without --sign-key.
   --insecure-plaintext allow mqtt:// to a host other than loopback (the document and
                        the password cross the network unencrypted)
 
-Exit 0 published and acknowledged, 1 invalid document or broker failure, 2 usage error
-or unreadable file.
+Exit 0 published and read back from the broker (the output names the sha256 the servers
+will log), 1 invalid document, broker failure, or the broker kept another document (its
+ACL refused the publish: mosquitto acknowledges it anyway), 2 usage error or unreadable
+file.
+";
+
+/// Usage text of `config get` and `config clear`.
+pub(crate) const GET_USAGE: &str = "\
+Usage: ekattestctl config get cluster --id ID [--out FILE] [--broker URL] [--tls-ca PEM]
+                              [--username U --password-file F] [--topic-prefix P]
+                              [--insecure-plaintext]
+       ekattestctl config clear cluster --id ID [--broker URL] ...
+
+get: reads the document retained on {prefix}/ID/config and prints its cluster, signer,
+issue time and sha256 (the hash the servers log), then the document. --out FILE also
+writes the signed document as it is (`config set` republishes such a file unchanged).
+Exit 0 printed, 1 no document retained or broker failure, 2 usage error.
+
+clear: removes the retained document (an empty retained message) and checks that it is
+gone. Running servers keep the document in force and log the clear; a server that starts
+afterwards gets no document from the topic (only its policy-files). Exit 0 cleared, 1
+broker failure or a document is still retained (the ACL refused the publish).
 ";
 
 struct Args {
     cluster: String,
-    file: PathBuf,
+    /// `set`: the document; `get`: `--out`.
+    file: Option<PathBuf>,
     broker: String,
     tls_ca: Option<PathBuf>,
     username: Option<String>,
@@ -65,9 +105,9 @@ struct Args {
     insecure_plaintext: bool,
 }
 
-/// Runs `config set` with the arguments after `set`.
-pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(args) = parse(parser)? else {
+/// Runs `config set|get|clear` with the arguments after the subcommand.
+pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexopt::Error> {
+    let Some(args) = parse(parser, op)? else {
         return Ok(ExitCode::SUCCESS);
     };
     let broker = Broker::parse(&args.broker).map_err(|e| format!("--broker: {e}"))?;
@@ -86,19 +126,24 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
             broker.host
         );
     }
-    let bytes = match read_document(&args.file) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ekattestctl: {e}");
-            return Ok(ExitCode::from(2));
+    let payload = match (op, &args.file) {
+        (Op::Set, Some(file)) => {
+            let bytes = match read_document(file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("ekattestctl: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match signed_payload(&args, file, bytes) {
+                Ok(b) => b,
+                Err(code) => {
+                    eprintln!("nothing was published");
+                    return Ok(code);
+                }
+            }
         }
-    };
-    let bytes = match signed_payload(&args, bytes) {
-        Ok(b) => b,
-        Err(code) => {
-            eprintln!("nothing was published");
-            return Ok(code);
-        }
+        _ => Vec::new(),
     };
     if broker.tls && args.tls_ca.is_none() {
         return Err("--tls-ca PEM is required with an mqtts:// broker".into());
@@ -157,29 +202,199 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
             return Ok(ExitCode::from(1));
         }
     };
-    let outcome = runtime.block_on(publish(options, topic.as_str(), bytes));
-    match outcome {
-        Ok(()) => {
+    let topic = topic.as_str();
+    let outcome = runtime.block_on(async {
+        match op {
+            Op::Set | Op::Clear => {
+                publish(options.clone(), topic, payload.clone()).await?;
+                let kept = read_retained(options, topic).await?;
+                check_kept(op, topic, &payload, kept.as_deref())
+            }
+            Op::Get => match read_retained(options, topic).await? {
+                Some(bytes) => Ok(bytes),
+                None => Err(format!(
+                    "no document is retained on {topic} (publish one with `ekattestctl config \
+                     set`)"
+                )),
+            },
+        }
+    });
+    let kept = match outcome {
+        Ok(kept) => kept,
+        Err(e) => {
+            eprintln!("ekattestctl: {e}");
+            if let Some(hint) = plaintext_to_tls_hint(broker.tls, &e) {
+                eprintln!("ekattestctl: {hint}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match op {
+        Op::Set => {
             println!(
-                "{}: valid; signed document published retained on {} via {} (acknowledged)",
-                args.file.display(),
-                topic,
+                "{}: valid; signed document published retained on {topic} via {} and read back; \
+                 servers log it as sha256 {}",
+                args.file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-"))
+                    .display(),
+                broker.url,
+                document_sha256(&kept)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Op::Clear => {
+            println!(
+                "{topic}: retained document removed via {}; running servers keep the one in \
+                 force",
                 broker.url
             );
             Ok(ExitCode::SUCCESS)
         }
+        Op::Get => Ok(print_document(&args, topic, &kept)),
+    }
+}
+
+/// After `set` or `clear`: the broker must hold exactly what was published (`clear`:
+/// nothing). Returns what it holds.
+fn check_kept(op: Op, topic: &str, sent: &[u8], kept: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let acl = "the broker acknowledged the publish but dropped it: its ACL does not let this \
+               user write";
+    match (op, kept) {
+        (Op::Clear, None) => Ok(Vec::new()),
+        (Op::Clear, Some(other)) => Err(format!(
+            "{acl} {topic}; a document (sha256 {}) is still retained there",
+            document_sha256(other)
+        )),
+        (_, Some(kept)) if kept == sent => Ok(kept.to_vec()),
+        (_, Some(other)) => Err(format!(
+            "{acl} {topic}; the broker keeps another document there (sha256 {}), which is \
+             what servers apply",
+            document_sha256(other)
+        )),
+        (_, None) => Err(format!(
+            "{acl} {topic} (nothing is retained there); use a user the ACL lets write it \
+             (deploy/mosquitto/acl: ekattest-admin)"
+        )),
+    }
+}
+
+/// The hash servers log for a config-topic payload: SHA-256 of the document inside the
+/// envelope (of the whole payload if it is not an envelope).
+fn document_sha256(payload: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let doc = Envelope::decode(payload).map_or(payload, |e| e.document);
+    hex::encode(Sha256::digest(doc))
+}
+
+/// `config get`: the retained envelope's fields, then its document; `--out` gets the
+/// signed bytes.
+fn print_document(args: &Args, topic: &str, payload: &[u8]) -> ExitCode {
+    let envelope = match Envelope::decode(payload) {
+        Ok(e) => e,
         Err(e) => {
-            eprintln!("ekattestctl: {e}");
-            Ok(ExitCode::from(1))
+            eprintln!(
+                "ekattestctl: {topic} holds {} bytes that are not a signed document: {e}",
+                payload.len()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(out) = &args.file
+        && let Err(e) = std::fs::write(out, payload)
+    {
+        eprintln!("ekattestctl: cannot write {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    println!("# topic: {topic}");
+    println!("# cluster: {}", envelope.cluster);
+    println!("# signer: sha256:{}", hex::encode(envelope.signer));
+    println!(
+        "# issued: {} ({})",
+        ekattest_server::config::signed::utc(envelope.issued),
+        envelope.issued
+    );
+    println!(
+        "# sha256: {} (the hash servers log)",
+        document_sha256(payload)
+    );
+    print!("{}", String::from_utf8_lossy(envelope.document));
+    ExitCode::SUCCESS
+}
+
+/// Subscribes to `topic` and returns the retained payload (`None` if nothing is retained).
+async fn read_retained(
+    options: rumqttc::MqttOptions,
+    topic: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    let broker = format!(
+        "{}:{}",
+        options.broker_address().0,
+        options.broker_address().1
+    );
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .map_err(|e| format!("cannot queue the subscription: {e}"))?;
+    let subscribed = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    return if refused {
+                        Err(format!(
+                            "broker {broker} refused the subscription to {topic}: this user may \
+                             not read it, so the document cannot be checked (deploy/mosquitto/acl \
+                             gives ekattest-admin readwrite)"
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("broker {broker}: {e}")),
+            }
+        }
+    };
+    match tokio::time::timeout(ACK_TIMEOUT, subscribed).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(format!(
+                "broker {broker} did not acknowledge the subscription to {topic}"
+            ));
         }
     }
+    let retained = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
+                    return Ok(Some(p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("broker {broker}: {e}")),
+            }
+        }
+    };
+    let kept = tokio::time::timeout(RETAINED_WAIT, retained)
+        .await
+        .unwrap_or(Ok(None))?;
+    let _ = client.disconnect().await;
+    Ok(kept.filter(|p| !p.is_empty()))
 }
 
 /// The payload to publish: FILE signed with `--sign-key`, or FILE as it is if it is signed
 /// already (for cluster `--id`). Validates the document either way; `Err` is the exit code
 /// (the reason is printed).
-fn signed_payload(args: &Args, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
-    let file = args.file.display();
+fn signed_payload(
+    args: &Args,
+    path: &std::path::Path,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, ExitCode> {
+    let file = path.display();
     match Envelope::decode(&bytes) {
         Ok(envelope) => {
             if args.sign_key.is_some() {
@@ -212,7 +427,7 @@ fn signed_payload(args: &Args, bytes: Vec<u8>) -> Result<Vec<u8>, ExitCode> {
                 eprintln!("ekattestctl: {e}");
                 ExitCode::from(2)
             })?;
-            let bytes = super::config_sign::read_valid_document(&args.file)?;
+            let bytes = super::config_sign::read_valid_document(path)?;
             key.sign(&bytes, &args.cluster, super::config_sign::now_secs())
                 .map_err(|e| {
                     eprintln!("ekattestctl: cannot sign: {e}");
@@ -286,7 +501,13 @@ async fn publish(options: rumqttc::MqttOptions, topic: &str, doc: Vec<u8>) -> Re
     Ok(())
 }
 
-fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
+fn parse(parser: &mut lexopt::Parser, op: Op) -> Result<Option<Args>, lexopt::Error> {
+    let usage = if op == Op::Set { USAGE } else { GET_USAGE };
+    let name = match op {
+        Op::Set => "set",
+        Op::Get => "get",
+        Op::Clear => "clear",
+    };
     let mut scope_seen = false;
     let mut cluster = None;
     let mut file = None;
@@ -300,36 +521,39 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => {
-                print!("{USAGE}");
+                print!("{usage}");
                 return Ok(None);
             }
             Long("id") => cluster = Some(parser.value()?.string()?),
+            Long("out") if op == Op::Get => file = Some(PathBuf::from(parser.value()?)),
             Long("broker") => broker = parser.value()?.string()?,
             Long("tls-ca") => tls_ca = Some(PathBuf::from(parser.value()?)),
             Long("username") => username = Some(parser.value()?.string()?),
             Long("password-file") => password_file = Some(PathBuf::from(parser.value()?)),
             Long("topic-prefix") => prefix = parser.value()?.string()?,
-            Long("sign-key") => sign_key = Some(PathBuf::from(parser.value()?)),
+            Long("sign-key") if op == Op::Set => sign_key = Some(PathBuf::from(parser.value()?)),
             Long("insecure-plaintext") => insecure_plaintext = true,
             Value(v) if !scope_seen => {
                 if v != "cluster" {
                     return Err(format!(
-                        "unknown scope {v:?}; only `config set cluster` exists\n\n{USAGE}"
+                        "unknown scope {v:?}; only `config {name} cluster` exists\n\n{usage}"
                     )
                     .into());
                 }
                 scope_seen = true;
             }
-            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
+            Value(v) if op == Op::Set && file.is_none() => file = Some(PathBuf::from(v)),
             arg => return Err(arg.unexpected()),
         }
     }
     if !scope_seen {
-        return Err(format!("missing `cluster`\n\n{USAGE}").into());
+        return Err(format!("missing `cluster`\n\n{usage}").into());
     }
-    let cluster = cluster.ok_or_else(|| format!("missing --id ID\n\n{USAGE}"))?;
+    let cluster = cluster.ok_or_else(|| format!("missing --id ID\n\n{usage}"))?;
     topic::validate(topic::Part::Cluster, &cluster).map_err(|e| format!("--id: {e}"))?;
-    let file = file.ok_or_else(|| format!("missing FILE\n\n{USAGE}"))?;
+    if op == Op::Set && file.is_none() {
+        return Err(format!("missing FILE\n\n{usage}").into());
+    }
     Ok(Some(Args {
         cluster,
         file,

@@ -506,7 +506,7 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
     );
     parse(&text).unwrap();
     for (path, key, mode) in [
-        (&pw, "password-file", 0o640),
+        (&pw, "password-file", 0o660),
         (&ca_key, "ca-key", 0o644),
         (&tls_key, "tls.key", 0o604),
     ] {
@@ -528,6 +528,18 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
     }
     chmod(&ca_key, 0o400);
     parse(&text).unwrap();
+    // Group read: accepted on a root-owned file only (a Kubernetes Secret volume).
+    chmod(&ca_key, 0o440);
+    let root_owned = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&ca_key).unwrap().uid() == 0
+    };
+    assert_eq!(
+        parse(&text).is_ok(),
+        root_owned,
+        "0440, root-owned: {root_owned}"
+    );
+    chmod(&ca_key, 0o600);
 }
 
 #[test]
@@ -537,4 +549,13 @@ fn the_nats_deploy_example_parses_with_the_secure_defaults() {
     assert!(matches!(c.bus, Bus::Nats { ref urls } if urls.len() == 3));
     assert!(c.broker.tls);
     assert!(c.plaintext_hosts().is_empty());
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_named_with_its_line() {
+    let e = error(&format!("{MINIMAL}retry:\n\tinitial: 1s\n"));
+    assert!(
+        e.starts_with("/etc/ekattest/server.yaml: line 7: a tab in the indentation"),
+        "{e}"
+    );
 }

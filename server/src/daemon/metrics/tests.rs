@@ -98,6 +98,7 @@ fn renders_exact_text_for_a_known_state() {
     m.frame_published(700);
     m.login_duration.observe(Duration::from_micros(50));
     m.svid_issued(false);
+    m.set_broker_connected(true);
     m.login_duration.observe(Duration::from_millis(3));
     m.login_duration.observe(Duration::from_secs(2));
     let text = m.render();
@@ -117,6 +118,12 @@ attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"ke
 # TYPE attestation_svids_issued_total counter
 attestation_svids_issued_total{key=\"software\"} 1
 attestation_svids_issued_total{key=\"tpm\"} 0
+# HELP ekattest_build_info The running ekattest-server's version (value 1).
+# TYPE ekattest_build_info gauge
+ekattest_build_info{version=\"0.1.0\"} 1
+# HELP attestation_broker_connected 1 while connected to the broker (MQTT or NATS), else 0.
+# TYPE attestation_broker_connected gauge
+attestation_broker_connected 1
 # HELP attestation_sessions_active Challenge sessions pending on this node.
 # TYPE attestation_sessions_active gauge
 attestation_sessions_active 7
@@ -274,4 +281,31 @@ fn every_document_refusal_has_its_own_label() {
         );
         assert_eq!(value(&text, &series), Some((i + 1).to_string()), "{series}");
     }
+}
+
+#[test]
+fn healthz_always_and_readyz_once_connected_with_a_policy() {
+    let m = Metrics::default();
+    let get = |path: &str| {
+        let r = route(format!("GET {path} HTTP/1.1\r\nHost: x").as_bytes(), &m);
+        String::from_utf8(r).unwrap()
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200 OK"));
+    let r = get("/readyz");
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(
+        r.ends_with("not ready: not connected to the broker; no policy document in force\n"),
+        "{r}"
+    );
+    m.set_broker_connected(true);
+    let r = get("/readyz");
+    assert!(
+        r.ends_with("not ready: no policy document in force\n"),
+        "{r}"
+    );
+    m.set_policy_loaded();
+    assert!(get("/readyz").starts_with("HTTP/1.1 200 OK"));
+    m.set_broker_connected(false);
+    assert!(get("/readyz").starts_with("HTTP/1.1 503"));
+    assert!(get("/nope").contains("/healthz or /readyz"));
 }

@@ -406,3 +406,20 @@ fn rescan_wakes_the_reload_thread_once_and_keeps_a_payload() {
     inbox.stop();
     assert!(inbox.wait(Duration::ZERO).is_err());
 }
+
+#[test]
+fn an_empty_retained_message_clears_the_topic_and_keeps_the_document_in_force() {
+    let (mut r, key) = topic_reloader();
+    let a = signed(&key, &doc("a", 1), NOW);
+    let applied = match r.consider_topic(&a, at(NOW)) {
+        Decision::Applied { sha256, .. } => sha256,
+        other => panic!("{other:?}"),
+    };
+    match r.consider_topic(&[], at(NOW)) {
+        Decision::Cleared { previous } => assert_eq!(previous.as_deref(), Some(applied.as_str())),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.in_force(), Some(applied.as_str()));
+    // The same document published again after the clear is in force already.
+    assert!(matches!(r.consider_topic(&a, at(NOW)), Decision::Unchanged));
+}
