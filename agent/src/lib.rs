@@ -13,6 +13,7 @@ pub mod attest;
 pub mod cert;
 pub mod daemon;
 pub mod error;
+pub mod logging;
 pub mod ops;
 pub mod spec;
 pub mod tpm;

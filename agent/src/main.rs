@@ -8,15 +8,18 @@
 //! ekattest-agent tpm activate --credential FILE [--tpm SPEC] [--ek rsa2048|p256|p384|rsa3072]
 //! ```
 //!
-//! This file parses arguments, loads the config, installs the logger and the SIGTERM/SIGINT
-//! handling, calls the library and maps errors to an exit code (0 ok, 1 failure, 2 usage).
-//! Logic lives in the library.
+//! This file parses arguments, loads the config, installs the logger and the signal handling
+//! (SIGTERM/SIGINT stop, SIGHUP re-reads the config and re-attests), calls the library and
+//! maps the outcome to an exit code (0 ok or stopped, 1 failure, 2 usage, 128 + the signal
+//! when a `--once` run is stopped before its identity is written). Logic lives in the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use ekattest_agent::daemon::{self, RunOptions, config::Config};
+use ekattest_agent::daemon::config::{Config, LogFormat};
+use ekattest_agent::daemon::{self, Control, Exit, RunOptions};
+use ekattest_agent::logging::Logger;
 use ekattest_agent::ops::{self, Command};
 
 const USAGE: &str = "\
@@ -29,9 +32,13 @@ usage: ekattest-agent run --config FILE [--once] [--timeout DURATION] [--tpm SPE
 run: attest over MQTT and keep the SVID fresh; --once attests, writes the files and exits
      (0 attested, 1 rejected / failed / --timeout reached, default 5m). Flags override the file.
      --svid-key tpm keeps the SVID key in the TPM (svid.key is then a TSS2 PRIVATE KEY).
+     Signals: SIGTERM/SIGINT stop (exit 0; with --once before the identity is written, 143
+     for SIGTERM and 130 for SIGINT); SIGHUP re-reads --config (an invalid file is logged and
+     the previous configuration kept) and attests again now.
+exit status: 0 ok, 1 failure, 2 usage error, 130/143 --once interrupted.
 SPEC: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or swtpm-unix:PATH; without a kernel
       TPM driver: spi:/dev/spidevB.C[@HZ] (TIS over SPI, default 10 MHz) or tis-mmio:0xADDR
-options: -v/--verbose (repeat for more log output), -h/--help";
+options: -v/--verbose (repeat for more log output), -h/--help, -V/--version";
 
 /// The `run` subcommand's arguments.
 struct RunArgs {
@@ -47,6 +54,7 @@ struct RunArgs {
 enum Cli {
     Tpm(Command),
     Run(RunArgs),
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -64,8 +72,12 @@ fn main() -> ExitCode {
     let command = match cli {
         Cli::Run(args) => return run(&args, verbosity),
         Cli::Tpm(command) => command,
+        Cli::Version => {
+            println!("{}", ekattest_protocol::version_line!("ekattest-agent"));
+            return ExitCode::SUCCESS;
+        }
     };
-    StderrLogger::install(level(verbosity));
+    Logger::install(level(verbosity), LogFormat::Text);
     let mut stdout = std::io::stdout().lock();
     match ops::run(&command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,20 +109,44 @@ fn run(args: &RunArgs, verbosity: u8) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    StderrLogger::install(if verbosity > 0 {
-        level(verbosity.saturating_add(1))
-    } else {
-        config.log_level
-    });
-    let stop = stop_on_signals();
+    Logger::install(
+        if verbosity > 0 {
+            level(verbosity.saturating_add(1))
+        } else {
+            config.log_level
+        },
+        config.log_format,
+    );
+    let signals = Signals::install();
     let opts = RunOptions {
         once: args.once,
         timeout,
     };
-    match daemon::run(&config, &opts, &stop) {
-        Ok(()) => ExitCode::SUCCESS,
+    let reload = || {
+        let config = load(args)?;
+        if verbosity == 0 {
+            log::set_max_level(config.log_level);
+        }
+        Logger::set_format(config.log_format);
+        Ok(config)
+    };
+    match daemon::run(config, &opts, &signals.control, &reload) {
+        Ok(Exit::Attested) => ExitCode::SUCCESS,
+        // A daemon stopped by a signal stopped cleanly; an interrupted --once did not do its
+        // job, so `--once && next-step` must not carry on: 128 + the signal, as a shell does.
+        Ok(Exit::Stopped) if args.once => {
+            let signal = signals.last.load(Ordering::Relaxed);
+            ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
+        }
+        Ok(Exit::Stopped) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ekattest-agent: {}", ekattest_agent::error::chain(&e));
+            let chain = ekattest_agent::error::chain(&e);
+            if Logger::is_json() {
+                // Every line stays JSON with log-format: json.
+                log::error!(error = chain.as_str(); "ekattest-agent stopped");
+            } else {
+                eprintln!("ekattest-agent: {chain}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -136,32 +172,53 @@ fn load(args: &RunArgs) -> Result<Config, String> {
     Ok(config)
 }
 
-/// Blocks SIGTERM and SIGINT in this (and every later) thread and waits for them on a
-/// dedicated thread, which sets the returned flag; the daemon checks it between steps and
-/// exits 0. No signal handler runs, so no unsafe code is needed.
-fn stop_on_signals() -> Arc<AtomicBool> {
-    use nix::sys::signal::{SigSet, Signal};
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    if let Err(e) = set.thread_block() {
-        log::warn!("cannot block SIGTERM/SIGINT ({e}); they will end the agent abruptly");
-        return stop;
+/// The flags `main`'s signal thread sets.
+struct Signals {
+    control: Arc<Control>,
+    /// The number of the signal that stopped the run (for the `--once` exit code).
+    last: Arc<AtomicI32>,
+}
+
+impl Signals {
+    /// Blocks SIGTERM, SIGINT and SIGHUP in this (and every later) thread and waits for them
+    /// on a dedicated thread: SIGTERM/SIGINT set `stop`, SIGHUP sets `reload`; the daemon
+    /// checks both between steps. No signal handler runs, so no unsafe code is needed.
+    fn install() -> Self {
+        use nix::sys::signal::{SigSet, Signal};
+        let signals = Self {
+            control: Arc::new(Control::default()),
+            last: Arc::new(AtomicI32::new(0)),
+        };
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGHUP);
+        if let Err(e) = set.thread_block() {
+            log::warn!(
+                "cannot block SIGTERM/SIGINT/SIGHUP ({e}); they will end the agent abruptly"
+            );
+            return signals;
+        }
+        let (control, last) = (Arc::clone(&signals.control), Arc::clone(&signals.last));
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(signal) = set.wait() {
+                    if signal == Signal::SIGHUP {
+                        log::info!("SIGHUP received: re-reading the configuration");
+                        control.reload.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    log::info!("{signal} received, stopping");
+                    last.store(signal as i32, Ordering::Relaxed);
+                    control.stop.store(true, Ordering::Relaxed);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the signal thread ({e})");
+        }
+        signals
     }
-    let flag = Arc::clone(&stop);
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(signal) = set.wait() {
-                log::info!("{signal} received, stopping");
-                flag.store(true, Ordering::Relaxed);
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the signal thread ({e})");
-    }
-    stop
 }
 
 /// Parses the command line; `Ok(None)` means `--help`.
@@ -181,6 +238,9 @@ fn parse(mut p: lexopt::Parser) -> Result<Option<(Cli, u8)>, lexopt::Error> {
     while let Some(arg) = p.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
+            Short('V') | Long("version") => {
+                return Ok(Some((Cli::Version, 0)));
+            }
             Short('v') | Long("verbose") => verbosity = verbosity.saturating_add(1),
             Long("tpm") => spec = Some(p.value()?.string()?),
             Long("json") => json = true,
@@ -253,34 +313,4 @@ fn level(verbosity: u8) -> log::LevelFilter {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     }
-}
-
-/// Minimal `log` backend: `level: message` lines on stderr. Other crates (rumqttc, rustls)
-/// log at most warnings, so debug output stays the agent's own.
-struct StderrLogger;
-
-impl StderrLogger {
-    fn install(level: log::LevelFilter) {
-        static LOGGER: StderrLogger = StderrLogger;
-        if log::set_logger(&LOGGER).is_ok() {
-            log::set_max_level(level);
-        }
-    }
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with("ekattest") || metadata.level() <= log::Level::Warn
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        eprintln!(
-            "{}: {}",
-            record.level().as_str().to_lowercase(),
-            record.args()
-        );
-    }
-    fn flush(&self) {}
 }

@@ -214,3 +214,105 @@ fn usage_and_input_errors_have_clear_messages() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("tpm activate --credential FILE"));
 }
+
+/// A file with known bytes and an mtime in the past, so any write shows.
+fn precious_file(dir: &std::path::Path) -> (std::path::PathBuf, std::time::SystemTime) {
+    let path = dir.join("precious");
+    std::fs::write(&path, b"0123456789abcdef: must survive").unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    (path, old)
+}
+
+fn assert_untouched(path: &std::path::Path, mtime: std::time::SystemTime) {
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        b"0123456789abcdef: must survive",
+        "{} was written to",
+        path.display()
+    );
+    assert_eq!(std::fs::metadata(path).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn tpm_paths_that_are_not_devices_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, mtime) = precious_file(dir.path());
+    let file_arg = file.to_str().unwrap();
+    let credential = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/make-credential/p256/expected.tpm2tools_credential"
+    );
+    let sub = dir.path().join("subdir");
+    std::fs::create_dir(&sub).unwrap();
+    let missing = dir.path().join("missing");
+    for (spec, found) in [
+        (
+            file_arg.to_owned(),
+            "is a regular file, not a character device",
+        ),
+        (
+            format!("swtpm-unix:{file_arg}"),
+            "is a regular file, not a unix socket",
+        ),
+        (
+            sub.display().to_string(),
+            "is a directory, not a character device",
+        ),
+        (
+            format!("swtpm-unix:{}", sub.display()),
+            "is a directory, not a unix socket",
+        ),
+        (missing.display().to_string(), "not found"),
+    ] {
+        for args in [
+            vec!["tpm", "info", "--tpm", &spec],
+            vec![
+                "tpm",
+                "activate",
+                "--credential",
+                credential,
+                "--tpm",
+                &spec,
+            ],
+        ] {
+            let out = agent(&args);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains(found), "{args:?}: {err}");
+            let path = spec.trim_start_matches("swtpm-unix:");
+            assert!(err.contains(path), "{args:?}: {err}");
+            if !found.contains("not found") {
+                assert!(err.contains("pass "), "{args:?}: {err}");
+            }
+            assert_untouched(&file, mtime);
+        }
+    }
+    assert!(!missing.exists(), "the missing path was created");
+}
+
+#[test]
+fn a_character_device_that_is_no_tpm_fails_the_exchange() {
+    // /dev/null passes the type check (a character device); the Startup gets no answer.
+    let out = agent(&["tpm", "info", "--tpm", "/dev/null"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/dev/null"), "{err}");
+    assert!(err.contains("shorter than the 10-byte header"), "{err}");
+}
+
+#[test]
+fn version_flag_prints_name_version_and_git_commit() {
+    let line = ekattest_fleet::version::check_version_flag(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ekattest-agent")),
+        "ekattest-agent",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .unwrap();
+    eprintln!("{line}");
+}

@@ -186,9 +186,10 @@ fn hostile_frames_then_a_verified_identity_and_sigterm() {
         std::fs::read(data.join("bundle.pem")).unwrap(),
         std::fs::read(ca.bundle()).unwrap()
     );
+    // The forged Result the agent refused counts as failed (once), the good one as success.
     let prom = std::fs::read_to_string(dir.path().join("agent.prom")).unwrap();
     assert!(prom.contains("outcome=\"success\"} 1"), "{prom}");
-    assert!(prom.contains("outcome=\"failed\"} 0"), "{prom}");
+    assert!(prom.contains("outcome=\"failed\"} 1"), "{prom}");
     assert!(
         prom.contains("attestation_agent_svid_expiry_seconds "),
         "{prom}"
@@ -356,4 +357,220 @@ fn tls_listener_with_the_broker_ca() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("no attestation within 3s"), "{log}");
     assert!(log.contains("TLS"), "{log}");
+}
+
+fn signal(agent: &Agent, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).unwrap());
+    nix::sys::signal::kill(pid, signal).unwrap();
+}
+
+#[test]
+fn once_interrupted_before_the_identity_exits_128_plus_the_signal() {
+    use nix::sys::signal::Signal;
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    // No server answers: the agent waits for a Challenge until it is interrupted.
+    let mut watcher = FakeServer::connect(broker.port());
+    for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TdCa::new(dir.path());
+        let cfg = config(broker.port(), &device, &ca, dir.path(), "");
+        let mut agent = Agent::start(dir.path(), &cfg, &["--once"]);
+        let _ = watcher.login(Duration::from_secs(60));
+        signal(&agent, sig);
+        let status = agent.wait(Duration::from_secs(10));
+        let log = agent.log();
+        assert_eq!(status.code(), Some(code), "{sig}: {log}");
+        assert!(log.contains(&format!("{sig} received, stopping")), "{log}");
+        assert!(!dir.path().join("data/svid.pem").exists(), "{sig}");
+        assert!(!dir.path().join("data/svid.key").exists(), "{sig}");
+    }
+    // Without --once, SIGTERM is a clean stop: 0.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let cfg = config(broker.port(), &device, &ca, dir.path(), "");
+    let mut agent = Agent::start(dir.path(), &cfg, &[]);
+    let _ = watcher.login(Duration::from_secs(60));
+    signal(&agent, Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn sighup_rereads_the_config_and_attests_again() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    let mut server = FakeServer::connect(broker.port());
+    // A long response timeout: any Login within the test's few seconds comes from SIGHUP.
+    let cfg = config(
+        broker.port(),
+        &device,
+        &ca,
+        dir.path(),
+        "response-timeout: 10m\n",
+    );
+    let mut agent = Agent::start(dir.path(), &cfg, &[]);
+    let (first, _) = server.login(Duration::from_secs(60));
+    assert!(first.starts_with("ek-"), "{first}");
+
+    // A new agent-id in the file: the Login after SIGHUP comes from it.
+    let cfg_path = dir.path().join("agent.yaml");
+    std::fs::write(&cfg_path, format!("{cfg}agent-id: reloaded-1\n")).unwrap();
+    signal(&agent, Signal::SIGHUP);
+    let (second, _) = server.login(Duration::from_secs(20));
+    assert_eq!(second, "reloaded-1", "{}", agent.log());
+    assert!(agent.child.try_wait().unwrap().is_none(), "{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("SIGHUP: configuration re-read; attesting again now"),
+        "{log}"
+    );
+
+    // An invalid file: logged, the previous configuration stays, the agent attests again.
+    std::fs::write(&cfg_path, format!("{cfg}no-such-key: 1\n")).unwrap();
+    signal(&agent, Signal::SIGHUP);
+    let (third, _) = server.login(Duration::from_secs(20));
+    assert_eq!(third, "reloaded-1", "{}", agent.log());
+    agent.wait_for_log(
+        "SIGHUP: the configuration is invalid, keeping the previous one",
+        Duration::from_secs(5),
+    );
+    assert!(agent.log().contains("no-such-key"), "{}", agent.log());
+    assert!(agent.child.try_wait().unwrap().is_none(), "{}", agent.log());
+
+    signal(&agent, Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+}
+
+#[test]
+fn run_refuses_a_tpm_path_that_is_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let file = dir.path().join("not-a-tpm");
+    std::fs::write(&file, b"keep me").unwrap();
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    // JSON lines: the fatal error is one too.
+    let cfg = config(1, &device, &ca, dir.path(), "log-format: json\n").replace(
+        &format!("tpm: {}", device.spec()),
+        &format!("tpm: {}", file.display()),
+    );
+    assert!(cfg.contains(&format!("tpm: {}", file.display())), "{cfg}");
+    let mut agent = Agent::start(dir.path(), &cfg, &["--once"]);
+    let status = agent.wait(Duration::from_secs(30));
+    let log = agent.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let stopped = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .find(|v| v["msg"] == "ekattest-agent stopped")
+        .unwrap_or_else(|| panic!("no stop line: {log}"));
+    assert_eq!(stopped["level"], "error");
+    let error = stopped["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "{} is a regular file, not a character device",
+            file.display()
+        )),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
+}
+
+#[test]
+fn log_format_json_writes_the_server_field_names_and_sighup_switches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let broker = broker(BrokerOptions::default());
+    let mut server = FakeServer::connect(broker.port());
+    let cfg = config(
+        broker.port(),
+        &device,
+        &ca,
+        dir.path(),
+        "log-format: json\n",
+    );
+    let mut agent = Agent::start(dir.path(), &cfg, &[]);
+    let spiffe = "spiffe://td.example/device/json";
+
+    let (id, login) = server.login(Duration::from_secs(60));
+    let secret: Vec<u8> = (0u8..32).rev().collect();
+    let session = SessionId([0x44; 16]);
+    server.send(
+        &id,
+        &Downlink::Challenge(ca.challenge(&id, &login, &secret, session)),
+    );
+    let _ = server.checked_answer(Duration::from_secs(60), &login, &secret);
+    let spki = login.svid_key.clone().unwrap();
+    let good = ca.accepted(&id, &session, &login.transcript, &spki, spiffe);
+    server.send(&id, &Downlink::Result(Outcome::Accepted(good)));
+    agent.wait_for_log("\"msg\":\"Connected to server\"", Duration::from_secs(30));
+
+    // Every line is one JSON object with time, level and msg first.
+    let log = agent.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    for (line, v) in log.lines().zip(&lines) {
+        assert!(line.starts_with("{\"time\":\""), "{line}");
+        let time = v["time"].as_str().unwrap();
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+            "{line}"
+        );
+        assert!(
+            ["error", "warn", "info", "debug", "trace"].contains(&v["level"].as_str().unwrap())
+        );
+        assert!(v["msg"].is_string(), "{line}");
+    }
+    let connected = lines
+        .iter()
+        .find(|v| v["msg"] == "Connected to server")
+        .unwrap();
+    assert_eq!(connected["level"], "info");
+    assert_eq!(connected["agentId"], id.as_str());
+    assert_eq!(connected["spiffeId"], spiffe);
+    assert!(
+        connected["svidNotAfter"].as_i64().unwrap() > 1_700_000_000,
+        "{connected}"
+    );
+    assert!(
+        lines.iter().any(|v| v["msg"]
+            == "Sending Login, attestors: [\"tpm_ek\"], agent: ".to_owned()
+                + &id
+                + ", topic: ekattest/v1/c-test/agents/"
+                + &id
+                + "/login"),
+        "{log}"
+    );
+
+    // SIGHUP with log-format: text: later lines are text.
+    std::fs::write(
+        dir.path().join("agent.yaml"),
+        cfg.replace("log-format: json", "log-format: text"),
+    )
+    .unwrap();
+    signal(&agent, nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for_log(
+        "\ninfo: SIGHUP: configuration re-read; attesting again now\n",
+        Duration::from_secs(10),
+    );
+    signal(&agent, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)).code(), Some(0));
 }

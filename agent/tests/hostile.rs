@@ -345,6 +345,9 @@ fn forged_results_are_logged_and_nothing_is_written() {
             "{what}: {line}"
         );
         no_identity(&data);
+        // Counted at the first refusal, not again for the same attempt.
+        let prom = std::fs::read_to_string(dir.path().join("agent.prom")).unwrap();
+        assert!(prom.contains("outcome=\"failed\"} 1"), "{what}: {prom}");
     }
 
     // Still waiting for the same session: the honest Result is taken.
@@ -356,8 +359,10 @@ fn forged_results_are_logged_and_nothing_is_written() {
     let (_, der) = p256::pkcs8::der::pem::decode_vec(pem.as_bytes()).unwrap();
     assert_eq!(der, svid);
     let prom = std::fs::read_to_string(dir.path().join("agent.prom")).unwrap();
+    // The refused Results count as one failed attempt (a real server would have counted a
+    // success for the first: it cannot know), the honest one as a success.
     assert!(prom.contains("outcome=\"success\"} 1"), "{prom}");
-    assert!(prom.contains("outcome=\"failed\"} 0"), "{prom}");
+    assert!(prom.contains("outcome=\"failed\"} 1"), "{prom}");
 }
 
 /// Attests the agent's current Login `login` honestly and checks the identity is written.

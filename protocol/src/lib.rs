@@ -14,6 +14,7 @@
 //! - [`public`]: TPM 2.0 public areas (TPM2B_PUBLIC) as sent in a Login: parsing, the
 //!   object Name, and the DER SubjectPublicKeyInfo whose SHA-256 is `tpm_ek.public_hash`.
 //!   Agent and server both need it, so it lives here instead of being written twice.
+//! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
 #![no_std]
 #![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod msg;
 pub mod public;
 pub mod sign;
+pub mod timestamp;
 pub mod topic;
 pub mod yaml;
 
@@ -36,3 +38,20 @@ pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};
 /// The `heapless` the message types are built from, so users name the same version.
 pub use heapless;
 pub use msg::{Downlink, Uplink, decode, encode};
+
+/// `--version`'s line for the binary `$name`: `NAME VERSION (git COMMIT)`, where COMMIT is
+/// the calling crate's `EKATTEST_GIT_COMMIT` (set by the shared `build/git_commit.rs`;
+/// `unknown` outside a git checkout). A macro, so the version and commit are the caller's.
+#[macro_export]
+macro_rules! version_line {
+    ($name:literal) => {
+        concat!(
+            $name,
+            " ",
+            env!("CARGO_PKG_VERSION"),
+            " (git ",
+            env!("EKATTEST_GIT_COMMIT"),
+            ")"
+        )
+    };
+}

@@ -14,6 +14,7 @@
 //!   agent's cross build for a board.
 //! - [`flow`]: one device's attestation in process (agent library on a swtpm device, server
 //!   library, protocol frames in between), for tests.
+//! - [`version`]: the `--version` convention, checked by each binary's crate.
 //!
 //! It shells out to swtpm, swtpm_setup, swtpm_localca, tpm2-tools and openssl, and must never
 //! be linked into the agent or server binaries (it depends on both; they use it only as a
@@ -34,6 +35,7 @@ pub mod progress;
 pub mod report;
 pub mod soft_tpm;
 pub mod swtpm;
+pub mod version;
 pub mod vm;
 
 pub use swtpm::{

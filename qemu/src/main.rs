@@ -15,7 +15,8 @@ usage: ekattest-fleet run  --devices N [options]   process fleet: swtpm devices,
        ekattest-fleet vm --board NAME --count N    boot N QEMU boards of NAME and attest them
        ekattest-fleet nats-users --agents FILE --passwords DIR
                                                    NATS accounts file: one user per device
-       ekattest-fleet COMMAND --help               the command's options";
+       ekattest-fleet COMMAND --help               the command's options
+       ekattest-fleet --version                    name, version and git commit";
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -38,6 +39,10 @@ fn main() -> ExitCode {
         Some("build-agent") => ekattest_fleet::boards::build::cli(args),
         Some("vm") => ekattest_fleet::vm::cli::cli(args),
         Some("nats-users") => ekattest_fleet::nats::users::cli(args),
+        Some("-V" | "--version") => {
+            println!("{}", ekattest_protocol::version_line!("ekattest-fleet"));
+            ExitCode::SUCCESS
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

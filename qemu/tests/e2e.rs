@@ -826,6 +826,121 @@ fn hot_reload_by_config_set_and_invalid_document_keeps_the_old_one() {
 }
 
 #[test]
+fn wrong_trust_bundle_on_the_agent_is_counted_on_the_agent_side() {
+    let ca = Ca::create().unwrap();
+    let dev = provision(&ca);
+    let hash = public_hash(&dev, EkKind::Rsa2048);
+    let world = World::start(
+        &policy(None, &[&hash]),
+        &Setup {
+            tls_acl: false,
+            session_ttl: None,
+        },
+    );
+    let mut spec = world.agent_spec(&dev, "wrong-bundle", false);
+    let other = world.dir.path().join("other-td");
+    std::fs::create_dir_all(&other).unwrap();
+    spec.trust_bundle = common::svid_ca(&other, "other.test").0;
+    let prom = world.dir.path().join("wrong-bundle.prom");
+    spec.metrics_textfile = Some(prom.clone());
+    spec.response_timeout = Some(Duration::from_secs(3));
+    spec.extra_args = vec!["--timeout".into(), "8s".into()];
+    let exit = world.run_once(&spec, "wrong-bundle");
+    assert_eq!(exit.code(), Some(1), "{}", exit.log);
+    // The agent refuses the server's signer (it does not chain to its bundle) and writes
+    // nothing; it counts the failed attempts, the server counts no success.
+    assert!(
+        exit.log.contains("not issued by a CA of the trust bundle"),
+        "{}",
+        exit.log
+    );
+    assert!(!spec.data_dir.join("svid.pem").exists());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let agent_failed = ekattest_fleet::daemons::metric_value(
+        &text,
+        "attestation_agent_proof{attestor_type=\"tpm_ek\",outcome=\"failed\"}",
+    )
+    .unwrap();
+    assert!(agent_failed >= 1.0, "{text}");
+    assert_eq!(world.metric(SUCCESS), 0.0, "{}", world.server.log());
+}
+
+#[test]
+fn sighup_reloads_the_policy_files_at_once_and_keeps_the_server_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_cert, ca_key) = common::svid_ca(dir.path(), TRUST_DOMAIN);
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy(None, &[&"2".repeat(64)])).unwrap();
+    let broker = Broker::start(&BrokerOptions::default()).unwrap();
+    let mut spec = ServerSpec::new(
+        broker.url(),
+        CLUSTER,
+        "node-1",
+        TRUST_DOMAIN,
+        &ca_cert,
+        &ca_key,
+    );
+    spec.policy_files = vec![policy_file.clone()];
+    // Polling alone would take an hour: whatever applies the edit below is the SIGHUP.
+    spec.reload_interval = Some(Duration::from_secs(3600));
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let mut server = ServerProcess::start(&bin("ekattest-server"), &spec, &server_dir).unwrap();
+    server
+        .wait_for_msg("ekattest-server started", None, WAIT)
+        .unwrap();
+
+    let edited = policy(None, &[&"3".repeat(64)]);
+    std::fs::write(&policy_file, &edited).unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(edited.as_bytes()))
+    };
+    let in_force = |server: &ServerProcess| {
+        server
+            .log_json()
+            .into_iter()
+            .any(|v| v["msg"] == "Policy document in force" && v["sha256"] == digest.as_str())
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !in_force(&server),
+        "applied without SIGHUP:\n{}",
+        server.log()
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.pid().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let line = server
+        .wait_for_msg(
+            "SIGHUP: policy files reloaded",
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(line["sha256"], digest.as_str(), "{}", server.log());
+    assert!(in_force(&server), "{}", server.log());
+    assert!(server.is_running(), "{}", server.log());
+
+    // An unchanged file: SIGHUP still reloads, logs, and the server keeps running.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .log_json()
+        .iter()
+        .filter(|v| v["msg"] == "SIGHUP: policy files reloaded")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.is_running(), "{}", server.log());
+    let status = server.stop().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+}
+
+#[test]
 fn agent_waits_for_the_broker_and_survives_a_server_restart() {
     let ca = Ca::create().unwrap();
     let mut world = World::start(

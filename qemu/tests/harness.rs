@@ -576,3 +576,14 @@ fn swtpm_bound_vectors_activate_on_the_shared_state() {
         );
     }
 }
+
+#[test]
+fn version_flag_prints_name_version_and_git_commit() {
+    let line = ekattest_fleet::version::check_version_flag(
+        Path::new(env!("CARGO_BIN_EXE_ekattest-fleet")),
+        "ekattest-fleet",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .unwrap();
+    eprintln!("{line}");
+}

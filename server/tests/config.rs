@@ -637,6 +637,24 @@ fn mutated_documents_never_panic() {
     assert!(ok > 0 && rejected > 0, "ok {ok}, rejected {rejected}");
 }
 
+#[test]
+fn version_flag_prints_name_version_and_git_commit() {
+    let line = ekattest_fleet::version::check_version_flag(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ekattest-server")),
+        "ekattest-server",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .unwrap();
+    eprintln!("{line}");
+    let line = ekattest_fleet::version::check_version_flag(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ekattestctl")),
+        "ekattestctl",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .unwrap();
+    eprintln!("{line}");
+}
+
 /// `deploy/kubernetes` renders with `kubectl kustomize` (Debian's kubernetes-client, or any
 /// kubectl) into the objects the README describes, and the generated server config and
 /// policy agree with the pod's mounts and ports (issue 16, item 4).

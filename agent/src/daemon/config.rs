@@ -296,6 +296,8 @@ pub struct Config {
     pub topic_prefix: String,
     /// `log-level`.
     pub log_level: log::LevelFilter,
+    /// `log-format`: `text` (default) or `json`.
+    pub log_format: LogFormat,
     /// `metrics-textfile`.
     pub metrics_textfile: Option<PathBuf>,
     /// `retry`.
@@ -312,6 +314,17 @@ pub struct Config {
     pub parameter_encryption: bool,
     /// `svid-key`: where the SVID key lives (default [`SvidKeyKind::Software`]).
     pub svid_key: SvidKeyKind,
+}
+
+/// `log-format`: how log lines look on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `text`: `level: message, key: value` (journald adds the time).
+    #[default]
+    Text,
+    /// `json`: one JSON object per line with `time` (RFC 3339 UTC), `level`, `msg` and
+    /// camelCase fields, as the server writes them.
+    Json,
 }
 
 /// `svid-key` (and `--svid-key`): where the agent makes the key its X.509-SVID certifies.
@@ -434,6 +447,7 @@ struct Raw {
     agent_id: Option<String>,
     topic_prefix: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
     metrics_textfile: Option<PathBuf>,
     retry: Option<RawRetry>,
     response_timeout: Option<String>,
@@ -576,6 +590,16 @@ impl Config {
                 ));
             }
         };
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log-format",
+                    format!("{other:?} (expected text or json)"),
+                ));
+            }
+        };
         let retry = raw.retry.unwrap_or(RawRetry {
             initial: None,
             max: None,
@@ -621,6 +645,7 @@ impl Config {
             agent_id: raw.agent_id,
             topic_prefix,
             log_level,
+            log_format,
             metrics_textfile: raw.metrics_textfile,
             retry,
             response_timeout,

@@ -167,6 +167,7 @@ fn bad_values_name_the_key() {
         ("agent-id: a+b\n", "agent-id"),
         ("topic-prefix: a//b\n", "topic-prefix"),
         ("log-level: loud\n", "log-level"),
+        ("log-format: logfmt\n", "log-format"),
         ("retry: {initial: 1x}\n", "retry.initial"),
         ("retry: {initial: 10m, max: 1m}\n", "retry"),
         ("response-timeout: 0s\n", "response-timeout"),
@@ -392,6 +393,21 @@ fn svid_key_is_software_by_default_or_tpm() {
         e.contains("svid-key") && e.contains("software (default), tpm"),
         "{e}"
     );
+}
+
+#[test]
+fn log_format_is_text_by_default_or_json() {
+    assert_eq!(Config::parse(SEED).unwrap().log_format, LogFormat::Text);
+    assert_eq!(
+        with("log-format: text\n").unwrap().log_format,
+        LogFormat::Text
+    );
+    assert_eq!(
+        with("log-format: json\n").unwrap().log_format,
+        LogFormat::Json
+    );
+    let e = with("log-format: JSON\n").unwrap_err().to_string();
+    assert!(e.contains("expected text or json"), "{e}");
 }
 
 #[test]

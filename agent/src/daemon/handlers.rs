@@ -260,6 +260,10 @@ impl Runner<'_> {
             Ok(v) => v,
             Err(e) => {
                 let why = format!("not accepting the server's Result: {e}");
+                // The server counted a success (it cannot know); count the refusal here, once
+                // per attempt, so dashboards show both sides. Before the log line, so the
+                // textfile is current when the line appears.
+                self.count_failure();
                 log::error!("{why}; still waiting for a Result that verifies");
                 // Reported if no good Result comes (`--once` timeout, response timeout).
                 self.last_problem = why;
@@ -267,22 +271,15 @@ impl Runner<'_> {
             }
         };
         log::info!(
-            "Connected to server, spiffe_id: {}, svid_not_after: {}",
-            v.spiffe_id,
-            v.not_after
+            agentId = self.agent.as_str(), spiffeId = v.spiffe_id.as_str(),
+            svidNotAfter = v.not_after;
+            "Connected to server"
         );
         self.metrics.record(true);
         self.metrics.svid_expiry = Some(v.not_after);
         self.textfile.publish(&self.metrics);
         self.login_backoff.reset();
-        let lifetime = (v.not_after - v.not_before).max(0);
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_precision_loss,
-            reason = "seconds of a certificate lifetime, far below 2^52"
-        )]
-        let margin = (lifetime as f64 * self.config.renew_before) as i64;
-        let renew_in = (v.not_after - margin - now).max(1);
+        let renew_in = renew_in(v.not_before, v.not_after, now, self.config.renew_before);
         self.next_login = Instant::now() + Duration::from_secs(renew_in.unsigned_abs());
         log::debug!("re-attesting in {renew_in} s");
         if self.opts.once {
@@ -299,5 +296,57 @@ impl Runner<'_> {
         if n <= 10 || n.is_power_of_two() {
             log::warn!("{why} ({n} messages ignored since start)");
         }
+    }
+}
+
+/// Seconds from `now` (when the Result arrived) until the next attestation: when
+/// `renew_before` of the SVID's lifetime is left. The lifetime is the one the server meant,
+/// `notAfter - max(notBefore, now)`: the server backdates notBefore (60 s) against clock
+/// skew, and that margin must not count, or a 1-minute SVID would renew every 21 s instead
+/// of every 30 s with `renew-before: 0.5`. At least 1 s.
+pub(super) fn renew_in(not_before: i64, not_after: i64, now: i64, renew_before: f64) -> i64 {
+    let start = not_before.max(now);
+    let lifetime = not_after.saturating_sub(start).max(0);
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_precision_loss,
+        reason = "seconds of a certificate lifetime, far below 2^52"
+    )]
+    let margin = (lifetime as f64 * renew_before) as i64;
+    not_after.saturating_sub(margin).saturating_sub(now).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renew_in;
+
+    const NOW: i64 = 1_700_000_000;
+
+    #[test]
+    fn backdated_not_before_does_not_count_in_the_lifetime() {
+        // A 1-minute SVID as the server issues it: notBefore 60 s in the past.
+        assert_eq!(renew_in(NOW - 60, NOW + 60, NOW, 0.5), 30);
+        assert_eq!(renew_in(NOW - 60, NOW + 60, NOW, 1.0 / 3.0), 40);
+        // A 24 h SVID.
+        assert_eq!(renew_in(NOW - 60, NOW + 86_400, NOW, 0.5), 43_200);
+    }
+
+    #[test]
+    fn a_result_received_late_renews_at_the_fraction_of_what_is_left() {
+        // Not backdated, received 10 s after notBefore: 50 s left, half of them.
+        assert_eq!(renew_in(NOW - 10, NOW + 50, NOW, 0.5), 25);
+    }
+
+    #[test]
+    fn not_before_in_the_future_counts_from_not_before() {
+        // The agent's clock runs behind: the lifetime starts at notBefore.
+        assert_eq!(renew_in(NOW + 10, NOW + 70, NOW, 0.5), 40);
+    }
+
+    #[test]
+    fn expired_or_absurd_validity_renews_in_one_second() {
+        assert_eq!(renew_in(NOW - 120, NOW - 60, NOW, 0.5), 1);
+        assert_eq!(renew_in(NOW, NOW, NOW, 0.5), 1);
+        assert_eq!(renew_in(NOW + 100, NOW - 100, NOW, 0.5), 1);
     }
 }

@@ -20,6 +20,11 @@
 //!    session's Challenge names its server node, not the broker, so an attestation in
 //!    flight simply starts again on the next broker.
 //!
+//! [`Control`] carries the signals: `stop` (SIGTERM/SIGINT) ends the run between steps,
+//! `reload` (SIGHUP) ends the current connection, re-reads the configuration through the
+//! caller's closure (an invalid file is logged and the previous configuration kept) and
+//! attests again at once; counters carry over.
+//!
 //! `--once` attests, writes the files and returns; it retries broker failures and timeouts
 //! until its overall timeout and fails at once on a rejection, with the server's message,
 //! and on a broker's refusal (credentials, ACL) once every broker of the list has refused
@@ -64,6 +69,25 @@ pub struct RunOptions {
     pub once: bool,
     /// Overall limit of a `--once` run (`--timeout`, default 5 min).
     pub timeout: Duration,
+}
+
+/// What tells a running daemon to stop or reload; `main`'s signal thread sets the flags and
+/// the daemon checks them between steps (no signal handler runs).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// SIGTERM / SIGINT: stop.
+    pub stop: AtomicBool,
+    /// SIGHUP: re-read the configuration and attest again now.
+    pub reload: AtomicBool,
+}
+
+/// How a run that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `--once`: the identity files are written.
+    Attested,
+    /// Stopped by [`Control::stop`] (before the identity was written, with `--once`).
+    Stopped,
 }
 
 /// Why the daemon stopped with a failure.
@@ -151,6 +175,8 @@ enum End {
     Done,
     /// SIGTERM / SIGINT.
     Stopped,
+    /// SIGHUP: re-read the configuration, attest again.
+    Reload,
     /// Network trouble: reconnect after backoff.
     Transient(String),
     /// The broker refused us (credentials, ACL): fatal with `--once`, else retried.
@@ -205,13 +231,47 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Runs the daemon (or one attestation with `opts.once`) until `stop` is set.
+/// Runs the daemon (or one attestation with `opts.once`) until `control.stop` is set. On
+/// `control.reload` it calls `reload` for a new configuration (keeping `config` when that
+/// fails, logged) and attests again at once.
 ///
 /// # Errors
 /// [`DaemonError`]: at start (TPM, trust bundle, TLS files); with `--once`, a rejection, a
 /// broker refusal or the timeout.
-pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), DaemonError> {
+pub fn run(
+    config: Config,
+    opts: &RunOptions,
+    control: &Control,
+    reload: &dyn Fn() -> Result<Config, String>,
+) -> Result<Exit, DaemonError> {
     let started = Instant::now();
+    let mut config = config;
+    let mut metrics = Metrics::default();
+    loop {
+        if let Some(exit) = run_with(&config, opts, control, started, &mut metrics)? {
+            return Ok(exit);
+        }
+        match reload() {
+            Ok(new) => {
+                log::info!("SIGHUP: configuration re-read; attesting again now");
+                config = new;
+            }
+            Err(e) => log::error!(
+                "SIGHUP: the configuration is invalid, keeping the previous one: {e}; \
+                 attesting again now"
+            ),
+        }
+    }
+}
+
+/// One configuration's run: `Ok(None)` when SIGHUP asks for a reload.
+fn run_with(
+    config: &Config,
+    opts: &RunOptions,
+    control: &Control,
+    started: Instant,
+    metrics: &mut Metrics,
+) -> Result<Option<Exit>, DaemonError> {
     let bundle = TrustBundle::load(&config.trust_bundle)?;
     let device = read_device(config)?;
     let agent = match &config.agent_id {
@@ -240,7 +300,7 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
     let mut runner = Runner {
         config,
         opts,
-        stop,
+        control,
         deadline: opts.once.then(|| started + opts.timeout),
         device,
         agent,
@@ -251,21 +311,24 @@ pub fn run(config: &Config, opts: &RunOptions, stop: &AtomicBool) -> Result<(), 
         signer,
         connect_backoff: Backoff::new(config.retry.initial, config.retry.max),
         login_backoff: Backoff::new(config.retry.initial, config.retry.max),
-        metrics: Metrics::default(),
+        metrics: std::mem::take(metrics),
         textfile: Textfile(config.metrics_textfile.clone()),
         next_login: Instant::now(),
         last_problem: String::from("none"),
         ignored: 0,
         broker: 0,
         refused_in_a_row: 0,
+        attempt_counted: false,
     };
-    runner.run()
+    let result = runner.run();
+    *metrics = std::mem::take(&mut runner.metrics);
+    result
 }
 
 struct Runner<'a> {
     config: &'a Config,
     opts: &'a RunOptions,
-    stop: &'a AtomicBool,
+    control: &'a Control,
     deadline: Option<Instant>,
     device: Device,
     agent: String,
@@ -287,18 +350,25 @@ struct Runner<'a> {
     broker: usize,
     /// Brokers that refused us one after the other (reset by a connection that works).
     refused_in_a_row: usize,
+    /// Whether the attempt in flight is already counted as failed ([`Runner::count_failure`]).
+    attempt_counted: bool,
 }
 
 impl<'a> Runner<'a> {
-    fn run(&mut self) -> Result<(), DaemonError> {
+    fn run(&mut self) -> Result<Option<Exit>, DaemonError> {
         loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(());
+            if self.control.stop.load(Ordering::Relaxed) {
+                return Ok(Some(Exit::Stopped));
+            }
+            if self.control.reload.swap(false, Ordering::Relaxed) {
+                return Ok(None);
             }
             self.check_deadline()?;
             let brokers = self.config.brokers().count();
             match self.connection() {
-                End::Done | End::Stopped => return Ok(()),
+                End::Done => return Ok(Some(Exit::Attested)),
+                End::Stopped => return Ok(Some(Exit::Stopped)),
+                End::Reload => return Ok(None),
                 End::Fatal(e) => return Err(e),
                 End::Refused(why) if self.opts.once && self.refused_in_a_row + 1 >= brokers => {
                     return Err(DaemonError::Broker(why));
@@ -327,9 +397,8 @@ impl<'a> Runner<'a> {
             } else {
                 log::info!("reconnecting to the broker in {delay:?}");
             }
-            if !self.sleep(delay) {
-                return Ok(());
-            }
+            // Returns early on a stop or a reload: the loop's top tells which.
+            self.sleep(delay);
         }
     }
 
@@ -343,16 +412,18 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Sleeps up to `d` in small steps; false if stopped.
-    fn sleep(&self, d: Duration) -> bool {
+    /// Sleeps up to `d` in small steps, returning early on a stop or a pending reload.
+    fn sleep(&self, d: Duration) {
         let until = Instant::now() + d;
         loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return false;
+            if self.control.stop.load(Ordering::Relaxed)
+                || self.control.reload.load(Ordering::Relaxed)
+            {
+                return;
             }
             let now = Instant::now();
             if now >= until || self.deadline.is_some_and(|dl| now >= dl) {
-                return true;
+                return;
             }
             std::thread::sleep((until - now).min(Duration::from_millis(100)));
         }
@@ -396,8 +467,11 @@ impl<'a> Runner<'a> {
         let mut subscribed = false;
         let mut phase = Phase::Idle;
         loop {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.control.stop.load(Ordering::Relaxed) {
                 return End::Stopped;
+            }
+            if self.control.reload.swap(false, Ordering::Relaxed) {
+                return End::Reload;
             }
             if let Err(e) = self.check_deadline() {
                 return End::Fatal(e);
@@ -514,10 +588,19 @@ impl<'a> Runner<'a> {
     }
 
     fn failed(&mut self, why: String) {
-        self.metrics.record(false);
-        self.textfile.publish(&self.metrics);
+        self.count_failure();
         self.last_problem = why;
         self.next_login = Instant::now() + self.login_backoff.next_delay();
+    }
+
+    /// Counts the attempt in flight as failed, once: a refused Result counts at once, and the
+    /// response timeout that follows it does not count again.
+    fn count_failure(&mut self) {
+        if std::mem::replace(&mut self.attempt_counted, true) {
+            return;
+        }
+        self.metrics.record(false);
+        self.textfile.publish(&self.metrics);
     }
 
     fn publish(&self, client: &Client, topic: &str, msg: &Uplink) -> Result<Vec<u8>, End> {
@@ -531,6 +614,8 @@ impl<'a> Runner<'a> {
     }
 
     fn login(&mut self, client: &Client) -> Result<Phase, End> {
+        // A new attempt: not counted yet.
+        self.attempt_counted = false;
         let mut nonce = [0u8; ekattest_protocol::limits::NONCE_LEN];
         getrandom::getrandom(&mut nonce).map_err(|e| {
             End::Fatal(DaemonError::Identity(identity::IdentityError::Random(

@@ -4,7 +4,9 @@
 //! what a closed file left behind. `/dev/tpm0` is the raw device; it admits one opener, and
 //! we also take an exclusive `flock` so two agents on one host fail clearly instead of
 //! interleaving commands. The kernel answers one `write` of a command with one `read` of the
-//! whole response. This module never parses payloads.
+//! whole response. This module never parses payloads, and never writes to a path that is not
+//! a character device (a mistyped `--tpm /tmp/file` must not overwrite the file): the type
+//! is checked before the open and again on the open file, before the first write.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -65,10 +67,37 @@ impl CharDev {
     /// locked exclusively (`flock`), since the raw device admits one user.
     ///
     /// # Errors
-    /// [`TransportError::NotFound`], [`TransportError::PermissionDenied`],
+    /// [`TransportError::NotFound`], [`TransportError::WrongKind`] (not a character device:
+    /// nothing is written to it), [`TransportError::PermissionDenied`],
     /// [`TransportError::Busy`] (locked or opened by another process), or
     /// [`TransportError::Io`].
     pub fn open(path: &Path) -> Result<Self, TransportError> {
+        let device = path.display().to_string();
+        match std::fs::metadata(path) {
+            Ok(meta) => check_char_device(meta.file_type(), &device)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TransportError::NotFound { device });
+            }
+            // Permission problems and the like show up at the open below, with their advice.
+            Err(_) => {}
+        }
+        let mut dev = Self::open_node(path)?;
+        // Again on the open file: the path may have been replaced since the check above.
+        let meta = dev
+            .file
+            .file()
+            .metadata()
+            .map_err(|source| TransportError::Io {
+                op: "stat",
+                device: device.clone(),
+                source,
+            })?;
+        check_char_device(meta.file_type(), &device)?;
+        Ok(dev)
+    }
+
+    /// [`CharDev::open`] without the file type check (the unit tests' regular files).
+    fn open_node(path: &Path) -> Result<Self, TransportError> {
         let device = path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
@@ -118,6 +147,21 @@ impl CharDev {
     pub fn device(&self) -> &str {
         &self.device
     }
+}
+
+/// Refuses anything but a character device, naming what `device` is instead.
+fn check_char_device(file_type: std::fs::FileType, device: &str) -> Result<(), TransportError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_char_device() {
+        return Ok(());
+    }
+    Err(TransportError::WrongKind {
+        device: device.to_owned(),
+        found: super::kind_of(file_type),
+        expected: "a character device",
+        hint: "--tpm /dev/tpmrm0 (or another TPM device node), swtpm:HOST:PORT or \
+               swtpm-unix:PATH",
+    })
 }
 
 fn is_resource_manager(path: &Path) -> bool {
@@ -188,11 +232,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tpm0");
         std::fs::write(&path, b"").unwrap();
-        let first = CharDev::open(&path).unwrap();
-        let second = CharDev::open(&path).unwrap_err();
+        let first = CharDev::open_node(&path).unwrap();
+        let second = CharDev::open_node(&path).unwrap_err();
         assert!(matches!(second, TransportError::Busy { .. }), "{second}");
         drop(first);
-        CharDev::open(&path).unwrap();
+        CharDev::open_node(&path).unwrap();
     }
 
     #[test]
@@ -200,8 +244,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tpmrm0");
         std::fs::write(&path, b"").unwrap();
-        let _a = CharDev::open(&path).unwrap();
-        let _b = CharDev::open(&path).unwrap();
+        let _a = CharDev::open_node(&path).unwrap();
+        let _b = CharDev::open_node(&path).unwrap();
     }
 
     #[test]
@@ -209,7 +253,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tpmrm0");
         std::fs::write(&path, b"").unwrap();
-        let mut dev = CharDev::open(&path).unwrap();
+        let mut dev = CharDev::open_node(&path).unwrap();
         let mut rsp = [0u8; FRAME_MAX];
         // Writing to a regular file appends; reading at EOF returns 0 bytes.
         let e = dev.transact(&[0x80, 0x01], &mut rsp).unwrap_err();
@@ -217,5 +261,51 @@ mod tests {
             matches!(e, TransportError::ShortResponse { len: 0, .. }),
             "{e}"
         );
+    }
+
+    #[test]
+    fn regular_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tpmrm0");
+        std::fs::write(&path, b"precious bytes").unwrap();
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let e = CharDev::open(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, TransportError::WrongKind { .. }), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("is a regular file, not a character device"),
+            "{msg}"
+        );
+        assert!(msg.contains("--tpm /dev/tpmrm0"), "{msg}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious bytes");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = CharDev::open(dir.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is a directory, not a character device"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_character_device_passes_the_type_check() {
+        // /dev/null is a character device but no TPM: open succeeds, the exchange fails.
+        let mut dev = CharDev::open(Path::new("/dev/null")).unwrap();
+        let mut rsp = [0u8; FRAME_MAX];
+        let e = dev.transact(&[0x80, 0x01], &mut rsp).unwrap_err();
+        assert!(
+            matches!(e, TransportError::ShortResponse { len: 0, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("/dev/null"), "{e}");
     }
 }

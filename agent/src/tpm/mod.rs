@@ -72,6 +72,23 @@ pub enum TransportError {
         /// Device path or address.
         device: String,
     },
+    /// The path exists but is not what the spec says (a regular file or directory for a
+    /// character device, anything but a socket for `swtpm-unix:`). Checked before anything
+    /// is written, so a mistyped `--tpm` never overwrites a file.
+    #[error(
+        "{device} is {found}, not {expected}: refusing to send TPM commands to it; pass \
+         {hint}"
+    )]
+    WrongKind {
+        /// The path, as the spec names it.
+        device: String,
+        /// What it is (`"a regular file"`, `"a directory"`, ...).
+        found: &'static str,
+        /// What the spec needs (`"a character device"`, `"a unix socket"`).
+        expected: &'static str,
+        /// What to pass instead.
+        hint: &'static str,
+    },
     /// The TPM device exists but we may not open it.
     #[error(
         "permission denied opening TPM device {device}: run the agent as a user in the tss \
@@ -175,9 +192,32 @@ impl TransportError {
             | Self::ShortResponse { .. }
             | Self::BadSize { .. }
             | Self::CommandTooLong { .. }
+            | Self::WrongKind { .. }
             | Self::Open { .. }
             | Self::Protocol { .. } => false,
         }
+    }
+}
+
+/// What a file is, for [`TransportError::WrongKind`].
+pub(crate) fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_file() {
+        "a regular file"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a unix socket"
+    } else if file_type.is_fifo() {
+        "a named pipe"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a device"
     }
 }
 

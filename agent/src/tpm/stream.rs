@@ -110,10 +110,25 @@ impl Stream<UnixStream> {
     /// Connects to swtpm's unix server socket (`swtpm socket --server type=unixio,path=X`).
     ///
     /// # Errors
-    /// [`TransportError::NotFound`] if the socket does not exist, [`TransportError::Io`] if
+    /// [`TransportError::NotFound`] if the socket does not exist,
+    /// [`TransportError::WrongKind`] if the path is not a socket, [`TransportError::Io`] if
     /// nothing listens there.
     pub fn connect_unix(path: &Path) -> Result<Self, TransportError> {
+        use std::os::unix::fs::FileTypeExt as _;
         let device = format!("swtpm-unix:{}", path.display());
+        // Only a socket: connect() never writes to a file, but the operator meant something
+        // else, and the error should say what.
+        if let Ok(meta) = std::fs::metadata(path)
+            && !meta.file_type().is_socket()
+        {
+            return Err(TransportError::WrongKind {
+                device,
+                found: super::kind_of(meta.file_type()),
+                expected: "a unix socket",
+                hint: "swtpm-unix: with the path given to swtpm's --server type=unixio,path=PATH \
+                       (or --tpm /dev/tpmrm0 for a kernel TPM)",
+            });
+        }
         let s = UnixStream::connect(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => TransportError::NotFound {
                 device: device.clone(),
@@ -277,6 +292,28 @@ mod tests {
         let e = Stream::connect_unix(Path::new("/nonexistent/ekattest-swtpm.sock")).unwrap_err();
         assert!(
             e.to_string().contains("/nonexistent/ekattest-swtpm.sock"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unix_spec_on_a_regular_file_or_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("swtpm.sock");
+        std::fs::write(&file, b"not a socket").unwrap();
+        let e = Stream::connect_unix(&file).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, TransportError::WrongKind { .. }), "{msg}");
+        assert!(
+            msg.contains("is a regular file, not a unix socket"),
+            "{msg}"
+        );
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(msg.contains("type=unixio"), "{msg}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a socket");
+        let e = Stream::connect_unix(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("is a directory, not a unix socket"),
             "{e}"
         );
     }

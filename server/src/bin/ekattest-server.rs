@@ -3,7 +3,7 @@
 //!
 //! Usage: `ekattest-server --config FILE [--check]`. Exit status: 0 stopped cleanly (SIGTERM
 //! or SIGINT) or `--check` passed; 1 the configuration, a policy file or the CA is invalid,
-//! or start-up failed; 2 usage error.
+//! or start-up failed; 2 usage error. SIGHUP re-reads the policy files at once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,10 @@ Usage:
   --config FILE   server configuration (YAML; see deploy/server.yaml)
   --check         validate the configuration, the policy files and the SVID CA, then exit
   -h, --help      this text
+  -V, --version   print `ekattest-server VERSION (git COMMIT)` and exit
+
+Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the policy files now (other keys of
+the config file need a restart).
 
 Exit status: 0 clean stop or check passed; 1 invalid configuration or start-up failure;
 2 usage error.
@@ -38,6 +42,10 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         match arg {
             Short('h') | Long("help") => {
                 print!("{USAGE}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("{}", ekattest_protocol::version_line!("ekattest-server"));
                 return Ok(None);
             }
             Short('c') | Long("config") => config = Some(PathBuf::from(parser.value()?)),

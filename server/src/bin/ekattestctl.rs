@@ -139,6 +139,10 @@ fn run() -> Result<ExitCode, lexopt::Error> {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
+        Some(Short('V') | Long("version")) => {
+            println!("{}", ekattest_protocol::version_line!("ekattestctl"));
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Value(cmd)) => match cmd.to_str() {
             Some("help") => {
                 print!("{USAGE}");

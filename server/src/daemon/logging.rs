@@ -116,34 +116,11 @@ fn push_json(out: &mut String, s: &str) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC). Times before 1970 print as the epoch.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC; the agent's JSON lines use the same
+/// formatter). Times before 1970 print as the epoch.
 pub fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    ekattest_protocol::timestamp::Rfc3339::new(since.as_secs(), since.subsec_millis()).to_string()
 }
 
 #[cfg(test)]

@@ -338,6 +338,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
             .spawn(move || reload::watch(reloader, files, interval, inbox, policy, metrics))
             .map_err(DaemonError::Runtime)?
     };
+    let hangup_task = reload_on_hangup(&inbox);
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(metrics::serve(l, Arc::clone(&metrics))));
     let sweep_task = tokio::spawn(sweep(Arc::clone(&handler)));
@@ -385,6 +386,9 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         log::info!("ekattest-server stopping");
         inbox.stop();
         sweep_task.abort();
+        if let Some(t) = &hangup_task {
+            t.abort();
+        }
         if let Some(t) = &metrics_task {
             t.abort();
         }
@@ -478,4 +482,25 @@ async fn sweep(handler: Arc<Handler>) {
             log::debug!(sessions = dropped; "expired challenge sessions dropped");
         }
     }
+}
+
+/// SIGHUP: the reload thread re-reads the policy files at once (the other keys of the config
+/// file need a restart). The handler is registered before this returns, so a SIGHUP after
+/// the start-up line never kills the server.
+fn reload_on_hangup(inbox: &Arc<Inbox>) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!(error:% = e; "cannot handle SIGHUP; it will stop the server");
+            return None;
+        }
+    };
+    let inbox = Arc::clone(inbox);
+    Some(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            log::info!("SIGHUP received: reloading the policy files");
+            inbox.rescan();
+        }
+    }))
 }

@@ -421,7 +421,8 @@ pub fn report(decision: &Decision, source: &str, metrics: &Metrics) {
 }
 
 /// Latest config-topic payload handed from the MQTT loop to the reload thread (a newer
-/// payload replaces an unread one: latest wins).
+/// payload replaces an unread one: latest wins), and SIGHUP's request to re-read the policy
+/// files now.
 #[derive(Debug, Default)]
 pub struct Inbox {
     slot: Mutex<InboxSlot>,
@@ -431,7 +432,17 @@ pub struct Inbox {
 #[derive(Debug, Default)]
 struct InboxSlot {
     payload: Option<Vec<u8>>,
+    rescan: bool,
     stop: bool,
+}
+
+/// What woke the reload thread.
+#[derive(Debug, Default)]
+pub(super) struct Wake {
+    /// A config-topic payload.
+    payload: Option<Vec<u8>>,
+    /// SIGHUP: re-read the policy files now.
+    rescan: bool,
 }
 
 impl Inbox {
@@ -441,6 +452,16 @@ impl Inbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .payload = Some(payload);
+        self.wake.notify_one();
+    }
+
+    /// Asks the reload thread to re-read the policy files now (SIGHUP), whether or not
+    /// their modification times changed.
+    pub fn rescan(&self) {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rescan = true;
         self.wake.notify_one();
     }
 
@@ -454,16 +475,27 @@ impl Inbox {
     }
 
     /// Waits up to `timeout` for a payload; `Err(())` once stopped.
+    #[cfg(test)]
     pub(super) fn take(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ()> {
+        self.wait(timeout).map(|w| w.payload)
+    }
+
+    /// Waits up to `timeout` for a payload or a rescan request; `Err(())` once stopped.
+    pub(super) fn wait(&self, timeout: Duration) -> Result<Wake, ()> {
         let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut slot, _) = self
             .wake
-            .wait_timeout_while(slot, timeout, |s| s.payload.is_none() && !s.stop)
+            .wait_timeout_while(slot, timeout, |s| {
+                s.payload.is_none() && !s.rescan && !s.stop
+            })
             .unwrap_or_else(PoisonError::into_inner);
         if slot.stop {
             return Err(());
         }
-        Ok(slot.payload.take())
+        Ok(Wake {
+            payload: slot.payload.take(),
+            rescan: std::mem::take(&mut slot.rescan),
+        })
     }
 }
 
@@ -488,10 +520,22 @@ pub fn watch(
     let mut next_poll = Instant::now() + interval;
     loop {
         let wait = next_poll.saturating_duration_since(Instant::now());
-        let Ok(payload) = inbox.take(wait) else {
+        let Ok(wake) = inbox.wait(wait) else {
             return;
         };
-        if let Some(payload) = payload {
+        if wake.rescan {
+            if files.is_empty() {
+                log::info!(
+                    "SIGHUP: no policy-files to reload (the document comes from the config \
+                     topic); other configuration keys need a restart"
+                );
+            } else {
+                // Read now, even if the modification times did not change.
+                next_poll = Instant::now();
+                seen = None;
+            }
+        }
+        if let Some(payload) = wake.payload {
             // An empty payload is `config clear`: Decision::Cleared, logged.
             let decision = reloader.consider_topic(&payload, SystemTime::now());
             apply(&decision, "config topic", &state, &metrics);
@@ -510,6 +554,12 @@ pub fn watch(
             Ok(parts) => {
                 let decision = reloader.consider_files(&parts, modified);
                 apply(&decision, &files_label, &state, &metrics);
+                if wake.rescan {
+                    log::info!(
+                        files = files_label.as_str(), sha256 = reloader.in_force().unwrap_or("none");
+                        "SIGHUP: policy files reloaded"
+                    );
+                }
             }
             Err(e) => {
                 metrics.policy_reload(false);

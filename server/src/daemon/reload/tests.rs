@@ -383,6 +383,31 @@ fn refusals_are_logged_counted_and_keep_the_document() {
 }
 
 #[test]
+fn rescan_wakes_the_reload_thread_once_and_keeps_a_payload() {
+    let inbox = Inbox::default();
+    inbox.put(b"doc".to_vec());
+    inbox.rescan();
+    let wake = inbox.wait(Duration::ZERO).unwrap();
+    assert!(wake.rescan);
+    assert_eq!(wake.payload.as_deref(), Some(&b"doc"[..]));
+    let wake = inbox.wait(Duration::ZERO).unwrap();
+    assert!(!wake.rescan && wake.payload.is_none());
+    // A rescan wakes a waiting thread before its timeout.
+    let inbox = Arc::new(Inbox::default());
+    let waker = Arc::clone(&inbox);
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        waker.rescan();
+    });
+    let started = std::time::Instant::now();
+    assert!(inbox.wait(Duration::from_secs(30)).unwrap().rescan);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    t.join().unwrap();
+    inbox.stop();
+    assert!(inbox.wait(Duration::ZERO).is_err());
+}
+
+#[test]
 fn an_empty_retained_message_clears_the_topic_and_keeps_the_document_in_force() {
     let (mut r, key) = topic_reloader();
     let a = signed(&key, &doc("a", 1), NOW);
