@@ -191,7 +191,7 @@ fn hostile_frames_then_a_verified_identity_and_sigterm() {
     assert!(prom.contains("outcome=\"success\"} 1"), "{prom}");
     assert!(prom.contains("outcome=\"failed\"} 1"), "{prom}");
     assert!(
-        prom.contains("attestation_agent_svid_expiry_seconds "),
+        prom.contains("attestation_agent_svid_expiry_timestamp_seconds "),
         "{prom}"
     );
 

@@ -1526,5 +1526,8 @@ fn the_readme_quickstart_runs_verbatim() {
     assert!(stdout.contains("# cluster: c-quick"), "{stdout}");
     // Everything went to the overlays, nothing to the host.
     assert!(ov.join("usr-bin/up/ekattest-server").is_file());
-    assert!(ov.join("etc/up/systemd/system/ekattest-server.service").is_file());
+    assert!(
+        ov.join("etc/up/systemd/system/ekattest-server.service")
+            .is_file()
+    );
 }

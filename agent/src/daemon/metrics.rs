@@ -1,5 +1,5 @@
 //! The agent's metrics: `attestation_agent_proof{attestor_type,outcome}` counters and the
-//! `attestation_agent_svid_expiry_seconds` gauge, kept in memory and, if configured, written
+//! `attestation_agent_svid_expiry_timestamp_seconds` gauge, kept in memory and, if configured, written
 //! atomically to a node_exporter textfile (Prometheus text format) after each attempt.
 //!
 //! Writing goes to a hidden temporary file in the same folder (the textfile collector only
@@ -50,11 +50,17 @@ impl Metrics {
         if let Some(expiry) = self.svid_expiry {
             let _ = writeln!(
                 s,
-                "# HELP attestation_agent_svid_expiry_seconds notAfter of the current X.509-SVID \
+                "# HELP attestation_agent_svid_expiry_timestamp_seconds notAfter of the current X.509-SVID \
                  (unix time)."
             );
-            let _ = writeln!(s, "# TYPE attestation_agent_svid_expiry_seconds gauge");
-            let _ = writeln!(s, "attestation_agent_svid_expiry_seconds {expiry}");
+            let _ = writeln!(
+                s,
+                "# TYPE attestation_agent_svid_expiry_timestamp_seconds gauge"
+            );
+            let _ = writeln!(
+                s,
+                "attestation_agent_svid_expiry_timestamp_seconds {expiry}"
+            );
         }
         s
     }
@@ -122,8 +128,8 @@ mod tests {
         assert!(!text.contains("svid_expiry"));
         m.svid_expiry = Some(1_700_000_000);
         let text = m.render();
-        assert!(text.contains("# TYPE attestation_agent_svid_expiry_seconds gauge\n"));
-        assert!(text.contains("attestation_agent_svid_expiry_seconds 1700000000\n"));
+        assert!(text.contains("# TYPE attestation_agent_svid_expiry_timestamp_seconds gauge\n"));
+        assert!(text.contains("attestation_agent_svid_expiry_timestamp_seconds 1700000000\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();
