@@ -235,7 +235,7 @@ fn ek_verify_accepts_the_stm_leaf_through_its_chain() {
     assert_eq!(v["attributes"]["tpm_ek.model"], "ST33HTPHAHB4");
     assert_eq!(v["attributes"]["tpm_ek.version"], "73.4");
     assert_eq!(
-        v["agentAttestationAttributes"][0],
+        v["agent_attestation_attributes"][0],
         format!("tpm_ek:tpm_ek.public_hash=\"{STM_HASH}\"")
     );
     assert_eq!(

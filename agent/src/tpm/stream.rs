@@ -110,7 +110,8 @@ impl Stream<UnixStream> {
     /// Connects to swtpm's unix server socket (`swtpm socket --server type=unixio,path=X`).
     ///
     /// # Errors
-    /// [`TransportError::NotFound`] if the socket does not exist,
+    /// [`TransportError::Open`] if the socket does not exist (saying to start swtpm, not to
+    /// check firmware or drivers),
     /// [`TransportError::WrongKind`] if the path is not a socket, [`TransportError::Io`] if
     /// nothing listens there.
     pub fn connect_unix(path: &Path) -> Result<Self, TransportError> {
@@ -130,8 +131,12 @@ impl Stream<UnixStream> {
             });
         }
         let s = UnixStream::connect(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => TransportError::NotFound {
+            // Not a firmware or driver matter: nothing listens at that path.
+            io::ErrorKind::NotFound => TransportError::Open {
                 device: device.clone(),
+                hint: "no socket at that path: start swtpm with --server type=unixio,path=PATH \
+                       (or fix the path)",
+                source,
             },
             _ => TransportError::Io {
                 op: "connect",
@@ -315,6 +320,14 @@ mod tests {
         assert!(
             e.to_string().contains("is a directory, not a unix socket"),
             "{e}"
+        );
+        // Missing: start swtpm; nothing about firmware or kernel drivers.
+        let e = Stream::connect_unix(&dir.path().join("absent.sock")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no socket at that path: start swtpm"), "{msg}");
+        assert!(
+            !msg.contains("firmware") && !msg.contains("tpm_tis"),
+            "{msg}"
         );
     }
 }

@@ -340,13 +340,14 @@ impl Metrics {
             );
         }
         out.push_str(
-            "# HELP ekattest_build_info The running ekattest-server's version (value 1).\n\
+            "# HELP ekattest_build_info The running ekattest-server's version and git commit (value 1).\n\
              # TYPE ekattest_build_info gauge\n",
         );
         let _ = writeln!(
             out,
-            "ekattest_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "ekattest_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("EKATTEST_GIT_COMMIT")
         );
         out.push_str(
             "# HELP attestation_broker_connected 1 while connected to the broker (MQTT or NATS), else 0.\n\

@@ -281,7 +281,7 @@ impl Outcome {
                 "policy": policy,
                 "passed_check": check_name(verdict.passed),
                 "attributes": attributes_json(verdict),
-                "agentAttestationAttributes": seed_attributes(verdict),
+                "agent_attestation_attributes": seed_attributes(verdict),
                 "spiffe_id": spiffe_id,
                 "warnings": verdict.warnings,
             }),

@@ -118,9 +118,9 @@ attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"ke
 # TYPE attestation_svids_issued_total counter
 attestation_svids_issued_total{key=\"software\"} 1
 attestation_svids_issued_total{key=\"tpm\"} 0
-# HELP ekattest_build_info The running ekattest-server's version (value 1).
+# HELP ekattest_build_info The running ekattest-server's version and git commit (value 1).
 # TYPE ekattest_build_info gauge
-ekattest_build_info{version=\"0.1.0\"} 1
+ekattest_build_info{version=\"0.1.0\",commit=\"{COMMIT}\"} 1
 # HELP attestation_broker_connected 1 while connected to the broker (MQTT or NATS), else 0.
 # TYPE attestation_broker_connected gauge
 attestation_broker_connected 1
@@ -158,7 +158,8 @@ attestation_login_duration_seconds_count 3
 # HELP attestation_answer_duration_seconds Server time to process an Answer, seconds.
 # TYPE attestation_answer_duration_seconds histogram
 ";
-    assert!(text.contains(expected_tail), "{text}");
+    let expected_tail = expected_tail.replace("{COMMIT}", env!("EKATTEST_GIT_COMMIT"));
+    assert!(text.contains(&expected_tail), "{text}");
     assert!(text.ends_with(
         "attestation_answer_duration_seconds_sum 0
 attestation_answer_duration_seconds_count 0
