@@ -37,6 +37,25 @@ impl fmt::Display for Rfc3339 {
     }
 }
 
+/// A unix time in whole seconds that displays as `YYYY-MM-DDTHH:MM:SSZ` (signed policy
+/// documents' issue times, certificate dates in messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcSeconds(pub u64);
+
+impl fmt::Display for UtcSeconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (days, rem) = (self.0 / 86_400, self.0 % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (H. Hinnant's `civil_from_days`, on unsigned numbers).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -76,6 +95,17 @@ mod tests {
         assert_eq!(
             Rfc3339::new(1_234_567_890, 5000).to_string(),
             "2009-02-13T23:31:30.999Z"
+        );
+    }
+
+    #[test]
+    fn whole_seconds_drop_the_fraction() {
+        use super::UtcSeconds;
+        assert_eq!(UtcSeconds(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(UtcSeconds(951_782_400).to_string(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            UtcSeconds(1_800_000_000).to_string(),
+            "2027-01-15T08:00:00Z"
         );
     }
 }
