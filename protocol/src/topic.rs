@@ -178,6 +178,59 @@ pub fn default_agent_id(public_hash: &[u8; 32]) -> String<AGENT_ID_MAX> {
     id
 }
 
+/// Why a topic has no NATS subject ([`write_nats_subject`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectError {
+    /// The topic is empty or has an empty level (`a//b`).
+    EmptyLevel,
+    /// The topic holds a space, which NATS subjects cannot carry.
+    Space,
+    /// The output refused a character (a full buffer).
+    Write,
+}
+
+impl fmt::Display for SubjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::EmptyLevel => "has an empty level",
+            Self::Space => "holds a space",
+            Self::Write => "does not fit the subject buffer",
+        })
+    }
+}
+
+/// Writes the NATS subject nats-server's MQTT gateway uses for MQTT `topic` (or filter):
+/// levels joined by `.`, `+` as `*`, `#` as `>`, a `.` inside a level as `//`. The one
+/// mapping the server's NATS bus and the test kit's NATS accounts share.
+///
+/// # Errors
+/// [`SubjectError`] for an empty level or a space (topics of ours never have either), or
+/// when `out` refuses a character.
+pub fn write_nats_subject(topic: &str, out: &mut impl fmt::Write) -> Result<(), SubjectError> {
+    if topic.is_empty() || topic.split('/').any(str::is_empty) {
+        return Err(SubjectError::EmptyLevel);
+    }
+    if topic.contains(' ') {
+        return Err(SubjectError::Space);
+    }
+    for (i, level) in topic.split('/').enumerate() {
+        let r = if i > 0 { out.write_char('.') } else { Ok(()) };
+        r.map_err(|_| SubjectError::Write)?;
+        let r = match level {
+            "+" => out.write_char('*'),
+            "#" => out.write_char('>'),
+            _ => level.split('.').enumerate().try_for_each(|(j, piece)| {
+                if j > 0 {
+                    out.write_str("//")?;
+                }
+                out.write_str(piece)
+            }),
+        };
+        r.map_err(|_| SubjectError::Write)?;
+    }
+    Ok(())
+}
+
 /// A topic received from the broker, as [`Topics::parse`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inbound<'t> {

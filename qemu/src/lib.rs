@@ -1,44 +1,33 @@
-//! ekattest-fleet: the test and fleet harness of the workspace, and the `ekattest-fleet`
-//! program.
+//! ekattest-fleet: the fleet simulation tool (the `ekattest-fleet` program) and the tests
+//! that need the agent and the server together.
 //!
-//! - [`swtpm`]: software TPM devices provisioned with a per-run certificate authority,
-//!   started on free loopback ports and stopped on drop, plus command-line oracles (openssl,
-//!   tpm2-tools) that the agent's and server's integration tests compare against.
-//! - [`nats`]: a local nats-server cluster (MQTT listeners, JetStream) for scale-out tests.
-//! - [`broker`], [`daemons`], [`process`]: mosquitto and the `ekattest-server` /
-//!   `ekattest-agent` binaries as watched child processes.
 //! - [`fleet`]: `ekattest-fleet run` (and `demo`), the process fleet: N swtpm devices, K
 //!   servers, N agent processes; [`load`]: the software-TPM load generator; [`report`]: the
 //!   summary table, JSON report and latency histogram both produce.
+//! - [`vm`]: the QEMU board fleet.
 //! - [`boards`]: board profiles (`boards/*.toml`) and `ekattest-fleet build-agent`, the
 //!   agent's cross build for a board.
+//! - [`faults`]: the fault proxies and schedule.
 //! - [`flow`]: one device's attestation in process (agent library on a swtpm device, server
 //!   library, protocol frames in between), for tests.
-//! - [`version`]: the `--version` convention, checked by each binary's crate.
 //!
-//! It shells out to swtpm, swtpm_setup, swtpm_localca, tpm2-tools and openssl, and must never
-//! be linked into the agent or server binaries (it depends on both; they use it only as a
-//! dev-dependency for their integration tests). It
-//! never changes the process's working directory or environment and never binds fixed
-//! ports, so many devices can be provisioned from parallel tests.
+//! The devices, brokers, NATS clusters and daemon processes come from `ekattest-testkit`
+//! (re-exported here as [`swtpm`], [`broker`], [`nats`], [`daemons`], [`process`],
+//! [`version`]). This crate sits at the top of the workspace: it depends on the agent, the
+//! server and the kit, and nothing depends on it.
 
 pub mod boards;
-pub mod broker;
-pub mod daemons;
 pub mod faults;
 pub mod fleet;
 pub mod flow;
 pub mod load;
-pub mod nats;
-pub mod process;
 pub mod progress;
 pub mod report;
 pub mod soft_tpm;
-pub mod swtpm;
-pub mod version;
 pub mod vm;
 
-pub use swtpm::{
+pub use ekattest_testkit::{
     Ak, Ca, Device, EkKind, Error, ProvisionOptions, Result, openssl_public_hash,
     tpm2_makecredential,
 };
+pub use ekattest_testkit::{broker, daemons, nats, process, swtpm, version};

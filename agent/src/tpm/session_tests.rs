@@ -4,7 +4,7 @@
 //! over an `openssl genpkey` key, whose ciphertext `openssl pkeyutl -decrypt` (OAEP,
 //! SHA-256, label "SECRET\0") opened to the message. The ECDH salt is checked against the
 //! p256 crate's own scalar multiplication. The end-to-end oracle is swtpm
-//! (tests/swtpm.rs): it accepts our HMACs and salts and we decrypt its responses.
+//! (tests/it/swtpm.rs): it accepts our HMACs and salts and we decrypt its responses.
 
 use super::*;
 

@@ -7,7 +7,7 @@
 //!
 //! With a [`Tamper`] set ([`MqttProxy::set_tamper`]) it is also an attacker on the broker
 //! path: every PUBLISH is shown to the tamper, which forwards it, drops it or replaces its
-//! payload (the attack tests in `tests/mitm.rs`).
+//! payload (the attack tests in `tests/it/mitm.rs`).
 //!
 //! Plain TCP only (no TLS: it must read the packets). It never alters a fixed header, a
 //! topic or a packet identifier (the connection survives, the receiver must reject the

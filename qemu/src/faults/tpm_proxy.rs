@@ -201,10 +201,12 @@ fn connection(id: u64, mut client: TcpStream, shared: &Shared) {
         shared
             .delayed_ms
             .fetch_add(delay.as_millis() as u64, Ordering::Relaxed);
+        // Counted before the write: a client that has its response may exit and have its
+        // stats read before this thread runs again.
+        shared.responses.fetch_add(1, Ordering::Relaxed);
         if client.write_all(&response).is_err() {
             break;
         }
-        shared.responses.fetch_add(1, Ordering::Relaxed);
     }
     let _ = client.shutdown(Shutdown::Both);
     let _ = tpm.shutdown(Shutdown::Both);

@@ -156,7 +156,7 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// The policy document trusting the run's swtpm CA (as in qemu/tests/e2e.rs); the VM fleet
+/// The policy document trusting the run's swtpm CA (as in qemu/tests/it/e2e.rs); the VM fleet
 /// uses it too.
 pub(crate) fn policy(root_pem: &str, intermediate_pem: &str) -> String {
     policy_with_template(

@@ -380,7 +380,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         // Soft devices retry on a short attempt timeout under faults, far more often than a
         // real agent's backoff allows, and devices take turns on the pool's EKs; the login
         // limits (per agent id and per EK, both off with burst 0) would throttle the
-        // harness, not an attacker. It is tested by tests/flood.rs and the server's unit tests.
+        // harness, not an attacker. It is tested by tests/it/flood.rs and the server's unit tests.
         spec.login_burst = Some(0);
         // Devices keep distinct agent ids (`{run}-{thread}-{n}`) over a pool of EKs: the
         // agent id is not the one derived from the EK.

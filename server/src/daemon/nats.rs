@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use async_nats::{Client, ConnectOptions, Event, Message, Subscriber};
-use ekattest_protocol::topic::{SHARE_GROUP, Topics};
+use ekattest_protocol::topic::{self, SHARE_GROUP, Topics};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -40,28 +40,8 @@ const REFUSAL_QUEUE: usize = 1024;
 /// # Errors
 /// A message if the topic has an empty level or a space (ours never do).
 pub fn subject_of(topic: &str) -> Result<String, String> {
-    if topic.is_empty() || topic.split('/').any(str::is_empty) {
-        return Err(format!("{topic:?} has an empty level"));
-    }
     let mut out = String::with_capacity(topic.len() + 8);
-    for level in topic.split('/') {
-        if !out.is_empty() {
-            out.push('.');
-        }
-        match level {
-            "+" => out.push('*'),
-            "#" => out.push('>'),
-            _ => {
-                for c in level.chars() {
-                    match c {
-                        '.' => out.push_str("//"),
-                        ' ' => return Err(format!("{topic:?} holds a space")),
-                        c => out.push(c),
-                    }
-                }
-            }
-        }
-    }
+    topic::write_nats_subject(topic, &mut out).map_err(|e| format!("{topic:?} {e}"))?;
     Ok(out)
 }
 

@@ -1,0 +1,16 @@
+//! The server's integration tests, one binary (`cargo test -p ekattest-server`): the
+//! library against generated and real EK certificates and the known-answer vectors, and
+//! (feature `it`) against swtpm devices, mosquitto and the `ekattest-server` binary from
+//! `ekattest-testkit`. Tests that need the real agent live in the fleet crate's tests.
+
+mod config;
+mod ctl;
+#[cfg(feature = "it")]
+mod daemon;
+mod ek_generated;
+mod ek_real;
+mod ek_support;
+#[cfg(feature = "it")]
+mod ek_swtpm;
+mod make_credential;
+mod svid;
