@@ -2,12 +2,6 @@
 //! freshly provisioned swtpm (feature `it`); outputs are parsed and checked against
 //! openssl and tpm2-tools.
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test helpers outside #[test] fns fail loudly with the missing tool or data"
-)]
-
 use std::process::{Command, Output};
 use std::time::Instant;
 

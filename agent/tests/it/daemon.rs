@@ -4,13 +4,6 @@
 //! come from tpm2_makecredential, certificates and SVIDs from the openssl CLI, Challenge and
 //! Result signatures from p256: none of them from the agent's code.
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail loudly with the missing tool or the unexpected message"
-)]
-
 use crate::fake;
 
 use std::os::unix::fs::PermissionsExt as _;

@@ -4,13 +4,6 @@
 //! identity through the second from the test's fake server (the harness of `daemon.rs`:
 //! a real swtpm, credentials from tpm2_makecredential, SVIDs from openssl).
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail loudly with the missing tool or the unexpected message"
-)]
-
 use crate::fake;
 
 use std::path::Path;

@@ -7,13 +7,6 @@
 //! verify, log each, and still attest when the honest server finally answers. See
 //! `fake/mod.rs` for the harness.
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail loudly with the missing tool or the unexpected message"
-)]
-
 use crate::fake;
 
 use std::path::Path;

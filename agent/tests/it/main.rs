@@ -3,6 +3,13 @@
 //! tpm2-tools from `ekattest-testkit`, and a fake server built on the protocol crate alone.
 //! Tests that need the real server live in the fleet crate's tests.
 
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly with the missing tool or the unexpected value"
+)]
+
 mod cli;
 mod daemon;
 mod failover;

@@ -4,12 +4,6 @@
 //! public-key hash pipeline, tpm2-tools' EK publics, AK and MakeCredential, and the
 //! swtpm-bound known-answer vectors in ../shared/testdata/make-credential.
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test helpers outside #[test] fns fail loudly with the missing tool or data"
-)]
-
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,11 +1,5 @@
 //! Every `DecodeError` and `EncodeError` variant, produced from a real frame, with the
 //! numbers it carries and its message.
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test code: a missing fixture or a broken invariant must fail loudly"
-)]
-
 use crate::common;
 
 use common::{golden_challenge, golden_login, read_hex};

@@ -1,11 +1,5 @@
 //! Golden frames: the wire bytes of one fixed message per kind, checked in as annotated hex
 //! under `tests/golden/`. Any change to field order, enum order or encoding fails here.
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test code: a missing fixture or a broken invariant must fail loudly"
-)]
-
 use crate::common;
 
 use common::{

@@ -1,11 +1,5 @@
 //! The frame bounds in `limits` are exact: a message with every field full encodes to
 //! precisely its `*_FRAME_MAX`, and a realistic Login has the size its parts add up to.
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test code: a missing fixture or a broken invariant must fail loudly"
-)]
-
 use crate::common;
 
 use common::{

@@ -1,11 +1,5 @@
 //! Reject codes: the product contract's strings verbatim, a complete `ALL`, and one wire
 //! byte per code.
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test code: a missing fixture or a broken invariant must fail loudly"
-)]
-
 use ekattest_protocol::error::RejectCode;
 use ekattest_protocol::msg::{Downlink, Outcome, Rejected, VERSION, decode, encode};
 

@@ -1,12 +1,6 @@
 //! Property tests: every message kind survives encode then decode unchanged, and decode
 //! never panics on any input (random bytes, and valid frames with bytes changed, cut or
 //! inserted).
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test code: a missing fixture or a broken invariant must fail loudly"
-)]
-
 use crate::common;
 
 use ekattest_protocol::error::RejectCode;

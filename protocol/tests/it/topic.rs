@@ -1,10 +1,4 @@
 //! Topic builders, the parser, and the validation of every id that becomes a topic level.
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    reason = "test code: a missing fixture or a broken invariant must fail loudly"
-)]
-
 use ekattest_protocol::limits::{
     AGENT_ID_MAX, CLUSTER_ID_MAX, NODE_ID_MAX, TOPIC_MAX, TOPIC_PREFIX_MAX,
 };

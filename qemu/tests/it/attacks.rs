@@ -13,13 +13,6 @@
 //! ActivateCredential), so each case is fast; the copied-certificate case with a certificate
 //! chain runs on two swtpm devices. The binaries come from the target folder of this test;
 //! a missing binary or tool fails the test with the command that fixes it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests fail loudly"
-)]
-
 use crate::attack_kit;
 use crate::common;
 

@@ -1,11 +1,5 @@
 //! End to end in process: the agent library on live swtpm devices and the server library,
 //! with protocol frames in between (feature "it": needs swtpm, tpm2-tools and openssl).
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use ekattest_agent::tpm::ek::EkKind as AgentEkKind;
 use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::flow::{self, Server};

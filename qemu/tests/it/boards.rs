@@ -3,11 +3,6 @@
 //! the profiles; malformed profiles are refused with the key named. Behind the `it`
 //! feature: the aarch64 agent cross-built with `--profile agent`, checked with `file` and
 //! run under QEMU user mode.
-#![allow(
-    clippy::panic,
-    reason = "test helpers outside #[test] fns: clippy.toml's allow-*-in-tests does not reach them"
-)]
-
 use std::path::PathBuf;
 
 use ekattest_agent::daemon::config::Config;

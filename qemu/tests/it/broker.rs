@@ -9,13 +9,6 @@
 //!
 //! Needs mosquitto, mosquitto_passwd and openssl (apt-get install mosquitto openssl); a
 //! missing tool fails the test with that message.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use crate::mqtt_peer;
 
 use std::time::Duration;

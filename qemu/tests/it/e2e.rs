@@ -4,13 +4,6 @@
 //!
 //! The binaries come from the same target folder as this test (`cargo test --workspace`
 //! builds them); a missing binary fails the test with the command that builds it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use crate::common;
 use crate::mqtt_peer;
 

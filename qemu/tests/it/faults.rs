@@ -5,13 +5,6 @@
 //! Needs mosquitto (apt-get install mosquitto), swtpm/swtpm_setup (apt-get install swtpm
 //! swtpm-tools) and the agent binary built beside this test (`cargo build -p
 //! ekattest-agent`); a missing one fails the test with that message.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests fail loudly"
-)]
-
 use crate::common;
 
 use std::io::Write;

@@ -4,13 +4,6 @@
 //!
 //! The agent and server binaries come from the same target folder (`cargo test --workspace`
 //! builds them); a missing binary fails the test with the command that builds it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

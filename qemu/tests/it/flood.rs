@@ -6,13 +6,6 @@
 //!
 //! `EKATTEST_FLOOD_LOGINS` scales the bogus count (default 100000, what the issue says).
 //! Binaries come from the same target folder as this test; a missing one fails loudly.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use crate::common;
 
 use std::sync::atomic::AtomicBool;

@@ -1,12 +1,6 @@
 //! Integration tests of the swtpm harness (feature `it`): real swtpm, swtpm_setup,
 //! swtpm_localca, tpm2-tools and openssl. A missing tool fails the test with the package to
 //! install; nothing is skipped.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] fns: clippy.toml's allow-*-in-tests does not reach them"
-)]
-
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -8,13 +8,6 @@
 //! `ekattest-server` and `ekattestctl` come from the same target folder as this test
 //! (`cargo build -p ekattest-server` first, or `cargo test --workspace --all-features`); a
 //! missing binary or mosquitto fails the test with what to do.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use crate::common;
 
 use std::sync::Arc;

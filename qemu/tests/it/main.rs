@@ -3,6 +3,13 @@
 //! the fault proxies, the attack suites, NATS scale-out and the QEMU boards. All but the
 //! board profiles need the `it` feature (swtpm, mosquitto, nats-server, qemu on PATH).
 
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly with the missing tool or the unexpected value"
+)]
+
 #[cfg(feature = "it")]
 mod attack_kit;
 #[cfg(feature = "it")]

@@ -22,13 +22,6 @@
 //! policy documents are (`server/tests/it/policy_topic.rs`).
 //!
 //! Needs swtpm, swtpm_setup and mosquitto; the binaries come from this test's target folder.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests fail loudly"
-)]
-
 use crate::attack_kit;
 use crate::common;
 use crate::mqtt_peer;

@@ -12,13 +12,6 @@
 //!
 //! Needs nats-server 2.9+ (`apt-get install nats-server`); a missing program fails the test
 //! with that message.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use crate::common;
 use crate::mqtt_peer;
 

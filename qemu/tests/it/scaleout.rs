@@ -18,13 +18,6 @@
 //!
 //! Needs mosquitto and nats-server (`.ci/install`) and `ekattest-server`/`ekattestctl` in
 //! the target folder; anything missing fails the test with what to do.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers fail loudly"
-)]
-
 use crate::common;
 
 use std::sync::Arc;

@@ -11,13 +11,6 @@
 //!    command on the same `Tis` succeeds; each case runs on a thread with a deadline, so a
 //!    hang fails the test instead of blocking CI.
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail loudly with the missing tool or the unexpected answer"
-)]
-
 mod spi_double;
 
 use std::io;

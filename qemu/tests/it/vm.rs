@@ -13,8 +13,6 @@
 //! (consoles, swtpm and server logs, report.json) is kept under target/vm-test/ and printed
 //! on failure, for CI to keep as output.
 
-#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
-
 use crate::common;
 
 use std::path::PathBuf;

@@ -1,13 +1,6 @@
 //! Policy document parsing, policy matching and SPIFFE ID templates, on the seed's examples
 //! and the real STM certificate chain in ../shared/testdata/real-ek.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] fns fail loudly by design"
-)]
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ekattest_server::config::{ConfigError, Document, MAX_DOCUMENT_BYTES, Method};

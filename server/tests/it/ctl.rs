@@ -2,13 +2,6 @@
 //! ../shared/testdata/real-ek. The comparison with the seed's openssl pipeline needs
 //! openssl and runs with `--features it`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] fns fail loudly by design"
-)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

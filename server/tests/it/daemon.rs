@@ -3,13 +3,6 @@
 //! known-answer vectors' EK and AK. No TPM: the full TPM round trip is the workspace's
 //! end-to-end test. Needs `/usr/sbin/mosquitto` (fails loudly without it).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] fns fail loudly by design"
-)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

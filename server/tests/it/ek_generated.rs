@@ -3,13 +3,6 @@
 //! SHA-1 gating) and the negative cases of the TCG profile and the path builder (loops,
 //! 20-deep chains, non-CA issuers, pathLen, unknown critical extensions).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
 use crate::ek_support;
 
 use std::collections::HashSet;

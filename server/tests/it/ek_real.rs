@@ -1,13 +1,6 @@
 //! EK validation against real-world data: the STMicro ST33HTPHAHB4 EK certificate (DER and
 //! raw NV blob) and the 51 vendor CA certificates in ../shared/testdata/real-ek.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
 use crate::ek_support;
 
 use std::collections::HashSet;

@@ -5,13 +5,6 @@
 //! verify against the CA's root with its intermediate configured (or sent by the device), with
 //! swtpm's identity attributes, and the EK public areas read from the TPM match them.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "tests"
-)]
-
 use crate::ek_support;
 
 use std::collections::HashSet;

@@ -3,6 +3,13 @@
 //! (feature `it`) against swtpm devices, mosquitto and the `ekattest-server` binary from
 //! `ekattest-testkit`. Tests that need the real agent live in the fleet crate's tests.
 
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail loudly with the missing tool or the unexpected value"
+)]
+
 mod config;
 mod ctl;
 #[cfg(feature = "it")]

@@ -4,13 +4,6 @@
 //! create` writes a usable CA. Needs openssl (always installed by .ci/install); fails loudly
 //! without it.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] fns fail loudly by design"
-)]
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,13 +3,6 @@
 //!
 //! Missing data or tools make the calling test fail with a message saying what to install.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test helpers"
-)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,12 +2,6 @@
 //! the agent's driver) against a scripted TPM, so the model is known to be right before it
 //! judges the driver. They never touch swtpm.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "self-checks fail loudly on the first surprise"
-)]
-
 use super::{Config, Fault, INTF_CAPABILITY, SpiDouble, State, Stats};
 
 const ACCESS: u16 = 0x00;
