@@ -9,7 +9,8 @@
 //! that encoding parses to the same key.
 #![no_main]
 
-use ekattest_protocol::public::{HashAlg, Public, PublicKey, SPKI_MAX};
+use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
+use ekattest_protocol::tpm::public::{HashAlg, Public};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 
