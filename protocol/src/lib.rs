@@ -17,6 +17,7 @@
 //! - [`spki`]: the DER SubjectPublicKeyInfo of RSA and EC keys, whose SHA-256 is
 //!   `tpm_ek.public_hash`.
 //! - [`der`]: the one bounded DER reader and writer, and EK certificate NV blob trimming.
+//! - [`broker_url`]: the `SCHEME://HOST[:PORT]` broker URLs of both daemons' configs.
 //! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod broker_url;
 pub mod der;
 pub mod duration;
 pub mod error;
