@@ -1,5 +1,6 @@
 //! Fuzz target `tpm_public`: TPM2B_PUBLIC parsing, Names and SubjectPublicKeyInfo
-//! (`ekattest_protocol::public`), on the same bytes read both ways.
+//! (`ekattest_protocol::tpm::public`, `ekattest_protocol::spki`), on the same bytes read both
+//! ways.
 //!
 //! Invariants, for `Public::decode`: the input is exactly one TPM2B (size prefix = length - 2,
 //! `tpmt_bytes` is the rest) and `decode_tpmt` of it gives the same area; `name()` is
