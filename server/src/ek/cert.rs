@@ -461,8 +461,9 @@ mod tests {
 
     fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         let content: Vec<u8> = parts.concat();
-        let mut out = vec![tag, u8::try_from(content.len()).unwrap()];
-        out.extend_from_slice(&content);
+        let mut out = vec![0u8; der::tlv_len(content.len())];
+        let mut w = der::Writer::new(&mut out);
+        w.tlv(tag, &content).unwrap();
         out
     }
 
