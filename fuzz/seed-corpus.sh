@@ -92,6 +92,9 @@ for t in der ek_cert; do
   put "$t/seed-stm-chain" "$STM$STM_05I$STM_RT$(repeat ff 8)"
 done
 for f in INTEL_I NUVO_1110 IFX_ECC_042; do put "ek_cert/seed-$f" "$(pem_hex "$ca/$f.pem")"; done
+# der_reader: whole certificates (every TLV form X.509 uses) and the chain.
+put der_reader/seed-stm-der "$STM"
+put der_reader/seed-stm-chain "$STM$STM_05I$STM_RT"
 
 # tpm_response: the vectors of agent/src/tpm/commands_tests.rs, and two response streams for
 # EK discovery + ActivateCredential + AK (persistent RSA EK; NV certificate).

@@ -1,5 +1,6 @@
-//! A tiny DER walker for the few X.509 fields the operator commands print: serial number,
-//! issuer, subject and the SubjectPublicKeyInfo.
+//! A tiny certificate walker for the few X.509 fields the operator commands print: serial
+//! number, issuer, subject and the SubjectPublicKeyInfo. The DER underneath is read with
+//! [`ekattest_protocol::der::Reader`].
 //!
 //! The agent does not validate certificates (the server does, with a real X.509 parser); it
 //! only shows what the TPM holds and compares the certificate's key with the EK. So this walks
@@ -7,6 +8,8 @@
 //! (names longer than [`NAME_MAX`] are cut). It must never grow into a certificate parser.
 
 use std::fmt::Write as _;
+
+use ekattest_protocol::der::{self, Reader, tag};
 
 /// Longest issuer/subject string produced.
 pub const NAME_MAX: usize = 512;
@@ -26,63 +29,40 @@ pub struct CertSummary<'a> {
 
 /// Why a certificate could not be walked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed certificate: {0}")]
-pub struct CertError(pub &'static str);
-
-/// One DER TLV: tag, contents, and what follows.
-fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), CertError> {
-    let (&tag, rest) = input.split_first().ok_or(CertError("truncated tag"))?;
-    let (&first, rest) = rest.split_first().ok_or(CertError("truncated length"))?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 3 {
-            return Err(CertError("unsupported length form"));
-        }
-        let bytes = rest.get(..n).ok_or(CertError("truncated length"))?;
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, rest.get(n..).unwrap_or_default())
-    };
-    let contents = rest.get(..len).ok_or(CertError("length past end"))?;
-    Ok((tag, contents, rest.get(len..).unwrap_or_default()))
+#[error("malformed certificate: {what}: {source}")]
+pub struct CertError {
+    /// The field being read.
+    pub what: &'static str,
+    /// What the DER reader found.
+    pub source: der::Error,
 }
 
-fn expect<'a>(
-    input: &'a [u8],
-    want: u8,
-    what: &'static str,
-) -> Result<(&'a [u8], &'a [u8]), CertError> {
-    let (tag, c, rest) = tlv(input)?;
-    if tag != want {
-        return Err(CertError(what));
-    }
-    Ok((c, rest))
+/// Maps a DER error at the field `what`.
+fn at(what: &'static str) -> impl Fn(der::Error) -> CertError {
+    move |source| CertError { what, source }
 }
 
 /// Reads serial, issuer, subject and SPKI from a DER certificate.
 ///
 /// # Errors
 /// [`CertError`] if the structure up to the SubjectPublicKeyInfo is not as X.509 lays it out.
-pub fn summarize(der: &[u8]) -> Result<CertSummary<'_>, CertError> {
-    let (cert, _) = expect(der, 0x30, "certificate is not a SEQUENCE")?;
-    let (tbs, _) = expect(cert, 0x30, "tbsCertificate is not a SEQUENCE")?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest)?.2; // [0] version
-    }
-    let (serial, rest) = expect(rest, 0x02, "serialNumber is not an INTEGER")?;
-    let (_, rest) = expect(rest, 0x30, "signature algorithm is not a SEQUENCE")?;
-    let (issuer, rest) = expect(rest, 0x30, "issuer is not a SEQUENCE")?;
-    let (_, rest) = expect(rest, 0x30, "validity is not a SEQUENCE")?;
-    let (subject, rest) = expect(rest, 0x30, "subject is not a SEQUENCE")?;
-    let (tag, _, after) = tlv(rest)?;
-    if tag != 0x30 {
-        return Err(CertError("subjectPublicKeyInfo is not a SEQUENCE"));
-    }
-    let spki = rest.get(..rest.len() - after.len()).unwrap_or_default();
+pub fn summarize(input: &[u8]) -> Result<CertSummary<'_>, CertError> {
+    let mut cert = Reader::new(input).sequence().map_err(at("certificate"))?;
+    let mut tbs = cert.sequence().map_err(at("tbsCertificate"))?;
+    tbs.read_optional(tag::context(0)).map_err(at("version"))?;
+    let serial = tbs
+        .read_tag(tag::INTEGER)
+        .map_err(at("serialNumber"))?
+        .contents;
+    tbs.read_tag(tag::SEQUENCE)
+        .map_err(at("signature algorithm"))?;
+    let issuer = tbs.read_tag(tag::SEQUENCE).map_err(at("issuer"))?;
+    tbs.read_tag(tag::SEQUENCE).map_err(at("validity"))?;
+    let subject = tbs.read_tag(tag::SEQUENCE).map_err(at("subject"))?;
+    let spki = tbs
+        .read_tag(tag::SEQUENCE)
+        .map_err(at("subjectPublicKeyInfo"))?
+        .whole;
     let trimmed = match serial.iter().position(|b| *b != 0) {
         Some(i) => serial.get(i..).unwrap_or_default(),
         None => serial
@@ -91,25 +71,26 @@ pub fn summarize(der: &[u8]) -> Result<CertSummary<'_>, CertError> {
     };
     Ok(CertSummary {
         serial: hex::encode(trimmed),
-        issuer: name(issuer)?,
-        subject: name(subject)?,
+        issuer: name(&mut issuer.reader().map_err(at("issuer"))?)?,
+        subject: name(&mut subject.reader().map_err(at("subject"))?)?,
         spki,
     })
 }
 
 /// Renders a Name (SEQUENCE OF RDN) as `K=V, K=V`, multi-valued RDNs joined with `+`.
-fn name(mut rdns: &[u8]) -> Result<String, CertError> {
+fn name(rdns: &mut Reader<'_>) -> Result<String, CertError> {
     let mut out = String::new();
     while !rdns.is_empty() {
-        let (set, rest) = expect(rdns, 0x31, "RDN is not a SET")?;
-        rdns = rest;
-        let mut atvs = set;
+        let mut atvs = rdns.nested(tag::SET).map_err(at("RDN"))?;
         let mut first = true;
         while !atvs.is_empty() {
-            let (atv, rest) = expect(atvs, 0x30, "attribute is not a SEQUENCE")?;
-            atvs = rest;
-            let (oid, value) = expect(atv, 0x06, "attribute type is not an OID")?;
-            let (vtag, v, _) = tlv(value)?;
+            let mut atv = atvs.sequence().map_err(at("attribute"))?;
+            let oid = atv
+                .read_tag(tag::OID)
+                .map_err(at("attribute type"))?
+                .contents;
+            let value = atv.read().map_err(at("attribute value"))?;
+            let (vtag, v) = (value.tag, value.contents);
             let sep = if out.is_empty() {
                 ""
             } else if first {
@@ -120,7 +101,11 @@ fn name(mut rdns: &[u8]) -> Result<String, CertError> {
             first = false;
             let _ = write!(out, "{sep}{}=", oid_name(oid));
             match vtag {
-                0x0c | 0x13 | 0x16 | 0x14 | 0x1a => {
+                tag::UTF8_STRING
+                | tag::PRINTABLE_STRING
+                | tag::IA5_STRING
+                | tag::TELETEX_STRING
+                | tag::VISIBLE_STRING => {
                     out.extend(
                         String::from_utf8_lossy(v)
                             .chars()
@@ -205,7 +190,7 @@ mod tests {
             "C=CH, O=STMicroelectronics NV, CN=STM TPM EK Intermediate CA 05"
         );
         assert_eq!(s.subject, "");
-        let key = ekattest_protocol::public::PublicKey::from_spki_der(s.spki).unwrap();
+        let key = ekattest_protocol::spki::PublicKey::from_spki_der(s.spki).unwrap();
         assert_eq!(
             hex::encode(key.public_hash().unwrap()),
             "de6a6ba0564fc32ed137b2e2c97b39c741e87a3fbbb80bc9092b75b6dc8a2aab"

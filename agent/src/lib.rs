@@ -4,7 +4,7 @@
 //! The agent is synchronous and small: it talks to the TPM through [`tpm::Transport`]
 //! (kernel character device or swtpm socket) and marshals every command itself with
 //! `tpm2-protocol` in [`tpm::commands`]. TPM public areas, Names and the EK fingerprint
-//! (`tpm_ek.public_hash`) come from `ekattest_protocol::public`, shared with the server.
+//! (`tpm_ek.public_hash`) come from `ekattest_protocol::{tpm, spki}`, shared with the server.
 //! [`daemon`] is the `run` subcommand: attestation over MQTT, the SVID and its renewal.
 //! Library code never panics on input from the TPM, a certificate, a file or the broker, and
 //! never reads environment variables or global state: `main` wires things together.

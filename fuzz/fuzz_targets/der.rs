@@ -1,4 +1,4 @@
-//! Fuzz target `der`: NV blob trimming and chain splitting (`ekattest_protocol::der`).
+//! Fuzz target `der`: NV blob trimming and chain splitting (`ekattest_protocol::der::nv`).
 //!
 //! Invariants: every returned object is a sub-slice of the input that starts with a SEQUENCE
 //! tag; `first_object` is idempotent; behind a PC Client header the object starts at offset 5
@@ -7,7 +7,7 @@
 //! agrees with `first_object` on unwrapped blobs.
 #![no_main]
 
-use ekattest_protocol::der::{WRAPPER_FULL, WRAPPER_SHORT, first_object, objects};
+use ekattest_protocol::der::nv::{WRAPPER_FULL, WRAPPER_SHORT, first_object, objects};
 use libfuzzer_sys::fuzz_target;
 
 /// Offset of `part` inside `whole`; panics if it is not a sub-slice.

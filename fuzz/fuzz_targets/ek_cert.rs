@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ekattest_agent::cert::{NAME_MAX, summarize};
 use ekattest_fuzz::testdata_pem;
-use ekattest_protocol::der::first_object;
-use ekattest_protocol::public::PublicKey;
+use ekattest_protocol::der::nv::first_object;
+use ekattest_protocol::spki::PublicKey;
 use ekattest_server::ek::{
     ChainOptions, Check, EkPolicy, Evidence, ProfileMode, TrustStore, Verdict, validate,
 };

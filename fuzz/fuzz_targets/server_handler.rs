@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use ekattest_agent::tpm::activate::Credential;
 use ekattest_fuzz::testdata;
 use ekattest_protocol::msg::{AttributeName, SessionId};
-use ekattest_protocol::public::Public;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::{RejectCode, Uplink, decode};
 use ekattest_server::attest::Attestor;

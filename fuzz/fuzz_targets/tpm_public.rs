@@ -1,5 +1,6 @@
 //! Fuzz target `tpm_public`: TPM2B_PUBLIC parsing, Names and SubjectPublicKeyInfo
-//! (`ekattest_protocol::public`), on the same bytes read both ways.
+//! (`ekattest_protocol::tpm::public`, `ekattest_protocol::spki`), on the same bytes read both
+//! ways.
 //!
 //! Invariants, for `Public::decode`: the input is exactly one TPM2B (size prefix = length - 2,
 //! `tpmt_bytes` is the rest) and `decode_tpmt` of it gives the same area; `name()` is
@@ -9,7 +10,8 @@
 //! that encoding parses to the same key.
 #![no_main]
 
-use ekattest_protocol::public::{HashAlg, Public, PublicKey, SPKI_MAX};
+use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
+use ekattest_protocol::tpm::public::{HashAlg, Public};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 

@@ -38,7 +38,7 @@ use ekattest_agent::tpm::stream::Stream;
 use ekattest_agent::tpm::tis::regs::DATA_FIFO;
 use ekattest_agent::tpm::tis::{Tis, TisRegisters, Timeouts};
 use ekattest_agent::tpm::{FRAME_MAX, HEADER_LEN, Transport, TransportError};
-use ekattest_protocol::public::Public;
+use ekattest_protocol::tpm::public::Public;
 use libfuzzer_sys::fuzz_target;
 
 /// Hands out consecutive responses from the input, each cut to its header's size field (or

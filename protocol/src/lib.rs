@@ -11,9 +11,13 @@
 //! - [`limits`]: every size bound.
 //! - [`topic`]: MQTT topic builders.
 //! - [`error`]: decode/encode errors and the closed set of reject codes.
-//! - [`public`]: TPM 2.0 public areas (TPM2B_PUBLIC) as sent in a Login: parsing, the
-//!   object Name, and the DER SubjectPublicKeyInfo whose SHA-256 is `tpm_ek.public_hash`.
-//!   Agent and server both need it, so it lives here instead of being written twice.
+//! - [`tpm`]: TPM 2.0 structures: the bounded marshalling reader ([`tpm::marshal`]) and
+//!   the public areas (TPM2B_PUBLIC) a Login carries, with their object Names
+//!   ([`tpm::public`]). Agent and server both need them, so they live here, once.
+//! - [`spki`]: the DER SubjectPublicKeyInfo of RSA and EC keys, whose SHA-256 is
+//!   `tpm_ek.public_hash`.
+//! - [`der`]: the one bounded DER reader and writer, and EK certificate NV blob trimming.
+//! - [`broker_url`]: the `SCHEME://HOST[:PORT]` broker URLs of both daemons' configs.
 //! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -22,16 +26,18 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod broker_url;
 pub mod der;
 pub mod duration;
 pub mod error;
 pub mod hardening;
 pub mod limits;
 pub mod msg;
-pub mod public;
 pub mod sign;
+pub mod spki;
 pub mod timestamp;
 pub mod topic;
+pub mod tpm;
 pub mod yaml;
 
 pub use error::{DecodeError, EncodeError, ErrorChain, RejectCode};

@@ -121,7 +121,7 @@ impl fmt::Display for Method {
 /// First message of an attestation (DESIGN.md section 2).
 ///
 /// TPM structures travel exactly as the TPM marshals them, size prefix included; parse them
-/// with [`crate::public::Public::decode`].
+/// with [`crate::tpm::public::Public::decode`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Login {
     /// Methods the agent offers (`[TpmEk]`).

@@ -22,7 +22,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ekattest_agent::daemon::identity::TrustBundle;
 use ekattest_protocol::heapless;
 use ekattest_protocol::msg::{Challenge, SessionId};
-use ekattest_protocol::public::Public;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::credential::{SystemRandom, make_credential};
 use ekattest_server::svid::Authority;
 use ekattest_testkit::testdata;

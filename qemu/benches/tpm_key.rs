@@ -27,7 +27,7 @@ use ekattest_agent::tpm::stream::Stream;
 use ekattest_fleet::{Ca, Device, ProvisionOptions};
 use ekattest_protocol::heapless;
 use ekattest_protocol::msg::{Challenge, SessionId};
-use ekattest_protocol::public::Public;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::credential::{SystemRandom, make_credential};
 
 fn bench(c: &mut Criterion) {

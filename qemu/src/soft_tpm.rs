@@ -28,7 +28,8 @@ use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rsa::{KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey};
 use aws_lc_rs::rsa::{PrivateDecryptingKey, PublicEncryptingKey};
 use aws_lc_rs::{digest, hmac};
-use ekattest_protocol::public::{Public, PublicKey, alg};
+use ekattest_protocol::spki::PublicKey;
+use ekattest_protocol::tpm::public::{Public, alg};
 
 /// PolicySecret(TPM_RH_ENDORSEMENT) with SHA-256: the low-range EK authPolicy (PolicyA).
 pub const EK_POLICY_A: [u8; 32] = [

@@ -47,7 +47,8 @@ use aws_lc_rs::signature::{
     VerificationAlgorithm,
 };
 use criterion::{Criterion, criterion_group};
-use ekattest_protocol::public::{Public, PublicKey, SPKI_MAX};
+use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ak::check_ak;
 use ekattest_server::credential::{SystemRandom, make_credential};
 use ekattest_server::ek::{self, ChainOptions, EkPolicy, Evidence, ProfileMode, TrustStore};

@@ -56,7 +56,8 @@ use criterion::{Criterion, Throughput, criterion_group};
 use ekattest_protocol::msg::{
     Answer, Challenge, Downlink, Login, Method, Outcome, SessionId, Uplink,
 };
-use ekattest_protocol::public::{Public, PublicKey};
+use ekattest_protocol::spki::PublicKey;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_protocol::{decode, encode, heapless, limits, sign};
 use ekattest_server::attest::Attestor;
 use ekattest_server::credential::{SystemRandom, make_credential};

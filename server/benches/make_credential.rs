@@ -18,7 +18,8 @@ use aws_lc_rs::rsa::{
     PrivateDecryptingKey, PublicEncryptingKey,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
-use ekattest_protocol::public::{Public, PublicKey, SPKI_MAX};
+use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::credential::{FixedRandom, SystemRandom, make_credential};
 
 const DIR: &str = concat!(

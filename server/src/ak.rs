@@ -4,12 +4,13 @@
 //! with the AK's Name, so the server must make sure the Name describes a key the TPM created
 //! and cannot export: fixedTPM, fixedParent, sensitiveDataOrigin, and a restricted signing key
 //! (it signs only TPM-generated data). The Name is computed here from the exact bytes received
-//! ([`ekattest_protocol::public::Public::name`]); the server never re-encodes the area.
+//! ([`ekattest_protocol::tpm::public::Public::name`]); the server never re-encodes the area.
 //! This module never panics on input and allocates nothing.
 
-use ekattest_protocol::public::alg;
-use ekattest_protocol::public::{
-    EccCurve, HashAlg, Name, ObjectType, Public, PublicError, PublicKey, Scheme, attr,
+use ekattest_protocol::spki::{EccCurve, PublicKey};
+use ekattest_protocol::tpm::public::alg;
+use ekattest_protocol::tpm::public::{
+    HashAlg, Name, ObjectType, Public, PublicError, Scheme, attr,
 };
 
 /// The attributes an AK must have, with their spec names for error messages.

@@ -18,9 +18,9 @@ use std::time::{Instant, SystemTime};
 
 use ekattest_protocol::error::ErrorChain;
 use ekattest_protocol::msg::{Accepted, Answer, Attribute, AttributeName, Challenge, Login};
-use ekattest_protocol::public::Public;
 use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::default_agent_id;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_protocol::{RejectCode, heapless};
 
 use crate::ak;

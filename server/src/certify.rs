@@ -25,10 +25,11 @@
 //! [`sign::certify_qualifying_data`]: ekattest_protocol::sign::certify_qualifying_data
 
 use aws_lc_rs::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey};
+use ekattest_protocol::der;
 use ekattest_protocol::msg::KeyCertify;
-use ekattest_protocol::public::{
-    EccCurve, HashAlg, ObjectType, Public, PublicError, PublicKey, attr,
-};
+use ekattest_protocol::spki::{EccCurve, PublicKey};
+use ekattest_protocol::tpm::marshal::{MarshalError, Reader};
+use ekattest_protocol::tpm::public::{HashAlg, ObjectType, Public, PublicError, attr};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// `TPM_GENERATED_VALUE`: the first field of every TPMS_ATTEST the TPM makes.
@@ -187,49 +188,18 @@ struct Attest<'a> {
     name: &'a [u8],
 }
 
-/// A bounds-checked big-endian reader.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], CertifyError> {
-        if self.0.len() < n {
-            return Err(CertifyError::Malformed(what));
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, CertifyError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, CertifyError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn tpm2b(&mut self, what: &'static str) -> Result<&'a [u8], CertifyError> {
-        let n = self.u16(what)?;
-        self.take(usize::from(n), what)
-    }
-
-    fn end(&self, what: &'static str) -> Result<(), CertifyError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(CertifyError::Malformed(what))
-        }
+impl From<MarshalError> for CertifyError {
+    fn from(e: MarshalError) -> Self {
+        Self::Malformed(e.field())
     }
 }
 
 /// Parses a TPM2B_ATTEST holding a TPMS_ATTEST of type certify.
 fn parse_attest(tpm2b: &[u8]) -> Result<Attest<'_>, CertifyError> {
-    let mut outer = Reader(tpm2b);
+    let mut outer = Reader::new(tpm2b);
     let body = outer.tpm2b("TPM2B_ATTEST truncated")?;
-    outer.end("bytes after the TPM2B_ATTEST")?;
-    let mut r = Reader(body);
+    outer.finish("bytes after the TPM2B_ATTEST")?;
+    let mut r = Reader::new(body);
     let magic = r.u32("magic missing")?;
     if magic != TPM_GENERATED {
         return Err(CertifyError::Magic(magic));
@@ -244,7 +214,7 @@ fn parse_attest(tpm2b: &[u8]) -> Result<Attest<'_>, CertifyError> {
     r.take(8 + 4 + 4 + 1 + 8, "clockInfo or firmwareVersion truncated")?;
     let name = r.tpm2b("attested name truncated")?;
     r.tpm2b("attested qualifiedName truncated")?;
-    r.end("bytes after the TPMS_CERTIFY_INFO")?;
+    r.finish("bytes after the TPMS_CERTIFY_INFO")?;
     Ok(Attest {
         body,
         signer,
@@ -283,7 +253,7 @@ fn digest(h: HashAlg, data: &[u8]) -> Vec<u8> {
 
 /// Verifies the TPMT_SIGNATURE `signature` over `message` with the AK, in the AK's scheme.
 fn verify_signature(ak: &Public<'_>, message: &[u8], signature: &[u8]) -> Result<(), CertifyError> {
-    let mut r = Reader(signature);
+    let mut r = Reader::new(signature);
     let alg = r.u16("signature algorithm missing")?;
     let hash = r.u16("signature hash missing")?;
     let own = ak
@@ -297,7 +267,7 @@ fn verify_signature(ak: &Public<'_>, message: &[u8], signature: &[u8]) -> Result
         (ALG_ECDSA, PublicKey::Ecc { curve, x, y }) => {
             let sr = r.tpm2b("signatureR truncated")?;
             let ss = r.tpm2b("signatureS truncated")?;
-            r.end("bytes after the signature")?;
+            r.finish("bytes after the signature")?;
             let algorithm: &sig::EcdsaVerificationAlgorithm = match (curve, hash) {
                 (EccCurve::NistP256, 0x000B) => &sig::ECDSA_P256_SHA256_ASN1,
                 (EccCurve::NistP256, 0x000C) => &sig::ECDSA_P256_SHA384_ASN1,
@@ -318,7 +288,7 @@ fn verify_signature(ak: &Public<'_>, message: &[u8], signature: &[u8]) -> Result
         }
         (ALG_RSASSA | ALG_RSAPSS, PublicKey::Rsa { modulus, exponent }) => {
             let s = r.tpm2b("RSA signature truncated")?;
-            r.end("bytes after the signature")?;
+            r.finish("bytes after the signature")?;
             let params: &sig::RsaParameters = match (alg, hash) {
                 (ALG_RSASSA, 0x000B) => &sig::RSA_PKCS1_2048_8192_SHA256,
                 (ALG_RSASSA, 0x000C) => &sig::RSA_PKCS1_2048_8192_SHA384,
@@ -354,38 +324,18 @@ fn left_pad(v: &[u8], len: usize) -> Option<Vec<u8>> {
 
 /// ECDSA-Sig-Value `SEQUENCE { INTEGER r, INTEGER s }` for big-endian `r` and `s`.
 fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
-    fn integer(out: &mut Vec<u8>, v: &[u8]) {
-        let v = v
-            .get(v.iter().take_while(|b| **b == 0).count()..)
-            .unwrap_or_default();
-        let pad = v.first().is_none_or(|b| b & 0x80 != 0);
-        let len = v.len() + usize::from(pad);
-        out.push(0x02);
-        push_len(out, len);
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(v);
-    }
-    let mut body = Vec::with_capacity(r.len() + s.len() + 8);
-    integer(&mut body, r);
-    integer(&mut body, s);
-    let mut out = Vec::with_capacity(body.len() + 3);
-    out.push(0x30);
-    push_len(&mut out, body.len());
-    out.extend_from_slice(&body);
+    // Each INTEGER: tag, length (at most 1 + size_of::<usize>() bytes), sign byte, value.
+    let mut out = vec![0u8; 2 * (r.len() + s.len()) + 32];
+    let mut w = der::Writer::new(&mut out);
+    let written = w
+        .sequence(|w| {
+            w.uint(r)?;
+            w.uint(s)
+        })
+        .map(|()| w.len());
+    // The buffer is sized for both integers, so writing cannot run out of room.
+    out.truncate(written.unwrap_or(0));
     out
-}
-
-fn push_len(out: &mut Vec<u8>, len: usize) {
-    match u8::try_from(len) {
-        Ok(short) if short < 0x80 => out.push(short),
-        Ok(byte) => out.extend_from_slice(&[0x81, byte]),
-        Err(_) => {
-            let [hi, lo] = u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes();
-            out.extend_from_slice(&[0x82, hi, lo]);
-        }
-    }
 }
 
 #[cfg(test)]

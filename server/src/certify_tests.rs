@@ -38,7 +38,7 @@ fn ecc_public(key: &SigningKey, attrs: u32) -> Vec<u8> {
 fn spki(key: &SigningKey) -> Vec<u8> {
     let public = ecc_public(key, KEY_ATTRS);
     let p = Public::decode(&public).unwrap();
-    let mut buf = [0u8; ekattest_protocol::public::SPKI_MAX];
+    let mut buf = [0u8; ekattest_protocol::spki::SPKI_MAX];
     p.key.spki_der(&mut buf).unwrap().to_vec()
 }
 

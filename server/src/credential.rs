@@ -27,10 +27,9 @@ mod rsa;
 use aws_lc_rs::cipher::{AES_128, AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
-use ekattest_protocol::public::alg;
-use ekattest_protocol::public::{
-    EccCurve, HashAlg, ObjectType, Public, PublicError, PublicKey, attr,
-};
+use ekattest_protocol::spki::{EccCurve, PublicKey};
+use ekattest_protocol::tpm::public::alg;
+use ekattest_protocol::tpm::public::{HashAlg, ObjectType, Public, PublicError, attr};
 
 pub use random::{FixedRandom, Random, RandomError, SystemRandom};
 

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
 use ekattest_protocol::RejectCode;
+use ekattest_protocol::der;
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::{SIGNER_CERT_MAX, SIGNER_HINT_LEN, SPIFFE_ID_MAX, SVID_MAX};
 use ekattest_protocol::msg::{Accepted, Challenge, SessionId};
@@ -624,23 +625,28 @@ impl Authority {
     }
 }
 
-/// DER of id-kp-serverAuth and id-kp-clientAuth, as OBJECT IDENTIFIER TLVs.
-const SERVER_AUTH: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
-const CLIENT_AUTH: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+/// id-kp-serverAuth (1.3.6.1.5.5.7.3.1), OID contents.
+const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// id-kp-clientAuth (1.3.6.1.5.5.7.3.2), OID contents.
+const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
 /// The signer's extendedKeyUsage (2.5.29.37, not critical): serverAuth and clientAuth (so
 /// relying parties that check EKU along the chain accept the SVIDs below it) and
-/// [`sign::SIGNER_EKU_OID`]. Written by hand: rcgen takes OID arcs as u64 and a UUID OID's
-/// last arc is 128 bits.
+/// [`sign::SIGNER_EKU_OID`]. Written with [`der::Writer`]: rcgen takes OID arcs as u64 and a
+/// UUID OID's last arc is 128 bits.
 fn signer_eku() -> rcgen::CustomExtension {
-    let ours_len = u8::try_from(sign::SIGNER_EKU_OID_DER.len()).unwrap_or(0);
-    let mut oids = Vec::new();
-    oids.extend_from_slice(SERVER_AUTH);
-    oids.extend_from_slice(CLIENT_AUTH);
-    oids.extend_from_slice(&[0x06, ours_len]);
-    oids.extend_from_slice(sign::SIGNER_EKU_OID_DER);
-    let mut value = vec![0x30, u8::try_from(oids.len()).unwrap_or(0)];
-    value.extend_from_slice(&oids);
+    let mut buf = [0u8; 128];
+    let mut w = der::Writer::new(&mut buf);
+    let written = w.sequence(|w| {
+        w.oid(SERVER_AUTH)?;
+        w.oid(CLIENT_AUTH)?;
+        w.oid(sign::SIGNER_EKU_OID_DER)
+    });
+    // Three OIDs of at most 30 bytes each always fit.
+    let value = match written {
+        Ok(()) => w.finish().to_vec(),
+        Err(_) => Vec::new(),
+    };
     rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], value)
 }
 

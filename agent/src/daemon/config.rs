@@ -26,6 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ekattest_protocol::broker_url::{self, UrlError};
 use ekattest_protocol::hardening::{is_loopback_host, private_mode_ok};
 use ekattest_protocol::topic::{self, Part};
 use serde::Deserialize;
@@ -106,47 +107,20 @@ impl Broker {
                 format!("{url:?}: {reason} (expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT])"),
             )
         };
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(bad("unknown scheme"));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '@', '?', '#']) {
-            return Err(bad("a path, user or query is not supported"));
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("missing host"));
-        }
-        let port = match port {
-            None => {
-                if tls {
-                    8883
-                } else {
-                    1883
-                }
-            }
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("port is not a number 1-65535"))?,
-        };
+        let parsed = broker_url::parse(url, &broker_url::MQTT_SCHEMES).map_err(|e| {
+            bad(match e {
+                UrlError::UnknownScheme => "unknown scheme",
+                UrlError::NotHostPort => "a path, user or query is not supported",
+                UrlError::UnclosedBracket => "unclosed '['",
+                UrlError::AfterBracket { .. } => "unexpected text after ']'",
+                UrlError::EmptyHost => "missing host",
+                UrlError::BadPort { .. } => "port is not a number 1-65535",
+            })
+        })?;
         Ok(Self {
-            tls,
-            host: host.to_owned(),
-            port,
+            tls: parsed.scheme.tls,
+            host: parsed.host.to_owned(),
+            port: parsed.port,
         })
     }
 

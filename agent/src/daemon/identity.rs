@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use ekattest_protocol::limits::SIGNER_HINT_LEN;
 use ekattest_protocol::msg::{Accepted, Challenge, SessionId};
-use ekattest_protocol::public::{EccCurve, PublicKey, SPKI_MAX};
 use ekattest_protocol::sign::{self, Transcript};
+use ekattest_protocol::spki::{EccCurve, PublicKey, SPKI_MAX};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::zeroize::Zeroizing;

@@ -1,5 +1,6 @@
-//! A small bounded DER walker for the two kinds of certificate the agent reads: the CA
-//! certificates of its trust bundle and the X.509-SVID the server issues.
+//! A small bounded certificate walker for the two kinds of certificate the agent reads: the
+//! CA certificates of its trust bundle and the X.509-SVID the server issues. The DER
+//! underneath is read with [`ekattest_protocol::der::Reader`].
 //!
 //! It reads exactly what [`super::identity`] checks: the signed `tbsCertificate` bytes, the
 //! signature algorithm and value, issuer and subject (raw DER), the SubjectPublicKeyInfo, the
@@ -7,6 +8,8 @@
 //! on input, rejects certificates over [`CERT_MAX`] bytes and stops after [`EXTENSIONS_MAX`]
 //! extensions and [`SAN_MAX`] names. It never panics and never allocates. It must never grow
 //! into a general X.509 parser: chain building and policy are the server's job.
+
+use ekattest_protocol::der::{self, Reader, tag};
 
 /// Largest certificate accepted (the protocol carries SVIDs of up to 2048 bytes).
 pub const CERT_MAX: usize = 16 * 1024;
@@ -34,8 +37,24 @@ const EKU_MAX: usize = 16;
 
 /// Why a certificate could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed certificate: {0}")]
-pub struct X509Error(pub &'static str);
+pub enum X509Error {
+    /// A field is not as RFC 5280 lays it out, or a bound is exceeded.
+    #[error("malformed certificate: {0}")]
+    Field(&'static str),
+    /// The DER of a field could not be read.
+    #[error("malformed certificate: {what}: {source}")]
+    Der {
+        /// The field being read.
+        what: &'static str,
+        /// What the DER reader found.
+        source: der::Error,
+    },
+}
+
+/// Maps a DER error at the field `what`.
+fn at(what: &'static str) -> impl Fn(der::Error) -> X509Error {
+    move |source| X509Error::Der { what, source }
+}
 
 /// The fields of one certificate, borrowing from its DER.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,100 +86,67 @@ pub struct Certificate<'a> {
     pub signer_usage: bool,
 }
 
-/// One TLV: (tag, contents, the whole TLV, what follows).
-type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-/// An expected TLV: (contents, the whole TLV, what follows).
-type Field<'a> = (&'a [u8], &'a [u8], &'a [u8]);
-
-fn tlv(input: &[u8]) -> Result<Tlv<'_>, X509Error> {
-    let (&tag, rest) = input.split_first().ok_or(X509Error("truncated tag"))?;
-    if tag & 0x1f == 0x1f {
-        return Err(X509Error("multi-byte tags are not used in certificates"));
-    }
-    let (&first, rest) = rest.split_first().ok_or(X509Error("truncated length"))?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 2 {
-            return Err(X509Error("length form not used in certificates this size"));
-        }
-        let bytes = rest.get(..n).ok_or(X509Error("truncated length"))?;
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, 2 + n)
-    };
-    let end = header
-        .checked_add(len)
-        .ok_or(X509Error("length overflows"))?;
-    let whole = input.get(..end).ok_or(X509Error("length past end"))?;
-    let contents = whole.get(header..).ok_or(X509Error("length past end"))?;
-    let after = input.get(end..).ok_or(X509Error("length past end"))?;
-    Ok((tag, contents, whole, after))
-}
-
-fn expect<'a>(input: &'a [u8], want: u8, what: &'static str) -> Result<Field<'a>, X509Error> {
-    let (tag, contents, whole, after) = tlv(input)?;
-    if tag != want {
-        return Err(X509Error(what));
-    }
-    Ok((contents, whole, after))
-}
-
 /// Reads a certificate.
 ///
 /// # Errors
 /// [`X509Error`] naming the field that is not as X.509 (RFC 5280) lays it out, or a
 /// certificate over [`CERT_MAX`] bytes or with trailing bytes.
-pub fn parse(der: &[u8]) -> Result<Certificate<'_>, X509Error> {
-    if der.len() > CERT_MAX {
-        return Err(X509Error("certificate larger than 16 KiB"));
+pub fn parse(input: &[u8]) -> Result<Certificate<'_>, X509Error> {
+    if input.len() > CERT_MAX {
+        return Err(X509Error::Field("certificate larger than 16 KiB"));
     }
-    let (cert, _, after) = expect(der, 0x30, "certificate is not a SEQUENCE")?;
-    if !after.is_empty() {
-        return Err(X509Error("trailing bytes after the certificate"));
-    }
-    let (tbs_contents, tbs, rest) = expect(cert, 0x30, "tbsCertificate is not a SEQUENCE")?;
-    let (alg, _, rest) = expect(rest, 0x30, "signatureAlgorithm is not a SEQUENCE")?;
-    let (oid, _, _) = expect(alg, 0x06, "signatureAlgorithm has no OID")?;
-    let (bits, _, rest) = expect(rest, 0x03, "signatureValue is not a BIT STRING")?;
-    if !rest.is_empty() {
-        return Err(X509Error("trailing fields after signatureValue"));
-    }
-    let signature = match bits.split_first() {
-        Some((0, sig)) => sig,
-        _ => return Err(X509Error("signatureValue has unused bits")),
-    };
+    let mut outer = Reader::new(input);
+    let mut cert = outer.sequence().map_err(at("certificate"))?;
+    outer.finish().map_err(at("certificate"))?;
+    let tbs = cert.read_tag(tag::SEQUENCE).map_err(at("tbsCertificate"))?;
+    let mut alg = cert.sequence().map_err(at("signatureAlgorithm"))?;
+    let oid = alg
+        .read_tag(tag::OID)
+        .map_err(at("signatureAlgorithm"))?
+        .contents;
+    let signature = cert
+        .read_tag(tag::BIT_STRING)
+        .and_then(|bits| bits.bit_string_bytes())
+        .map_err(at("signatureValue"))?;
+    cert.finish().map_err(at("certificate"))?;
 
-    let mut rest = tbs_contents;
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest)?.3; // [0] EXPLICIT version
-    }
-    let (_, _, rest) = expect(rest, 0x02, "serialNumber is not an INTEGER")?;
-    let (_, _, rest) = expect(rest, 0x30, "signature is not a SEQUENCE")?;
-    let (_, issuer, rest) = expect(rest, 0x30, "issuer is not a SEQUENCE")?;
-    let (validity, _, rest) = expect(rest, 0x30, "validity is not a SEQUENCE")?;
-    let (not_before, validity) = time(validity)?;
-    let (not_after, validity) = time(validity)?;
-    if !validity.is_empty() {
-        return Err(X509Error("validity has more than two times"));
-    }
-    let (_, subject, rest) = expect(rest, 0x30, "subject is not a SEQUENCE")?;
-    let (_, spki, mut rest) = expect(rest, 0x30, "subjectPublicKeyInfo is not a SEQUENCE")?;
+    let mut fields = tbs.reader().map_err(at("tbsCertificate"))?;
+    fields
+        .read_optional(tag::context(0))
+        .map_err(at("version"))?;
+    fields.read_tag(tag::INTEGER).map_err(at("serialNumber"))?;
+    fields.read_tag(tag::SEQUENCE).map_err(at("signature"))?;
+    let issuer = fields.read_tag(tag::SEQUENCE).map_err(at("issuer"))?.whole;
+    let mut validity = fields.sequence().map_err(at("validity"))?;
+    let not_before = time(&mut validity)?;
+    let not_after = time(&mut validity)?;
+    validity.finish().map_err(at("validity"))?;
+    let subject = fields.read_tag(tag::SEQUENCE).map_err(at("subject"))?.whole;
+    let spki = fields
+        .read_tag(tag::SEQUENCE)
+        .map_err(at("subjectPublicKeyInfo"))?
+        .whole;
 
     let mut found = Extensions::default();
-    while let Some(&tag) = rest.first() {
-        let (_, contents, _, after) = tlv(rest)?;
-        rest = after;
-        match tag {
-            0x81 | 0x82 => {} // issuerUniqueID, subjectUniqueID
+    while !fields.is_empty() {
+        let field = fields
+            .read()
+            .map_err(at("field after subjectPublicKeyInfo"))?;
+        match field.tag {
+            // issuerUniqueID, subjectUniqueID
+            0x81 | 0x82 => {}
             0xa3 => {
-                let (exts, _, _) = expect(contents, 0x30, "extensions is not a SEQUENCE")?;
-                found = extensions(exts)?;
+                let mut exts = field
+                    .reader()
+                    .and_then(|mut e| e.sequence())
+                    .map_err(at("extensions"))?;
+                found = extensions(&mut exts)?;
             }
-            _ => return Err(X509Error("unexpected field after subjectPublicKeyInfo")),
+            _ => {
+                return Err(X509Error::Field(
+                    "unexpected field after subjectPublicKeyInfo",
+                ));
+            }
         }
     }
     let Extensions {
@@ -170,7 +156,7 @@ pub fn parse(der: &[u8]) -> Result<Certificate<'_>, X509Error> {
         signer_usage,
     } = found;
     Ok(Certificate {
-        tbs,
+        tbs: tbs.whole,
         signature_algorithm: oid,
         signature,
         issuer,
@@ -196,43 +182,47 @@ struct Extensions<'a> {
 
 /// Walks the extensions for subjectAltName (first URI, number of URIs), basicConstraints
 /// (CA) and extendedKeyUsage (the signer usage).
-fn extensions(mut exts: &[u8]) -> Result<Extensions<'_>, X509Error> {
+fn extensions<'a>(exts: &mut Reader<'a>) -> Result<Extensions<'a>, X509Error> {
     let mut found = Extensions::default();
     let mut seen = 0;
     while !exts.is_empty() {
         seen += 1;
         if seen > EXTENSIONS_MAX {
-            return Err(X509Error("too many extensions"));
+            return Err(X509Error::Field("too many extensions"));
         }
-        let (ext, _, after) = expect(exts, 0x30, "extension is not a SEQUENCE")?;
-        exts = after;
-        let (oid, _, mut rest) = expect(ext, 0x06, "extension has no OID")?;
-        if rest.first() == Some(&0x01) {
-            rest = tlv(rest)?.3; // critical BOOLEAN
-        }
-        let (value, _, _) = expect(rest, 0x04, "extension value is not an OCTET STRING")?;
+        let mut ext = exts.sequence().map_err(at("extension"))?;
+        let oid = ext
+            .read_tag(tag::OID)
+            .map_err(at("extension OID"))?
+            .contents;
+        ext.read_optional(tag::BOOLEAN)
+            .map_err(at("extension critical flag"))?;
+        let value = ext
+            .read_tag(tag::OCTET_STRING)
+            .map_err(at("extension value"))?
+            .contents;
+        let mut value = Reader::new(value);
         match oid {
-            SUBJECT_ALT_NAME => sans(value, &mut found)?,
+            SUBJECT_ALT_NAME => sans(&mut value, &mut found)?,
             BASIC_CONSTRAINTS => {
-                let (bc, _, _) = expect(value, 0x30, "basicConstraints is not a SEQUENCE")?;
+                let mut bc = value.sequence().map_err(at("basicConstraints"))?;
                 // cA BOOLEAN DEFAULT FALSE: present and 0xff-ish (non-zero) means CA.
-                if let Ok((0x01, flag, _, _)) = tlv(bc) {
-                    found.is_ca = flag.first().is_some_and(|&b| b != 0);
+                if let Ok(flag) = bc.read_tag(tag::BOOLEAN) {
+                    found.is_ca = flag.contents.first().is_some_and(|&b| b != 0);
                 }
             }
             EXT_KEY_USAGE => {
-                let (mut purposes, _, _) =
-                    expect(value, 0x30, "extendedKeyUsage is not a SEQUENCE")?;
+                let mut purposes = value.sequence().map_err(at("extendedKeyUsage"))?;
                 let mut count = 0;
                 while !purposes.is_empty() {
                     count += 1;
                     if count > EKU_MAX {
-                        return Err(X509Error("too many extendedKeyUsage purposes"));
+                        return Err(X509Error::Field("too many extendedKeyUsage purposes"));
                     }
-                    let (purpose, _, after) =
-                        expect(purposes, 0x06, "extendedKeyUsage purpose is not an OID")?;
-                    purposes = after;
-                    if purpose == ekattest_protocol::sign::SIGNER_EKU_OID_DER {
+                    let purpose = purposes
+                        .read_tag(tag::OID)
+                        .map_err(at("extendedKeyUsage purpose"))?;
+                    if purpose.contents == ekattest_protocol::sign::SIGNER_EKU_OID_DER {
                         found.signer_usage = true;
                     }
                 }
@@ -244,19 +234,18 @@ fn extensions(mut exts: &[u8]) -> Result<Extensions<'_>, X509Error> {
 }
 
 /// Reads a subjectAltName value into `found`.
-fn sans<'a>(value: &'a [u8], found: &mut Extensions<'a>) -> Result<(), X509Error> {
-    let (mut names, _, _) = expect(value, 0x30, "subjectAltName is not a SEQUENCE")?;
+fn sans<'a>(value: &mut Reader<'a>, found: &mut Extensions<'a>) -> Result<(), X509Error> {
+    let mut names = value.sequence().map_err(at("subjectAltName"))?;
     let mut count = 0;
     while !names.is_empty() {
         count += 1;
         if count > SAN_MAX {
-            return Err(X509Error("too many subjectAltName entries"));
+            return Err(X509Error::Field("too many subjectAltName entries"));
         }
-        let (tag, contents, _, after) = tlv(names)?;
-        names = after;
-        if tag == 0x86 {
-            let uri = core::str::from_utf8(contents)
-                .map_err(|_| X509Error("URI subjectAltName is not text"))?;
+        let name = names.read().map_err(at("subjectAltName entry"))?;
+        if name.tag == tag::context_primitive(6) {
+            let uri = core::str::from_utf8(name.contents)
+                .map_err(|_| X509Error::Field("URI subjectAltName is not text"))?;
             if found.uri_san.is_none() {
                 found.uri_san = Some(uri);
             }
@@ -267,27 +256,32 @@ fn sans<'a>(value: &'a [u8], found: &mut Extensions<'a>) -> Result<(), X509Error
 }
 
 /// Reads one UTCTime or GeneralizedTime (`Z` form, as RFC 5280 requires).
-fn time(input: &[u8]) -> Result<(i64, &[u8]), X509Error> {
-    let (tag, contents, _, after) = tlv(input)?;
+fn time(validity: &mut Reader<'_>) -> Result<i64, X509Error> {
+    let t = validity.read().map_err(at("validity time"))?;
+    let (tag, contents) = (t.tag, t.contents);
     let digits = |s: &[u8]| -> Result<i64, X509Error> {
         s.iter().try_fold(0i64, |acc, b| {
             if b.is_ascii_digit() {
                 Ok(acc * 10 + i64::from(b - b'0'))
             } else {
-                Err(X509Error("time has a non-digit"))
+                Err(X509Error::Field("time has a non-digit"))
             }
         })
     };
     let (year, rest) = match (tag, contents.len()) {
-        (0x17, 13) => {
+        (tag::UTC_TIME, 13) => {
             let yy = digits(&contents[..2])?;
             (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &contents[2..])
         }
-        (0x18, 15) => (digits(&contents[..4])?, &contents[4..]),
-        _ => return Err(X509Error("time is not UTCTime/GeneralizedTime in Z form")),
+        (tag::GENERALIZED_TIME, 15) => (digits(&contents[..4])?, &contents[4..]),
+        _ => {
+            return Err(X509Error::Field(
+                "time is not UTCTime/GeneralizedTime in Z form",
+            ));
+        }
     };
     if rest.get(10) != Some(&b'Z') {
-        return Err(X509Error("time does not end in Z"));
+        return Err(X509Error::Field("time does not end in Z"));
     }
     let field = |i: usize| digits(rest.get(i..i + 2).unwrap_or_default());
     let (month, day, hour, minute, second) =
@@ -298,10 +292,10 @@ fn time(input: &[u8]) -> Result<(i64, &[u8]), X509Error> {
         || minute > 59
         || second > 60
     {
-        return Err(X509Error("time field out of range"));
+        return Err(X509Error::Field("time field out of range"));
     }
     let days = days_from_civil(year, month, day);
-    Ok((days * 86_400 + hour * 3600 + minute * 60 + second, after))
+    Ok(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -329,12 +323,13 @@ mod tests {
 
     #[test]
     fn times() {
+        let time = |der: &[u8]| super::time(&mut Reader::new(der));
         let utc = b"\x17\x0d491231235959Z";
-        assert_eq!(time(utc).unwrap().0, 2_524_607_999);
+        assert_eq!(time(utc).unwrap(), 2_524_607_999);
         let utc = b"\x17\x0d500101000000Z";
-        assert_eq!(time(utc).unwrap().0, -631_152_000);
+        assert_eq!(time(utc).unwrap(), -631_152_000);
         let gen_time = b"\x18\x0f20380119031408Z";
-        assert_eq!(time(gen_time).unwrap().0, 2_147_483_648);
+        assert_eq!(time(gen_time).unwrap(), 2_147_483_648);
         assert!(time(b"\x17\x0d4912312359590").is_err());
         assert!(time(b"\x17\x0d491331235959Z").is_err());
         assert!(time(b"\x17\x0c49123123595Z").is_err());

@@ -5,9 +5,9 @@
 //! sensitiveDataOrigin | userWithAuth | restricted | sign, plus noDA so the first use after
 //! TPM start does not answer TPM_RC_RETRY. ECC P-256 / ECDSA-SHA256 by default (fast on real
 //! chips), RSA-2048 / RSASSA-SHA256 optionally. The Name is computed with
-//! `ekattest_protocol::public` and must equal the Name the TPM returns.
+//! `ekattest_protocol::tpm::public` and must equal the Name the TPM returns.
 
-use ekattest_protocol::public::{Public, attr};
+use ekattest_protocol::tpm::public::{Public, attr};
 
 use super::Transport;
 use super::commands::{RH_OWNER, Scope, Tpm};

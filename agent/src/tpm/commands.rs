@@ -34,10 +34,10 @@ use tpm2_protocol::{TpmUnmarshal, TpmWriter};
 
 use super::error::Error;
 use super::rc::{self, ResponseCode};
-use super::reader::{Reader, split};
 pub use super::scope::Scope;
 use super::session::{self, Session};
 use super::{FRAME_MAX, HEADER_LEN, Transport};
+use ekattest_protocol::tpm::marshal::{Reader, split};
 
 /// `TPM_RH_OWNER`.
 pub const RH_OWNER: u32 = 0x4000_0001;
@@ -275,10 +275,12 @@ impl<T: Transport> Tpm<T> {
             Some(0x8001) => rest,
             Some(0x8002) => {
                 let mut r = Reader::new(rest);
-                let size = r.u32().ok_or_else(|| bad("parameter size missing"))?;
+                let size = r
+                    .u32("parameter size missing")
+                    .map_err(|e| bad(e.field()))?;
                 let size = usize::try_from(size).map_err(|_| bad("parameter size too large"))?;
-                r.take(size)
-                    .ok_or_else(|| bad("parameter area truncated"))?
+                r.take(size, "parameter area truncated")
+                    .map_err(|e| bad(e.field()))?
             }
             _ => return Err(bad("unknown response tag")),
         };
@@ -324,15 +326,19 @@ impl<T: Transport> Tpm<T> {
             let n = self.call(name, &cmd, &[])?;
             let a = self.areas(name, n, 0)?;
             let mut r = Reader::new(a.params);
-            let more = r.u8().ok_or_else(|| a.bad("moreData missing"))?;
-            let cap = r.u32().ok_or_else(|| a.bad("capability missing"))?;
+            let more = r.u8("moreData missing").map_err(|e| a.bad(e.field()))?;
+            let cap = r.u32("capability missing").map_err(|e| a.bad(e.field()))?;
             if cap != 1 {
                 return Err(a.bad(&format!("asked for handles, got capability {cap:#x}")));
             }
-            let count = r.u32().ok_or_else(|| a.bad("handle count missing"))?;
+            let count = r
+                .u32("handle count missing")
+                .map_err(|e| a.bad(e.field()))?;
             let mut last = None;
             for _ in 0..count {
-                let h = r.u32().ok_or_else(|| a.bad("handle list truncated"))?;
+                let h = r
+                    .u32("handle list truncated")
+                    .map_err(|e| a.bad(e.field()))?;
                 if out.len() >= HANDLES_MAX {
                     return Err(a.bad("more than 4096 handles"));
                 }
@@ -363,15 +369,21 @@ impl<T: Transport> Tpm<T> {
         let n = self.call(name, &cmd, &[])?;
         let a = self.areas(name, n, 0)?;
         let mut r = Reader::new(a.params);
-        r.u8().ok_or_else(|| a.bad("moreData missing"))?;
-        let cap = r.u32().ok_or_else(|| a.bad("capability missing"))?;
+        r.u8("moreData missing").map_err(|e| a.bad(e.field()))?;
+        let cap = r.u32("capability missing").map_err(|e| a.bad(e.field()))?;
         if cap != 6 {
             return Err(a.bad(&format!("asked for properties, got capability {cap:#x}")));
         }
-        let count = r.u32().ok_or_else(|| a.bad("property count missing"))?;
+        let count = r
+            .u32("property count missing")
+            .map_err(|e| a.bad(e.field()))?;
         for _ in 0..count {
-            let p = r.u32().ok_or_else(|| a.bad("property list truncated"))?;
-            let v = r.u32().ok_or_else(|| a.bad("property list truncated"))?;
+            let p = r
+                .u32("property list truncated")
+                .map_err(|e| a.bad(e.field()))?;
+            let v = r
+                .u32("property list truncated")
+                .map_err(|e| a.bad(e.field()))?;
             if p == property {
                 return Ok(Some(v));
             }
@@ -392,13 +404,16 @@ impl<T: Transport> Tpm<T> {
         let n = self.call(name, &cmd, &[])?;
         let a = self.areas(name, n, 0)?;
         let mut r = Reader::new(a.params);
-        let nv = r.tpm2b().ok_or_else(|| a.bad("nvPublic truncated"))?;
+        let nv = r
+            .tpm2b("nvPublic truncated")
+            .map_err(|e| a.bad(e.field()))?;
         let mut p = Reader::new(nv);
-        let got_index = p.u32().ok_or_else(|| a.bad("nvIndex missing"))?;
-        p.u16().ok_or_else(|| a.bad("nameAlg missing"))?;
-        let attributes = p.u32().ok_or_else(|| a.bad("attributes missing"))?;
-        p.tpm2b().ok_or_else(|| a.bad("authPolicy truncated"))?;
-        let data_size = p.u16().ok_or_else(|| a.bad("dataSize missing"))?;
+        let got_index = p.u32("nvIndex missing").map_err(|e| a.bad(e.field()))?;
+        p.u16("nameAlg missing").map_err(|e| a.bad(e.field()))?;
+        let attributes = p.u32("attributes missing").map_err(|e| a.bad(e.field()))?;
+        p.tpm2b("authPolicy truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        let data_size = p.u16("dataSize missing").map_err(|e| a.bad(e.field()))?;
         if got_index != index {
             return Err(a.bad(&format!("asked for {index:#010x}, got {got_index:#010x}")));
         }
@@ -469,9 +484,9 @@ impl<T: Transport> Tpm<T> {
         let a = self.areas(name, n, 0)?;
         let mut r = Reader::new(a.params);
         let public = r
-            .tpm2b_whole()
-            .ok_or_else(|| a.bad("outPublic truncated"))?;
-        let obj_name = r.tpm2b().ok_or_else(|| a.bad("name truncated"))?;
+            .tpm2b_whole("outPublic truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        let obj_name = r.tpm2b("name truncated").map_err(|e| a.bad(e.field()))?;
         Ok(ObjectPublic {
             public: public.to_vec(),
             name: obj_name.to_vec(),
@@ -501,18 +516,23 @@ impl<T: Transport> Tpm<T> {
         let n = self.call(name, &cmd, &[Auth::Password])?;
         let a = self.areas(name, n, 1)?;
         let handle = Reader::new(a.handles)
-            .u32()
-            .ok_or_else(|| a.bad("objectHandle missing"))?;
+            .u32("objectHandle missing")
+            .map_err(|e| a.bad(e.field()))?;
         let mut r = Reader::new(a.params);
         let public = r
-            .tpm2b_whole()
-            .ok_or_else(|| a.bad("outPublic truncated"))?;
-        r.tpm2b().ok_or_else(|| a.bad("creationData truncated"))?;
-        r.tpm2b().ok_or_else(|| a.bad("creationHash truncated"))?;
-        r.u16().ok_or_else(|| a.bad("creationTicket truncated"))?;
-        r.u32().ok_or_else(|| a.bad("creationTicket truncated"))?;
-        r.tpm2b().ok_or_else(|| a.bad("creationTicket truncated"))?;
-        let obj_name = r.tpm2b().ok_or_else(|| a.bad("name truncated"))?;
+            .tpm2b_whole("outPublic truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        r.tpm2b("creationData truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        r.tpm2b("creationHash truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        r.u16("creationTicket truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        r.u32("creationTicket truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        r.tpm2b("creationTicket truncated")
+            .map_err(|e| a.bad(e.field()))?;
+        let obj_name = r.tpm2b("name truncated").map_err(|e| a.bad(e.field()))?;
         Ok((
             handle,
             ObjectPublic {
@@ -733,14 +753,14 @@ impl<T: Transport> Tpm<T> {
             .ok_or_else(|| a.bad("authorization area missing"))?;
         let mut r = Reader::new(auth_area);
         let nonce_tpm = r
-            .tpm2b()
-            .ok_or_else(|| a.bad("AK session nonceTPM truncated"))?;
+            .tpm2b("AK session nonceTPM truncated")
+            .map_err(|e| a.bad(e.field()))?;
         let rsp_attrs = r
-            .u8()
-            .ok_or_else(|| a.bad("AK session attributes missing"))?;
+            .u8("AK session attributes missing")
+            .map_err(|e| a.bad(e.field()))?;
         let rsp_hmac = r
-            .tpm2b()
-            .ok_or_else(|| a.bad("AK session HMAC truncated"))?;
+            .tpm2b("AK session HMAC truncated")
+            .map_err(|e| a.bad(e.field()))?;
         session
             .open_response(
                 CC_ACTIVATE_CREDENTIAL,
@@ -753,13 +773,13 @@ impl<T: Transport> Tpm<T> {
             .map_err(fault)?;
         let mut p = Reader::new(&params);
         let cert_info = p
-            .tpm2b()
-            .ok_or_else(|| Error::Malformed {
+            .tpm2b("certInfo truncated")
+            .map_err(|e| Error::Malformed {
                 command: name,
-                detail: "certInfo truncated".into(),
+                detail: e.field().into(),
             })?
             .to_vec();
-        if p.take(1).is_some() {
+        if !p.is_empty() {
             return Err(Error::Malformed {
                 command: name,
                 detail: "bytes after certInfo".into(),
@@ -793,11 +813,11 @@ impl<T: Transport> Tpm<T> {
         let a = self.areas(name, n, 0)?;
         let mut r = Reader::new(a.params);
         let private = r
-            .tpm2b_whole()
-            .ok_or_else(|| a.bad("outPrivate truncated"))?;
+            .tpm2b_whole("outPrivate truncated")
+            .map_err(|e| a.bad(e.field()))?;
         let public = r
-            .tpm2b_whole()
-            .ok_or_else(|| a.bad("outPublic truncated"))?;
+            .tpm2b_whole("outPublic truncated")
+            .map_err(|e| a.bad(e.field()))?;
         Ok(CreatedKey {
             public: public.to_vec(),
             private: private.to_vec(),
@@ -834,11 +854,11 @@ impl<T: Transport> Tpm<T> {
         let n = self.call(name, &cmd, &[Auth::Password])?;
         let a = self.areas(name, n, 1)?;
         let handle = Reader::new(a.handles)
-            .u32()
-            .ok_or_else(|| a.bad("objectHandle missing"))?;
+            .u32("objectHandle missing")
+            .map_err(|e| a.bad(e.field()))?;
         let obj_name = Reader::new(a.params)
-            .tpm2b()
-            .ok_or_else(|| a.bad("name truncated"))?
+            .tpm2b("name truncated")
+            .map_err(|e| a.bad(e.field()))?
             .to_vec();
         Ok((handle, obj_name))
     }
@@ -873,8 +893,8 @@ impl<T: Transport> Tpm<T> {
         let a = self.areas(name, n, 0)?;
         let mut r = Reader::new(a.params);
         let attest = r
-            .tpm2b_whole()
-            .ok_or_else(|| a.bad("certifyInfo truncated"))?
+            .tpm2b_whole("certifyInfo truncated")
+            .map_err(|e| a.bad(e.field()))?
             .to_vec();
         let signature = r.rest().to_vec();
         if signature.len() < 2 {

@@ -12,8 +12,9 @@
 //! With no certificate at all, the L-1 RSA EK is still reported (public key only). This
 //! module leaves no transient object loaded and never trusts NV contents beyond their size.
 
-use ekattest_protocol::der;
-use ekattest_protocol::public::{Public, PublicKey, attr};
+use ekattest_protocol::der::nv;
+use ekattest_protocol::spki::PublicKey;
+use ekattest_protocol::tpm::public::{Public, attr};
 
 use super::Transport;
 use super::commands::{ObjectPublic, RH_ENDORSEMENT, Scope, Tpm};
@@ -201,9 +202,9 @@ fn public_error(what: &str, e: impl std::fmt::Display) -> Error {
 /// The EK certificate in the contents of NV index `index`: the first DER object, behind a
 /// PC Client stored-certificate header (5-byte `10 01 00 LLLL` or 7-byte
 /// `10 01 00 LLLL 10 02`) if there is one, without the padding after it
-/// (`ekattest_protocol::der::first_object`, shared with the server and `ekattestctl`).
+/// (`ekattest_protocol::der::nv::first_object`, shared with the server and `ekattestctl`).
 fn certificate_in_nv(index: u32, blob: &[u8]) -> Result<&[u8], Error> {
-    der::first_object(blob)
+    nv::first_object(blob)
         .map_err(|e| public_error(&format!("EK certificate at NV {index:#010x}"), e))
 }
 
@@ -262,7 +263,7 @@ pub fn discover<T: Transport>(tpm: &mut Tpm<T>) -> Result<Endorsement, Error> {
     }
     for index in nv.iter().copied().filter(|h| in_range(*h, NV_CHAIN_RANGE)) {
         let blob = read_nv(tpm, index)?;
-        for obj in der::objects(&blob) {
+        for obj in nv::objects(&blob) {
             match obj {
                 Ok(c) => out.chain.push(c.to_vec()),
                 Err(e) => {
@@ -414,7 +415,7 @@ mod tests {
         let blob = read("stm-st33htphahb4-rsa2048.nv.bin");
         let der = read("stm-st33htphahb4-rsa2048.der");
         assert_eq!(blob.len(), 1600);
-        assert_eq!(der::first_object(&blob).unwrap(), &der[..]);
+        assert_eq!(nv::first_object(&blob).unwrap(), &der[..]);
     }
 
     #[test]

@@ -17,14 +17,16 @@
 //!
 //! [`sign::certify_qualifying_data`]: ekattest_protocol::sign::certify_qualifying_data
 
-use ekattest_protocol::public::{Public, PublicKey, SPKI_MAX};
+use ekattest_protocol::der;
+use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
+use ekattest_protocol::tpm::marshal::Reader;
+use ekattest_protocol::tpm::public::Public;
 use sha2::{Digest, Sha256};
 
 use super::Transport;
 use super::ak::{self, AkOptions};
 use super::commands::{Certification, CreatedKey, RH_OWNER, Scope, Tpm};
 use super::error::Error;
-use super::reader::Reader;
 use super::templates;
 
 /// `id-loadablekey` (TCG/openssl_tpm2_engine "TPM 2.0 Key Files"): a key for TPM2_Load.
@@ -88,14 +90,21 @@ impl TpmKey {
     /// TRUE, parent TPM_RH_OWNER, pubkey OCTET STRING, privkey OCTET STRING }`.
     #[must_use]
     pub fn tss2_der(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.blob.public.len() + self.blob.private.len() + 32);
-        tlv(&mut body, 0x06, &OID_LOADABLE_KEY);
-        tlv(&mut body, 0xA0, &[0x01, 0x01, 0xFF]);
-        tlv(&mut body, 0x02, &RH_OWNER.to_be_bytes());
-        tlv(&mut body, 0x04, &self.blob.public);
-        tlv(&mut body, 0x04, &self.blob.private);
-        let mut der = Vec::with_capacity(body.len() + 4);
-        tlv(&mut der, 0x30, &body);
+        let (public, private) = (&self.blob.public, &self.blob.private);
+        // Every field's header is at most 1 + 1 + size_of::<usize>() bytes.
+        let mut der = vec![0u8; public.len() + private.len() + 96];
+        let mut w = der::Writer::new(&mut der);
+        let written = w
+            .sequence(|w| {
+                w.oid(&OID_LOADABLE_KEY)?;
+                w.constructed(der::tag::context(0), |w| w.boolean(true))?;
+                w.uint(&RH_OWNER.to_be_bytes())?;
+                w.octet_string(public)?;
+                w.octet_string(private)
+            })
+            .map(|()| w.len());
+        // The buffer is sized for the fields above, so writing cannot run out of room.
+        der.truncate(written.unwrap_or(0));
         der
     }
 
@@ -111,24 +120,6 @@ impl TpmKey {
         )
         .map_err(|e| format!("cannot encode the TPM key as PEM: {e}"))
     }
-}
-
-/// Appends a DER TLV (definite length) to `out`.
-fn tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
-    out.push(tag);
-    let len = value.len();
-    match u8::try_from(len) {
-        Ok(short) if short < 0x80 => out.push(short),
-        _ => {
-            let bytes = len.to_be_bytes();
-            let skip = bytes.iter().take_while(|b| **b == 0).count();
-            let digits = bytes.get(skip..).unwrap_or_default();
-            // At most size_of::<usize>() digits.
-            out.push(0x80 | u8::try_from(digits.len()).unwrap_or(0x7F));
-            out.extend_from_slice(digits);
-        }
-    }
-    out.extend_from_slice(value);
 }
 
 /// Loads the storage primary and `key` under it, flushing the primary at once; returns the
@@ -216,11 +207,15 @@ fn ecdsa_der(tpmt_signature: &[u8]) -> Result<Vec<u8>, Error> {
         detail: detail.to_owned(),
     };
     let mut r = Reader::new(tpmt_signature);
-    if r.u16() != Some(0x0018) || r.u16() != Some(0x000B) {
+    if r.u16("sigAlg") != Ok(0x0018) || r.u16("hash") != Ok(0x000B) {
         return Err(bad("signature is not ECDSA with SHA-256"));
     }
-    let sr = r.tpm2b().ok_or_else(|| bad("signatureR truncated"))?;
-    let ss = r.tpm2b().ok_or_else(|| bad("signatureS truncated"))?;
+    let sr = r
+        .tpm2b("signatureR truncated")
+        .map_err(|e| bad(e.field()))?;
+    let ss = r
+        .tpm2b("signatureS truncated")
+        .map_err(|e| bad(e.field()))?;
     let pad = |v: &[u8]| -> Result<[u8; 32], Error> {
         let v = v.get(v.len().saturating_sub(32)..).unwrap_or_default();
         let mut out = [0u8; 32];
@@ -240,16 +235,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tlv_lengths() {
-        let mut v = Vec::new();
-        tlv(&mut v, 0x04, &[0u8; 5]);
-        assert_eq!(&v[..2], &[0x04, 5]);
-        let mut v = Vec::new();
-        tlv(&mut v, 0x04, &[0u8; 200]);
-        assert_eq!(&v[..3], &[0x04, 0x81, 200]);
-        let mut v = Vec::new();
-        tlv(&mut v, 0x04, &[0u8; 300]);
-        assert_eq!(&v[..4], &[0x04, 0x82, 0x01, 0x2C]);
+    fn tss2_der_layout() {
+        let key = TpmKey {
+            blob: CreatedKey {
+                public: vec![0xAA; 200],
+                private: vec![0xBB; 5],
+            },
+            spki: Vec::new(),
+        };
+        let der = key.tss2_der();
+        assert_eq!(&der[..3], &[0x30, 0x81, 0xE5]);
+        assert_eq!(der.len(), 3 + 0xE5);
+        // type, emptyAuth [0] TRUE, parent 0x40000001 (a positive INTEGER), pubkey, privkey
+        let head = [
+            0x06, 0x06, 0x67, 0x81, 0x05, 0x0A, 0x01, 0x03, 0xA0, 0x03, 0x01, 0x01, 0xFF, 0x02,
+            0x04, 0x40, 0x00, 0x00, 0x01, 0x04, 0x81, 200,
+        ];
+        assert_eq!(&der[3..3 + head.len()], &head);
+        assert_eq!(
+            &der[der.len() - 7..],
+            &[0x04, 0x05, 0xBB, 0xBB, 0xBB, 0xBB, 0xBB]
+        );
     }
 
     #[test]

@@ -24,7 +24,6 @@ pub mod commands;
 pub mod ek;
 pub mod key;
 pub mod rc;
-mod reader;
 pub mod scope;
 pub mod session;
 pub mod stream;

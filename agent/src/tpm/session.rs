@@ -17,7 +17,8 @@ use aes::Aes128;
 use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
 use crypto_bigint::{BoxedUint, Odd};
-use ekattest_protocol::public::{EccCurve, HashAlg, Public, PublicKey};
+use ekattest_protocol::spki::{EccCurve, PublicKey};
+use ekattest_protocol::tpm::public::{HashAlg, Public};
 use ring::{agreement, digest, hmac};
 
 /// The session's authHash: SHA-256 (the KDFa of the session key, HMACs and CFB keys).

@@ -5,7 +5,7 @@
 //! strings so the exact bytes sent in CreatePrimary can be compared with what the TPM reports
 //! for a persistent EK. This module only builds bytes; it never talks to a TPM.
 
-use ekattest_protocol::public::{CURVE_P256, CURVE_P384, alg};
+use ekattest_protocol::tpm::public::{CURVE_P256, CURVE_P384, alg};
 
 /// PolicyA (SHA-256): PolicySecret(TPM_RH_ENDORSEMENT), the low-range EK authPolicy.
 pub(crate) const POLICY_A_SHA256: [u8; 32] = [

@@ -14,7 +14,8 @@ use ekattest_agent::tpm::ak::{self, AkOptions};
 use ekattest_agent::tpm::commands::{RH_OWNER, Tpm};
 use ekattest_agent::tpm::ek::{self, EkKind};
 use ekattest_agent::tpm::stream::Stream;
-use ekattest_protocol::public::{Public, PublicKey};
+use ekattest_protocol::spki::PublicKey;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_testkit::{Ca, Device, ProvisionOptions};
 
 mod param_enc;

@@ -497,7 +497,7 @@ mod tests {
         }
         // The well-formed classes: each Login a fresh EK, from that EK's own agent id.
         let ek_agent = |l: &Login| {
-            let public = ekattest_protocol::public::Public::decode(&l.ek_public).unwrap();
+            let public = ekattest_protocol::tpm::public::Public::decode(&l.ek_public).unwrap();
             default_agent_id(&public.key.public_hash().unwrap()).to_string()
         };
         let (agent, frame) = f.frame(BogusKind::GarbageCert, "fake".into()).unwrap();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::SVID_KEY_MAX;
-use ekattest_protocol::public::{EccCurve, PublicKey, SPKI_MAX};
+use ekattest_protocol::spki::{EccCurve, PublicKey, SPKI_MAX};
 use ekattest_server::config::MAX_DOCUMENT_BYTES;
 
 use crate::soft_tpm::{EkAlg, SoftAk, SoftEk};

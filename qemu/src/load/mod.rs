@@ -31,6 +31,7 @@ mod link;
 mod summary;
 mod worker;
 
+use ekattest_protocol::broker_url::{self, UrlError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -166,17 +167,18 @@ fn find_bin(dir: Option<&Path>, name: &str) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `mqtt://HOST:PORT` -> (host, port).
+/// `mqtt://HOST:PORT` -> (host, port), through [`broker_url::parse`].
 fn parse_broker(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| format!("--broker {url:?}: only mqtt://HOST:PORT is supported"))?;
-    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
-    let port = port
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|e| format!("--broker {url:?}: port: {e}"))?;
-    Ok((host.to_owned(), port))
+    match broker_url::parse(url, &[broker_url::MQTT]) {
+        Ok(u) => Ok((u.host.to_owned(), u.port)),
+        Err(UrlError::BadPort { port }) => Err(match port.parse::<u16>() {
+            Err(e) => format!("--broker {url:?}: port: {e}"),
+            Ok(_) => format!("--broker {url:?}: port: 0 is not a port"),
+        }),
+        Err(_) => Err(format!(
+            "--broker {url:?}: only mqtt://HOST:PORT is supported"
+        )),
+    }
 }
 
 /// The processes whose CPU the report counts: the servers, the broker processes (mosquitto,

@@ -28,8 +28,8 @@ use ekattest_fleet::soft_tpm::{EkAlg, SoftEk, SoftTpmError};
 use ekattest_fleet::{Ca, Device, ProvisionOptions};
 use ekattest_protocol::limits::NONCE_LEN;
 use ekattest_protocol::msg::{Answer, Downlink, Login};
-use ekattest_protocol::public::attr;
 use ekattest_protocol::topic::default_agent_id;
+use ekattest_protocol::tpm::public::attr;
 use ekattest_protocol::{RejectCode, sign};
 
 const LOG: Duration = Duration::from_secs(5);

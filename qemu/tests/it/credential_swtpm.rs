@@ -10,7 +10,7 @@ use ekattest_agent::tpm::activate::{self, Credential as AgentCredential};
 use ekattest_agent::tpm::ak::{self as agent_ak, AkOptions};
 use ekattest_agent::tpm::ek::{self as agent_ek, EkKind as AgentEkKind};
 use ekattest_fleet::{Ca, Device, EkKind, ProvisionOptions};
-use ekattest_protocol::public::Public;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ak::check_ak;
 use ekattest_server::credential::{SystemRandom, make_credential};
 

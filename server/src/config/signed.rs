@@ -36,7 +36,7 @@ use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
     UnparsedPublicKey,
 };
-use ekattest_protocol::public::{EccCurve, PublicKey};
+use ekattest_protocol::spki::{EccCurve, PublicKey};
 use sha2::{Digest, Sha256};
 
 use super::MAX_DOCUMENT_BYTES;

@@ -7,7 +7,7 @@
 //! tests). The ephemeral private key never leaves this module.
 
 use aws_lc_rs::agreement::{self, ECDH_P256, ECDH_P384, PrivateKey, UnparsedPublicKey};
-use ekattest_protocol::public::EccCurve;
+use ekattest_protocol::spki::EccCurve;
 
 use super::kdf::{MAX_DIGEST, kdfe};
 use super::{CredentialError, Random};

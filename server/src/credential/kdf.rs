@@ -6,7 +6,7 @@
 //! hashes the credential code allows.
 
 use aws_lc_rs::{digest, hmac};
-use ekattest_protocol::public::HashAlg;
+use ekattest_protocol::tpm::public::HashAlg;
 
 /// Largest digest handled (SHA-512).
 pub(crate) const MAX_DIGEST: usize = 64;

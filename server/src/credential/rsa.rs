@@ -20,7 +20,8 @@ use aws_lc_rs::rsa::{
 };
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
 use crypto_bigint::{BoxedUint, Odd};
-use ekattest_protocol::public::{HashAlg, PublicKey, SPKI_MAX};
+use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
+use ekattest_protocol::tpm::public::HashAlg;
 
 use super::CredentialError;
 use super::kdf::MAX_DIGEST;

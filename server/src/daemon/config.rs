@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ekattest_protocol::broker_url::{self, BrokerUrl, UrlError};
 use ekattest_protocol::hardening::{is_loopback_host, private_mode_ok_for};
 use ekattest_protocol::topic::{self, Part};
 use serde::Deserialize;
@@ -153,55 +154,40 @@ impl Broker {
     /// # Errors
     /// A message saying what is wrong with the URL.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(format!(
+        match broker_url::parse(url, &broker_url::MQTT_SCHEMES) {
+            Ok(parsed) => Ok(Self::from_parsed(url, parsed)),
+            Err(UrlError::UnknownScheme) => Err(format!(
                 "{url:?} is not a broker URL; write mqtt://HOST:PORT or mqtts://HOST:PORT"
-            ));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '@', '?', '#']) {
-            return Err(format!(
-                "{url:?}: only mqtt[s]://HOST[:PORT] is supported (no path, user or query; \
-                 use username and password-file for credentials)"
-            ));
+            )),
+            Err(e) => Err(url_error(url, e)),
         }
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed '[' in an IPv6 address"))?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None if after.is_empty() => (host, None),
-                None => return Err(format!("{url:?}: unexpected {after:?} after the address")),
-            }
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{url:?}: the host is empty"));
-        }
-        let port = match port {
-            None => default_port,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("{url:?}: port {p:?} is not a number in 1..65535"))?,
-        };
-        Ok(Self {
+    }
+
+    fn from_parsed(url: &str, parsed: BrokerUrl<'_>) -> Self {
+        Self {
             url: url.to_owned(),
-            tls,
-            host: host.to_owned(),
-            port,
-        })
+            tls: parsed.scheme.tls,
+            host: parsed.host.to_owned(),
+            port: parsed.port,
+        }
+    }
+}
+
+/// The message for a broker or NATS URL that has a known scheme but is otherwise wrong.
+fn url_error(url: &str, e: UrlError<'_>) -> String {
+    match e {
+        UrlError::UnknownScheme | UrlError::NotHostPort => format!(
+            "{url:?}: only mqtt[s]://HOST[:PORT] is supported (no path, user or query; \
+             use username and password-file for credentials)"
+        ),
+        UrlError::UnclosedBracket => format!("{url:?}: unclosed '[' in an IPv6 address"),
+        UrlError::AfterBracket { after } => {
+            format!("{url:?}: unexpected {after:?} after the address")
+        }
+        UrlError::EmptyHost => format!("{url:?}: the host is empty"),
+        UrlError::BadPort { port } => {
+            format!("{url:?}: port {port:?} is not a number in 1..65535")
+        }
     }
 }
 
@@ -233,26 +219,13 @@ enum RawUrls {
 /// # Errors
 /// A message saying what is wrong with the URL.
 pub fn parse_nats_url(url: &str) -> Result<Broker, String> {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("tls://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("nats://") {
-        (false, rest)
-    } else {
-        return Err(format!(
+    match broker_url::parse(url, &broker_url::NATS_SCHEMES) {
+        Ok(parsed) => Ok(Broker::from_parsed(url, parsed)),
+        Err(UrlError::UnknownScheme) => Err(format!(
             "{url:?} is not a NATS URL; write nats://HOST:PORT or tls://HOST:PORT"
-        ));
-    };
-    let scheme = if tls { "mqtts" } else { "mqtt" };
-    let mut b = Broker::parse(&format!("{scheme}://{rest}")).map_err(|m| {
-        m.replace("mqtts://", "tls://")
-            .replace("mqtt://", "nats://")
-    })?;
-    if !rest.trim_end_matches('/').contains(':') || rest.ends_with(']') {
-        b.port = 4222;
+        )),
+        Err(e) => Err(url_error(url, e)),
     }
-    b.url = url.to_owned();
-    b.tls = tls;
-    Ok(b)
 }
 
 /// TLS files for the broker connection (`tls:`).

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use ekattest_protocol::msg::{Downlink, Login, Outcome, Rejected, Uplink, encode_legacy_rejection};
-use ekattest_protocol::public::Public;
 use ekattest_protocol::topic::{Inbound, Topics, default_agent_id};
+use ekattest_protocol::tpm::public::Public;
 use ekattest_protocol::{DecodeError, RejectCode, decode, limits, sign};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
 

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use ekattest_protocol::der;
 use x509_parser::certificate::X509CertificateParser;
 use x509_parser::der_parser::asn1_rs::{Any, Oid, Tag, oid};
 use x509_parser::nom::Parser;
@@ -393,21 +394,17 @@ fn algid_consistent(der: &[u8], tbs: &[u8], serial: &[u8]) -> bool {
         return false;
     };
     let outer = der.get(tbs_at + tbs.len()..).unwrap_or_default();
-    // Outer AlgorithmIdentifier: SEQUENCE with a short or long length.
-    let (header, len) = match outer {
-        [0x30, n, ..] if *n < 0x80 => (2, usize::from(*n)),
-        [0x30, 0x81, n, ..] => (3, usize::from(*n)),
-        _ => return false,
-    };
     let inner = tbs.get(serial_at + serial.len()..).unwrap_or_default();
-    match outer.get(..header + len) {
-        // The first element must be an OBJECT IDENTIFIER, and a BIT STRING must follow.
-        Some(alg) => {
-            inner.starts_with(alg)
-                && alg.get(header) == Some(&0x06)
-                && outer.get(header + len) == Some(&0x03)
+    // The outer AlgorithmIdentifier: a SEQUENCE whose first element is an OBJECT
+    // IDENTIFIER, equal to the inner one, and a BIT STRING must follow.
+    let mut r = der::Reader::new(outer);
+    match r.read_tag(der::tag::SEQUENCE) {
+        Ok(alg) => {
+            inner.starts_with(alg.whole)
+                && alg.contents.first() == Some(&der::tag::OID)
+                && r.peek_tag() == Some(der::tag::BIT_STRING)
         }
-        None => false,
+        Err(_) => false,
     }
 }
 
@@ -464,8 +461,9 @@ mod tests {
 
     fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         let content: Vec<u8> = parts.concat();
-        let mut out = vec![tag, u8::try_from(content.len()).unwrap()];
-        out.extend_from_slice(&content);
+        let mut out = vec![0u8; der::tlv_len(content.len())];
+        let mut w = der::Writer::new(&mut out);
+        w.tlv(tag, &content).unwrap();
         out
     }
 

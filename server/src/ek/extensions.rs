@@ -110,6 +110,7 @@ impl Extensions {
 
 #[cfg(test)]
 mod tests {
+    use ekattest_protocol::der;
     use x509_parser::certificate::X509CertificateParser;
     use x509_parser::extensions::ParsedExtension;
     use x509_parser::nom::Parser;
@@ -183,16 +184,9 @@ mod tests {
     }
 
     fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        match u8::try_from(content.len()) {
-            Ok(n) if n < 0x80 => out.push(n),
-            Ok(n) => out.extend_from_slice(&[0x81, n]),
-            Err(_) => {
-                out.push(0x82);
-                out.extend_from_slice(&u16::try_from(content.len()).unwrap().to_be_bytes());
-            }
-        }
-        out.extend_from_slice(content);
+        let mut out = vec![0u8; der::tlv_len(content.len())];
+        let mut w = der::Writer::new(&mut out);
+        w.tlv(tag, content).unwrap();
         out
     }
 

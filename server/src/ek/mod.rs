@@ -7,7 +7,7 @@
 //! 1. The EK certificate (DER, or a raw NV blob trimmed to its first DER object) and the EK
 //!    public area (TPM2B_PUBLIC) must describe the same key when both are sent, else
 //!    [`EkError::KeyMismatch`]. The key identity is the SHA-256 of the canonical DER SPKI
-//!    (`ekattest_protocol::public`), of the certificate's key or, without a certificate, of
+//!    (`ekattest_protocol::spki`), of the certificate's key or, without a certificate, of
 //!    the public area.
 //! 2. Chain check (caCerts configured): the EK certificate is not a CA certificate (in every
 //!    mode), then a path from the EK certificate to any configured CA (see `chain`), then the
@@ -39,8 +39,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ekattest_protocol::der;
-use ekattest_protocol::public::{Public, PublicError, PublicKey};
+use ekattest_protocol::der::nv;
+use ekattest_protocol::spki::PublicKey;
+use ekattest_protocol::tpm::public::{Public, PublicError};
 
 pub use attributes::{Attributes, render_version};
 pub use cert::{CERT_MAX, CertError};
@@ -325,7 +326,7 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 fn parse_ek_cert(blob: &[u8]) -> Result<Cert, ChainError> {
-    let der = der::first_object(blob).map_err(|e| {
+    let der = nv::first_object(blob).map_err(|e| {
         ChainError::Certificate(CertError::Malformed {
             reason: format!("no DER certificate in the NV blob: {e}"),
         })
@@ -336,7 +337,7 @@ fn parse_ek_cert(blob: &[u8]) -> Result<Cert, ChainError> {
 /// Splits and parses the device's chain; unusable elements are skipped with a warning.
 fn parse_chain(blob: &[u8], warnings: &mut Vec<String>) -> Result<Vec<Cert>, ChainError> {
     let mut certs = Vec::new();
-    for (i, obj) in der::objects(blob).enumerate() {
+    for (i, obj) in nv::objects(blob).enumerate() {
         if i >= CHAIN_MAX {
             return Err(ChainError::TooManyChainCerts {
                 count: i + 1,

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use asn1_rs::{Any, Oid, Tag, oid};
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
+use ekattest_protocol::der;
 use x509_parser::prelude::AlgorithmIdentifier;
 
 use super::cert::{Cert, Curve, KeyKind};
@@ -125,8 +126,6 @@ fn pss_hash(params: &Any<'_>) -> Option<Hash> {
 fn pss_params(hash_last_arc: u8, salt: u8, with_null: bool) -> Vec<u8> {
     // id-sha256/384/512 = 2.16.840.1.101.3.4.2.{1,2,3}; id-mgf1 = 1.2.840.113549.1.1.8
     let hash_oid = [
-        0x06,
-        0x09,
         0x60,
         0x86,
         0x48,
@@ -137,28 +136,33 @@ fn pss_params(hash_last_arc: u8, salt: u8, with_null: bool) -> Vec<u8> {
         0x02,
         hash_last_arc,
     ];
-    let mgf1_oid = [
-        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08,
-    ];
-    let mut hash_alg = hash_oid.to_vec();
-    if with_null {
-        hash_alg.extend_from_slice(&[0x05, 0x00]);
+    let mgf1_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08];
+    let hash_alg = |w: &mut der::Writer<'_>| {
+        w.sequence(|w| {
+            w.oid(&hash_oid)?;
+            if with_null {
+                w.null()?;
+            }
+            Ok::<_, der::WriteError>(())
+        })
+    };
+    let fields = |w: &mut der::Writer<'_>| {
+        w.constructed(der::tag::context(0), hash_alg)?;
+        w.constructed(der::tag::context(1), |w| {
+            w.sequence(|w| {
+                w.oid(&mgf1_oid)?;
+                hash_alg(w)
+            })
+        })?;
+        w.constructed(der::tag::context(2), |w| w.uint(&[salt]))
+    };
+    // The three fields take at most 60 bytes.
+    let mut buf = [0u8; 96];
+    let mut w = der::Writer::new(&mut buf);
+    match fields(&mut w) {
+        Ok(()) => w.finish().to_vec(),
+        Err(_) => Vec::new(),
     }
-    let hash_alg = tlv(0x30, &hash_alg);
-    let mut mgf = mgf1_oid.to_vec();
-    mgf.extend_from_slice(&hash_alg);
-    let mgf = tlv(0x30, &mgf);
-    let mut out = tlv(0xa0, &hash_alg);
-    out.extend_from_slice(&tlv(0xa1, &mgf));
-    out.extend_from_slice(&tlv(0xa2, &[0x02, 0x01, salt]));
-    out
-}
-
-/// Short-form TLV (all PSS parameter parts are shorter than 128 bytes).
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag, u8::try_from(content.len()).unwrap_or(0)];
-    out.extend_from_slice(content);
-    out
 }
 
 /// Distinct verification algorithms one issuer key can serve: RSA PKCS#1 v1.5 with 4 hashes

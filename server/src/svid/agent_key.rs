@@ -7,8 +7,8 @@
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
 use ekattest_protocol::limits::MAC_LEN;
 use ekattest_protocol::msg::SessionId;
-use ekattest_protocol::public::{EccCurve, PublicKey};
 use ekattest_protocol::sign;
+use ekattest_protocol::spki::{EccCurve, PublicKey};
 
 use super::SvidError;
 

@@ -8,7 +8,7 @@ use aws_lc_rs::rsa::{
     KeySize, OAEP_SHA256_MGF1SHA256, OAEP_SHA384_MGF1SHA384, OaepAlgorithm,
     OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
-use ekattest_protocol::public::Public;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::credential::{
     Credential, CredentialError, FixedRandom, SystemRandom, check_ek, make_credential,
     make_credential_traced,
@@ -279,8 +279,8 @@ fn rsa_ek_public(name_alg: u16, sym_bits: u16, modulus: &[u8]) -> Vec<u8> {
 fn modulus_of(key: &PrivateDecryptingKey) -> Vec<u8> {
     use aws_lc_rs::encoding::AsDer;
     let der = key.public_key().as_der().unwrap();
-    let spki = ekattest_protocol::public::PublicKey::from_spki_der(der.as_ref()).unwrap();
-    let ekattest_protocol::public::PublicKey::Rsa { modulus, .. } = spki else {
+    let spki = ekattest_protocol::spki::PublicKey::from_spki_der(der.as_ref()).unwrap();
+    let ekattest_protocol::spki::PublicKey::Rsa { modulus, .. } = spki else {
         panic!("not RSA")
     };
     let start = modulus.iter().position(|&b| b != 0).unwrap();

@@ -1,7 +1,7 @@
 //! Adding the L-2 P-256 EK certificate at NV 0x01C0000A, which swtpm_setup 0.7.1 cannot do.
 //!
 //! Steps: `tpm2_createek -G ecc` (default TCG L-2 template), x/y from its TPM2B_PUBLIC
-//! (`ekattest_protocol::public::Public::decode`),
+//! (`ekattest_protocol::tpm::public::Public::decode`),
 //! `swtpm_localca --type ek --ek x=..,y=..,id=secp256r1` with the per-run CA, then
 //! `tpm2_nvdefine 0x01C0000A -C p` with the attributes swtpm_setup uses for its own EK
 //! certificates and `tpm2_nvwrite -C p` (the platform hierarchy has empty auth in swtpm).
@@ -52,10 +52,11 @@ pub(crate) fn add_ek_cert(dev: &Device, ca: &Ca) -> Result<()> {
 }
 
 /// x and y (lowercase hex, left-padded to 32 bytes) of a P-256 TPM2B_PUBLIC file, parsed
-/// with `ekattest_protocol::public` (the harness test checks the resulting certificate
+/// with `ekattest_protocol::tpm::public` (the harness test checks the resulting certificate
 /// against `tpm2_readpublic -f pem` independently).
 fn ecc_point(tpm2b_public: &Path) -> Result<(String, String)> {
-    use ekattest_protocol::public::{EccCurve, Public, PublicKey};
+    use ekattest_protocol::spki::{EccCurve, PublicKey};
+    use ekattest_protocol::tpm::public::Public;
     let bytes = read(tpm2b_public)?;
     let bad = |detail: String| Error::Unexpected {
         what: format!("the P-256 EK public {}", tpm2b_public.display()),

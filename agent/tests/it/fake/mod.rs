@@ -25,8 +25,8 @@ use ekattest_protocol::limits::FRAME_MAX;
 use ekattest_protocol::msg::{
     Accepted, Answer, Challenge, Downlink, Login, Outcome, Rejected, SessionId, Uplink,
 };
-use ekattest_protocol::public::Public;
 use ekattest_protocol::sign::Transcript;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_protocol::{decode, encode, sign};
 use ekattest_testkit::broker::{Broker, BrokerOptions};
 use ekattest_testkit::{Ca, Device, ProvisionOptions};

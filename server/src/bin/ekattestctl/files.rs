@@ -5,8 +5,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use asn1_rs::{Any, FromBer, Tag};
-use ekattest_protocol::public::{Public, PublicKey};
+use ekattest_protocol::der;
+use ekattest_protocol::spki::PublicKey;
+use ekattest_protocol::tpm::public::Public;
 
 /// Largest file read (a PEM chain of a few certificates is a few KiB).
 const MAX_FILE: u64 = 1 << 20;
@@ -98,7 +99,7 @@ pub(crate) fn public_hash(bytes: &[u8]) -> Result<[u8; 32], String> {
         bytes.to_vec()
     };
     // DER: maybe an NV blob with a wrapper or padding; maybe a bare SubjectPublicKeyInfo.
-    let object = ekattest_protocol::der::first_object(&der)
+    let object = ekattest_protocol::der::nv::first_object(&der)
         .map_err(|e| format!("not a DER certificate or public key: {e}"))?;
     match certificate_spki(object) {
         Some(spki) => spki_hash(spki),
@@ -116,27 +117,15 @@ fn spki_hash(spki: &[u8]) -> Result<[u8; 32], String> {
 /// The raw SubjectPublicKeyInfo of an X.509 certificate, found by walking the outer TBS
 /// fields only, so certificates with odd extensions (which strict parsers refuse) work.
 fn certificate_spki(cert: &[u8]) -> Option<&[u8]> {
-    let (_, outer) = Any::from_ber(cert).ok()?;
-    if outer.tag() != Tag::Sequence {
-        return None;
-    }
-    let (_, tbs) = Any::from_ber(outer.data).ok()?;
-    if tbs.tag() != Tag::Sequence {
-        return None;
-    }
-    let mut rest = tbs.data;
-    let mut fields = Vec::with_capacity(7);
-    while fields.len() < 7 && !rest.is_empty() {
-        let (next, any) = Any::from_ber(rest).ok()?;
-        let raw = rest.get(..rest.len() - next.len())?;
-        fields.push((any.tag(), any.header.class(), raw));
-        rest = next;
-    }
+    let mut tbs = der::Reader::new(cert).sequence().ok()?.sequence().ok()?;
     // [0] version is optional (v1 certificates omit it).
-    let skip = usize::from(fields.first()?.1 == asn1_rs::Class::ContextSpecific);
-    // serial, signature, issuer, validity, subject, subjectPublicKeyInfo
-    let (tag, _, spki) = *fields.get(skip + 5)?;
-    (tag == Tag::Sequence).then_some(spki)
+    tbs.read_optional(der::tag::context(0)).ok()?;
+    // serial, signature, issuer, validity, subject
+    for _ in 0..5 {
+        tbs.read().ok()?;
+    }
+    let spki = tbs.read().ok()?;
+    (spki.tag == der::tag::SEQUENCE).then_some(spki.whole)
 }
 
 /// Refuses a password or private key file that group or others may access, with the

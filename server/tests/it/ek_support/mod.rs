@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ekattest_protocol::public::{EccCurve, PublicKey};
+use ekattest_protocol::spki::{EccCurve, PublicKey};
 
 /// The real EK test data folder.
 pub(crate) fn real_ek() -> PathBuf {

@@ -1,4 +1,4 @@
-//! Finding DER objects in TPM NV blobs.
+//! Finding DER objects in TPM NV blobs (headers read with [`super::Header`]).
 //!
 //! EK certificates are stored in NV indices whose size is fixed at manufacturing, so the
 //! certificate is often followed by padding (STMicro pads with `0xFF`), and some TPMs wrap it
@@ -14,11 +14,13 @@
 //!
 //! Both are recognised by [`first_object`], the one trimming function the agent's NV reader
 //! and `ekattestctl` share; a header whose length disagrees with the DER object behind it is
-//! [`DerError::WrapperMismatch`]. The chain range 0x01C00100..=0x01C001FF holds concatenated
+//! [`NvError::WrapperMismatch`]. The chain range 0x01C00100..=0x01C001FF holds concatenated
 //! DER certificates. This module only finds object boundaries; it never interprets the
 //! contents and never reads past the slice it is given.
 
 use core::fmt;
+
+use super::{ErrorKind, Header, tag};
 
 /// `TCG_TAG_PCCLIENT_STORED_CERT` (0x1001) and certType 0 (full certificate): the start of
 /// the PC Client stored-certificate header in front of some EK certificates.
@@ -35,7 +37,7 @@ pub const OBJECT_MAX: usize = 64 * 1024;
 
 /// Why no DER object could be found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DerError {
+pub enum NvError {
     /// The blob is empty, or holds only padding.
     Empty,
     /// The first byte is not a SEQUENCE (0x30) tag.
@@ -74,7 +76,7 @@ pub enum DerError {
     },
 }
 
-impl fmt::Display for DerError {
+impl fmt::Display for NvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Empty => f.write_str("no DER object: the blob is empty or only padding"),
@@ -124,46 +126,30 @@ impl fmt::Display for DerError {
     }
 }
 
-impl core::error::Error for DerError {}
+impl core::error::Error for NvError {}
 
 /// Returns the total length (header included) of the DER object starting at `blob[0]`.
-fn object_len(blob: &[u8], base: usize) -> Result<usize, DerError> {
+fn object_len(blob: &[u8], base: usize) -> Result<usize, NvError> {
     match blob.first() {
-        None => return Err(DerError::Empty),
-        Some(0x30) => {}
+        None => return Err(NvError::Empty),
+        Some(&tag::SEQUENCE) => {}
         Some(&found) => {
-            return Err(DerError::NotSequence {
+            return Err(NvError::NotSequence {
                 offset: base,
                 found,
             });
         }
     }
-    let first = *blob.get(1).ok_or(DerError::Truncated {
-        needed: 2,
-        available: blob.len(),
+    let header = Header::parse(blob).map_err(|e| match e.kind {
+        ErrorKind::Truncated { needed, available } => NvError::Truncated { needed, available },
+        _ => NvError::BadLength { offset: base + 1 },
     })?;
-    let (header, body) = if first < 0x80 {
-        (2usize, usize::from(first))
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return Err(DerError::BadLength { offset: base + 1 });
-        }
-        let bytes = blob.get(2..2 + n).ok_or(DerError::Truncated {
-            needed: 2 + n,
-            available: blob.len(),
-        })?;
-        let len = bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (2 + n, len)
-    };
-    let total = header.saturating_add(body);
+    let total = header.total().unwrap_or(usize::MAX);
     if total > OBJECT_MAX {
-        return Err(DerError::TooLong { len: total });
+        return Err(NvError::TooLong { len: total });
     }
     if total > blob.len() {
-        return Err(DerError::Truncated {
+        return Err(NvError::Truncated {
             needed: total,
             available: blob.len(),
         });
@@ -179,11 +165,11 @@ fn object_len(blob: &[u8], base: usize) -> Result<usize, DerError> {
 /// DER length + 2. Whatever follows the object (padding) is ignored in every form.
 ///
 /// # Errors
-/// [`DerError`] if the blob holds no complete DER SEQUENCE at its start (after the header),
-/// [`DerError::WrapperMismatch`] if a header's length disagrees with the object.
-pub fn first_object(blob: &[u8]) -> Result<&[u8], DerError> {
+/// [`NvError`] if the blob holds no complete DER SEQUENCE at its start (after the header),
+/// [`NvError::WrapperMismatch`] if a header's length disagrees with the object.
+pub fn first_object(blob: &[u8]) -> Result<&[u8], NvError> {
     if blob.iter().all(|&b| b == 0xFF || b == 0x00) {
-        return Err(DerError::Empty);
+        return Err(NvError::Empty);
     }
     if let Some((head, rest)) = blob.split_first_chunk::<WRAPPER_SHORT>()
         && head[..3] == WRAPPER_TAG
@@ -195,26 +181,26 @@ pub fn first_object(blob: &[u8]) -> Result<&[u8], DerError> {
             _ => (WRAPPER_SHORT, rest, 0),
         };
         if inner.is_empty() {
-            return Err(DerError::Truncated {
+            return Err(NvError::Truncated {
                 needed: wrapper.saturating_sub(counted),
                 available: 0,
             });
         }
         let len = object_len(inner, header)?;
         if wrapper != len + counted {
-            return Err(DerError::WrapperMismatch {
+            return Err(NvError::WrapperMismatch {
                 header,
                 wrapper,
                 der: len,
             });
         }
-        return inner.get(..len).ok_or(DerError::Truncated {
+        return inner.get(..len).ok_or(NvError::Truncated {
             needed: len,
             available: inner.len(),
         });
     }
     let len = object_len(blob, 0)?;
-    blob.get(..len).ok_or(DerError::Truncated {
+    blob.get(..len).ok_or(NvError::Truncated {
         needed: len,
         available: blob.len(),
     })
@@ -229,7 +215,7 @@ pub struct Objects<'a> {
 }
 
 impl<'a> Iterator for Objects<'a> {
-    type Item = Result<&'a [u8], DerError>;
+    type Item = Result<&'a [u8], NvError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -289,7 +275,7 @@ mod tests {
         blob[4] = 7;
         assert_eq!(
             first_object(&blob),
-            Err(DerError::WrapperMismatch {
+            Err(NvError::WrapperMismatch {
                 header: WRAPPER_SHORT,
                 wrapper: 7,
                 der: 6
@@ -320,7 +306,7 @@ mod tests {
         let err = first_object(&blob).unwrap_err();
         assert_eq!(
             err,
-            DerError::WrapperMismatch {
+            NvError::WrapperMismatch {
                 header: WRAPPER_FULL,
                 wrapper: 6,
                 der: 6
@@ -336,18 +322,18 @@ mod tests {
         blob[4] = 1;
         assert!(matches!(
             first_object(&blob),
-            Err(DerError::WrapperMismatch { wrapper: 1, .. })
+            Err(NvError::WrapperMismatch { wrapper: 1, .. })
         ));
         // A declared length running past the blob: the DER object is truncated.
         blob[4] = 8;
         assert!(matches!(
             first_object(&blob[..10]),
-            Err(DerError::Truncated { .. })
+            Err(NvError::Truncated { .. })
         ));
         // A header with nothing behind it.
         assert_eq!(
             first_object(&blob[..7]),
-            Err(DerError::Truncated {
+            Err(NvError::Truncated {
                 needed: 6,
                 available: 0
             })
@@ -361,7 +347,7 @@ mod tests {
         assert_eq!(first_object(&blob).map(<[u8]>::len), Ok(260));
         assert_eq!(
             first_object(&blob[..200]),
-            Err(DerError::Truncated {
+            Err(NvError::Truncated {
                 needed: 260,
                 available: 200
             })
@@ -370,30 +356,30 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(first_object(&[]), Err(DerError::Empty));
-        assert_eq!(first_object(&[0xFF; 8]), Err(DerError::Empty));
+        assert_eq!(first_object(&[]), Err(NvError::Empty));
+        assert_eq!(first_object(&[0xFF; 8]), Err(NvError::Empty));
         assert_eq!(
             first_object(&[0x31, 0]),
-            Err(DerError::NotSequence {
+            Err(NvError::NotSequence {
                 offset: 0,
                 found: 0x31
             })
         );
         assert_eq!(
             first_object(&[0x30, 0x80, 0, 0]),
-            Err(DerError::BadLength { offset: 1 })
+            Err(NvError::BadLength { offset: 1 })
         );
         assert_eq!(
             first_object(&[0x30, 0x85, 1, 1, 1, 1, 1]),
-            Err(DerError::BadLength { offset: 1 })
+            Err(NvError::BadLength { offset: 1 })
         );
         assert_eq!(
             first_object(&[0x30, 0x84, 0x10, 0, 0, 0]),
-            Err(DerError::TooLong { len: 0x1000_0006 })
+            Err(NvError::TooLong { len: 0x1000_0006 })
         );
         assert!(matches!(
             first_object(&[0x30]),
-            Err(DerError::Truncated { .. })
+            Err(NvError::Truncated { .. })
         ));
     }
 
@@ -409,7 +395,7 @@ mod tests {
         let bad = [0x30, 0x04, 0x02, 0x02, 0x01, 0x02, 0x30, 0x09, 0x00];
         let mut it = objects(&bad);
         assert_eq!(it.next(), Some(Ok(&CERT[..])));
-        assert!(matches!(it.next(), Some(Err(DerError::Truncated { .. }))));
+        assert!(matches!(it.next(), Some(Err(NvError::Truncated { .. }))));
         assert_eq!(it.next(), None);
     }
 }
