@@ -3,7 +3,8 @@
 //! The daemon (MQTT wiring, a later issue) and the offline `ekattestctl` commands are thin
 //! shells around this crate:
 //! - [`config`]: the `AgentAttestation` policy document (seed format plus our extensions).
-//! - [`policy`]: which policy applies to an agent's provided attestors; SPIFFE ID templates.
+//! - [`policy`]: which policy applies to an agent's provided attestors.
+//! - [`spiffe`]: SPIFFE ID templates and the SPIFFE ID path syntax.
 //! - [`ek`]: EK validation: certificate chain, TCG EK profile, allow-list, attributes.
 //! - [`ak`]: the attestation key checks done before MakeCredential.
 //! - [`credential`]: TPM2_MakeCredential in software.
@@ -27,4 +28,5 @@ pub mod daemon;
 pub mod ek;
 pub mod policy;
 pub mod session;
+pub mod spiffe;
 pub mod svid;

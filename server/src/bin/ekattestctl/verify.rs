@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
+use ekattest_protocol::public::Public;
 use ekattest_server::config::{Document, Method, Policy};
 use ekattest_server::ek::{self, Check, Evidence, Verdict};
 use lexopt::prelude::*;
@@ -142,10 +143,22 @@ fn verify(args: &Args) -> Result<Outcome, String> {
     let Some(tpm_ek) = policy.tpm_ek() else {
         return Err(format!("policy {:?} has no tpm_ek attestor", policy.name));
     };
+    let ek_public = match ek_public.as_deref().map(Public::decode).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ek::EkError::EkPublic(e);
+            return Ok(Outcome::Rejected {
+                policy: Some(policy.name.clone()),
+                error: e.to_string(),
+                reasons: sources(&e),
+                verdict: None,
+            });
+        }
+    };
     let evidence = Evidence {
         ek_cert: cert.as_deref(),
         ek_chain: &chain,
-        ek_public: ek_public.as_deref(),
+        ek_public,
     };
     let verdict = match ek::validate(&tpm_ek.ek, &evidence, SystemTime::now()) {
         Ok(v) => v,
