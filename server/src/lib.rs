@@ -13,6 +13,7 @@
 //!   (sans-IO; the daemon and the demo drive it).
 //! - [`daemon`]: the `ekattest-server` daemon: MQTT, workers, JSON logs, metrics, hot reload.
 //! - [`svid`]: the trust domain CA: X.509-SVIDs, the signed Result, proof of possession.
+//! - [`ctl`]: the `ekattestctl` commands (the binary parses the command words and calls them).
 //!
 //! Nothing here trusts the network: every input is parsed within limits and errors carry the
 //! operator strings of the product contract.
@@ -24,6 +25,7 @@ pub mod attest;
 pub mod certify;
 pub mod config;
 pub mod credential;
+pub mod ctl;
 pub mod daemon;
 pub mod ek;
 pub mod policy;

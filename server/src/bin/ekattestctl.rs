@@ -1,7 +1,8 @@
 //! ekattestctl: offline operator commands (EK hashes, config validation, EK verification).
 //!
-//! A thin shell: it parses arguments, reads files, calls the `ekattest_server` library and
-//! maps results to exit codes. Only `config set` talks to the network (the MQTT broker);
+//! A thin shell: it parses the command words and calls the command's entry point in
+//! `ekattest_server::ctl`, which reads the command's flags and files, does the work and
+//! returns the exit code. Only `config set` talks to the network (the MQTT broker);
 //! only `ca create`, `config keygen` and `config sign --out` write files.
 //!
 //! Exit status: 0 success (hash printed, document valid, EK accepted); 1 the input was judged
@@ -9,22 +10,11 @@
 //! holds no usable certificate or public key, whether its PEM or its DER is corrupt); 2
 //! usage error, unreadable file, or (for `ek verify`) an invalid document.
 
-#[path = "ekattestctl/ca.rs"]
-mod ca;
-#[path = "ekattestctl/config_set.rs"]
-mod config_set;
-#[path = "ekattestctl/config_sign.rs"]
-mod config_sign;
-#[path = "ekattestctl/files.rs"]
-mod files;
-#[path = "ekattestctl/verify.rs"]
-mod verify;
-
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ekattest_server::config::Document;
+use ekattest_server::ctl::{self, VERIFY_USAGE, ca, config_set, config_sign, verify};
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -93,30 +83,6 @@ names the field, e.g. spec.policies[0].requiredAttestors[0].config.caCerts), 2 i
 cannot be read.
 ";
 
-/// Usage text of `ek verify` (shared with its module).
-pub(crate) const VERIFY_USAGE: &str = "\
-Usage: ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
-                             [--trust-domain TD] [--json]
-
-Runs EK validation as the server would for an agent offering [tpm_ek], using the first
-policy of the document that it selects, and prints the verdict, the failing check,
-the attributes and the SPIFFE ID.
-
-  --config FILE        AgentAttestation document
-  --cert EK            EK certificate: PEM, DER, or a raw NV blob (0xFF padding is fine)
-  --chain FILE         certificates the device sends from NV 0x01C00100..: PEM (any
-                       number of blocks) or concatenated DER
-  --ek-public FILE     the EK TPM2B_PUBLIC as the agent reads it (tpm2_readpublic -f tss);
-                       checked against the certificate; may replace --cert for TPMs
-                       without a certificate (allowedHashes only)
-  --trust-domain TD    render spiffe://TD/... instead of the path alone
-  --json               print one JSON object instead of text
-
-Exit 0 accepted; 1 rejected, including a --cert or --chain file that holds no usable
-certificate (corrupt PEM or corrupt DER alike); 2 usage error, unreadable file or invalid
-document.
-";
-
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
@@ -152,7 +118,7 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                 let Some(file) = single_file(&mut parser, EK_HASH_USAGE)? else {
                     return Ok(ExitCode::SUCCESS);
                 };
-                Ok(ek_hash(&file))
+                Ok(ctl::ek_hash(&file))
             }
             Some("config") => match subcommand(&mut parser, CONFIG_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),
@@ -160,7 +126,7 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                     let Some(file) = single_file(&mut parser, CONFIG_USAGE)? else {
                         return Ok(ExitCode::SUCCESS);
                     };
-                    Ok(config_validate(&file))
+                    Ok(ctl::config_validate(&file))
                 }
                 Some(sub) if sub == "set" => config_set::run(&mut parser, config_set::Op::Set),
                 Some(sub) if sub == "get" => config_set::run(&mut parser, config_set::Op::Get),
@@ -222,77 +188,4 @@ fn single_file(parser: &mut lexopt::Parser, usage: &str) -> Result<Option<PathBu
     }
     file.map(Some)
         .ok_or_else(|| format!("missing FILE\n\n{usage}").into())
-}
-
-fn ek_hash(file: &std::path::Path) -> ExitCode {
-    let bytes = match files::read(file) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ekattestctl: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match files::public_hash(&bytes) {
-        Ok(hash) => {
-            println!("{}", hex::encode(hash));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ekattestctl: {}: {e}", file.display());
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn config_validate(file: &std::path::Path) -> ExitCode {
-    let doc = match Document::load(file) {
-        Ok(doc) => doc,
-        Err(e @ ekattest_server::config::ConfigError::Read { .. }) => {
-            eprintln!("ekattestctl: {e}");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("{}: invalid: {e}", file.display());
-            return ExitCode::from(1);
-        }
-    };
-    let n = doc.policies().len();
-    println!(
-        "{}: valid AgentAttestation v1 document, {n} {}",
-        file.display(),
-        if n == 1 { "policy" } else { "policies" }
-    );
-    for p in doc.policies() {
-        let types: Vec<&str> = p.attestors.iter().map(|a| a.method().as_str()).collect();
-        println!("policy {:?}", p.name);
-        println!("  requiredAttestors: {}", types.join(", "));
-        if let Some(t) = p.tpm_ek() {
-            println!(
-                "  tpm_ek: caCerts {}, intermediateCerts {}, allowedHashes {}, \
-                 ekProfileCheck {}, allowSha1Signatures {}, acceptExpiredEk {}",
-                t.ca_certs,
-                t.intermediate_certs,
-                t.ek.allowed_hashes.len(),
-                match t.ek.profile {
-                    ekattest_server::ek::ProfileMode::Enforce => "enforce",
-                    ekattest_server::ek::ProfileMode::Warn => "warn",
-                },
-                t.ek.chain.allow_sha1,
-                t.ek.chain.accept_expired_ek
-            );
-        }
-        println!(
-            "  spiffeIdTemplate: {}{}",
-            p.spiffe_id,
-            if p.spiffe_id_is_default {
-                " (default)"
-            } else {
-                ""
-            }
-        );
-    }
-    for w in doc.warnings() {
-        println!("warning: {w}");
-    }
-    ExitCode::SUCCESS
 }

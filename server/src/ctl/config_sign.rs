@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::signed::{SigningKey, utc};
+use crate::config::{Document, MAX_DOCUMENT_BYTES};
 use ekattest_protocol::topic;
-use ekattest_server::config::signed::{SigningKey, utc};
-use ekattest_server::config::{Document, MAX_DOCUMENT_BYTES};
 use lexopt::prelude::*;
 
 use super::files;
@@ -96,8 +96,11 @@ pub(crate) fn read_valid_document(file: &Path) -> Result<Vec<u8>, ExitCode> {
     }
 }
 
-/// Runs `config sign` with the arguments after `sign`.
-pub(crate) fn sign(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+/// Runs `config sign` with the arguments after `sign`; `Err` only for usage errors (exit 2).
+///
+/// # Errors
+/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
+pub fn sign(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
     let mut key = None;
     let mut cluster = None;
     let mut out = None;
@@ -159,8 +162,12 @@ pub(crate) fn sign(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Erro
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `config keygen` with the arguments after `keygen`.
-pub(crate) fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+/// Runs `config keygen` with the arguments after `keygen`; `Err` only for usage errors
+/// (exit 2).
+///
+/// # Errors
+/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
+pub fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
     let mut dir = None;
     let mut name = "policy-signer".to_owned();
     let mut force = false;

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ekattest_server::svid::Authority;
+use crate::svid::Authority;
 use lexopt::prelude::*;
 
 /// Usage text of `ca create`.
-pub(crate) const USAGE: &str = "\
+pub const USAGE: &str = "\
 Usage: ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key
                              [--days N] [--force]
        ekattestctl ca issue-signer --ca-cert ROOT.pem --ca-key ROOT.key
@@ -140,8 +140,12 @@ fn finish(result: Result<(), String>, done: impl FnOnce()) -> ExitCode {
     }
 }
 
-/// `ekattestctl ca issue-signer`.
-pub(crate) fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+/// Runs `ekattestctl ca issue-signer` with the arguments after `issue-signer`; `Err` only
+/// for usage errors (exit 2).
+///
+/// # Errors
+/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
+pub fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
     let Some(f) = parse(
         parser,
         &["ca-cert", "ca-key", "cert", "key", "days", "force"],
@@ -179,8 +183,12 @@ pub(crate) fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, 
     }))
 }
 
-/// Runs `ekattestctl ca create` with the arguments after `create`.
-pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+/// Runs `ekattestctl ca create` with the arguments after `create`; `Err` only for usage
+/// errors (exit 2).
+///
+/// # Errors
+/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
+pub fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
     let Some(f) = parse(parser, &["trust-domain", "cert", "key", "days", "force"])? else {
         return Ok(ExitCode::SUCCESS);
     };

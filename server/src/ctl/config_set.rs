@@ -20,12 +20,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
+use crate::config::{ConfigError, Document};
+use crate::daemon::bus::Connection;
+use crate::daemon::config::{Broker, Password, TlsFiles};
 use ekattest_protocol::hardening::{is_loopback_host, plaintext_to_tls_hint};
 use ekattest_protocol::topic::{self, Topics};
-use ekattest_server::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
-use ekattest_server::config::{ConfigError, Document};
-use ekattest_server::daemon::bus::Connection;
-use ekattest_server::daemon::config::{Broker, Password, TlsFiles};
 use lexopt::prelude::*;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
@@ -37,7 +37,7 @@ const RETAINED_WAIT: Duration = Duration::from_secs(2);
 
 /// What the command does with the cluster's config topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
+pub enum Op {
     /// `config set`: publish FILE, then read it back.
     Set,
     /// `config get`: print the retained document.
@@ -105,8 +105,12 @@ struct Args {
     insecure_plaintext: bool,
 }
 
-/// Runs `config set|get|clear` with the arguments after the subcommand.
-pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexopt::Error> {
+/// Runs `config set|get|clear` with the arguments after the subcommand; `Err` only for
+/// usage errors (exit 2).
+///
+/// # Errors
+/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
+pub fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexopt::Error> {
     let Some(args) = parse(parser, op)? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -311,7 +315,7 @@ fn print_document(args: &Args, topic: &str, payload: &[u8]) -> ExitCode {
     println!("# signer: sha256:{}", hex::encode(envelope.signer));
     println!(
         "# issued: {} ({})",
-        ekattest_server::config::signed::utc(envelope.issued),
+        crate::config::signed::utc(envelope.issued),
         envelope.issued
     );
     println!(

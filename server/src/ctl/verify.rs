@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
+use crate::config::{Document, Method, Policy};
+use crate::ek::{self, Check, Evidence, Verdict};
 use ekattest_protocol::public::Public;
-use ekattest_server::config::{Document, Method, Policy};
-use ekattest_server::ek::{self, Check, Evidence, Verdict};
 use lexopt::prelude::*;
 use serde_json::{Value as Json, json};
 
-use crate::files;
+use super::files;
 
 #[derive(Default)]
 struct Args {
@@ -31,7 +31,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => {
-                print!("{}", crate::VERIFY_USAGE);
+                print!("{}", super::VERIFY_USAGE);
                 return Ok(None);
             }
             Long("config") => a.config = Some(parser.value()?.into()),
@@ -52,8 +52,12 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
     Ok(Some(a))
 }
 
-/// Runs the command; `Err` only for usage errors (exit 2, printed by `main`).
-pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+/// Runs `ekattestctl ek verify` with the arguments after `verify`; `Err` only for usage
+/// errors (exit 2, printed by `main`).
+///
+/// # Errors
+/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
+pub fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
     let Some(args) = parse(parser)? else {
         return Ok(ExitCode::SUCCESS);
     };
