@@ -12,88 +12,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::svid::Authority;
-use lexopt::prelude::*;
-
-/// Usage text of `ca create`.
-pub const USAGE: &str = "\
-Usage: ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key
-                             [--days N] [--force]
-       ekattestctl ca issue-signer --ca-cert ROOT.pem --ca-key ROOT.key
-                             --cert OUT.pem --key OUT.key [--days N] [--force]
-
-Creates the trust domain's SVID certificate authority: a self-signed ECDSA P-256 CA
-(O=ekattest, CN=TD CA, URI SAN spiffe://TD, CA:TRUE pathlen 1, keyCertSign, cRLSign).
-The server signs agents' X.509-SVIDs and its Results with the key; agents verify both
-with the certificate, their trust bundle.
-
-  --trust-domain TD    the SPIFFE trust domain, e.g. example.org
-  --cert OUT.pem       where to write the CA certificate (PEM)
-  --key OUT.key        where to write the CA private key (PKCS#8 PEM, mode 0600)
-  --days N             validity in days (default 365)
-  --force              overwrite existing files
-
-`issue-signer` issues the server's signer under that root: an ECDSA P-256 intermediate CA
-(CN=TD signer, CA:TRUE pathlen 0, digitalSignature, keyCertSign, extendedKeyUsage
-serverAuth, clientAuth and the ekattest signer usage). Configure it as the server's
-ca-cert / ca-key: it signs the SVIDs, Challenges and Results, and the root key can stay
-offline (agents keep the root as their trust bundle). --days defaults to 90 and is
-clamped to the root's validity.
-
-Exit 0 written, 2 usage error or a file that exists or cannot be written.
-";
-
-/// Largest `--days`: a hundred years.
-const DAYS_MAX: u64 = 36_500;
-
-/// The flags of `ca create` and `ca issue-signer` (each command takes its own subset).
-#[derive(Default)]
-struct Flags {
-    trust_domain: Option<String>,
-    ca_cert: Option<PathBuf>,
-    ca_key: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    days: Option<u64>,
-    force: bool,
-}
-
-/// Reads the flags `allowed` (long names); `None` after `--help`.
-fn parse(parser: &mut lexopt::Parser, allowed: &[&str]) -> Result<Option<Flags>, lexopt::Error> {
-    let mut f = Flags::default();
-    while let Some(arg) = parser.next()? {
-        if let Long(name) = &arg
-            && !allowed.contains(name)
-            && *name != "help"
-        {
-            return Err(arg.unexpected());
-        }
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{USAGE}");
-                return Ok(None);
-            }
-            Long("trust-domain") => f.trust_domain = Some(parser.value()?.string()?),
-            Long("ca-cert") => f.ca_cert = Some(PathBuf::from(parser.value()?)),
-            Long("ca-key") => f.ca_key = Some(PathBuf::from(parser.value()?)),
-            Long("cert") => f.cert = Some(PathBuf::from(parser.value()?)),
-            Long("key") => f.key = Some(PathBuf::from(parser.value()?)),
-            Long("days") => {
-                let days: u64 = parser.value()?.parse()?;
-                if days == 0 || days > DAYS_MAX {
-                    return Err(format!("--days must be 1 to {DAYS_MAX}, not {days}").into());
-                }
-                f.days = Some(days);
-            }
-            Long("force") => f.force = true,
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    Ok(Some(f))
-}
-
-fn required<T>(value: Option<T>, flag: &str) -> Result<T, lexopt::Error> {
-    value.ok_or_else(|| format!("missing {flag}\n\n{USAGE}").into())
-}
 
 /// The output pair `--cert` / `--key`: different files, and none that exists unless
 /// `--force`.
@@ -140,32 +58,45 @@ fn finish(result: Result<(), String>, done: impl FnOnce()) -> ExitCode {
     }
 }
 
-/// Runs `ekattestctl ca issue-signer` with the arguments after `issue-signer`; `Err` only
-/// for usage errors (exit 2).
-///
-/// # Errors
-/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
-pub fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(f) = parse(
-        parser,
-        &["ca-cert", "ca-key", "cert", "key", "days", "force"],
-    )?
-    else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    let ca_cert = required(f.ca_cert, "--ca-cert")?;
-    let ca_key = required(f.ca_key, "--ca-key")?;
-    let cert = required(f.cert, "--cert")?;
-    let key = required(f.key, "--key")?;
-    let days = f.days.unwrap_or(90);
+/// What `ekattestctl ca issue-signer` needs: the root CA's files, the signer's output files,
+/// its validity and whether existing outputs are replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueSigner {
+    /// `--ca-cert`: the root CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// `--ca-key`: the root CA key (PEM).
+    pub ca_key: PathBuf,
+    /// `--cert`: where the signer certificate is written.
+    pub cert: PathBuf,
+    /// `--key`: where the signer key is written (mode 0600).
+    pub key: PathBuf,
+    /// `--days`: validity (clamped to the root's).
+    pub days: u64,
+    /// `--force`: replace existing output files.
+    pub force: bool,
+}
+
+/// Runs `ekattestctl ca issue-signer`: a signer CA below the root, written with its key;
+/// prints what was written, or the reason on stderr. Exit 0 written, 2 not.
+#[must_use]
+pub fn issue_signer(args: &IssueSigner) -> ExitCode {
+    let IssueSigner {
+        ca_cert,
+        ca_key,
+        cert,
+        key,
+        days,
+        force,
+    } = args;
+    let (days, force) = (*days, *force);
     let issue = || -> Result<(), String> {
-        check_outputs(&cert, &key, f.force)?;
-        let root = Authority::load(&ca_cert, &ca_key).map_err(|e| e.to_string())?;
+        check_outputs(cert, key, force)?;
+        let root = Authority::load(ca_cert, ca_key).map_err(|e| e.to_string())?;
         let validity = Duration::from_secs(days.saturating_mul(86_400));
         let (cert_pem, key_pem) = root.issue_signer(validity).map_err(|e| e.to_string())?;
-        write_pair(&cert, &cert_pem, &key, &key_pem, f.force)
+        write_pair(cert, &cert_pem, key, &key_pem, force)
     };
-    Ok(finish(issue(), || {
+    finish(issue(), || {
         println!(
             "wrote signer certificate {} and key {} (mode 0600), issued by {}",
             cert.display(),
@@ -180,30 +111,45 @@ pub fn run_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt:
             ca_cert.display(),
             ca_key.display()
         );
-    }))
+    })
 }
 
-/// Runs `ekattestctl ca create` with the arguments after `create`; `Err` only for usage
-/// errors (exit 2).
-///
-/// # Errors
-/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
-pub fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(f) = parse(parser, &["trust-domain", "cert", "key", "days", "force"])? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    let trust_domain = required(f.trust_domain, "--trust-domain")?;
-    let cert = required(f.cert, "--cert")?;
-    let key = required(f.key, "--key")?;
-    let days = f.days.unwrap_or(365);
+/// What `ekattestctl ca create` needs: the trust domain, the output files, the validity and
+/// whether existing outputs are replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Create {
+    /// `--trust-domain`: the SPIFFE trust domain the CA certifies.
+    pub trust_domain: String,
+    /// `--cert`: where the CA certificate (the agents' trust bundle) is written.
+    pub cert: PathBuf,
+    /// `--key`: where the CA key is written (mode 0600).
+    pub key: PathBuf,
+    /// `--days`: validity.
+    pub days: u64,
+    /// `--force`: replace existing output files.
+    pub force: bool,
+}
+
+/// Runs `ekattestctl ca create`: a new trust domain CA, written with its key; prints what
+/// was written, or the reason on stderr. Exit 0 written, 2 not.
+#[must_use]
+pub fn create(args: &Create) -> ExitCode {
+    let Create {
+        trust_domain,
+        cert,
+        key,
+        days,
+        force,
+    } = args;
+    let (days, force) = (*days, *force);
     let create = || -> Result<(), String> {
-        check_outputs(&cert, &key, f.force)?;
+        check_outputs(cert, key, force)?;
         let validity = Duration::from_secs(days.saturating_mul(86_400));
         let (_, cert_pem, key_pem) =
-            Authority::generate(&trust_domain, validity).map_err(|e| e.to_string())?;
-        write_pair(&cert, &cert_pem, &key, &key_pem, f.force)
+            Authority::generate(trust_domain, validity).map_err(|e| e.to_string())?;
+        write_pair(cert, &cert_pem, key, &key_pem, force)
     };
-    Ok(finish(create(), || {
+    finish(create(), || {
         println!(
             "wrote CA certificate {} (trust domain {trust_domain}, valid {days} days) and key {} \
              (mode 0600)",
@@ -216,7 +162,7 @@ pub fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
              ca-key, which keeps the root key online)",
             cert.display()
         );
-    }))
+    })
 }
 
 /// Writes `bytes` to `path` with `mode`, creating it (or truncating it with `force`).

@@ -1,12 +1,13 @@
 //! The logic of `ekattestctl`, the offline operator commands: EK hashes, document validation
 //! and signing, publishing a signed document to a cluster, EK verification, the SVID CA.
 //!
-//! The binary (`src/bin/ekattestctl.rs`) parses the command words and calls one entry point
-//! here per command; each entry point reads the command's own flags from the
-//! [`lexopt::Parser`] it is handed, does the work, prints what the operator sees and returns
-//! the exit code. `Err` from an entry point is a usage error, which the binary prints with
-//! exit status 2. Exit status contract: 0 success (hash printed, document valid, EK
-//! accepted); 1 the input was judged and rejected; 2 usage error or unreadable file.
+//! The binary (`src/bin/ekattestctl.rs`) parses the command line (words, flags, usage texts)
+//! into the arguments struct of one command and calls its entry point here, which reads the
+//! files, does the work, prints what the operator sees and returns the exit status. An
+//! entry point that can also find a usage-class problem (a key file that is not usable, a
+//! broker URL that does not parse) returns it as `Err(String)`; the binary prints it like a
+//! usage error, with exit status 2. Exit status contract: 0 success (hash printed, document
+//! valid, EK accepted); 1 the input was judged and rejected; 2 usage error or unreadable file.
 //!
 //! - [`ek_hash`], [`config_validate`]: the one-file commands.
 //! - [`config_sign`]: `config sign` and `config keygen`.
@@ -25,30 +26,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::Document;
-
-/// Usage text of `ek verify` (printed by `ekattestctl ek --help` and `ek verify --help`).
-pub const VERIFY_USAGE: &str = "\
-Usage: ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
-                             [--trust-domain TD] [--json]
-
-Runs EK validation as the server would for an agent offering [tpm_ek], using the first
-policy of the document that it selects, and prints the verdict, the failing check,
-the attributes and the SPIFFE ID.
-
-  --config FILE        AgentAttestation document
-  --cert EK            EK certificate: PEM, DER, or a raw NV blob (0xFF padding is fine)
-  --chain FILE         certificates the device sends from NV 0x01C00100..: PEM (any
-                       number of blocks) or concatenated DER
-  --ek-public FILE     the EK TPM2B_PUBLIC as the agent reads it (tpm2_readpublic -f tss);
-                       checked against the certificate; may replace --cert for TPMs
-                       without a certificate (allowedHashes only)
-  --trust-domain TD    render spiffe://TD/... instead of the path alone
-  --json               print one JSON object instead of text
-
-Exit 0 accepted; 1 rejected, including a --cert or --chain file that holds no usable
-certificate (corrupt PEM or corrupt DER alike); 2 usage error, unreadable file or invalid
-document.
-";
 
 /// `ekattestctl ek-hash FILE`: prints the EK's `tpm_ek.public_hash` (lowercase hex SHA-256 of
 /// its DER SubjectPublicKeyInfo) from a certificate, public key or TPM2B_PUBLIC file. Exit 0

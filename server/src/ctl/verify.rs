@@ -11,57 +11,32 @@ use std::time::SystemTime;
 use crate::config::{Document, Method, Policy};
 use crate::ek::{self, Check, Evidence, Verdict};
 use ekattest_protocol::public::Public;
-use lexopt::prelude::*;
 use serde_json::{Value as Json, json};
 
 use super::files;
 
-#[derive(Default)]
-struct Args {
-    config: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    chain: Option<PathBuf>,
-    ek_public: Option<PathBuf>,
-    trust_domain: Option<String>,
-    json: bool,
+/// What `ekattestctl ek verify` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `--config`: the AgentAttestation document.
+    pub config: PathBuf,
+    /// `--cert`: the EK certificate (PEM, DER or a raw NV blob).
+    pub cert: Option<PathBuf>,
+    /// `--chain`: the certificates the device sends (PEM blocks or concatenated DER).
+    pub chain: Option<PathBuf>,
+    /// `--ek-public`: the EK TPM2B_PUBLIC.
+    pub ek_public: Option<PathBuf>,
+    /// `--trust-domain`: render `spiffe://TD/...` instead of the path alone.
+    pub trust_domain: Option<String>,
+    /// `--json`: one JSON object instead of text.
+    pub json: bool,
 }
 
-fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
-    let mut a = Args::default();
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{}", super::VERIFY_USAGE);
-                return Ok(None);
-            }
-            Long("config") => a.config = Some(parser.value()?.into()),
-            Long("cert") => a.cert = Some(parser.value()?.into()),
-            Long("chain") => a.chain = Some(parser.value()?.into()),
-            Long("ek-public") => a.ek_public = Some(parser.value()?.into()),
-            Long("trust-domain") => a.trust_domain = Some(parser.value()?.string()?),
-            Long("json") => a.json = true,
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    if a.config.is_none() {
-        return Err("missing --config FILE".into());
-    }
-    if a.cert.is_none() && a.ek_public.is_none() {
-        return Err("missing --cert EK (or --ek-public FILE for a TPM without certificate)".into());
-    }
-    Ok(Some(a))
-}
-
-/// Runs `ekattestctl ek verify` with the arguments after `verify`; `Err` only for usage
-/// errors (exit 2, printed by `main`).
-///
-/// # Errors
-/// A [`lexopt::Error`] for a missing, unknown or malformed flag.
-pub fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(args) = parse(parser)? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    Ok(match verify(&args) {
+/// Runs `ekattestctl ek verify`: prints the verdict (text, or JSON with `json`). Exit 0
+/// accepted, 1 rejected, 2 unreadable file or invalid document.
+#[must_use]
+pub fn run(args: &Args) -> ExitCode {
+    match verify(args) {
         Ok(outcome) => {
             outcome.print(args.json);
             if outcome.accepted() {
@@ -77,7 +52,7 @@ pub fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
             eprintln!("ekattestctl: {e}");
             ExitCode::from(2)
         }
-    })
+    }
 }
 
 enum Outcome {
@@ -99,7 +74,7 @@ enum Outcome {
 /// rejected like corrupt DER (which only EK validation can tell apart from an NV blob), so
 /// both exit 1.
 fn verify(args: &Args) -> Result<Outcome, String> {
-    let config = args.config.as_deref().ok_or("missing --config")?;
+    let config = args.config.as_path();
     let doc = Document::load(config).map_err(|e| format!("{}: invalid: {e}", config.display()))?;
     let read = |flag: &str, p: &PathBuf| {
         files::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
