@@ -270,14 +270,16 @@ impl Runner<'_> {
                 return Ok(false);
             }
         };
+        self.metrics.record(true);
+        self.metrics.svid_expiry = Some(v.not_after);
+        // Before the log line, so the textfile is current when the line appears (as for a
+        // refused Result above).
+        self.textfile.publish(&self.metrics);
         log::info!(
             agentId = self.agent.as_str(), spiffeId = v.spiffe_id.as_str(),
             svidNotAfter = v.not_after;
             "Connected to server"
         );
-        self.metrics.record(true);
-        self.metrics.svid_expiry = Some(v.not_after);
-        self.textfile.publish(&self.metrics);
         self.login_backoff.reset();
         let renew_in = renew_in(v.not_before, v.not_after, now, self.config.renew_before);
         self.next_login = Instant::now() + Duration::from_secs(renew_in.unsigned_abs());
