@@ -15,6 +15,7 @@
 //!   object Name, and the DER SubjectPublicKeyInfo whose SHA-256 is `tpm_ek.public_hash`.
 //!   Agent and server both need it, so it lives here instead of being written twice.
 //! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
+//! - [`spiffe`]: SPIFFE ID path syntax.
 #![no_std]
 #![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
@@ -30,6 +31,7 @@ pub mod limits;
 pub mod msg;
 pub mod public;
 pub mod sign;
+pub mod spiffe;
 pub mod timestamp;
 pub mod topic;
 pub mod yaml;

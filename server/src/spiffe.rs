@@ -1,10 +1,10 @@
 //! SPIFFE IDs: the `spiffeIdTemplate` of a policy, its rendering, and the path syntax.
 //!
-//! [`SpiffeIdTemplate::render`] turns a validated EK's attributes into the agent's SPIFFE ID;
-//! [`validate_path`] is the SPIFFE ID path check shared with the X.509-SVID issuer
-//! ([`crate::svid`]). This module depends on nothing of the crate but the EK's
-//! [`Attributes`], so the config loader, the policy selection and the SVID issuer all build
-//! on it without depending on each other.
+//! [`SpiffeIdTemplate::render`] turns a validated EK's attributes into the agent's SPIFFE ID,
+//! checked with [`validate_path`] (`ekattest_protocol::spiffe`, which the X.509-SVID issuer
+//! [`crate::svid`] uses too). This module depends on nothing of the crate but the EK's
+//! [`Attributes`], so the config loader and the policy selection both build on it without
+//! depending on each other.
 //!
 //! Templates are parsed once, when the document is loaded, so a bad placeholder is a config
 //! error and never a per-login surprise. Rendering must never produce an invalid SPIFFE ID
@@ -21,6 +21,8 @@
 use std::fmt;
 
 use ekattest_protocol::msg::Method;
+use ekattest_protocol::spiffe::is_segment_char;
+pub use ekattest_protocol::spiffe::validate_path;
 
 use crate::ek::Attributes;
 
@@ -287,29 +289,6 @@ impl SpiffeIdTemplate {
     }
 }
 
-/// Checks a rendered path against SPIFFE ID section 2.2: `/`-separated non-empty segments of
-/// `[A-Za-z0-9._-]`, none equal to `.` or `..`. The empty path is not accepted (an agent ID
-/// always has one).
-///
-/// # Errors
-/// A short reason.
-pub fn validate_path(path: &str) -> Result<(), &'static str> {
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err("does not start with '/'");
-    };
-    for segment in rest.split('/') {
-        match segment {
-            "" => return Err("has an empty segment"),
-            "." | ".." => return Err("has a '.' or '..' segment"),
-            s if !s.chars().all(is_segment_char) => {
-                return Err("has a character outside [A-Za-z0-9._-]");
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 fn check_template_segments(parts: &[Part]) -> Result<(), TemplateError> {
     // Segments as sequences of literal text and placeholders; a placeholder always renders
     // to a non-empty value, so only all-literal segments can be empty or dots here.
@@ -344,10 +323,6 @@ fn check_template_segments(parts: &[Part]) -> Result<(), TemplateError> {
         return Err(TemplateError::BadSegment { segment: i, what });
     }
     Ok(())
-}
-
-fn is_segment_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
 }
 
 fn is_path_char(c: char) -> bool {

@@ -574,7 +574,7 @@ impl Authority {
         if !is_trust_domain(td) {
             return Err(err(format!("invalid trust domain {td:?}")));
         }
-        crate::spiffe::validate_path(path)
+        ekattest_protocol::spiffe::validate_path(path)
             .map_err(|reason| err(format!("invalid path {path:?}: {reason}")))?;
         match &self.trust_domain {
             Some(ours) if ours != td => Err(err(format!(
