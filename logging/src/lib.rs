@@ -197,3 +197,44 @@ fn push_json(out: &mut String, s: &str) {
         Err(_) => out.push_str("\"\""),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(target: &str, level: log::Level) -> Metadata<'_> {
+        Metadata::builder().target(target).level(level).build()
+    }
+
+    #[test]
+    fn own_records_pass_at_level_dependencies_at_most_at_their_cap() {
+        let f = Filter {
+            level: LevelFilter::Debug,
+            dependency_max: LevelFilter::Warn,
+        };
+        assert!(f.passes(&meta("ekattest_agent::daemon", log::Level::Debug)));
+        assert!(!f.passes(&meta("ekattest_agent::daemon", log::Level::Trace)));
+        assert!(f.passes(&meta("rustls::client", log::Level::Warn)));
+        assert!(!f.passes(&meta("rustls::client", log::Level::Info)));
+        // The cap never lets a dependency above the level.
+        let f = Filter {
+            level: LevelFilter::Error,
+            dependency_max: LevelFilter::Trace,
+        };
+        assert!(!f.passes(&meta("rumqttc::state", log::Level::Warn)));
+    }
+
+    #[test]
+    fn the_format_switches_at_run_time() {
+        let logger = Logger::new(
+            Filter {
+                level: LevelFilter::Info,
+                dependency_max: LevelFilter::Info,
+            },
+            Format::Text,
+        );
+        assert_eq!(logger.format(), Format::Text);
+        logger.set_format(Format::Json);
+        assert_eq!(logger.format(), Format::Json);
+    }
+}
