@@ -29,7 +29,7 @@ use ekattest_protocol::topic::Topics;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
 /// How long to wait for the broker to take the document.
-pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait, after the SUBACK, for the retained document (mosquitto sends it at
 /// once; an empty topic sends nothing).
 const RETAINED_WAIT: Duration = Duration::from_secs(2);
