@@ -5,30 +5,29 @@
 //! Field names follow the server's: `time`, `level`, `msg`, then camelCase keys
 //! (`agentId`, `spiffeId`, ...). Records from other crates (rumqttc, rustls) pass at most at
 //! `warn`, so debug output stays the agent's own. Never panics on a value; callers never pass
-//! secrets. The format can change at run time (SIGHUP re-reads the config).
+//! secrets. The format can change at run time (SIGHUP re-reads the config). The formatting
+//! and writing are the server's too ([`ekattest_logging`]); this module holds the agent's
+//! filter and its process-wide instance.
 
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use ekattest_protocol::timestamp::Rfc3339;
-use log::kv::{self, Key, Value, VisitSource};
+use ekattest_logging::{Filter, Format};
 
 use crate::daemon::config::LogFormat;
 
-/// Fields the JSON form writes itself; key-values with these names are dropped.
-const RESERVED: [&str; 3] = ["time", "level", "msg"];
-
-/// The process logger.
+/// The process logger: [`Logger::install`] it once, switch its format at run time.
 #[derive(Debug)]
-pub struct Logger {
-    json: AtomicBool,
-}
+pub struct Logger;
 
-static LOGGER: Logger = Logger {
-    json: AtomicBool::new(false),
-};
+/// Every ekattest record (the level is `log`'s global maximum, set by [`Logger::install`]);
+/// other crates' records at most at `warn`.
+static LOGGER: ekattest_logging::Logger = ekattest_logging::Logger::new(
+    Filter {
+        level: log::LevelFilter::Trace,
+        dependency_max: log::LevelFilter::Warn,
+    },
+    Format::Text,
+);
 
 impl Logger {
     /// Installs the logger (once per process; later calls only change the level and format).
@@ -42,112 +41,34 @@ impl Logger {
     /// Whether lines are JSON (`log-format: json`).
     #[must_use]
     pub fn is_json() -> bool {
-        LOGGER.json.load(Ordering::Relaxed)
+        LOGGER.format() == Format::Json
     }
 
     /// Switches between text and JSON lines.
     pub fn set_format(format: LogFormat) {
-        LOGGER
-            .json
-            .store(format == LogFormat::Json, Ordering::Relaxed);
+        LOGGER.set_format(shared_format(format));
     }
 }
 
-impl log::Log for Logger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with("ekattest") || metadata.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let format = if self.json.load(Ordering::Relaxed) {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
-        };
-        let mut line = format_record(record, format, SystemTime::now());
-        line.push('\n');
-        // One write per record under stderr's lock, so lines from threads never interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {
-        let _ = std::io::stderr().flush();
+fn shared_format(format: LogFormat) -> Format {
+    match format {
+        LogFormat::Text => Format::Text,
+        LogFormat::Json => Format::Json,
     }
 }
 
-/// Formats `record` as one line (no newline), stamped with `now` in the JSON form.
+/// Formats `record` as one line (no newline), stamped with `now` in the JSON form
+/// ([`ekattest_logging::format_record`]).
 #[must_use]
 pub fn format_record(record: &log::Record<'_>, format: LogFormat, now: SystemTime) -> String {
-    let level = record.level().as_str().to_ascii_lowercase();
-    let mut out = String::with_capacity(256);
-    match format {
-        LogFormat::Text => {
-            let _ = write!(out, "{level}: {}", record.args());
-            let _ = record.key_values().visit(&mut TextFields { out: &mut out });
-        }
-        LogFormat::Json => {
-            let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let time = Rfc3339::new(since.as_secs(), since.subsec_millis());
-            let _ = write!(out, "{{\"time\":\"{time}\",\"level\":\"{level}\",\"msg\":");
-            push_json(&mut out, &record.args().to_string());
-            let _ = record.key_values().visit(&mut JsonFields { out: &mut out });
-            out.push('}');
-        }
-    }
-    out
-}
-
-struct TextFields<'a> {
-    out: &'a mut String,
-}
-
-impl<'kvs> VisitSource<'kvs> for TextFields<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
-        let _ = write!(self.out, ", {key}: {value}");
-        Ok(())
-    }
-}
-
-struct JsonFields<'a> {
-    out: &'a mut String,
-}
-
-impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
-        if RESERVED.contains(&key.as_str()) {
-            return Ok(());
-        }
-        self.out.push(',');
-        push_json(self.out, key.as_str());
-        self.out.push(':');
-        if let Some(n) = value.to_i64() {
-            let _ = write!(self.out, "{n}");
-        } else if let Some(n) = value.to_u64() {
-            let _ = write!(self.out, "{n}");
-        } else if let Some(b) = value.to_bool() {
-            let _ = write!(self.out, "{b}");
-        } else {
-            push_json(self.out, &value.to_string());
-        }
-        Ok(())
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-fn push_json(out: &mut String, s: &str) {
-    match serde_json::to_string(s) {
-        Ok(json) => out.push_str(&json),
-        // serde_json cannot fail on a str; keep the output valid JSON regardless.
-        Err(_) => out.push_str("\"\""),
-    }
+    ekattest_logging::format_record(record, shared_format(format), now)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use log::kv::Value;
 
     use super::*;
 

@@ -19,6 +19,7 @@
 //! - [`der`]: the one bounded DER reader and writer, and EK certificate NV blob trimming.
 //! - [`broker_url`]: the `SCHEME://HOST[:PORT]` broker URLs of both daemons' configs.
 //! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
+//! - [`spiffe`]: SPIFFE ID path syntax.
 #![no_std]
 #![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
@@ -34,6 +35,7 @@ pub mod hardening;
 pub mod limits;
 pub mod msg;
 pub mod sign;
+pub mod spiffe;
 pub mod spki;
 pub mod timestamp;
 pub mod topic;

@@ -340,7 +340,7 @@ impl<'a> Prepared<'a> {
         let evidence = Evidence {
             ek_cert: Some(&case.leaf),
             ek_chain: &[],
-            ek_public: Some(&case.ek_public),
+            ek_public: Some(Public::decode(&case.ek_public).unwrap()),
         };
         // The setup must describe a passing attestation, or the bench measures a failure.
         let verdict = ek::validate(&case.policy, &evidence, case.now)

@@ -22,6 +22,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use criterion::{Criterion, criterion_group, criterion_main};
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ek::{self, ChainOptions, EkPolicy, Evidence, ProfileMode, TrustStore};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -100,7 +101,7 @@ fn bench(c: &mut Criterion) {
     let full = Evidence {
         ek_cert: Some(&blob),
         ek_chain: &[],
-        ek_public: Some(&ek_public),
+        ek_public: Some(Public::decode(&ek_public).unwrap()),
     };
     // Sanity: both inputs pass before they are timed.
     ek::validate(&policy, &cert_only, now).unwrap();

@@ -14,10 +14,13 @@
 
 use std::error::Error as StdError;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ekattest_protocol::error::ErrorChain;
-use ekattest_protocol::msg::{Accepted, Answer, Attribute, AttributeName, Challenge, Login};
+use ekattest_protocol::limits::SVID_MAX;
+use ekattest_protocol::msg::{
+    Accepted, Answer, Attribute, AttributeName, Challenge, Login, SessionId,
+};
 use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::default_agent_id;
 use ekattest_protocol::tpm::public::Public;
@@ -28,9 +31,9 @@ use crate::certify;
 use crate::config::Document;
 use crate::credential::{self, Random};
 use crate::ek::{self, Check, EkError, Evidence};
-use crate::policy::PolicyError;
 use crate::session::{SessionConfig, SessionError, SessionStore};
-use crate::svid;
+use crate::spiffe::PolicyError;
+use crate::svid::{self, Authority, SvidError};
 
 /// What a successful attestation proved: kept with the session between Challenge and Answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,43 @@ impl Identity {
                 .push(Attribute { name: *name, value })
                 .map_err(|_| too_long("attribute list"))?;
         }
+        Ok(accepted)
+    }
+
+    /// The whole success path for the daemon: [`Identity::to_accepted`], an SVID from
+    /// `authority` valid for `ttl` if the Login carried an `svid_key`, then
+    /// [`Authority::sign_result`] over the identity's Login transcript, for `agent`'s Answer to
+    /// `session`.
+    ///
+    /// # Errors
+    /// A [`Rejection`] with [`RejectCode::Internal`] and the reason for the log.
+    pub fn accepted(
+        &self,
+        authority: &Authority,
+        agent: &str,
+        session: &SessionId,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<Accepted, Rejection> {
+        let internal = |e: SvidError| Rejection {
+            code: RejectCode::Internal,
+            reason: e.to_string(),
+        };
+        let mut accepted = self.to_accepted()?;
+        if let Some(key) = &self.svid_key {
+            let der = authority
+                .issue(key, &self.spiffe_id, now, ttl)
+                .map_err(internal)?;
+            accepted.svid = heapless::Vec::from_slice(&der).map_err(|_| {
+                internal(SvidError::TooLarge {
+                    len: der.len(),
+                    max: SVID_MAX,
+                })
+            })?;
+        }
+        authority
+            .sign_result(agent, session, &self.transcript, &mut accepted)
+            .map_err(internal)?;
         Ok(accepted)
     }
 }
@@ -299,7 +339,7 @@ impl Attestor {
         let evidence = Evidence {
             ek_cert: login.ek_cert.as_deref(),
             ek_chain: &login.ek_chain,
-            ek_public: Some(&login.ek_public),
+            ek_public: Some(ek_public),
         };
         let verdict = ek::validate(&tpm_ek.ek, &evidence, wall)
             .map_err(|e| Rejection::from_error(ek_code(&e), &e))?;

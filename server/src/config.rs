@@ -45,7 +45,7 @@ use serde::Deserialize;
 use serde::de::{self, Visitor};
 
 use crate::ek::{self, ChainOptions, EkPolicy, ProfileMode, TrustStore};
-use crate::policy::{SpiffeIdTemplate, TemplateError};
+use crate::spiffe::{SpiffeIdTemplate, TemplateError};
 
 pub use pem_certs::PemProblem;
 

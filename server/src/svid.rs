@@ -30,8 +30,6 @@ use rcgen::{
     Issuer, KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use crate::attest::{Identity, Rejection};
-
 mod agent_key;
 mod ca_files;
 #[cfg(test)]
@@ -486,41 +484,6 @@ impl Authority {
         Ok(())
     }
 
-    /// The whole success path for the daemon: [`Identity::to_accepted`], an SVID valid for
-    /// `ttl` if the Login carried an `svid_key`, then [`Authority::sign_result`] over the
-    /// identity's Login transcript.
-    ///
-    /// # Errors
-    /// A [`Rejection`] with [`RejectCode::Internal`] and the reason for the log.
-    pub fn accepted(
-        &self,
-        agent: &str,
-        session: &SessionId,
-        identity: &Identity,
-        now: SystemTime,
-        ttl: Duration,
-    ) -> Result<Accepted, Rejection> {
-        let internal = |e: SvidError| Rejection {
-            code: RejectCode::Internal,
-            reason: e.to_string(),
-        };
-        let mut accepted = identity.to_accepted()?;
-        if let Some(key) = &identity.svid_key {
-            let der = self
-                .issue(key, &identity.spiffe_id, now, ttl)
-                .map_err(internal)?;
-            accepted.svid = heapless::Vec::from_slice(&der).map_err(|_| {
-                internal(SvidError::TooLarge {
-                    len: der.len(),
-                    max: SVID_MAX,
-                })
-            })?;
-        }
-        self.sign_result(agent, session, &identity.transcript, &mut accepted)
-            .map_err(internal)?;
-        Ok(accepted)
-    }
-
     /// A signer for this (root) CA: a new P-256 intermediate CA (O=ekattest, CN=`<trust
     /// domain> signer`, URI SAN `spiffe://<trust domain>`, CA:TRUE pathlen 0, keyUsage
     /// digitalSignature, keyCertSign and cRLSign, extendedKeyUsage serverAuth, clientAuth and
@@ -613,7 +576,7 @@ impl Authority {
         if !is_trust_domain(td) {
             return Err(err(format!("invalid trust domain {td:?}")));
         }
-        crate::policy::validate_path(path)
+        ekattest_protocol::spiffe::validate_path(path)
             .map_err(|reason| err(format!("invalid path {path:?}: {reason}")))?;
         match &self.trust_domain {
             Some(ours) if ours != td => Err(err(format!(

@@ -390,11 +390,11 @@ fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
     let mut answer = challenged_with_key(&a, "ek-1", &spki);
     answer.pop = Some(heapless::Vec::from_slice(&pop(&key, &answer.session, &answer.mac)).unwrap());
     let identity = a.answer("ek-1", &answer, now).unwrap();
-    let accepted = ca
+    let accepted = identity
         .accepted(
+            &ca,
             "ek-1",
             &answer.session,
-            &identity,
             SystemTime::now(),
             Duration::from_secs(600),
         )

@@ -1,30 +1,23 @@
 //! ekattestctl: offline operator commands (EK hashes, config validation, EK verification).
 //!
-//! A thin shell: it parses arguments, reads files, calls the `ekattest_server` library and
-//! maps results to exit codes. Only `config set` talks to the network (the MQTT broker);
-//! only `ca create`, `config keygen` and `config sign --out` write files.
+//! A thin shell: it parses the command line (command words, flags, usage texts) and calls
+//! the command's entry point in `ekattest_server::ctl` with its arguments; the entry point
+//! reads the files, does the work and returns the exit code. Only `config set` talks to the
+//! network (the MQTT broker); only `ca create`, `config keygen` and `config sign --out` write
+//! files.
 //!
 //! Exit status: 0 success (hash printed, document valid, EK accepted); 1 the input was judged
 //! and rejected (invalid document for `config validate`, EK rejected, a file that was read
 //! holds no usable certificate or public key, whether its PEM or its DER is corrupt); 2
 //! usage error, unreadable file, or (for `ek verify`) an invalid document.
 
-#[path = "ekattestctl/ca.rs"]
-mod ca;
-#[path = "ekattestctl/config_set.rs"]
-mod config_set;
-#[path = "ekattestctl/config_sign.rs"]
-mod config_sign;
-#[path = "ekattestctl/files.rs"]
-mod files;
-#[path = "ekattestctl/verify.rs"]
-mod verify;
-
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ekattest_server::config::Document;
+use ekattest_protocol::topic;
+use ekattest_server::ctl::config_set::Op;
+use ekattest_server::ctl::{self, ca, config_set, config_sign, verify};
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -93,8 +86,113 @@ names the field, e.g. spec.policies[0].requiredAttestors[0].config.caCerts), 2 i
 cannot be read.
 ";
 
-/// Usage text of `ek verify` (shared with its module).
-pub(crate) const VERIFY_USAGE: &str = "\
+/// Usage text of `ca create` and `ca issue-signer`.
+const CA_USAGE: &str = "\
+Usage: ekattestctl ca create --trust-domain TD --cert OUT.pem --key OUT.key
+                             [--days N] [--force]
+       ekattestctl ca issue-signer --ca-cert ROOT.pem --ca-key ROOT.key
+                             --cert OUT.pem --key OUT.key [--days N] [--force]
+
+Creates the trust domain's SVID certificate authority: a self-signed ECDSA P-256 CA
+(O=ekattest, CN=TD CA, URI SAN spiffe://TD, CA:TRUE pathlen 1, keyCertSign, cRLSign).
+The server signs agents' X.509-SVIDs and its Results with the key; agents verify both
+with the certificate, their trust bundle.
+
+  --trust-domain TD    the SPIFFE trust domain, e.g. example.org
+  --cert OUT.pem       where to write the CA certificate (PEM)
+  --key OUT.key        where to write the CA private key (PKCS#8 PEM, mode 0600)
+  --days N             validity in days (default 365)
+  --force              overwrite existing files
+
+`issue-signer` issues the server's signer under that root: an ECDSA P-256 intermediate CA
+(CN=TD signer, CA:TRUE pathlen 0, digitalSignature, keyCertSign, extendedKeyUsage
+serverAuth, clientAuth and the ekattest signer usage). Configure it as the server's
+ca-cert / ca-key: it signs the SVIDs, Challenges and Results, and the root key can stay
+offline (agents keep the root as their trust bundle). --days defaults to 90 and is
+clamped to the root's validity.
+
+Exit 0 written, 2 usage error or a file that exists or cannot be written.
+";
+
+/// Usage text of `config sign`.
+const SIGN_USAGE: &str = "\
+Usage: ekattestctl config sign --key KEY.pem --id ID FILE [--out OUT]
+
+Validates the AgentAttestation document FILE and signs it for cluster ID with the
+ECDSA P-256 private key KEY.pem (from `config keygen`, or openssl). Writes the signed
+document to OUT (default: stdout): FILE byte for byte, then a trailer of YAML comments
+naming the cluster, the issue time (now), the signer's key fingerprint and the
+signature. Servers of cluster ID with policy-topic: true and the public key in
+policy-signers apply it from the config topic (`config set cluster`).
+
+  --key KEY.pem   private key (PKCS#8 PRIVATE KEY or EC PRIVATE KEY, mode 0600)
+  --id ID         cluster id the document is for (as in the servers' cluster-id)
+  --out OUT       write the signed document there instead of stdout
+
+Exit 0 signed, 1 invalid document, 2 usage error or unusable file.
+";
+
+/// Usage text of `config keygen`.
+const KEYGEN_USAGE: &str = "\
+Usage: ekattestctl config keygen --out DIR [--name NAME] [--force]
+
+Makes an ECDSA P-256 key pair for signing policy documents:
+  DIR/NAME.key   the private key (PKCS#8 PEM, mode 0600): keep it with the operator,
+                 never on a server
+  DIR/NAME.pub   the public key (PEM): list it in the servers' policy-signers
+NAME defaults to policy-signer. Existing files are not overwritten without --force.
+
+Exit 0 written, 2 usage error or a file that cannot or may not be written.
+";
+
+/// Usage text of `config set`.
+const SET_USAGE: &str = "\
+Usage: ekattestctl config set cluster --id ID FILE --sign-key KEY.pem [--broker URL]
+                              [--tls-ca PEM] [--username U --password-file F]
+                              [--topic-prefix P] [--insecure-plaintext]
+
+Validates the AgentAttestation document FILE, signs it for cluster ID and publishes it
+retained (QoS 1) on {prefix}/ID/config; every ekattest-server of cluster ID with
+policy-topic: true and the key's public half in policy-signers applies it without
+restart. An invalid document is reported and nothing is published. A FILE signed
+already (`config sign`) is published as it is, without --sign-key.
+
+  --id ID              cluster id (as in the servers' cluster-id)
+  --sign-key KEY.pem   ECDSA P-256 private key (`config keygen`; mode 0600)
+  --broker URL         mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883)
+  --tls-ca PEM         CA bundle that signs the broker's certificate (required for mqtts)
+  --username U         MQTT user name
+  --password-file F    file whose first line is the MQTT password
+  --topic-prefix P     topic prefix (default ekattest/v1)
+  --insecure-plaintext allow mqtt:// to a host other than loopback (the document and
+                       the password cross the network unencrypted)
+
+Exit 0 published and read back from the broker (the output names the sha256 the servers
+will log), 1 invalid document, broker failure, or the broker kept another document (its
+ACL refused the publish: mosquitto acknowledges it anyway), 2 usage error or unreadable
+file.
+";
+
+/// Usage text of `config get` and `config clear`.
+const GET_USAGE: &str = "\
+Usage: ekattestctl config get cluster --id ID [--out FILE] [--broker URL] [--tls-ca PEM]
+                              [--username U --password-file F] [--topic-prefix P]
+                              [--insecure-plaintext]
+       ekattestctl config clear cluster --id ID [--broker URL] ...
+
+get: reads the document retained on {prefix}/ID/config and prints its cluster, signer,
+issue time and sha256 (the hash the servers log), then the document. --out FILE also
+writes the signed document as it is (`config set` republishes such a file unchanged).
+Exit 0 printed, 1 no document retained or broker failure, 2 usage error.
+
+clear: removes the retained document (an empty retained message) and checks that it is
+gone. Running servers keep the document in force and log the clear; a server that starts
+afterwards gets no document from the topic (only its policy-files). Exit 0 cleared, 1
+broker failure or a document is still retained (the ACL refused the publish).
+";
+
+/// Usage text of `ek verify` (printed by `ekattestctl ek --help` and `ek verify --help`).
+const VERIFY_USAGE: &str = "\
 Usage: ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
                              [--trust-domain TD] [--json]
 
@@ -152,7 +250,7 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                 let Some(file) = single_file(&mut parser, EK_HASH_USAGE)? else {
                     return Ok(ExitCode::SUCCESS);
                 };
-                Ok(ek_hash(&file))
+                Ok(ctl::ek_hash(&file))
             }
             Some("config") => match subcommand(&mut parser, CONFIG_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),
@@ -160,13 +258,13 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                     let Some(file) = single_file(&mut parser, CONFIG_USAGE)? else {
                         return Ok(ExitCode::SUCCESS);
                     };
-                    Ok(config_validate(&file))
+                    Ok(ctl::config_validate(&file))
                 }
-                Some(sub) if sub == "set" => config_set::run(&mut parser, config_set::Op::Set),
-                Some(sub) if sub == "get" => config_set::run(&mut parser, config_set::Op::Get),
-                Some(sub) if sub == "clear" => config_set::run(&mut parser, config_set::Op::Clear),
-                Some(sub) if sub == "sign" => config_sign::sign(&mut parser),
-                Some(sub) if sub == "keygen" => config_sign::keygen(&mut parser),
+                Some(sub) if sub == "set" => config_set(&mut parser, Op::Set),
+                Some(sub) if sub == "get" => config_set(&mut parser, Op::Get),
+                Some(sub) if sub == "clear" => config_set(&mut parser, Op::Clear),
+                Some(sub) if sub == "sign" => config_sign(&mut parser),
+                Some(sub) if sub == "keygen" => config_keygen(&mut parser),
                 Some(sub) => Err(unknown(
                     "config",
                     &sub,
@@ -175,13 +273,13 @@ fn run() -> Result<ExitCode, lexopt::Error> {
             },
             Some("ek") => match subcommand(&mut parser, VERIFY_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),
-                Some(sub) if sub == "verify" => verify::run(&mut parser),
+                Some(sub) if sub == "verify" => ek_verify(&mut parser),
                 Some(sub) => Err(unknown("ek", &sub, "verify")),
             },
-            Some("ca") => match subcommand(&mut parser, ca::USAGE)? {
+            Some("ca") => match subcommand(&mut parser, CA_USAGE)? {
                 None => Ok(ExitCode::SUCCESS),
-                Some(sub) if sub == "create" => ca::run(&mut parser),
-                Some(sub) if sub == "issue-signer" => ca::run_issue_signer(&mut parser),
+                Some(sub) if sub == "create" => ca_create(&mut parser),
+                Some(sub) if sub == "issue-signer" => ca_issue_signer(&mut parser),
                 Some(sub) => Err(unknown("ca", &sub, "create|issue-signer")),
             },
             _ => Err(format!("unknown command {cmd:?}; commands: ek-hash, config, ek, ca").into()),
@@ -224,75 +322,273 @@ fn single_file(parser: &mut lexopt::Parser, usage: &str) -> Result<Option<PathBu
         .ok_or_else(|| format!("missing FILE\n\n{usage}").into())
 }
 
-fn ek_hash(file: &std::path::Path) -> ExitCode {
-    let bytes = match files::read(file) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ekattestctl: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match files::public_hash(&bytes) {
-        Ok(hash) => {
-            println!("{}", hex::encode(hash));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ekattestctl: {}: {e}", file.display());
-            ExitCode::from(1)
-        }
-    }
+/// Largest `--days`: a hundred years.
+const DAYS_MAX: u64 = 36_500;
+
+/// The flags of `ca create` and `ca issue-signer` (each command takes its own subset).
+#[derive(Default)]
+struct CaFlags {
+    trust_domain: Option<String>,
+    ca_cert: Option<PathBuf>,
+    ca_key: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    days: Option<u64>,
+    force: bool,
 }
 
-fn config_validate(file: &std::path::Path) -> ExitCode {
-    let doc = match Document::load(file) {
-        Ok(doc) => doc,
-        Err(e @ ekattest_server::config::ConfigError::Read { .. }) => {
-            eprintln!("ekattestctl: {e}");
-            return ExitCode::from(2);
+/// Reads the flags `allowed` (long names); `None` after `--help`.
+fn parse_ca(
+    parser: &mut lexopt::Parser,
+    allowed: &[&str],
+) -> Result<Option<CaFlags>, lexopt::Error> {
+    let mut f = CaFlags::default();
+    while let Some(arg) = parser.next()? {
+        if let Long(name) = &arg
+            && !allowed.contains(name)
+            && *name != "help"
+        {
+            return Err(arg.unexpected());
         }
-        Err(e) => {
-            eprintln!("{}: invalid: {e}", file.display());
-            return ExitCode::from(1);
-        }
-    };
-    let n = doc.policies().len();
-    println!(
-        "{}: valid AgentAttestation v1 document, {n} {}",
-        file.display(),
-        if n == 1 { "policy" } else { "policies" }
-    );
-    for p in doc.policies() {
-        let types: Vec<&str> = p.attestors.iter().map(|a| a.method().as_str()).collect();
-        println!("policy {:?}", p.name);
-        println!("  requiredAttestors: {}", types.join(", "));
-        if let Some(t) = p.tpm_ek() {
-            println!(
-                "  tpm_ek: caCerts {}, intermediateCerts {}, allowedHashes {}, \
-                 ekProfileCheck {}, allowSha1Signatures {}, acceptExpiredEk {}",
-                t.ca_certs,
-                t.intermediate_certs,
-                t.ek.allowed_hashes.len(),
-                match t.ek.profile {
-                    ekattest_server::ek::ProfileMode::Enforce => "enforce",
-                    ekattest_server::ek::ProfileMode::Warn => "warn",
-                },
-                t.ek.chain.allow_sha1,
-                t.ek.chain.accept_expired_ek
-            );
-        }
-        println!(
-            "  spiffeIdTemplate: {}{}",
-            p.spiffe_id,
-            if p.spiffe_id_is_default {
-                " (default)"
-            } else {
-                ""
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{CA_USAGE}");
+                return Ok(None);
             }
-        );
+            Long("trust-domain") => f.trust_domain = Some(parser.value()?.string()?),
+            Long("ca-cert") => f.ca_cert = Some(PathBuf::from(parser.value()?)),
+            Long("ca-key") => f.ca_key = Some(PathBuf::from(parser.value()?)),
+            Long("cert") => f.cert = Some(PathBuf::from(parser.value()?)),
+            Long("key") => f.key = Some(PathBuf::from(parser.value()?)),
+            Long("days") => {
+                let days: u64 = parser.value()?.parse()?;
+                if days == 0 || days > DAYS_MAX {
+                    return Err(format!("--days must be 1 to {DAYS_MAX}, not {days}").into());
+                }
+                f.days = Some(days);
+            }
+            Long("force") => f.force = true,
+            arg => return Err(arg.unexpected()),
+        }
     }
-    for w in doc.warnings() {
-        println!("warning: {w}");
+    Ok(Some(f))
+}
+
+fn required<T>(value: Option<T>, flag: &str) -> Result<T, lexopt::Error> {
+    value.ok_or_else(|| format!("missing {flag}\n\n{CA_USAGE}").into())
+}
+
+/// `ca create` with the arguments after `create`.
+fn ca_create(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let Some(f) = parse_ca(parser, &["trust-domain", "cert", "key", "days", "force"])? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    Ok(ca::create(&ca::Create {
+        trust_domain: required(f.trust_domain, "--trust-domain")?,
+        cert: required(f.cert, "--cert")?,
+        key: required(f.key, "--key")?,
+        days: f.days.unwrap_or(365),
+        force: f.force,
+    }))
+}
+
+/// `ca issue-signer` with the arguments after `issue-signer`.
+fn ca_issue_signer(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let Some(f) = parse_ca(
+        parser,
+        &["ca-cert", "ca-key", "cert", "key", "days", "force"],
+    )?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    Ok(ca::issue_signer(&ca::IssueSigner {
+        ca_cert: required(f.ca_cert, "--ca-cert")?,
+        ca_key: required(f.ca_key, "--ca-key")?,
+        cert: required(f.cert, "--cert")?,
+        key: required(f.key, "--key")?,
+        days: f.days.unwrap_or(90),
+        force: f.force,
+    }))
+}
+
+/// `config sign` with the arguments after `sign`.
+fn config_sign(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let mut key = None;
+    let mut cluster = None;
+    let mut out = None;
+    let mut file = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{SIGN_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("key") => key = Some(PathBuf::from(parser.value()?)),
+            Long("id") => cluster = Some(parser.value()?.string()?),
+            Long("out") => out = Some(PathBuf::from(parser.value()?)),
+            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
+            arg => return Err(arg.unexpected()),
+        }
     }
-    ExitCode::SUCCESS
+    let key = key.ok_or_else(|| format!("missing --key KEY.pem\n\n{SIGN_USAGE}"))?;
+    let cluster = cluster.ok_or_else(|| format!("missing --id ID\n\n{SIGN_USAGE}"))?;
+    topic::validate(topic::Part::Cluster, &cluster).map_err(|e| format!("--id: {e}"))?;
+    let file = file.ok_or_else(|| format!("missing FILE\n\n{SIGN_USAGE}"))?;
+    Ok(config_sign::sign(&config_sign::Sign {
+        key,
+        cluster,
+        out,
+        file,
+    })?)
+}
+
+/// `config keygen` with the arguments after `keygen`.
+fn config_keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let mut dir = None;
+    let mut name = "policy-signer".to_owned();
+    let mut force = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{KEYGEN_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("out") => dir = Some(PathBuf::from(parser.value()?)),
+            Long("name") => name = parser.value()?.string()?,
+            Long("force") => force = true,
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    let dir = dir.ok_or_else(|| format!("missing --out DIR\n\n{KEYGEN_USAGE}"))?;
+    if name.is_empty() || name.contains(['/', '\0']) {
+        return Err(format!("--name {name:?} is not a file name").into());
+    }
+    Ok(config_sign::keygen(&config_sign::Keygen {
+        dir,
+        name,
+        force,
+    }))
+}
+
+/// The flags of `config set|get|clear`; `None` after `--help`.
+fn parse_config_set(
+    parser: &mut lexopt::Parser,
+    op: Op,
+) -> Result<Option<config_set::Args>, lexopt::Error> {
+    let usage = if op == Op::Set { SET_USAGE } else { GET_USAGE };
+    let name = match op {
+        Op::Set => "set",
+        Op::Get => "get",
+        Op::Clear => "clear",
+    };
+    let mut scope_seen = false;
+    let mut cluster = None;
+    let mut file = None;
+    let mut broker = "mqtt://127.0.0.1:1883".to_owned();
+    let mut tls_ca = None;
+    let mut username = None;
+    let mut password_file = None;
+    let mut prefix = topic::DEFAULT_PREFIX.to_owned();
+    let mut sign_key = None;
+    let mut insecure_plaintext = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{usage}");
+                return Ok(None);
+            }
+            Long("id") => cluster = Some(parser.value()?.string()?),
+            Long("out") if op == Op::Get => file = Some(PathBuf::from(parser.value()?)),
+            Long("broker") => broker = parser.value()?.string()?,
+            Long("tls-ca") => tls_ca = Some(PathBuf::from(parser.value()?)),
+            Long("username") => username = Some(parser.value()?.string()?),
+            Long("password-file") => password_file = Some(PathBuf::from(parser.value()?)),
+            Long("topic-prefix") => prefix = parser.value()?.string()?,
+            Long("sign-key") if op == Op::Set => sign_key = Some(PathBuf::from(parser.value()?)),
+            Long("insecure-plaintext") => insecure_plaintext = true,
+            Value(v) if !scope_seen => {
+                if v != "cluster" {
+                    return Err(format!(
+                        "unknown scope {v:?}; only `config {name} cluster` exists\n\n{usage}"
+                    )
+                    .into());
+                }
+                scope_seen = true;
+            }
+            Value(v) if op == Op::Set && file.is_none() => file = Some(PathBuf::from(v)),
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    if !scope_seen {
+        return Err(format!("missing `cluster`\n\n{usage}").into());
+    }
+    let cluster = cluster.ok_or_else(|| format!("missing --id ID\n\n{usage}"))?;
+    topic::validate(topic::Part::Cluster, &cluster).map_err(|e| format!("--id: {e}"))?;
+    if op == Op::Set && file.is_none() {
+        return Err(format!("missing FILE\n\n{usage}").into());
+    }
+    Ok(Some(config_set::Args {
+        cluster,
+        file,
+        broker,
+        tls_ca,
+        username,
+        password_file,
+        prefix,
+        sign_key,
+        insecure_plaintext,
+    }))
+}
+
+/// `config set|get|clear` with the arguments after the subcommand.
+fn config_set(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexopt::Error> {
+    let Some(args) = parse_config_set(parser, op)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    Ok(config_set::run(&args, op)?)
+}
+
+/// The flags of `ek verify`, as given.
+#[derive(Default)]
+struct VerifyFlags {
+    config: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    chain: Option<PathBuf>,
+    ek_public: Option<PathBuf>,
+    trust_domain: Option<String>,
+    json: bool,
+}
+
+/// `ek verify` with the arguments after `verify`.
+fn ek_verify(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let mut a = VerifyFlags::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{VERIFY_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("config") => a.config = Some(parser.value()?.into()),
+            Long("cert") => a.cert = Some(parser.value()?.into()),
+            Long("chain") => a.chain = Some(parser.value()?.into()),
+            Long("ek-public") => a.ek_public = Some(parser.value()?.into()),
+            Long("trust-domain") => a.trust_domain = Some(parser.value()?.string()?),
+            Long("json") => a.json = true,
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    let Some(config) = a.config else {
+        return Err("missing --config FILE".into());
+    };
+    if a.cert.is_none() && a.ek_public.is_none() {
+        return Err("missing --cert EK (or --ek-public FILE for a TPM without certificate)".into());
+    }
+    Ok(verify::run(&verify::Args {
+        config,
+        cert: a.cert,
+        chain: a.chain,
+        ek_public: a.ek_public,
+        trust_domain: a.trust_domain,
+        json: a.json,
+    }))
 }

@@ -180,11 +180,11 @@ impl Handler {
             result
         };
         let accepted = outcome.and_then(|identity| {
-            self.authority
+            identity
                 .accepted(
+                    &self.authority,
                     agent,
                     &answer.session,
-                    &identity,
                     SystemTime::now(),
                     self.svid_ttl,
                 )

@@ -4,30 +4,43 @@
 //! A [`log::Log`] implementation reading the `log` crate's structured key-values, so call
 //! sites write `log::info!(agentId = agent; "Connected to agent")` and values captured with
 //! `:serde` (lists such as `providedMethods`) come out as JSON arrays. The seed's messages
-//! and field names are the operator contract; this module only formats them. It never
-//! panics on a value and never drops a record silently (a record that fails to serialize
-//! still prints, with the failing field as a string). Callers must never pass secrets.
+//! and field names are the operator contract; the formatting and writing are the agent's
+//! too ([`ekattest_logging`]), this module holds the daemon's filter. It never panics on a
+//! value and never drops a record silently (a record that fails to serialize still prints,
+//! with the failing field as a string). Callers must never pass secrets.
 
-use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use log::kv::{self, Key, Value, VisitSource};
+use ekattest_logging::{Filter, Format, Logger};
 use log::{LevelFilter, Log, Metadata, Record};
 
-/// Fields the logger writes itself; key-values with these names are dropped.
-const RESERVED: [&str; 3] = ["time", "level", "msg"];
+pub use ekattest_logging::rfc3339;
 
 /// The JSON logger. Records from this crate pass at the configured level; records from
 /// dependencies (rumqttc, rustls) at most at `info`, unless the level is `trace`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct JsonLogger {
-    level: LevelFilter,
+    inner: Logger,
 }
 
 impl JsonLogger {
     /// A logger passing records at `level` and above.
+    #[must_use]
     pub fn new(level: LevelFilter) -> Self {
-        Self { level }
+        let dependency_max = if level == LevelFilter::Trace {
+            LevelFilter::Trace
+        } else {
+            LevelFilter::Info
+        };
+        Self {
+            inner: Logger::new(
+                Filter {
+                    level,
+                    dependency_max,
+                },
+                Format::Json,
+            ),
+        }
     }
 
     /// Installs this logger as the process logger.
@@ -35,97 +48,39 @@ impl JsonLogger {
     /// # Errors
     /// If a logger is already installed.
     pub fn install(self) -> Result<(), log::SetLoggerError> {
+        let level = self.inner.filter().level;
         log::set_boxed_logger(Box::new(self))?;
-        log::set_max_level(self.level);
+        log::set_max_level(level);
         Ok(())
-    }
-
-    fn passes(&self, metadata: &Metadata<'_>) -> bool {
-        let ours = metadata.target().starts_with("ekattest");
-        let limit = if ours || self.level == LevelFilter::Trace {
-            self.level
-        } else {
-            self.level.min(LevelFilter::Info)
-        };
-        metadata.level() <= limit
     }
 }
 
 impl Log for JsonLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.passes(metadata)
+        self.inner.enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.passes(record.metadata()) {
-            return;
-        }
-        let mut line = format_record(record, SystemTime::now());
-        line.push('\n');
-        // One write per record under stderr's lock, so lines from threads never interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        self.inner.log(record);
     }
 
     fn flush(&self) {
-        let _ = std::io::stderr().flush();
+        self.inner.flush();
     }
 }
 
-/// Formats `record` as one JSON object (no newline) stamped with `now`.
+/// Formats `record` as one JSON object (no newline) stamped with `now`
+/// ([`ekattest_logging::format_record`]).
+#[must_use]
 pub fn format_record(record: &Record<'_>, now: SystemTime) -> String {
-    let mut out = String::with_capacity(256);
-    out.push_str("{\"time\":\"");
-    out.push_str(&rfc3339(now));
-    out.push_str("\",\"level\":\"");
-    out.push_str(&record.level().as_str().to_ascii_lowercase());
-    out.push_str("\",\"msg\":");
-    let msg = record.args().to_string();
-    push_json(&mut out, &msg);
-    let mut fields = Fields { out: &mut out };
-    let _ = record.key_values().visit(&mut fields);
-    out.push('}');
-    out
-}
-
-struct Fields<'a> {
-    out: &'a mut String,
-}
-
-impl<'kvs> VisitSource<'kvs> for Fields<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
-        if RESERVED.contains(&key.as_str()) {
-            return Ok(());
-        }
-        self.out.push(',');
-        push_json(self.out, key.as_str());
-        self.out.push(':');
-        match serde_json::to_string(&value) {
-            Ok(json) => self.out.push_str(&json),
-            Err(_) => push_json(self.out, &value.to_string()),
-        }
-        Ok(())
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-fn push_json(out: &mut String, s: &str) {
-    match serde_json::to_string(s) {
-        Ok(json) => out.push_str(&json),
-        // serde_json cannot fail on a str; keep the output valid JSON regardless.
-        Err(_) => out.push_str("\"\""),
-    }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC; the agent's JSON lines use the same
-/// formatter). Times before 1970 print as the epoch.
-pub fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    ekattest_protocol::timestamp::Rfc3339::new(since.as_secs(), since.subsec_millis()).to_string()
+    ekattest_logging::format_record(record, Format::Json, now)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use log::kv::Value;
 
     use super::*;
 

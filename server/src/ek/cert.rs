@@ -17,97 +17,14 @@ use x509_parser::nom::Parser;
 use x509_parser::prelude::{FromDer, X509Name};
 
 use super::extensions::Extensions;
-use super::profile::Identity;
-use super::signature::{self, KeyCache, SigAlg};
-
-/// Largest certificate accepted (real EK and vendor CA certificates are 0.5-2 KiB).
-pub const CERT_MAX: usize = 16 * 1024;
+use super::signature::{self, KeyCache, SigAlg, SigFailure};
+use super::types::{Basic, CERT_MAX, CertError, Curve, Identity, KeyKind, KeyUsage};
 
 const OID_RSA: Oid<'static> = oid!(1.2.840.113549.1.1.1);
 const OID_EC: Oid<'static> = oid!(1.2.840.10045.2.1);
 const OID_P256: Oid<'static> = oid!(1.2.840.10045.3.1.7);
 const OID_P384: Oid<'static> = oid!(1.3.132.0.34);
 const OID_P521: Oid<'static> = oid!(1.3.132.0.35);
-
-/// Extensions a verifier may see marked critical without rejecting the certificate: the ones
-/// read (see `extensions`), plus certificatePolicies (STMicro marks it critical; we require no policy) and
-/// the informational ones. Anything else critical (nameConstraints, policyConstraints, vendor
-/// extensions) is not understood, so the certificate is refused (RFC 5280 4.2).
-pub(crate) const KNOWN_CRITICAL: &[Oid<'static>] = &[
-    oid!(2.5.29.15),         // keyUsage
-    oid!(2.5.29.19),         // basicConstraints
-    oid!(2.5.29.17),         // subjectAltName
-    oid!(2.5.29.37),         // extKeyUsage (not used for path building; EK has 2.23.133.8.1)
-    oid!(2.5.29.32),         // certificatePolicies
-    oid!(2.5.29.14),         // subjectKeyIdentifier
-    oid!(2.5.29.35),         // authorityKeyIdentifier
-    oid!(2.5.29.9),          // subjectDirectoryAttributes (TCG TPM specification attributes)
-    oid!(2.5.29.31),         // cRLDistributionPoints
-    oid!(1.3.6.1.5.5.7.1.1), // authorityInfoAccess
-];
-
-/// Why a certificate could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CertError {
-    /// The certificate exceeds [`CERT_MAX`].
-    #[error("certificate of {len} bytes exceeds the {limit}-byte limit")]
-    TooLarge {
-        /// Size found.
-        len: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// Not a DER X.509 certificate.
-    #[error("not an X.509 certificate: {reason}")]
-    Malformed {
-        /// The parser's description.
-        reason: String,
-    },
-    /// Bytes follow the certificate.
-    #[error("{bytes} unexpected bytes after the certificate")]
-    Trailing {
-        /// How many.
-        bytes: usize,
-    },
-    /// A security-relevant extension (basicConstraints, keyUsage) is malformed or repeated.
-    #[error("extension {name} is malformed or repeated")]
-    Extension {
-        /// Which extension.
-        name: &'static str,
-    },
-}
-
-/// The curves EK and vendor CA keys use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Curve {
-    P256,
-    P384,
-    P521,
-}
-
-/// The subject key type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum KeyKind {
-    Rsa,
-    Ec(Curve),
-    /// Anything else, by OID (and curve OID for unknown curves).
-    Other(String),
-}
-
-/// The keyUsage bits the verifier reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct KeyUsage {
-    pub(crate) key_cert_sign: bool,
-    pub(crate) key_encipherment: bool,
-    pub(crate) key_agreement: bool,
-}
-
-/// basicConstraints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Basic {
-    pub(crate) ca: bool,
-    pub(crate) path_len: Option<u32>,
-}
 
 /// One attribute value of a distinguished name, normalised for comparison.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -378,6 +295,24 @@ impl Cert {
         };
         ids_match && self.issuer.matches(&issuer.subject)
     }
+
+    /// Verifies this certificate's signature with `issuer`'s public key (parsed once per
+    /// issuer certificate and algorithm, see [`KeyCache`]). A key that does not parse fails as
+    /// an invalid signature, as with a key parsed per call.
+    pub(crate) fn verify_signed_by(
+        &self,
+        issuer: &Cert,
+        allow_sha1: bool,
+    ) -> Result<(), SigFailure> {
+        issuer.keys.verify(
+            &issuer.key_kind,
+            &issuer.key_bits,
+            &self.sig_alg,
+            &self.tbs,
+            &self.signature,
+            allow_sha1,
+        )
+    }
 }
 
 /// Offset of `part` inside `whole`, if it is a subslice.
@@ -457,6 +392,7 @@ fn describe(e: &x509_parser::nom::Err<x509_parser::error::X509Error>) -> String 
 
 #[cfg(test)]
 mod tests {
+    use super::super::signature::Hash;
     use super::*;
 
     fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -543,6 +479,66 @@ mod tests {
         assert!(matches!(
             Cert::parse(&[0x30, 0x00]),
             Err(CertError::Malformed { .. })
+        ));
+    }
+
+    const CA: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/real-ek/ca"
+    );
+
+    fn ca(name: &str) -> Cert {
+        let path = format!("{CA}/{name}");
+        let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path}: {e}"));
+        Cert::parse(pem::parse(pem).unwrap().contents()).unwrap()
+    }
+
+    #[test]
+    fn issuer_keys_are_parsed_once_per_algorithm() {
+        let root = ca("STM_RSA_RT.pem");
+        let mut inter = ca("STM_RSA_05I.pem");
+        assert_eq!(format!("{:?}", root.keys), "KeyCache(0 parsed)");
+        assert_eq!(inter.verify_signed_by(&root, false), Ok(()));
+        assert_eq!(inter.verify_signed_by(&root, false), Ok(()));
+        assert_eq!(format!("{:?}", root.keys), "KeyCache(1 parsed)");
+
+        // The cached key still checks every signature.
+        let last = inter.signature.len() - 1;
+        inter.signature[last] ^= 1;
+        assert_eq!(
+            inter.verify_signed_by(&root, false),
+            Err(SigFailure::Invalid)
+        );
+        inter.signature[last] ^= 1;
+
+        // Another algorithm gets its own key: a SHA-384 reading of this SHA-256 signature
+        // fails, and does not disturb the SHA-256 key.
+        inter.sig_alg = SigAlg::RsaPkcs1(Hash::Sha384);
+        assert_eq!(
+            inter.verify_signed_by(&root, false),
+            Err(SigFailure::Invalid)
+        );
+        assert_eq!(format!("{:?}", root.keys), "KeyCache(2 parsed)");
+        inter.sig_alg = SigAlg::RsaPkcs1(Hash::Sha256);
+        assert_eq!(inter.verify_signed_by(&root, false), Ok(()));
+    }
+
+    #[test]
+    fn an_unusable_issuer_key_fails_every_time() {
+        let inter = ca("STM_RSA_05I.pem");
+        let mut root = ca("STM_RSA_RT.pem");
+        root.key_bits = vec![0x30, 0x03, 0x02, 0x01, 0x01];
+        for _ in 0..2 {
+            assert_eq!(
+                inter.verify_signed_by(&root, false),
+                Err(SigFailure::Invalid)
+            );
+        }
+        // Wrong key type for the algorithm: refused before any key is parsed.
+        root.key_kind = KeyKind::Ec(Curve::P256);
+        assert!(matches!(
+            inter.verify_signed_by(&root, false),
+            Err(SigFailure::KeyMismatch(_))
         ));
     }
 }

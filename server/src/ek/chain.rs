@@ -22,10 +22,10 @@
 //! (A issued B issued A) ends because a certificate is never used twice in one path. This
 //! module must never accept a path whose every signature it has not verified.
 
-use super::ChainOptions;
-use super::cert::{Cert, CertError, format_time};
+use super::cert::{Cert, format_time};
 use super::profile::ProfileError;
-use super::signature::{self, SigFailure};
+use super::signature::SigFailure;
+use super::types::{CertError, ChainOptions};
 
 /// Most signature verifications one path search may do.
 pub const SIGNATURE_BUDGET: usize = 32;
@@ -333,7 +333,8 @@ impl Search<'_> {
             });
         }
         self.signatures += 1;
-        signature::verify(child, issuer, self.opts.allow_sha1)
+        child
+            .verify_signed_by(issuer, self.opts.allow_sha1)
             .map_err(|e: SigFailure| fail(e.to_string()))
     }
 

@@ -12,16 +12,21 @@ use x509_parser::extensions::{
     AuthorityKeyIdentifier, BasicConstraints, GeneralName, KeyIdentifier, KeyUsage as X509KeyUsage,
     SubjectAlternativeName, X509Extension,
 };
-use x509_parser::prelude::FromDer;
+use x509_parser::prelude::{FromDer, X509Name};
 
-use super::cert::{Basic, CertError, KNOWN_CRITICAL, KeyUsage};
-use super::profile::{self, Identity};
+use super::types::{Basic, CertError, Identity, KNOWN_CRITICAL, KeyUsage};
 
 const OID_BASIC_CONSTRAINTS: Oid<'static> = oid!(2.5.29.19);
 const OID_KEY_USAGE: Oid<'static> = oid!(2.5.29.15);
 const OID_SKI: Oid<'static> = oid!(2.5.29.14);
 const OID_AKI: Oid<'static> = oid!(2.5.29.35);
 const OID_SAN: Oid<'static> = oid!(2.5.29.17);
+const OID_MANUFACTURER: Oid<'static> = oid!(2.23.133.2.1);
+const OID_MODEL: Oid<'static> = oid!(2.23.133.2.2);
+const OID_VERSION: Oid<'static> = oid!(2.23.133.2.3);
+
+/// Longest identity value kept (the profile's values are under 40 characters).
+const VALUE_MAX: usize = 256;
 
 /// What the verifier reads from the extensions, decoded with x509-parser's parsers for each
 /// of them and the same rules as its deep parsing with `basic_constraints()` and
@@ -85,7 +90,7 @@ impl Extensions {
                     Ok((_, san)) => {
                         for gn in &san.general_names {
                             if let GeneralName::DirectoryName(dn) = gn {
-                                profile::read_identity(dn, &mut out.identity);
+                                read_identity(dn, &mut out.identity);
                             }
                         }
                     }
@@ -105,6 +110,42 @@ impl Extensions {
             return Err(CertError::Extension { name: "keyUsage" });
         }
         Ok(out)
+    }
+}
+
+/// Collects the identity attributes of one SAN directoryName into `id`.
+pub(crate) fn read_identity(dn: &X509Name<'_>, id: &mut Identity) {
+    for atv in dn.iter_attributes() {
+        let oid = atv.attr_type();
+        let (slot, name) = if *oid == OID_MANUFACTURER {
+            (&mut id.manufacturer, "manufacturer")
+        } else if *oid == OID_MODEL {
+            (&mut id.model, "model")
+        } else if *oid == OID_VERSION {
+            (&mut id.version, "version")
+        } else {
+            continue;
+        };
+        let value = match atv.as_str() {
+            Ok(s) if s.len() <= VALUE_MAX && !s.chars().any(char::is_control) => s,
+            Ok(_) => {
+                id.problems
+                    .push(format!("TPM {name} is too long or has control characters"));
+                continue;
+            }
+            Err(_) => {
+                id.problems
+                    .push(format!("TPM {name} is not a UTF8String or PrintableString"));
+                continue;
+            }
+        };
+        match slot {
+            None => *slot = Some(value.to_owned()),
+            Some(first) if first == value => {}
+            Some(_) => id
+                .problems
+                .push(format!("TPM {name} appears twice with different values")),
+        }
     }
 }
 
@@ -167,7 +208,7 @@ mod tests {
                 ParsedExtension::SubjectAlternativeName(san) => {
                     for gn in &san.general_names {
                         if let GeneralName::DirectoryName(dn) = gn {
-                            profile::read_identity(dn, &mut out.identity);
+                            read_identity(dn, &mut out.identity);
                         }
                     }
                 }

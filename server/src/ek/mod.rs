@@ -33,6 +33,7 @@ mod chain;
 mod extensions;
 mod profile;
 mod signature;
+mod types;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -44,9 +45,9 @@ use ekattest_protocol::spki::PublicKey;
 use ekattest_protocol::tpm::public::{Public, PublicError};
 
 pub use attributes::{Attributes, render_version};
-pub use cert::{CERT_MAX, CertError};
 pub use chain::{ChainError, SIGNATURE_BUDGET, STEP_BUDGET};
 pub use profile::{ProfileError, ProfileIssue};
+pub use types::{CERT_MAX, CertError, ChainOptions};
 
 use cert::Cert;
 
@@ -54,31 +55,6 @@ use cert::Cert;
 pub const CHAIN_MAX: usize = 8;
 /// Most certificates accepted in each of caCerts and intermediateCerts.
 pub const TRUST_MAX: usize = 1024;
-
-/// Options of the chain path builder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChainOptions {
-    /// Accept SHA-1 signatures (legacy Infineon and Nuvoton CAs). Off by default.
-    pub allow_sha1: bool,
-    /// Most certificates in a path, EK certificate and anchor included (default 8).
-    pub max_depth: usize,
-    /// Accept an EK certificate outside its validity period (expired, or not yet valid) when
-    /// its chain is otherwise valid: the issuers must still be valid now. The policy's
-    /// `acceptExpiredEk`; off by default. Chips outlive their EK certificates, and the
-    /// challenge proves possession of the key whatever the certificate's dates say; an
-    /// accepted EK outside its validity period is reported as a verdict warning.
-    pub accept_expired_ek: bool,
-}
-
-impl Default for ChainOptions {
-    fn default() -> Self {
-        Self {
-            allow_sha1: false,
-            max_depth: 8,
-            accept_expired_ek: false,
-        }
-    }
-}
 
 /// Parsed trust anchors (caCerts) and intermediates, ready for path building; cloning is
 /// cheap (shared). Each certificate's public key is parsed by aws-lc the first time it checks
@@ -197,8 +173,11 @@ pub struct Evidence<'a> {
     pub ek_cert: Option<&'a [u8]>,
     /// Concatenated DER chain certificates (the NV chain range), maybe padded, maybe empty.
     pub ek_chain: &'a [u8],
-    /// The EK public area as TPM2B_PUBLIC.
-    pub ek_public: Option<&'a [u8]>,
+    /// The EK public area, decoded from its TPM2B_PUBLIC once by the caller
+    /// ([`Public::decode`]; a decoding failure is [`EkError::EkPublic`]) and passed on as is,
+    /// so the Login's public area is decoded once for the template check, EK validation and
+    /// MakeCredential.
+    pub ek_public: Option<Public<'a>>,
 }
 
 /// Which check passed.
@@ -408,11 +387,7 @@ fn chain_check(
 pub fn validate(policy: &EkPolicy, ev: &Evidence<'_>, now: SystemTime) -> Result<Verdict, EkError> {
     let now = unix(now);
     let ek_cert = ev.ek_cert.map(parse_ek_cert);
-    let ek_public = ev
-        .ek_public
-        .map(Public::decode)
-        .transpose()
-        .map_err(EkError::EkPublic)?;
+    let ek_public = ev.ek_public;
     let cert = ek_cert.as_ref().and_then(|c| c.as_ref().ok());
     let hash = match (cert, &ek_public) {
         (Some(c), public) => {

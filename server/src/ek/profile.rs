@@ -25,70 +25,8 @@
 
 use std::fmt;
 
-use asn1_rs::{Oid, oid};
-use x509_parser::prelude::X509Name;
-
-use super::cert::{Cert, KeyKind};
-
-const OID_MANUFACTURER: Oid<'static> = oid!(2.23.133.2.1);
-const OID_MODEL: Oid<'static> = oid!(2.23.133.2.2);
-const OID_VERSION: Oid<'static> = oid!(2.23.133.2.3);
-
-/// Longest identity value kept (the profile's values are under 40 characters).
-const VALUE_MAX: usize = 256;
-
-/// TPM identity fields found in the certificate's SAN.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Identity {
-    pub(crate) manufacturer: Option<String>,
-    pub(crate) model: Option<String>,
-    pub(crate) version: Option<String>,
-    /// Problems seen while reading (non-string value, conflicting repeats, malformed SAN).
-    pub(crate) problems: Vec<String>,
-}
-
-impl Identity {
-    pub(crate) fn note_malformed_san(&mut self) {
-        self.problems
-            .push("subjectAltName does not parse".to_owned());
-    }
-}
-
-/// Collects the identity attributes of one SAN directoryName into `id`.
-pub(crate) fn read_identity(dn: &X509Name<'_>, id: &mut Identity) {
-    for atv in dn.iter_attributes() {
-        let oid = atv.attr_type();
-        let (slot, name) = if *oid == OID_MANUFACTURER {
-            (&mut id.manufacturer, "manufacturer")
-        } else if *oid == OID_MODEL {
-            (&mut id.model, "model")
-        } else if *oid == OID_VERSION {
-            (&mut id.version, "version")
-        } else {
-            continue;
-        };
-        let value = match atv.as_str() {
-            Ok(s) if s.len() <= VALUE_MAX && !s.chars().any(char::is_control) => s,
-            Ok(_) => {
-                id.problems
-                    .push(format!("TPM {name} is too long or has control characters"));
-                continue;
-            }
-            Err(_) => {
-                id.problems
-                    .push(format!("TPM {name} is not a UTF8String or PrintableString"));
-                continue;
-            }
-        };
-        match slot {
-            None => *slot = Some(value.to_owned()),
-            Some(first) if first == value => {}
-            Some(_) => id
-                .problems
-                .push(format!("TPM {name} appears twice with different values")),
-        }
-    }
-}
+use super::cert::Cert;
+use super::types::KeyKind;
 
 /// One way an EK certificate departs from the TCG EK profile.
 #[derive(Debug, Clone, PartialEq, Eq)]

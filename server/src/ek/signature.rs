@@ -18,7 +18,7 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use ekattest_protocol::der;
 use x509_parser::prelude::AlgorithmIdentifier;
 
-use super::cert::{Cert, Curve, KeyKind};
+use super::types::{Curve, KeyKind};
 
 /// A hash function used in a certificate signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,26 @@ impl KeyCache {
             .get_or_init(|| ParsedPublicKey::new(alg, key_bits).ok())
             .as_ref()
     }
+
+    /// Verifies `signature` over `tbs` (a child certificate's, signed with `alg`) with the
+    /// issuer key these slots cache: `key_kind` and `key_bits` (the subjectPublicKey content)
+    /// of the issuer certificate that owns this cache. A key that does not parse fails as an
+    /// invalid signature.
+    pub(crate) fn verify(
+        &self,
+        key_kind: &KeyKind,
+        key_bits: &[u8],
+        alg: &SigAlg,
+        tbs: &[u8],
+        signature: &[u8],
+        allow_sha1: bool,
+    ) -> Result<(), SigFailure> {
+        let (slot, chosen) = algorithm(alg, key_kind, allow_sha1)?;
+        self.get(slot, chosen, key_bits)
+            .ok_or(SigFailure::Invalid)?
+            .verify_sig(tbs, signature)
+            .map_err(|_| SigFailure::Invalid)
+    }
 }
 
 /// Picks the aws-lc-rs algorithm for `alg` under an issuer key of kind `key`, with its
@@ -273,19 +293,6 @@ fn key_name(key: &KeyKind) -> String {
     }
 }
 
-/// Verifies `child`'s signature with `issuer`'s public key (parsed once per issuer
-/// certificate and algorithm). A key that does not parse fails as an invalid signature, as
-/// with a key parsed per call.
-pub(crate) fn verify(child: &Cert, issuer: &Cert, allow_sha1: bool) -> Result<(), SigFailure> {
-    let (slot, alg) = algorithm(&child.sig_alg, &issuer.key_kind, allow_sha1)?;
-    issuer
-        .keys
-        .get(slot, alg, &issuer.key_bits)
-        .ok_or(SigFailure::Invalid)?
-        .verify_sig(&child.tbs, &child.signature)
-        .map_err(|_| SigFailure::Invalid)
-}
-
 impl std::fmt::Display for SigFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -296,61 +303,5 @@ impl std::fmt::Display for SigFailure {
             Self::KeyMismatch(what) => write!(f, "signature algorithm does not fit: {what}"),
             Self::Invalid => f.write_str("signature does not verify"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CA: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/real-ek/ca"
-    );
-
-    fn ca(name: &str) -> Cert {
-        let path = format!("{CA}/{name}");
-        let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path}: {e}"));
-        Cert::parse(pem::parse(pem).unwrap().contents()).unwrap()
-    }
-
-    #[test]
-    fn issuer_keys_are_parsed_once_per_algorithm() {
-        let root = ca("STM_RSA_RT.pem");
-        let mut inter = ca("STM_RSA_05I.pem");
-        assert_eq!(format!("{:?}", root.keys), "KeyCache(0 parsed)");
-        assert_eq!(verify(&inter, &root, false), Ok(()));
-        assert_eq!(verify(&inter, &root, false), Ok(()));
-        assert_eq!(format!("{:?}", root.keys), "KeyCache(1 parsed)");
-
-        // The cached key still checks every signature.
-        let last = inter.signature.len() - 1;
-        inter.signature[last] ^= 1;
-        assert_eq!(verify(&inter, &root, false), Err(SigFailure::Invalid));
-        inter.signature[last] ^= 1;
-
-        // Another algorithm gets its own key: a SHA-384 reading of this SHA-256 signature
-        // fails, and does not disturb the SHA-256 key.
-        inter.sig_alg = SigAlg::RsaPkcs1(Hash::Sha384);
-        assert_eq!(verify(&inter, &root, false), Err(SigFailure::Invalid));
-        assert_eq!(format!("{:?}", root.keys), "KeyCache(2 parsed)");
-        inter.sig_alg = SigAlg::RsaPkcs1(Hash::Sha256);
-        assert_eq!(verify(&inter, &root, false), Ok(()));
-    }
-
-    #[test]
-    fn an_unusable_issuer_key_fails_every_time() {
-        let inter = ca("STM_RSA_05I.pem");
-        let mut root = ca("STM_RSA_RT.pem");
-        root.key_bits = vec![0x30, 0x03, 0x02, 0x01, 0x01];
-        for _ in 0..2 {
-            assert_eq!(verify(&inter, &root, false), Err(SigFailure::Invalid));
-        }
-        // Wrong key type for the algorithm: refused before any key is parsed.
-        root.key_kind = KeyKind::Ec(Curve::P256);
-        assert!(matches!(
-            verify(&inter, &root, false),
-            Err(SigFailure::KeyMismatch(_))
-        ));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ekattest_protocol::RejectCode;
 use ekattest_protocol::msg::{Accepted, AttributeName, SessionId};
 use ekattest_protocol::sign;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
@@ -12,6 +13,9 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::X509Certificate;
 
 use super::*;
+// Identity::accepted (attest) is the caller of issue and sign_result: its tests live here,
+// with the Result signature checks (test-only dependency on attest).
+use crate::attest::Identity;
 use crate::ek::Check;
 
 const VECTORS: &str = concat!(
@@ -289,14 +293,8 @@ fn signed_result_verifies_and_binds_every_covered_field() {
     let (_, spki) = agent_key();
     let session = SessionId([3; 16]);
     let now = SystemTime::now();
-    let a = ca
-        .accepted(
-            "agent-1",
-            &session,
-            &identity(Some(spki.clone())),
-            now,
-            Duration::from_secs(600),
-        )
+    let a = identity(Some(spki.clone()))
+        .accepted(&ca, "agent-1", &session, now, Duration::from_secs(600))
         .unwrap();
     assert!(a.signature.len() <= sign::ECDSA_P256_DER_MAX);
     assert!(result_verifies(&ca, "agent-1", &session, &a));
@@ -341,8 +339,8 @@ fn accepted_without_key_has_no_svid_and_failures_are_internal() {
     let session = SessionId([5; 16]);
     let now = SystemTime::now();
     let ttl = Duration::from_secs(60);
-    let a = ca
-        .accepted("agent-1", &session, &identity(None), now, ttl)
+    let a = identity(None)
+        .accepted(&ca, "agent-1", &session, now, ttl)
         .unwrap();
     assert!(a.svid.is_empty());
     assert!(result_verifies(&ca, "agent-1", &session, &a));
@@ -350,13 +348,13 @@ fn accepted_without_key_has_no_svid_and_failures_are_internal() {
     let (_, spki) = agent_key();
     let mut paths_only = identity(Some(spki));
     paths_only.spiffe_id = "/agents/tpm/abc".to_owned();
-    let r = ca
-        .accepted("agent-1", &session, &paths_only, now, ttl)
+    let r = paths_only
+        .accepted(&ca, "agent-1", &session, now, ttl)
         .unwrap_err();
     assert_eq!(r.code, RejectCode::Internal);
     assert!(r.reason.contains("not a spiffe:// URI"), "{}", r.reason);
-    let r = ca
-        .accepted(&"a".repeat(1000), &session, &identity(None), now, ttl)
+    let r = identity(None)
+        .accepted(&ca, &"a".repeat(1000), &session, now, ttl)
         .unwrap_err();
     assert_eq!(r.code, RejectCode::Internal);
 }

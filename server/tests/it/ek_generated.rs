@@ -13,7 +13,7 @@ use ek_support::{
     CA_EXT, EK_RSA_EXT, Key, Pki, Spec, TPM_ID, assert_no_repeated_reason, openssl_public_hash,
     patch, spki_of, tpm2b_public, validity,
 };
-use ekattest_protocol::tpm::public::PublicError;
+use ekattest_protocol::tpm::public::{Public, PublicError};
 use ekattest_server::ek::{
     ChainError, ChainOptions, Check, EkError, EkPolicy, Evidence, ProfileIssue, ProfileMode,
     TrustStore, Verdict, validate,
@@ -132,7 +132,7 @@ fn rsa_ek_under_ecdsa_issuers_with_mixed_hashes() {
     let ev = Evidence {
         ek_cert: Some(&e),
         ek_chain: &[],
-        ek_public: Some(&public),
+        ek_public: Some(Public::decode(&public).unwrap()),
     };
     assert!(validate(&p, &ev, SystemTime::now()).is_ok());
 }

@@ -6,6 +6,7 @@ use crate::ek_support;
 use std::collections::HashSet;
 
 use ek_support::{JUNE_2024, at, ca, read, real_ek, spki_of, tpm2b_public};
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ek::{
     ChainError, ChainOptions, Check, EkError, EkPolicy, Evidence, ProfileMode, TrustStore, Verdict,
     validate,
@@ -413,7 +414,7 @@ fn device_ek_public_must_be_the_certificate_key() {
     let ev = Evidence {
         ek_cert: Some(&der),
         ek_chain: &[],
-        ek_public: Some(&good),
+        ek_public: Some(Public::decode(&good).unwrap()),
     };
     check_stm_attributes(&validate(&p, &ev, at(JUNE_2024)).unwrap());
     // The same template with one modulus bit changed.
@@ -421,7 +422,7 @@ fn device_ek_public_must_be_the_certificate_key() {
     let last = bad.len() - 1;
     bad[last] ^= 0x02;
     let ev = Evidence {
-        ek_public: Some(&bad),
+        ek_public: Some(Public::decode(&bad).unwrap()),
         ..ev
     };
     let e = validate(&p, &ev, at(JUNE_2024)).unwrap_err();
@@ -432,7 +433,7 @@ fn device_ek_public_must_be_the_certificate_key() {
     // An ECC key against an RSA certificate.
     let ecc = tpm2b_public(&spki_of(&ca("NUVO_2110.pem")));
     let ev = Evidence {
-        ek_public: Some(&ecc),
+        ek_public: Some(Public::decode(&ecc).unwrap()),
         ..ev
     };
     assert!(matches!(
@@ -447,7 +448,7 @@ fn raw_key_tpm_passes_only_the_allow_list_with_public_hash_only() {
     let ev = Evidence {
         ek_cert: None,
         ek_chain: &[],
-        ek_public: Some(&public),
+        ek_public: Some(Public::decode(&public).unwrap()),
     };
     let mut p = policy(
         &["STM_RSA_RT.pem"],

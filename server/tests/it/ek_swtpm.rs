@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::time::SystemTime;
 
 use ek_support::pem_certs;
+use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ek::{
     ChainError, ChainOptions, Check, EkError, EkPolicy, Evidence, ProfileMode, TrustStore, validate,
 };
@@ -44,7 +45,7 @@ fn check_device(ca: &Ca, dev: &Device, kinds: &[EkKind]) {
         let ev = Evidence {
             ek_cert: Some(&cert),
             ek_chain: &[],
-            ek_public: Some(&public),
+            ek_public: Some(Public::decode(&public).unwrap()),
         };
         let v = validate(&p, &ev, SystemTime::now())
             .unwrap_or_else(|e| panic!("{kind}: {e}: {:?}", std::error::Error::source(&e)));
@@ -115,7 +116,7 @@ fn swtpm_rsa2048_p256_p384_certificates_verify() {
     let ev = Evidence {
         ek_cert: Some(&cert),
         ek_chain: &[],
-        ek_public: Some(&other),
+        ek_public: Some(Public::decode(&other).unwrap()),
     };
     let e = validate(&policy(&ca, true), &ev, SystemTime::now()).unwrap_err();
     assert_eq!(

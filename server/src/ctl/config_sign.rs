@@ -13,43 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ekattest_protocol::topic;
-use ekattest_server::config::signed::{SigningKey, utc};
-use ekattest_server::config::{Document, MAX_DOCUMENT_BYTES};
-use lexopt::prelude::*;
+use crate::config::signed::{SigningKey, utc};
+use crate::config::{Document, MAX_DOCUMENT_BYTES};
 
 use super::files;
-
-/// Usage text of `config sign`.
-pub(crate) const SIGN_USAGE: &str = "\
-Usage: ekattestctl config sign --key KEY.pem --id ID FILE [--out OUT]
-
-Validates the AgentAttestation document FILE and signs it for cluster ID with the
-ECDSA P-256 private key KEY.pem (from `config keygen`, or openssl). Writes the signed
-document to OUT (default: stdout): FILE byte for byte, then a trailer of YAML comments
-naming the cluster, the issue time (now), the signer's key fingerprint and the
-signature. Servers of cluster ID with policy-topic: true and the public key in
-policy-signers apply it from the config topic (`config set cluster`).
-
-  --key KEY.pem   private key (PKCS#8 PRIVATE KEY or EC PRIVATE KEY, mode 0600)
-  --id ID         cluster id the document is for (as in the servers' cluster-id)
-  --out OUT       write the signed document there instead of stdout
-
-Exit 0 signed, 1 invalid document, 2 usage error or unusable file.
-";
-
-/// Usage text of `config keygen`.
-pub(crate) const KEYGEN_USAGE: &str = "\
-Usage: ekattestctl config keygen --out DIR [--name NAME] [--force]
-
-Makes an ECDSA P-256 key pair for signing policy documents:
-  DIR/NAME.key   the private key (PKCS#8 PEM, mode 0600): keep it with the operator,
-                 never on a server
-  DIR/NAME.pub   the public key (PEM): list it in the servers' policy-signers
-NAME defaults to policy-signer. Existing files are not overwritten without --force.
-
-Exit 0 written, 2 usage error or a file that cannot or may not be written.
-";
 
 /// The current time in unix seconds.
 pub(crate) fn now_secs() -> u64 {
@@ -96,43 +63,45 @@ pub(crate) fn read_valid_document(file: &Path) -> Result<Vec<u8>, ExitCode> {
     }
 }
 
-/// Runs `config sign` with the arguments after `sign`.
-pub(crate) fn sign(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let mut key = None;
-    let mut cluster = None;
-    let mut out = None;
-    let mut file = None;
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{SIGN_USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Long("key") => key = Some(PathBuf::from(parser.value()?)),
-            Long("id") => cluster = Some(parser.value()?.string()?),
-            Long("out") => out = Some(PathBuf::from(parser.value()?)),
-            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    let key = key.ok_or_else(|| format!("missing --key KEY.pem\n\n{SIGN_USAGE}"))?;
-    let cluster = cluster.ok_or_else(|| format!("missing --id ID\n\n{SIGN_USAGE}"))?;
-    topic::validate(topic::Part::Cluster, &cluster).map_err(|e| format!("--id: {e}"))?;
-    let file = file.ok_or_else(|| format!("missing FILE\n\n{SIGN_USAGE}"))?;
-    let key = read_key(&key)?;
-    let bytes = match read_valid_document(&file) {
+/// What `ekattestctl config sign` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sign {
+    /// `--key`: the ECDSA P-256 private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// `--id`: the cluster the document is for (a valid topic part).
+    pub cluster: String,
+    /// `--out`: where the signed document is written; `None`: stdout.
+    pub out: Option<PathBuf>,
+    /// The document.
+    pub file: PathBuf,
+}
+
+/// Runs `ekattestctl config sign`: validates the document, signs it and writes it. `Err` is a
+/// usage-class error (an unusable key file) that the binary prints with exit status 2.
+///
+/// # Errors
+/// The key file's problem, as the operator sees it.
+pub fn sign(args: &Sign) -> Result<ExitCode, String> {
+    let Sign {
+        key,
+        cluster,
+        out,
+        file,
+    } = args;
+    let key = read_key(key)?;
+    let bytes = match read_valid_document(file) {
         Ok(b) => b,
         Err(code) => return Ok(code),
     };
     let issued = now_secs();
-    let signed = match key.sign(&bytes, &cluster, issued) {
+    let signed = match key.sign(&bytes, cluster, issued) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ekattestctl: cannot sign: {e}");
             return Ok(ExitCode::from(1));
         }
     };
-    match &out {
+    match out {
         None => {
             use std::io::Write as _;
             let mut stdout = std::io::stdout().lock();
@@ -153,33 +122,30 @@ pub(crate) fn sign(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Erro
         file.display(),
         utc(issued),
         hex::encode(key.fingerprint()),
-        out.map(|p| format!("; wrote {}", p.display()))
+        out.as_ref()
+            .map(|p| format!("; wrote {}", p.display()))
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `config keygen` with the arguments after `keygen`.
-pub(crate) fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let mut dir = None;
-    let mut name = "policy-signer".to_owned();
-    let mut force = false;
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{KEYGEN_USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Long("out") => dir = Some(PathBuf::from(parser.value()?)),
-            Long("name") => name = parser.value()?.string()?,
-            Long("force") => force = true,
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    let dir = dir.ok_or_else(|| format!("missing --out DIR\n\n{KEYGEN_USAGE}"))?;
-    if name.is_empty() || name.contains(['/', '\0']) {
-        return Err(format!("--name {name:?} is not a file name").into());
-    }
+/// What `ekattestctl config keygen` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keygen {
+    /// `--out`: the folder (made, mode 0700, if missing).
+    pub dir: PathBuf,
+    /// `--name`: the files' stem, a plain file name.
+    pub name: String,
+    /// `--force`: replace existing files.
+    pub force: bool,
+}
+
+/// Runs `ekattestctl config keygen`: writes `NAME.key` (0600) and `NAME.pub` in the folder
+/// and prints them with the key's fingerprint. Exit 0 written, 1 no key, 2 not written.
+#[must_use]
+pub fn keygen(args: &Keygen) -> ExitCode {
+    let Keygen { dir, name, force } = args;
+    let force = *force;
     let key_path = dir.join(format!("{name}.key"));
     let pub_path = dir.join(format!("{name}.pub"));
     if !force {
@@ -189,7 +155,7 @@ pub(crate) fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Er
                     "ekattestctl: {} exists; refusing to overwrite it (use --force to replace it)",
                     p.display()
                 );
-                return Ok(ExitCode::from(2));
+                return ExitCode::from(2);
             }
         }
     }
@@ -199,24 +165,24 @@ pub(crate) fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Er
         if let Err(e) = std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
         {
             eprintln!("ekattestctl: cannot create --out {}: {e}", dir.display());
-            return Ok(ExitCode::from(2));
+            return ExitCode::from(2);
         }
     }
     let (key, private_pem) = match SigningKey::generate() {
         Ok(k) => k,
         Err(e) => {
             eprintln!("ekattestctl: cannot generate a key: {e}");
-            return Ok(ExitCode::from(1));
+            return ExitCode::from(1);
         }
     };
     let written = super::ca::write(&key_path, private_pem.as_bytes(), 0o600, force)
         .and_then(|()| super::ca::write(&pub_path, key.public_pem().as_bytes(), 0o644, force));
     if let Err(e) = written {
         eprintln!("ekattestctl: {e}");
-        return Ok(ExitCode::from(2));
+        return ExitCode::from(2);
     }
     println!(
         "wrote {} (private, mode 0600: keep it off the servers) and {} (add it to \
@@ -225,5 +191,5 @@ pub(crate) fn keygen(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Er
         pub_path.display(),
         hex::encode(key.fingerprint())
     );
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }

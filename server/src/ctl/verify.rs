@@ -8,55 +8,35 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use ekattest_server::config::{Document, Method, Policy};
-use ekattest_server::ek::{self, Check, Evidence, Verdict};
-use lexopt::prelude::*;
+use crate::config::{Document, Method, Policy};
+use crate::ek::{self, Check, Evidence, Verdict};
+use ekattest_protocol::tpm::public::Public;
 use serde_json::{Value as Json, json};
 
-use crate::files;
+use super::files;
 
-#[derive(Default)]
-struct Args {
-    config: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    chain: Option<PathBuf>,
-    ek_public: Option<PathBuf>,
-    trust_domain: Option<String>,
-    json: bool,
+/// What `ekattestctl ek verify` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `--config`: the AgentAttestation document.
+    pub config: PathBuf,
+    /// `--cert`: the EK certificate (PEM, DER or a raw NV blob).
+    pub cert: Option<PathBuf>,
+    /// `--chain`: the certificates the device sends (PEM blocks or concatenated DER).
+    pub chain: Option<PathBuf>,
+    /// `--ek-public`: the EK TPM2B_PUBLIC.
+    pub ek_public: Option<PathBuf>,
+    /// `--trust-domain`: render `spiffe://TD/...` instead of the path alone.
+    pub trust_domain: Option<String>,
+    /// `--json`: one JSON object instead of text.
+    pub json: bool,
 }
 
-fn parse(parser: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
-    let mut a = Args::default();
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{}", crate::VERIFY_USAGE);
-                return Ok(None);
-            }
-            Long("config") => a.config = Some(parser.value()?.into()),
-            Long("cert") => a.cert = Some(parser.value()?.into()),
-            Long("chain") => a.chain = Some(parser.value()?.into()),
-            Long("ek-public") => a.ek_public = Some(parser.value()?.into()),
-            Long("trust-domain") => a.trust_domain = Some(parser.value()?.string()?),
-            Long("json") => a.json = true,
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    if a.config.is_none() {
-        return Err("missing --config FILE".into());
-    }
-    if a.cert.is_none() && a.ek_public.is_none() {
-        return Err("missing --cert EK (or --ek-public FILE for a TPM without certificate)".into());
-    }
-    Ok(Some(a))
-}
-
-/// Runs the command; `Err` only for usage errors (exit 2, printed by `main`).
-pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
-    let Some(args) = parse(parser)? else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    Ok(match verify(&args) {
+/// Runs `ekattestctl ek verify`: prints the verdict (text, or JSON with `json`). Exit 0
+/// accepted, 1 rejected, 2 unreadable file or invalid document.
+#[must_use]
+pub fn run(args: &Args) -> ExitCode {
+    match verify(args) {
         Ok(outcome) => {
             outcome.print(args.json);
             if outcome.accepted() {
@@ -72,7 +52,7 @@ pub(crate) fn run(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error
             eprintln!("ekattestctl: {e}");
             ExitCode::from(2)
         }
-    })
+    }
 }
 
 enum Outcome {
@@ -94,7 +74,7 @@ enum Outcome {
 /// rejected like corrupt DER (which only EK validation can tell apart from an NV blob), so
 /// both exit 1.
 fn verify(args: &Args) -> Result<Outcome, String> {
-    let config = args.config.as_deref().ok_or("missing --config")?;
+    let config = args.config.as_path();
     let doc = Document::load(config).map_err(|e| format!("{}: invalid: {e}", config.display()))?;
     let read = |flag: &str, p: &PathBuf| {
         files::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
@@ -142,10 +122,22 @@ fn verify(args: &Args) -> Result<Outcome, String> {
     let Some(tpm_ek) = policy.tpm_ek() else {
         return Err(format!("policy {:?} has no tpm_ek attestor", policy.name));
     };
+    let ek_public = match ek_public.as_deref().map(Public::decode).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ek::EkError::EkPublic(e);
+            return Ok(Outcome::Rejected {
+                policy: Some(policy.name.clone()),
+                error: e.to_string(),
+                reasons: sources(&e),
+                verdict: None,
+            });
+        }
+    };
     let evidence = Evidence {
         ek_cert: cert.as_deref(),
         ek_chain: &chain,
-        ek_public: ek_public.as_deref(),
+        ek_public,
     };
     let verdict = match ek::validate(&tpm_ek.ek, &evidence, SystemTime::now()) {
         Ok(v) => v,

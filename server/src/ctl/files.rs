@@ -132,7 +132,7 @@ fn certificate_spki(cert: &[u8]) -> Option<&[u8]> {
 /// `chmod 600` to run (a file that cannot be examined is left to the reader's error).
 pub(crate) fn check_private(flag: &str, path: &Path) -> Result<(), String> {
     use ekattest_protocol::hardening::private_mode_ok_for;
-    match ekattest_server::daemon::config::private_file_mode(path) {
+    match crate::daemon::config::private_file_mode(path) {
         Some((mode, uid)) if !private_mode_ok_for(mode, uid == 0) => Err(format!(
             "{flag} {p} is accessible by group or others (mode {m:04o}); run `chmod 600 {p}`",
             p = path.display(),

@@ -20,24 +20,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
+use crate::config::{ConfigError, Document};
+use crate::daemon::bus::Connection;
+use crate::daemon::config::{Broker, Password, TlsFiles};
 use ekattest_protocol::hardening::{is_loopback_host, plaintext_to_tls_hint};
-use ekattest_protocol::topic::{self, Topics};
-use ekattest_server::config::signed::{ENVELOPE_MAX, Envelope, EnvelopeError};
-use ekattest_server::config::{ConfigError, Document};
-use ekattest_server::daemon::bus::Connection;
-use ekattest_server::daemon::config::{Broker, Password, TlsFiles};
-use lexopt::prelude::*;
+use ekattest_protocol::topic::Topics;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
 /// How long to wait for the broker to take the document.
-pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait, after the SUBACK, for the retained document (mosquitto sends it at
 /// once; an empty topic sends nothing).
 const RETAINED_WAIT: Duration = Duration::from_secs(2);
 
 /// What the command does with the cluster's config topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
+pub enum Op {
     /// `config set`: publish FILE, then read it back.
     Set,
     /// `config get`: print the retained document.
@@ -46,70 +45,36 @@ pub(crate) enum Op {
     Clear,
 }
 
-/// Usage text of `config set`.
-pub(crate) const USAGE: &str = "\
-Usage: ekattestctl config set cluster --id ID FILE --sign-key KEY.pem [--broker URL]
-                              [--tls-ca PEM] [--username U --password-file F]
-                              [--topic-prefix P] [--insecure-plaintext]
-
-Validates the AgentAttestation document FILE, signs it for cluster ID and publishes it
-retained (QoS 1) on {prefix}/ID/config; every ekattest-server of cluster ID with
-policy-topic: true and the key's public half in policy-signers applies it without
-restart. An invalid document is reported and nothing is published. A FILE signed
-already (`config sign`) is published as it is, without --sign-key.
-
-  --id ID              cluster id (as in the servers' cluster-id)
-  --sign-key KEY.pem   ECDSA P-256 private key (`config keygen`; mode 0600)
-  --broker URL         mqtt://HOST:PORT or mqtts://HOST:PORT (default mqtt://127.0.0.1:1883)
-  --tls-ca PEM         CA bundle that signs the broker's certificate (required for mqtts)
-  --username U         MQTT user name
-  --password-file F    file whose first line is the MQTT password
-  --topic-prefix P     topic prefix (default ekattest/v1)
-  --insecure-plaintext allow mqtt:// to a host other than loopback (the document and
-                       the password cross the network unencrypted)
-
-Exit 0 published and read back from the broker (the output names the sha256 the servers
-will log), 1 invalid document, broker failure, or the broker kept another document (its
-ACL refused the publish: mosquitto acknowledges it anyway), 2 usage error or unreadable
-file.
-";
-
-/// Usage text of `config get` and `config clear`.
-pub(crate) const GET_USAGE: &str = "\
-Usage: ekattestctl config get cluster --id ID [--out FILE] [--broker URL] [--tls-ca PEM]
-                              [--username U --password-file F] [--topic-prefix P]
-                              [--insecure-plaintext]
-       ekattestctl config clear cluster --id ID [--broker URL] ...
-
-get: reads the document retained on {prefix}/ID/config and prints its cluster, signer,
-issue time and sha256 (the hash the servers log), then the document. --out FILE also
-writes the signed document as it is (`config set` republishes such a file unchanged).
-Exit 0 printed, 1 no document retained or broker failure, 2 usage error.
-
-clear: removes the retained document (an empty retained message) and checks that it is
-gone. Running servers keep the document in force and log the clear; a server that starts
-afterwards gets no document from the topic (only its policy-files). Exit 0 cleared, 1
-broker failure or a document is still retained (the ACL refused the publish).
-";
-
-struct Args {
-    cluster: String,
+/// What `ekattestctl config set|get|clear cluster` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// `--id`: the cluster (a valid topic part).
+    pub cluster: String,
     /// `set`: the document; `get`: `--out`.
-    file: Option<PathBuf>,
-    broker: String,
-    tls_ca: Option<PathBuf>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    prefix: String,
-    sign_key: Option<PathBuf>,
-    insecure_plaintext: bool,
+    pub file: Option<PathBuf>,
+    /// `--broker`: the broker URL.
+    pub broker: String,
+    /// `--tls-ca`: the CA bundle for an `mqtts://` broker.
+    pub tls_ca: Option<PathBuf>,
+    /// `--username`.
+    pub username: Option<String>,
+    /// `--password-file` (mode 0600 or stricter).
+    pub password_file: Option<PathBuf>,
+    /// `--topic-prefix`.
+    pub prefix: String,
+    /// `--sign-key` (`set` of an unsigned document).
+    pub sign_key: Option<PathBuf>,
+    /// `--insecure-plaintext`: allow `mqtt://` to a non-loopback host.
+    pub insecure_plaintext: bool,
 }
 
-/// Runs `config set|get|clear` with the arguments after the subcommand.
-pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexopt::Error> {
-    let Some(args) = parse(parser, op)? else {
-        return Ok(ExitCode::SUCCESS);
-    };
+/// Runs `ekattestctl config set|get|clear cluster` against the broker. `Err` is a
+/// usage-class error (bad broker URL, TLS flags that do not fit it, an unusable cluster id),
+/// which the binary prints with exit status 2.
+///
+/// # Errors
+/// The problem with the arguments, as the operator sees it.
+pub fn run(args: &Args, op: Op) -> Result<ExitCode, String> {
     let broker = Broker::parse(&args.broker).map_err(|e| format!("--broker: {e}"))?;
     if !broker.tls && !is_loopback_host(&broker.host) {
         if !args.insecure_plaintext {
@@ -118,8 +83,7 @@ pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexop
                  document and the password would cross the network unencrypted; use \
                  mqtts:// with --tls-ca, or pass --insecure-plaintext to accept that",
                 broker.url, broker.host
-            )
-            .into());
+            ));
         }
         eprintln!(
             "warning: INSECURE: plaintext MQTT to non-loopback host {} (--insecure-plaintext)",
@@ -135,7 +99,7 @@ pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexop
                     return Ok(ExitCode::from(2));
                 }
             };
-            match signed_payload(&args, file, bytes) {
+            match signed_payload(args, file, bytes) {
                 Ok(b) => b,
                 Err(code) => {
                     eprintln!("nothing was published");
@@ -251,7 +215,7 @@ pub(crate) fn run(parser: &mut lexopt::Parser, op: Op) -> Result<ExitCode, lexop
             );
             Ok(ExitCode::SUCCESS)
         }
-        Op::Get => Ok(print_document(&args, topic, &kept)),
+        Op::Get => Ok(print_document(args, topic, &kept)),
     }
 }
 
@@ -311,7 +275,7 @@ fn print_document(args: &Args, topic: &str, payload: &[u8]) -> ExitCode {
     println!("# signer: sha256:{}", hex::encode(envelope.signer));
     println!(
         "# issued: {} ({})",
-        ekattest_server::config::signed::utc(envelope.issued),
+        crate::config::signed::utc(envelope.issued),
         envelope.issued
     );
     println!(
@@ -499,70 +463,4 @@ async fn publish(options: rumqttc::MqttOptions, topic: &str, doc: Vec<u8>) -> Re
     })
     .await;
     Ok(())
-}
-
-fn parse(parser: &mut lexopt::Parser, op: Op) -> Result<Option<Args>, lexopt::Error> {
-    let usage = if op == Op::Set { USAGE } else { GET_USAGE };
-    let name = match op {
-        Op::Set => "set",
-        Op::Get => "get",
-        Op::Clear => "clear",
-    };
-    let mut scope_seen = false;
-    let mut cluster = None;
-    let mut file = None;
-    let mut broker = "mqtt://127.0.0.1:1883".to_owned();
-    let mut tls_ca = None;
-    let mut username = None;
-    let mut password_file = None;
-    let mut prefix = topic::DEFAULT_PREFIX.to_owned();
-    let mut sign_key = None;
-    let mut insecure_plaintext = false;
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => {
-                print!("{usage}");
-                return Ok(None);
-            }
-            Long("id") => cluster = Some(parser.value()?.string()?),
-            Long("out") if op == Op::Get => file = Some(PathBuf::from(parser.value()?)),
-            Long("broker") => broker = parser.value()?.string()?,
-            Long("tls-ca") => tls_ca = Some(PathBuf::from(parser.value()?)),
-            Long("username") => username = Some(parser.value()?.string()?),
-            Long("password-file") => password_file = Some(PathBuf::from(parser.value()?)),
-            Long("topic-prefix") => prefix = parser.value()?.string()?,
-            Long("sign-key") if op == Op::Set => sign_key = Some(PathBuf::from(parser.value()?)),
-            Long("insecure-plaintext") => insecure_plaintext = true,
-            Value(v) if !scope_seen => {
-                if v != "cluster" {
-                    return Err(format!(
-                        "unknown scope {v:?}; only `config {name} cluster` exists\n\n{usage}"
-                    )
-                    .into());
-                }
-                scope_seen = true;
-            }
-            Value(v) if op == Op::Set && file.is_none() => file = Some(PathBuf::from(v)),
-            arg => return Err(arg.unexpected()),
-        }
-    }
-    if !scope_seen {
-        return Err(format!("missing `cluster`\n\n{usage}").into());
-    }
-    let cluster = cluster.ok_or_else(|| format!("missing --id ID\n\n{usage}"))?;
-    topic::validate(topic::Part::Cluster, &cluster).map_err(|e| format!("--id: {e}"))?;
-    if op == Op::Set && file.is_none() {
-        return Err(format!("missing FILE\n\n{usage}").into());
-    }
-    Ok(Some(Args {
-        cluster,
-        file,
-        broker,
-        tls_ca,
-        username,
-        password_file,
-        prefix,
-        sign_key,
-        insecure_plaintext,
-    }))
 }
