@@ -7,6 +7,8 @@
 //! - [`nats`]: a local nats-server cluster (MQTT listeners, JetStream) for scale-out tests.
 //! - [`broker`], [`daemons`], [`process`]: mosquitto and the `ekattest-server` /
 //!   `ekattest-agent` binaries as watched child processes.
+//! - [`stage`]: what every fleet mode attests against (bus, SVID CA, policy, servers, fault
+//!   proxy and scheduler), started once and stopped on drop; [`error`]: the modes' error.
 //! - [`fleet`]: `ekattest-fleet run` (and `demo`), the process fleet: N swtpm devices, K
 //!   servers, N agent processes; [`load`]: the software-TPM load generator; [`report`]: the
 //!   summary table, JSON report and latency histogram both produce.
@@ -25,6 +27,7 @@
 pub mod boards;
 pub mod broker;
 pub mod daemons;
+pub mod error;
 pub mod faults;
 pub mod fleet;
 pub mod flow;
@@ -34,6 +37,7 @@ pub mod process;
 pub mod progress;
 pub mod report;
 pub mod soft_tpm;
+pub mod stage;
 pub mod swtpm;
 pub mod version;
 pub mod vm;
