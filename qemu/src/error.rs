@@ -147,9 +147,24 @@ pub enum Error {
     /// The load generator's simulated EKs or their policy could not be made.
     #[error("{0}")]
     Keys(String),
+    /// A simulated device thread of the load generator, its MQTT link or the bogus login
+    /// flood failed.
+    #[error("{0}")]
+    Device(String),
     /// The VM fleet's guest image (apt, kernel modules, initramfs) could not be prepared.
     #[error("{0}")]
     Image(String),
+    /// A VM board's swtpm or QEMU could not be started.
+    #[error("board {board}: cannot start {what}: {source}")]
+    Boot {
+        /// The board's index.
+        board: usize,
+        /// `swtpm` or `QEMU`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
     /// A board profile could not be loaded or used.
     #[error(transparent)]
     Board(#[from] crate::boards::Error),

@@ -226,7 +226,7 @@ impl Trust {
             }
         }
         let signer_pem = error::read(&svid.cert)?;
-        let ca_point = Arc::new(keys::ca_point(&signer_pem).map_err(Error::Keys)?);
+        let ca_point = Arc::new(keys::ca_point(&signer_pem)?);
         let bundle = ekattest_agent::daemon::identity::TrustBundle::from_pem(
             error::read(&svid.bundle)?,
             &svid.bundle,
@@ -358,11 +358,10 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
         )));
     }
     let gen_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool =
-        Arc::new(keys::KeyPool::generate(opts.ek, rsa, p256, gen_threads).map_err(Error::Keys)?);
+    let pool = Arc::new(keys::KeyPool::generate(opts.ek, rsa, p256, gen_threads)?);
     let keygen = t.elapsed();
     let policy_file = dir.path().join("policy.yaml");
-    let policy_bytes = keys::write_policy(&policy_file, &pool.hashes()).map_err(Error::Keys)?;
+    let policy_bytes = keys::write_policy(&policy_file, &pool.hashes())?;
     notes.push(format!(
         "keys: {rsa} RSA-2048 and {p256} P-256 EKs generated in {:.2} s; {} devices share them \
          under distinct agent ids, one device per EK at a time (the server keeps one session \
@@ -520,7 +519,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
                 summary::merge(&mut total, r);
             }
             Ok(Err(e)) => failures.push(e),
-            Err(_) => failures.push("a device thread panicked".into()),
+            Err(_) => failures.push(Error::Device("a device thread panicked".into())),
         }
     }
     notes.push(cpu::line(&cpu_groups, total.attested, elapsed));

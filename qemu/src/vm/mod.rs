@@ -184,7 +184,7 @@ pub fn run(opts: &VmOptions, stop: &AtomicBool) -> Result<VmRun> {
         "cargo build -p ekattest-server",
     )?;
     // 1. Image and agent.
-    let image = image::prepare(&board, &opts.cache).map_err(Error::Image)?;
+    let image = image::prepare(&board, &opts.cache)?;
     eprintln!(
         "ekattest-fleet vm: image {} {} ({}): downloaded {} files, {} in {:.1} s",
         board.name,
@@ -527,7 +527,7 @@ fn boot_all(
                     results[next] = Some(BoardResult {
                         index: next,
                         expected_id: expected[next].clone(),
-                        outcome: Some(Outcome::Fail(e)),
+                        outcome: Some(Outcome::Fail(e.to_string())),
                         boot_to_identity: None,
                         console: dirs[next].join("console.log"),
                     });
