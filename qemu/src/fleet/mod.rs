@@ -209,29 +209,7 @@ fn run_in(
         &error::read_to_string(&states.anchors.root)?,
         &error::read_to_string(&states.anchors.intermediate)?,
     );
-    let mut config = StageConfig::new(
-        dir,
-        CLUSTER,
-        TRUST_DOMAIN,
-        server_bin,
-        Policy::Document(policy),
-    );
-    config.bus = match &opts.broker {
-        Some(url) => Bus::External {
-            url: url.clone(),
-            more: Vec::new(),
-            nats_urls: Vec::new(),
-        },
-        None if opts.nats_nodes > 0 => Bus::Nats {
-            nodes: opts.nats_nodes,
-        },
-        None => Bus::Mosquitto,
-    };
-    config.servers = opts.servers;
-    config.server.max_sessions = Some(opts.devices.saturating_mul(2).max(1024));
-    config.proxy =
-        (opts.faults.needs_mqtt_proxy() || opts.wire_bytes).then(|| opts.faults.proxy_options());
-    let stage = Stage::start(&config)?;
+    let stage = Stage::start(&stage_config(opts, dir, server_bin, policy))?;
     if let Some(up) = stage.nats_startup() {
         summary.notes.push(format!(
             "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} \
@@ -306,22 +284,37 @@ fn run_in(
         })
         .max();
     bytes_per_attestation(&mut summary, &stage);
-    summary.notes.push(format!(
-        "agent peak RSS: VmHWM sampled every 20 ms from /proc while each agent ran ({} samples taken)",
-        outcomes.iter().filter(|o| o.peak_rss_kb.is_some()).count()
-    ));
-    for o in outcomes.iter().filter(|o| !o.attested).take(10) {
-        summary.notes.push(format!(
-            "device {} ({}): {} (exit {}): {}",
-            o.index,
-            o.ek,
-            if o.rejected { "rejected" } else { "error" },
-            o.code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
-            o.last_line
-        ));
-    }
+    outcome_notes(&mut summary, &outcomes);
     summary.notes.extend(stage.nats_log_summaries());
     Ok(summary)
+}
+
+/// The stage of a `run`: the bus the options name, K servers, the fault proxy when
+/// messages are dropped/corrupted or bytes counted.
+fn stage_config(opts: &RunOptions, dir: &Path, server_bin: &Path, policy: String) -> StageConfig {
+    let mut config = StageConfig::new(
+        dir,
+        CLUSTER,
+        TRUST_DOMAIN,
+        server_bin,
+        Policy::Document(policy),
+    );
+    config.bus = match &opts.broker {
+        Some(url) => Bus::External {
+            url: url.clone(),
+            more: Vec::new(),
+            nats_urls: Vec::new(),
+        },
+        None if opts.nats_nodes > 0 => Bus::Nats {
+            nodes: opts.nats_nodes,
+        },
+        None => Bus::Mosquitto,
+    };
+    config.servers = opts.servers;
+    config.server.max_sessions = Some(opts.devices.saturating_mul(2).max(1024));
+    config.proxy =
+        (opts.faults.needs_mqtt_proxy() || opts.wire_bytes).then(|| opts.faults.proxy_options());
+    config
 }
 
 /// Provisions (or takes from the cache) the devices' swtpm states, with progress lines.
@@ -387,6 +380,24 @@ fn tally(summary: &mut Summary, devices: usize, outcomes: &[agents::Outcome]) {
     }
     summary.errors += devices.saturating_sub(outcomes.len());
     summary.peak_rss_agent_kb = outcomes.iter().filter_map(|o| o.peak_rss_kb).max();
+}
+
+/// The agents' peak RSS sampling and the first ten failed devices, as notes.
+fn outcome_notes(summary: &mut Summary, outcomes: &[agents::Outcome]) {
+    summary.notes.push(format!(
+        "agent peak RSS: VmHWM sampled every 20 ms from /proc while each agent ran ({} samples taken)",
+        outcomes.iter().filter(|o| o.peak_rss_kb.is_some()).count()
+    ));
+    for o in outcomes.iter().filter(|o| !o.attested).take(10) {
+        summary.notes.push(format!(
+            "device {} ({}): {} (exit {}): {}",
+            o.index,
+            o.ek,
+            if o.rejected { "rejected" } else { "error" },
+            o.code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            o.last_line
+        ));
+    }
 }
 
 /// Bytes per attestation: what the proxy carried if there is one, else the servers' frame

@@ -4,7 +4,8 @@
 //! allow-lists the run's EK hashes (the seed allows that for emulators). With
 //! `--nats-nodes N` the broker is a local N-node nats-server cluster instead
 //! ([`crate::nats`]): the servers run on `bus: nats` and the device threads are spread over
-//! the nodes' MQTT listeners.
+//! the nodes' MQTT listeners. All of that is the run's [`Stage`] ([`stage`] configures it);
+//! this module adds the devices and the report.
 //!
 //! T threads each own many devices and ONE MQTT connection at a time ([`worker`]); a thread
 //! whose connection fails moves to the next broker of the list ([`link`]); the run ends when
@@ -17,8 +18,8 @@
 //! ActivateCredential, i.e. each Answer): with `--drop`
 //! or `--corrupt` the device threads reach the broker through one
 //! [`MqttProxy`](crate::faults::mqtt_proxy::MqttProxy) while the servers connect directly;
-//! broker restarts, server kills and NATS node kills are fired by a [`Scheduler`] against
-//! the run's own broker, servers and NATS cluster; every device's attempts and times go
+//! broker restarts, server kills and NATS node kills are fired by the stage's
+//! [`Scheduler`](crate::faults::Scheduler) against the run's own broker, servers and NATS cluster; every device's attempts and times go
 //! into the fault report.
 //!
 //! This module never changes the process's working directory or environment and never
@@ -28,6 +29,7 @@ pub mod bogus;
 mod cpu;
 pub mod keys;
 mod link;
+mod stage;
 mod summary;
 mod worker;
 
@@ -41,9 +43,10 @@ pub use worker::Subscribe;
 
 use crate::daemons::{ServerProcess, metric_value};
 use crate::error::{self, Error, Result};
-use crate::faults::{FaultPlan, Mode};
+use crate::faults::FaultPlan;
 use crate::report::Summary;
-use crate::stage::{Bus, Policy, ServerSettings, Stage, StageConfig, Svid, SvidCa};
+use crate::stage::Stage;
+use stage::{Trust, check, find_bin, stage_config};
 
 /// The cluster id of load runs.
 const CLUSTER: &str = "load";
@@ -143,29 +146,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// Finds `name`: in `dir` if given, else beside this executable (or its parent, for test
-/// binaries in `deps/`), else on `PATH`.
-fn find_bin(dir: Option<&Path>, name: &str) -> Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(d) = dir {
-        candidates.push(d.join(name));
-    } else if let Ok(exe) = std::env::current_exe()
-        && let Some(d) = exe.parent()
-    {
-        candidates.push(d.join(name));
-        if let Some(p) = d.parent() {
-            candidates.push(p.join(name));
-        }
-    }
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
-    }
-    Ok(crate::process::find_program(
-        name,
-        "cargo build --profile fleet -p ekattest-server",
-    )?)
-}
-
 /// `mqtt://HOST:PORT` -> (host, port).
 fn parse_broker(url: &str) -> Result<(String, u16), String> {
     let rest = url
@@ -207,127 +187,6 @@ fn cpu_groups(stage: &Stage) -> Vec<cpu::Group> {
     groups
 }
 
-/// What the devices check the servers' answers with: the SVID signer (its public point and
-/// its verified certificate) and the trust bundle.
-struct Trust {
-    ca_point: Arc<Vec<u8>>,
-    signer: Arc<ekattest_agent::daemon::identity::Signer>,
-    bundle: Arc<ekattest_agent::daemon::identity::TrustBundle>,
-}
-
-impl Trust {
-    fn load(svid: &Svid) -> Result<Self> {
-        fn ca<E: std::error::Error + Send + Sync + 'static>(
-            what: String,
-        ) -> impl FnOnce(E) -> Error {
-            move |e| Error::Ca {
-                what,
-                source: Box::new(e),
-            }
-        }
-        let signer_pem = error::read(&svid.cert)?;
-        let ca_point = Arc::new(keys::ca_point(&signer_pem)?);
-        let bundle = ekattest_agent::daemon::identity::TrustBundle::from_pem(
-            error::read(&svid.bundle)?,
-            &svid.bundle,
-        )
-        .map_err(ca("the SVID root is no trust bundle".into()))?;
-        let signer_der = pem::parse(&signer_pem)
-            .map_err(ca(svid.cert.display().to_string()))?
-            .into_contents();
-        let signer = bundle
-            .signer(&signer_der, worker::unix_now())
-            .map_err(ca("the issued signer does not verify".into()))?;
-        Ok(Self {
-            ca_point,
-            signer: Arc::new(signer),
-            bundle: Arc::new(bundle),
-        })
-    }
-}
-
-/// Checks option combinations `run` cannot work with.
-fn check(opts: &LoadOptions) -> Result<()> {
-    if opts.devices == 0 || opts.threads == 0 || opts.servers == 0 || opts.window == 0 {
-        return Err(Error::Usage(
-            "--devices, --threads, --servers and --window must be at least 1".into(),
-        ));
-    }
-    if opts.nats_nodes > 0 && (opts.broker.is_some() || !opts.nats_urls.is_empty()) {
-        return Err(Error::Usage(
-            "--nats-nodes starts a cluster of its own: drop --broker (and nats_urls)".into(),
-        ));
-    }
-    opts.faults
-        .validate(
-            Mode::Load,
-            opts.servers,
-            opts.broker.is_none() && opts.nats_nodes == 0,
-            opts.nats_nodes,
-        )
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    if let Some(url) = &opts.broker {
-        parse_broker(url).map_err(Error::BrokerUrl)?;
-    }
-    Ok(())
-}
-
-/// The stage of a load run: servers tuned for soft devices, the policy allow-listing
-/// `keys` hashes.
-fn stage_config(
-    opts: &LoadOptions,
-    dir: &Path,
-    server_bin: &Path,
-    ctl_bin: &Path,
-    policy_file: &Path,
-) -> StageConfig {
-    let mut config = StageConfig::new(
-        dir,
-        CLUSTER,
-        TRUST_DOMAIN,
-        server_bin,
-        Policy::File(policy_file.to_owned()),
-    );
-    config.ca = SvidCa::Ctl {
-        bin: ctl_bin.to_owned(),
-    };
-    config.bus = match &opts.broker {
-        Some(url) => Bus::External {
-            url: url.clone(),
-            more: opts.broker_urls.clone(),
-            nats_urls: opts.nats_urls.clone(),
-        },
-        None if opts.nats_nodes > 0 => Bus::Nats {
-            nodes: opts.nats_nodes,
-        },
-        None => Bus::Mosquitto,
-    };
-    config.servers = opts.servers;
-    config.server_dir = |k| format!("server-{}", k - 1);
-    config.server = ServerSettings {
-        max_sessions: Some((opts.threads * opts.window * 4).max(100_000)),
-        log_level: Some(opts.server_log_level.clone()),
-        workers: opts.workers,
-        // Soft devices retry on a short attempt timeout under faults, far more often than a
-        // real agent's backoff allows, and devices take turns on the pool's EKs; the login
-        // limits (per agent id and per EK, both off with burst 0) would throttle the
-        // harness, not an attacker. It is tested by tests/flood.rs and the server's unit
-        // tests.
-        login_burst: Some(0),
-        // Devices keep distinct agent ids (`{run}-{thread}-{n}`) over a pool of EKs: the
-        // agent id is not the one derived from the EK.
-        agent_id_from_ek: Some(false),
-        reload_interval: Some(Duration::from_secs(60)),
-    };
-    // Devices reach the broker through the fault proxy when messages are dropped/corrupted;
-    // the servers connect directly.
-    config.proxy = opts
-        .faults
-        .needs_mqtt_proxy()
-        .then(|| opts.faults.proxy_options());
-    config
-}
-
 /// Runs a load test and returns its summary. `stop` ends it early (Ctrl-C).
 ///
 /// # Errors
@@ -345,8 +204,89 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
             source,
         })?;
     let mut notes = Vec::new();
-
     // Keys and the policy that allow-lists them.
+    let policy_file = dir.path().join("policy.yaml");
+    let (pool, keygen, hashes) = key_pool(opts, &policy_file, &mut notes)?;
+    // The stage: the SVID root (the devices' trust bundle) and the servers' signer it
+    // issues, the bus, the servers, the proxy.
+    let mut stage = Stage::start(&stage_config(
+        opts,
+        dir.path(),
+        &server_bin,
+        &ctl_bin,
+        &policy_file,
+    ))?;
+    if let Some(up) = stage.nats_startup() {
+        notes.push(format!(
+            "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} s",
+            opts.nats_nodes,
+            up.as_secs_f64()
+        ));
+    }
+    for (k, up) in stage.server_startup().iter().enumerate() {
+        notes.push(format!(
+            "server node-{} up in {:.0} ms with {} allow-listed hashes",
+            k + 1,
+            up.as_secs_f64() * 1000.0,
+            hashes
+        ));
+    }
+    // The devices.
+    let phase = attest(opts, stop, &stage, &pool, &mut notes)?;
+    // Server-side numbers before the servers stop.
+    let (server_success, rss) = server_notes(&stage, &mut notes);
+    stage.stop();
+    notes.extend(stage.nats_log_summaries());
+    drop(stage);
+    // The report.
+    let Phase {
+        total,
+        failures,
+        thread_lines,
+        events,
+        elapsed,
+    } = phase;
+    notes.extend(thread_lines);
+    let faults = events.iter().map(|e| e.report(&total.records)).collect();
+    let finished = total.attested + total.rejected + total.errors;
+    let unfinished = opts.devices.saturating_sub(finished);
+    notes.extend(
+        failures
+            .iter()
+            .map(|f| format!("device thread failed: {f}")),
+    );
+    if unfinished > 0 {
+        notes.push(format!(
+            "{unfinished} devices unfinished at the end (deadline or stop): counted as errors"
+        ));
+    }
+    let bytes = summary::totals_notes(opts, &total, server_success, &mut notes);
+    Ok(Summary {
+        mode: "load".into(),
+        devices: opts.devices,
+        attested: total.attested,
+        rejected: total.rejected,
+        errors: total.errors + unfinished,
+        servers: opts.servers,
+        provisioning: Some(keygen),
+        elapsed,
+        time_to_identity: total.time_to_identity,
+        bytes_per_attestation: bytes,
+        peak_rss_agent_kb: None,
+        peak_rss_server_kb: rss,
+        faults,
+        notes,
+    })
+}
+
+/// Generates the simulated EKs and writes the policy allow-listing their hashes to
+/// `policy_file`; returns the pool, how long generating it took and how many hashes the
+/// policy allow-lists.
+fn key_pool(
+    opts: &LoadOptions,
+    policy_file: &Path,
+    notes: &mut Vec<String>,
+) -> Result<(Arc<keys::KeyPool>, Duration, usize)> {
     let t = Instant::now();
     let (rsa, p256) = keys::pool_sizes(opts.ek, opts.devices, opts.rsa_keys, opts.p256_keys);
     if rsa + p256 > keys::max_hashes() {
@@ -360,8 +300,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
     let gen_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let pool = Arc::new(keys::KeyPool::generate(opts.ek, rsa, p256, gen_threads)?);
     let keygen = t.elapsed();
-    let policy_file = dir.path().join("policy.yaml");
-    let policy_bytes = keys::write_policy(&policy_file, &pool.hashes())?;
+    let policy_bytes = keys::write_policy(policy_file, &pool.hashes())?;
     notes.push(format!(
         "keys: {rsa} RSA-2048 and {p256} P-256 EKs generated in {:.2} s; {} devices share them \
          under distinct agent ids, one device per EK at a time (the server keeps one session \
@@ -369,35 +308,28 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
         keygen.as_secs_f64(),
         opts.devices
     ));
+    Ok((pool, keygen, rsa + p256))
+}
 
-    // The stage: the SVID root (the devices' trust bundle) and the servers' signer it
-    // issues, the bus, the servers, the proxy.
-    let mut stage = Stage::start(&stage_config(
-        opts,
-        dir.path(),
-        &server_bin,
-        &ctl_bin,
-        &policy_file,
-    ))?;
+/// The attestation phase's results.
+struct Phase {
+    total: worker::WorkerResult,
+    failures: Vec<Error>,
+    thread_lines: Vec<String>,
+    events: Vec<crate::faults::FaultEvent>,
+    elapsed: Duration,
+}
+
+/// The attestation phase: the device threads (and the bogus flood) against the stage, with
+/// the faults fired; CPU, bogus and per-thread lines into `notes`.
+fn attest(
+    opts: &LoadOptions,
+    stop: &AtomicBool,
+    stage: &Stage,
+    pool: &Arc<keys::KeyPool>,
+    notes: &mut Vec<String>,
+) -> Result<Phase> {
     let trust = Trust::load(stage.svid())?;
-    if let Some(up) = stage.nats_startup() {
-        notes.push(format!(
-            "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} s",
-            opts.nats_nodes,
-            up.as_secs_f64()
-        ));
-    }
-    for (k, up) in stage.server_startup().iter().enumerate() {
-        notes.push(format!(
-            "server node-{} up in {:.0} ms with {} allow-listed hashes",
-            k + 1,
-            up.as_secs_f64() * 1000.0,
-            rsa + p256
-        ));
-    }
-    let (host, port) = parse_broker(stage.url()).map_err(Error::BrokerUrl)?;
-
-    // The devices.
     let run_id = format!("{:x}{:02x}", std::process::id(), trust.ca_point[1]);
     let done = Arc::new(AtomicUsize::new(0));
     let stop_all = Arc::new(AtomicBool::new(false));
@@ -424,7 +356,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
             prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
             cluster: CLUSTER.to_owned(),
             devices: (t..opts.devices).step_by(opts.threads).collect(),
-            keys: Arc::clone(&pool),
+            keys: Arc::clone(pool),
             window: opts.window,
             rate: opts.rate.map(|r| r / opts.threads as f64),
             timeout: opts.timeout,
@@ -441,42 +373,9 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
             seed: opts.faults.seed,
         })
         .collect();
-    let flood = if opts.bogus > 0 {
-        let cert_pem = error::read(&stage.svid().cert)?;
-        let cert = pem::parse(&cert_pem)
-            .map_err(|e| Error::Ca {
-                what: stage.svid().cert.display().to_string(),
-                source: Box::new(e),
-            })?
-            .into_contents();
-        let bopts = bogus::BogusOptions {
-            host: host.clone(),
-            port,
-            prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
-            cluster: CLUSTER.to_owned(),
-            run: run_id.clone(),
-            count: opts.bogus,
-            kinds: opts.bogus_kinds.clone(),
-            // A real, parseable certificate whose key is no EK: the SVID CA's.
-            wrong_ek_cert: cert,
-            window: 256,
-            settle: Duration::from_secs(5),
-        };
-        let stop = Arc::clone(&stop_all);
-        Some(
-            std::thread::Builder::new()
-                .name("load-bogus".into())
-                .spawn(move || bogus::flood(&bopts, &stop))
-                .map_err(|source| Error::Spawn {
-                    what: "the bogus thread".into(),
-                    source,
-                })?,
-        )
-    } else {
-        None
-    };
+    let flood = bogus_flood(opts, stage, &run_id, &stop_all)?;
     // CPU from here on: servers, broker processes and this program (devices + MQTT).
-    let cpu_groups = cpu_groups(&stage);
+    let cpu_groups = cpu_groups(stage);
     let handles: Vec<_> = specs
         .into_iter()
         .map(|s| {
@@ -523,44 +422,55 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
         }
     }
     notes.push(cpu::line(&cpu_groups, total.attested, elapsed));
-
-    // Server-side numbers before the servers stop.
-    let (server_success, rss) = server_notes(&stage, &mut notes);
-    stage.stop();
-    notes.extend(stage.nats_log_summaries());
-    drop(stage);
-    notes.extend(thread_lines);
-    let faults = events.iter().map(|e| e.report(&total.records)).collect();
-
-    let finished = total.attested + total.rejected + total.errors;
-    let unfinished = opts.devices.saturating_sub(finished);
-    notes.extend(
-        failures
-            .iter()
-            .map(|f| format!("device thread failed: {f}")),
-    );
-    if unfinished > 0 {
-        notes.push(format!(
-            "{unfinished} devices unfinished at the end (deadline or stop): counted as errors"
-        ));
-    }
-    let bytes = summary::totals_notes(opts, &total, server_success, &mut notes);
-    Ok(Summary {
-        mode: "load".into(),
-        devices: opts.devices,
-        attested: total.attested,
-        rejected: total.rejected,
-        errors: total.errors + unfinished,
-        servers: opts.servers,
-        provisioning: Some(keygen),
+    Ok(Phase {
+        total,
+        failures,
+        thread_lines,
+        events,
         elapsed,
-        time_to_identity: total.time_to_identity,
-        bytes_per_attestation: bytes,
-        peak_rss_agent_kb: None,
-        peak_rss_server_kb: rss,
-        faults,
-        notes,
     })
+}
+
+/// Starts the bogus login flood (`--bogus N`) straight at the broker, if asked for.
+fn bogus_flood(
+    opts: &LoadOptions,
+    stage: &Stage,
+    run_id: &str,
+    stop_all: &Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<Result<bogus::BogusReport>>>> {
+    if opts.bogus == 0 {
+        return Ok(None);
+    }
+    let (host, port) = parse_broker(stage.url()).map_err(Error::BrokerUrl)?;
+    let cert_pem = error::read(&stage.svid().cert)?;
+    let cert = pem::parse(&cert_pem)
+        .map_err(|e| Error::Ca {
+            what: stage.svid().cert.display().to_string(),
+            source: Box::new(e),
+        })?
+        .into_contents();
+    let bopts = bogus::BogusOptions {
+        host,
+        port,
+        prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
+        cluster: CLUSTER.to_owned(),
+        run: run_id.to_owned(),
+        count: opts.bogus,
+        kinds: opts.bogus_kinds.clone(),
+        // A real, parseable certificate whose key is no EK: the SVID CA's.
+        wrong_ek_cert: cert,
+        window: 256,
+        settle: Duration::from_secs(5),
+    };
+    let stop = Arc::clone(stop_all);
+    std::thread::Builder::new()
+        .name("load-bogus".into())
+        .spawn(move || bogus::flood(&bopts, &stop))
+        .map(Some)
+        .map_err(|source| Error::Spawn {
+            what: "the bogus thread".into(),
+            source,
+        })
 }
 
 /// Waits for the device threads, printing progress once a second; stops them at `stop` or
