@@ -288,16 +288,7 @@ fn run_in(
         &String::from_utf8_lossy(&error::read(ca.root_cert_pem())?),
         &String::from_utf8_lossy(&error::read(ca.intermediate_cert_pem())?),
     );
-    let mut config = StageConfig::new(
-        dir,
-        CLUSTER,
-        TRUST_DOMAIN,
-        server_bin,
-        Policy::Document(policy),
-    );
-    config.server_dir = |_| "server".into();
-    config.server.max_sessions = Some(opts.count.saturating_mul(2).max(1024));
-    let mut stage = Stage::start(&config)?;
+    let mut stage = Stage::start(&stage_config(opts, dir, server_bin, policy))?;
     let broker_port = stage.broker().map_or(0, |b| {
         b.lock().unwrap_or_else(PoisonError::into_inner).port()
     });
@@ -329,19 +320,7 @@ fn run_in(
     error::write(&dir.join("metrics.txt"), &metrics)?;
     tally(&mut summary, &results);
     let proofs = metric_value(&metrics, "attestation_logins_total").unwrap_or(0.0);
-    summary.notes.push(format!(
-        "{} on QEMU {} -M {} -cpu {} -m {} MiB, kernel {} ({}), image {} ({} files downloaded, {:.1} s); server logins {proofs}",
-        board.name,
-        board.target().map_or("?", |t| t.qemu_system),
-        q.machine,
-        q.cpu,
-        q.memory_mib,
-        image.resolved.abi,
-        image.resolved.kernel_version,
-        if image.cached { "cached" } else { "built" },
-        image.downloaded,
-        image.elapsed.as_secs_f64()
-    ));
+    summary.notes.push(setup_note(board, q, &image, proofs));
     let report = dir.join("report.json");
     summary
         .write_json(&report)
@@ -357,6 +336,38 @@ fn run_in(
         server_log,
         server_metrics: metrics,
     })
+}
+
+/// The stage of a VM run: the host's mosquitto (10.0.2.2 to the guests), one server whose
+/// policy trusts the boards' swtpm CA.
+fn stage_config(opts: &VmOptions, dir: &Path, server_bin: &Path, policy: String) -> StageConfig {
+    let mut config = StageConfig::new(
+        dir,
+        CLUSTER,
+        TRUST_DOMAIN,
+        server_bin,
+        Policy::Document(policy),
+    );
+    config.server_dir = |_| "server".into();
+    config.server.max_sessions = Some(opts.count.saturating_mul(2).max(1024));
+    config
+}
+
+/// The report's line on the emulated board, the kernel and the image.
+fn setup_note(board: &Board, q: &boards::Qemu, image: &image::Image, proofs: f64) -> String {
+    format!(
+        "{} on QEMU {} -M {} -cpu {} -m {} MiB, kernel {} ({}), image {} ({} files downloaded, {:.1} s); server logins {proofs}",
+        board.name,
+        board.target().map_or("?", |t| t.qemu_system),
+        q.machine,
+        q.cpu,
+        q.memory_mib,
+        image.resolved.abi,
+        image.resolved.kernel_version,
+        if image.cached { "cached" } else { "built" },
+        image.downloaded,
+        image.elapsed.as_secs_f64()
+    )
 }
 
 /// Provisions every board's TPM state, two at a time; returns their expected SPIFFE IDs.
