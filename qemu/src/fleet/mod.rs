@@ -4,7 +4,9 @@
 //! as its `broker` list, its own node first, so agents spread over the nodes and fail over
 //! to the others), an SVID CA, K `ekattest-server` processes with a policy trusting the
 //! run's swtpm CA, then N `ekattest-agent run --once` processes, at most P at a time,
-//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary).
+//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary). Bus, SVID CA,
+//! policy, servers and fault proxy are the run's [`Stage`](crate::stage::Stage); the swtpm
+//! devices (`devices`) and agent processes (`agents`) are this mode's.
 //!
 //! Everything lives in one per-run temp folder; every child (agents, swtpm, servers,
 //! mosquitto) is stopped and the folder removed on success, failure and SIGINT/SIGTERM

@@ -4,7 +4,8 @@
 //! (transport `kernel`), or on `tis-mmio` boards (`qemu-virt-aarch64-tis`) no TPM module is
 //! loaded and the agent drives the TIS registers itself through `/dev/mem` at the address
 //! the guest's device tree gives. The cross-built agent in the initramfs attests through the
-//! host's mosquitto (seen from the guest as 10.0.2.2) against one `ekattest-server`.
+//! host's mosquitto (seen from the guest as 10.0.2.2) against one `ekattest-server`: the
+//! run's [`Stage`](crate::stage::Stage); the boards and their swtpm stay here.
 //!
 //! - [`image`]: the guest image (Debian kernel, out-of-tree `tpm_tis.ko`, busybox
 //!   initramfs), fetched with a private apt configuration ([`apt`]) and cached by version.
