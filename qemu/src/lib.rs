@@ -1,6 +1,8 @@
 //! ekattest-fleet: the fleet simulation tool (the `ekattest-fleet` program) and the tests
 //! that need the agent and the server together.
 //!
+//! - [`stage`]: what every fleet mode attests against (bus, SVID CA, policy, servers, fault
+//!   proxy and scheduler), started once and stopped on drop; [`error`]: the modes' error.
 //! - [`fleet`]: `ekattest-fleet run` (and `demo`), the process fleet: N swtpm devices, K
 //!   servers, N agent processes; [`load`]: the software-TPM load generator; [`report`]: the
 //!   summary table, JSON report and latency histogram both produce.
@@ -17,6 +19,7 @@
 //! server and the kit, and nothing depends on it.
 
 pub mod boards;
+pub mod error;
 pub mod faults;
 pub mod fleet;
 pub mod flow;
@@ -24,6 +27,7 @@ pub mod load;
 pub mod progress;
 pub mod report;
 pub mod soft_tpm;
+pub mod stage;
 pub mod vm;
 
 pub use ekattest_testkit::{

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::error::Error;
+
 mod plot;
 
 /// What one fleet run (process fleet) or load run (software TPMs) measured.
@@ -238,14 +240,23 @@ impl Summary {
     }
 
     /// Draws the time-to-identity histogram (with p50/p95/p99 markers) as a PNG at `path`.
-    /// The error names the file and what failed.
-    pub fn write_png(&self, path: &Path) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// [`Error::Plot`] naming the file and what failed.
+    pub fn write_png(&self, path: &Path) -> Result<(), Error> {
         let canvas = plot::histogram(self);
-        let file = File::create(path)
-            .map_err(|e| format!("cannot create the plot {}: {e}", path.display()))?;
+        let file = File::create(path).map_err(|source| Error::Plot {
+            op: "create",
+            path: path.to_owned(),
+            source,
+        })?;
         canvas
             .encode(BufWriter::new(file))
-            .map_err(|e| format!("cannot write the plot {}: {e}", path.display()))
+            .map_err(|source| Error::Plot {
+                op: "write",
+                path: path.to_owned(),
+                source,
+            })
     }
 }
 
@@ -396,7 +407,7 @@ mod tests {
         assert_eq!(parsed["devices"], 100);
         for s in [sample(), Summary::default()] {
             let png = dir.path().join("p.png");
-            s.write_png(&png)?;
+            s.write_png(&png).map_err(|e| e.to_string())?;
             let bytes = std::fs::read(&png).map_err(|e| e.to_string())?;
             assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
             assert!(bytes.len() > 1000);

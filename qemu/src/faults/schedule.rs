@@ -15,34 +15,38 @@ use std::time::{Duration, Instant};
 use super::{FaultEvent, FaultKind, FaultPlan};
 use crate::broker::Broker;
 use crate::daemons::ServerProcess;
+use crate::error::{Error, Result};
 use crate::nats::NatsCluster;
 
 /// What the scheduler acts on. Each method returns a detail line for the report, or why
-/// the action failed.
+/// the action failed ([`Error::Fault`], [`Error::NoNatsNode`]; its message goes into the
+/// report).
 pub trait FaultTarget: Send {
     /// Stops the broker (clients see their connections close).
     ///
     /// # Errors
     /// Why it could not be stopped.
-    fn stop_broker(&mut self) -> Result<String, String>;
+    fn stop_broker(&mut self) -> Result<String>;
     /// Starts the broker again on the same port.
     ///
     /// # Errors
     /// Why it could not be started.
-    fn start_broker(&mut self) -> Result<String, String>;
+    fn start_broker(&mut self) -> Result<String>;
     /// SIGKILLs one server; `seed` (`--fault-seed`) chooses which, reproducibly.
     ///
     /// # Errors
     /// Why no server could be killed.
-    fn kill_server(&mut self, seed: u64) -> Result<String, String>;
+    fn kill_server(&mut self, seed: u64) -> Result<String>;
     /// SIGKILLs one node of the NATS cluster; `seed` chooses which, reproducibly. Returns
     /// the node's index with the detail line. The default: the run has no NATS cluster.
     ///
     /// # Errors
     /// Why no node could be killed.
-    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String), String> {
+    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String)> {
         let _ = seed;
-        Err("the run has no NATS cluster of its own (--nats-nodes)".into())
+        Err(Error::Fault(
+            "the run has no NATS cluster of its own (--nats-nodes)".into(),
+        ))
     }
 }
 
@@ -59,56 +63,58 @@ pub struct ProcessTargets {
 }
 
 impl FaultTarget for ProcessTargets {
-    fn stop_broker(&mut self) -> Result<String, String> {
+    fn stop_broker(&mut self) -> Result<String> {
         let broker = self
             .broker
             .as_ref()
-            .ok_or("the run has no broker of its own")?;
+            .ok_or_else(|| Error::Fault("the run has no broker of its own".into()))?;
         let mut b = broker.lock().unwrap_or_else(PoisonError::into_inner);
         b.stop();
         Ok(format!("mosquitto on port {} stopped", b.port()))
     }
 
-    fn start_broker(&mut self) -> Result<String, String> {
+    fn start_broker(&mut self) -> Result<String> {
         let broker = self
             .broker
             .as_ref()
-            .ok_or("the run has no broker of its own")?;
+            .ok_or_else(|| Error::Fault("the run has no broker of its own".into()))?;
         let mut b = broker.lock().unwrap_or_else(PoisonError::into_inner);
         b.start_again()
             .map(|()| format!("mosquitto on port {} started again", b.port()))
-            .map_err(|e| format!("mosquitto did not start again: {e}"))
+            .map_err(|e| Error::Fault(format!("mosquitto did not start again: {e}")))
     }
 
-    fn kill_server(&mut self, seed: u64) -> Result<String, String> {
+    fn kill_server(&mut self, seed: u64) -> Result<String> {
         let n = self.servers.len();
         if n == 0 {
-            return Err("the run has no server to kill".into());
+            return Err(Error::Fault("the run has no server to kill".into()));
         }
         let i = usize::try_from(seed % n as u64).unwrap_or(0);
-        let server = self.servers.get(i).ok_or("no such server")?;
+        let server = self
+            .servers
+            .get(i)
+            .ok_or_else(|| Error::Fault("no such server".into()))?;
         let mut s = server.lock().unwrap_or_else(PoisonError::into_inner);
         let pid = s
             .pid()
-            .ok_or_else(|| format!("server node-{} was not running", i + 1))?;
+            .ok_or_else(|| Error::Fault(format!("server node-{} was not running", i + 1)))?;
         s.kill();
         Ok(format!("server node-{} (pid {pid}) SIGKILLed", i + 1))
     }
 
-    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String), String> {
-        let nats = self
-            .nats
-            .as_ref()
-            .ok_or("the run has no NATS cluster of its own (--nats-nodes)")?;
+    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String)> {
+        let nats = self.nats.as_ref().ok_or_else(|| {
+            Error::Fault("the run has no NATS cluster of its own (--nats-nodes)".into())
+        })?;
         let mut cluster = nats.lock().unwrap_or_else(PoisonError::into_inner);
         let n = cluster.node_count();
         if n == 0 {
-            return Err("the NATS cluster has no node".into());
+            return Err(Error::NoNatsNode);
         }
         let i = usize::try_from(seed % n as u64).unwrap_or(0);
         let pid = cluster
             .pid(i)
-            .ok_or_else(|| format!("NATS node n{i} was not running"))?;
+            .ok_or_else(|| Error::Fault(format!("NATS node n{i} was not running")))?;
         let mqtt = cluster.ports().get(i).map_or(0, |p| p.mqtt);
         cluster.kill(i);
         Ok((
@@ -287,7 +293,7 @@ fn run(
                 if let Some(ev) = broker_down_event.take().and_then(|i| st.events.get_mut(i)) {
                     ev.until = Some(back);
                     ev.ok = r.is_ok();
-                    let what = r.unwrap_or_else(|e| e);
+                    let what = r.unwrap_or_else(|e| e.to_string());
                     ev.detail = format!(
                         "{}; {what} after {:.1} s down",
                         ev.detail,

@@ -295,23 +295,23 @@ struct Recorder {
 }
 
 impl FaultTarget for Recorder {
-    fn stop_broker(&mut self) -> Result<String, String> {
+    fn stop_broker(&mut self) -> crate::error::Result<String> {
         self.calls.lock().unwrap().push(("stop", Instant::now()));
         Ok("stopped".into())
     }
-    fn start_broker(&mut self) -> Result<String, String> {
+    fn start_broker(&mut self) -> crate::error::Result<String> {
         self.calls.lock().unwrap().push(("start", Instant::now()));
         if self.fail_start {
-            Err("port taken".into())
+            Err(crate::error::Error::Fault("port taken".into()))
         } else {
             Ok("started".into())
         }
     }
-    fn kill_server(&mut self, seed: u64) -> Result<String, String> {
+    fn kill_server(&mut self, seed: u64) -> crate::error::Result<String> {
         self.calls.lock().unwrap().push(("kill", Instant::now()));
         Ok(format!("killed #{seed}"))
     }
-    fn kill_nats_node(&mut self, seed: u64) -> Result<(usize, String), String> {
+    fn kill_nats_node(&mut self, seed: u64) -> crate::error::Result<(usize, String)> {
         self.calls
             .lock()
             .unwrap()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{EkChoice, RunOptions, run};
+use crate::error::{Error, Result};
 use crate::faults::{FaultPlan, Mode};
 
 /// Usage of `run` (and `demo`).
@@ -44,23 +45,26 @@ for --nats-nodes) (bash .ci/install, or apt-get install swtpm swtpm-tools tpm2-t
 openssl mosquitto nats-server).";
 
 /// Parses `run` options (after the subcommand). `Ok(None)` means `--help`.
-pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
+///
+/// # Errors
+/// [`Error::Usage`] naming the option.
+pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>> {
     use lexopt::prelude::*;
-    let (plan, args) = FaultPlan::extract(args).map_err(|e| e.to_string())?;
+    let usage = |e: lexopt::Error| Error::Usage(e.to_string());
+    let (plan, args) = FaultPlan::extract(args).map_err(|e| Error::Usage(e.to_string()))?;
     let mut p = lexopt::Parser::from_args(args);
     let mut o = RunOptions {
         faults: plan,
         ..RunOptions::default()
     };
-    let num = |p: &mut lexopt::Parser, name: &str| -> Result<usize, String> {
+    let num = |p: &mut lexopt::Parser, name: &str| -> Result<usize> {
         p.value()
             .and_then(|v| v.parse())
-            .map_err(|e| format!("--{name}: {e}"))
+            .map_err(|e| Error::Usage(format!("--{name}: {e}")))
     };
-    let path = |p: &mut lexopt::Parser| -> Result<PathBuf, String> {
-        p.value().map(PathBuf::from).map_err(|e| e.to_string())
-    };
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    let path =
+        |p: &mut lexopt::Parser| -> Result<PathBuf> { p.value().map(PathBuf::from).map_err(usage) };
+    while let Some(arg) = p.next().map_err(usage)? {
         match arg {
             Long("devices") => o.devices = num(&mut p, "devices")?,
             Long("servers") => o.servers = num(&mut p, "servers")?,
@@ -68,21 +72,13 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
             Long("parallel") => o.parallel = num(&mut p, "parallel")?,
             Long("provision-parallel") => o.provision_parallel = num(&mut p, "provision-parallel")?,
             Long("ek") => {
-                let v = p
-                    .value()
-                    .map_err(|e| e.to_string())?
-                    .string()
-                    .map_err(|e| e.to_string())?;
-                o.ek = EkChoice::parse(&v)
-                    .ok_or_else(|| format!("--ek: {v:?} is not rsa2048, p256, p384 or mixed"))?;
+                let v = p.value().map_err(usage)?.string().map_err(usage)?;
+                o.ek = EkChoice::parse(&v).ok_or_else(|| {
+                    Error::Usage(format!("--ek: {v:?} is not rsa2048, p256, p384 or mixed"))
+                })?;
             }
             Long("broker") => {
-                o.broker = Some(
-                    p.value()
-                        .map_err(|e| e.to_string())?
-                        .string()
-                        .map_err(|e| e.to_string())?,
-                );
+                o.broker = Some(p.value().map_err(usage)?.string().map_err(usage)?);
             }
             Long("report") => o.report = Some(path(&mut p)?),
             Long("plot") => o.plot = Some(path(&mut p)?),
@@ -91,35 +87,36 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
             Long("keep") => o.keep = true,
             Long("wire-bytes") => o.wire_bytes = true,
             Long("timeout") => {
-                let v = p
-                    .value()
-                    .map_err(|e| e.to_string())?
-                    .string()
-                    .map_err(|e| e.to_string())?;
+                let v = p.value().map_err(usage)?.string().map_err(usage)?;
                 o.timeout = ekattest_protocol::duration::parse(&v)
-                    .map_err(|e| format!("--timeout: {v:?}: {e}"))?;
+                    .map_err(|e| Error::Usage(format!("--timeout: {v:?}: {e}")))?;
             }
             Short('h') | Long("help") => return Ok(None),
-            other => return Err(other.unexpected().to_string()),
+            other => return Err(usage(other.unexpected())),
         }
     }
     if o.devices == 0 || o.servers == 0 || o.parallel == 0 || o.provision_parallel == 0 {
-        return Err(
+        return Err(Error::Usage(
             "--devices, --servers, --parallel and --provision-parallel must be at least 1".into(),
-        );
+        ));
     }
     if o.nats_nodes > 9 {
-        return Err(format!("--nats-nodes {}: use 1 to 9", o.nats_nodes));
+        return Err(Error::Usage(format!(
+            "--nats-nodes {}: use 1 to 9",
+            o.nats_nodes
+        )));
     }
     if o.nats_nodes > 0 && o.broker.is_some() {
-        return Err("--nats-nodes starts a cluster of its own: drop --broker".into());
+        return Err(Error::Usage(
+            "--nats-nodes starts a cluster of its own: drop --broker".into(),
+        ));
     }
     if o.nats_nodes > 0 && o.wire_bytes {
-        return Err(
+        return Err(Error::Usage(
             "--wire-bytes puts one proxy in front of one broker: it does not combine with \
              --nats-nodes"
                 .into(),
-        );
+        ));
     }
     o.faults
         .validate(
@@ -128,7 +125,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>, String> {
             o.broker.is_none() && o.nats_nodes == 0,
             o.nats_nodes,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Error::Usage(e.to_string()))?;
     Ok(Some(o))
 }
 
@@ -234,7 +231,7 @@ mod tests {
             let e = parse(args(bad))
                 .err()
                 .unwrap_or_else(|| panic!("{bad} accepted"));
-            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
         }
     }
 }

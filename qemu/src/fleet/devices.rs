@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::error::{self, Error, Result};
 use crate::swtpm::{Ca, Device, ProvisionOptions};
 
 /// The PEM files a policy needs to trust the devices' EK certificates.
@@ -43,10 +44,14 @@ fn state_name(i: usize) -> String {
     format!("tpm-{i:05}.permall")
 }
 
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
+fn copy(from: &Path, to: &Path) -> Result<()> {
     fs::copy(from, to)
         .map(|_| ())
-        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+        .map_err(|source| Error::Copy {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source,
+        })
 }
 
 /// Reads a cache made with the same options holding at least `count` states.
@@ -89,14 +94,17 @@ pub(crate) fn prepare(
     cache: Option<&Path>,
     stop: &AtomicBool,
     progress: &(dyn Fn(usize) + Sync),
-) -> Result<States, String> {
+) -> Result<States> {
     if let Some(c) = cache
         && let Some(states) = from_cache(c, count, opts)
     {
         return Ok(states);
     }
     let start = std::time::Instant::now();
-    let ca = Ca::create().map_err(|e| format!("cannot create the swtpm CA: {e}"))?;
+    let ca = Ca::create().map_err(|e| Error::Ca {
+        what: "cannot create the swtpm CA".into(),
+        source: Box::new(e),
+    })?;
     let anchors = Anchors {
         root: dir.join("swtpm-root.pem"),
         intermediate: dir.join("swtpm-intermediate.pem"),
@@ -104,11 +112,10 @@ pub(crate) fn prepare(
     copy(ca.root_cert_pem(), &anchors.root)?;
     copy(ca.intermediate_cert_pem(), &anchors.intermediate)?;
     let states_dir = dir.join("states");
-    fs::create_dir_all(&states_dir)
-        .map_err(|e| format!("cannot create {}: {e}", states_dir.display()))?;
+    error::create_dir_all(&states_dir)?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -122,7 +129,10 @@ pub(crate) fn prepare(
                         return;
                     }
                     let result = Device::provision(&ca, opts)
-                        .map_err(|e| format!("cannot provision swtpm device {i}: {e}"))
+                        .map_err(|source| Error::Tpm {
+                            what: format!("cannot provision swtpm device {i}"),
+                            source,
+                        })
                         .and_then(|d| {
                             copy(
                                 &d.state_dir().join("tpm2-00.permall"),
@@ -145,7 +155,9 @@ pub(crate) fn prepare(
         return Err(e);
     }
     if stop.load(Ordering::Relaxed) {
-        return Err("interrupted while provisioning".to_owned());
+        return Err(Error::Interrupted {
+            step: Some("provisioning"),
+        });
     }
     let files: Vec<PathBuf> = (0..count).map(|i| states_dir.join(state_name(i))).collect();
     let provisioning = start.elapsed();
@@ -168,8 +180,8 @@ fn save_cache(
     anchors: &Anchors,
     files: &[PathBuf],
     opts: &ProvisionOptions,
-) -> Result<(), String> {
-    fs::create_dir_all(cache).map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+) -> Result<()> {
+    error::create_dir_all(cache)?;
     let _ = fs::remove_file(cache.join(CACHE_META));
     copy(&anchors.root, &cache.join("root.pem"))?;
     copy(&anchors.intermediate, &cache.join("intermediate.pem"))?;
@@ -181,6 +193,5 @@ fn save_cache(
         "rsa_keysize": opts.rsa_keysize,
         "p256_ek_cert": opts.p256_ek_cert,
     });
-    fs::write(cache.join(CACHE_META), meta.to_string())
-        .map_err(|e| format!("cannot write {}: {e}", cache.join(CACHE_META).display()))
+    error::write(&cache.join(CACHE_META), meta.to_string())
 }

@@ -4,7 +4,9 @@
 //! as its `broker` list, its own node first, so agents spread over the nodes and fail over
 //! to the others), an SVID CA, K `ekattest-server` processes with a policy trusting the
 //! run's swtpm CA, then N `ekattest-agent run --once` processes, at most P at a time,
-//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary).
+//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary). Bus, SVID CA,
+//! policy, servers and fault proxy are the run's [`Stage`](crate::stage::Stage); the swtpm
+//! devices (`devices`) and agent processes (`agents`) are this mode's.
 //!
 //! Everything lives in one per-run temp folder; every child (agents, swtpm, servers,
 //! mosquitto) is stopped and the folder removed on success, failure and SIGINT/SIGTERM
@@ -18,16 +20,14 @@ mod devices;
 pub use cli::{USAGE, cli, parse, stop_on_signals};
 
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::broker::{Broker, BrokerOptions};
-use crate::daemons::{ServerProcess, ServerSpec, metric_value};
-use crate::faults::mqtt_proxy::MqttProxy;
-use crate::faults::{DeviceRecord, FaultPlan, ProcessTargets, Scheduler};
-use crate::nats::NatsCluster;
+use crate::error::{self, Error, Result};
+use crate::faults::{DeviceRecord, FaultPlan};
 use crate::report::Summary;
+use crate::stage::{Bus, Policy, Stage, StageConfig, bin_beside};
 use crate::swtpm::ProvisionOptions;
 
 const CLUSTER: &str = "fleet";
@@ -129,34 +129,7 @@ impl Default for RunOptions {
     }
 }
 
-fn bin(opts: &RunOptions, name: &str) -> Result<PathBuf, String> {
-    let dir = match &opts.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_owned))
-            .ok_or("cannot find the folder of this program: pass --bin-dir")?,
-    };
-    let path = dir.join(name);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} is missing: build it beside ekattest-fleet (cargo build --profile fleet -p ekattest-agent -p ekattest-server) or pass --bin-dir",
-            path.display()
-        ))
-    }
-}
-
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// The policy document trusting the run's swtpm CA (as in qemu/tests/it/e2e.rs); the VM fleet
+/// The policy document trusting the run's swtpm CA (as in qemu/tests/e2e.rs); the VM fleet
 /// uses it too.
 pub(crate) fn policy(root_pem: &str, intermediate_pem: &str) -> String {
     policy_with_template(
@@ -188,42 +161,23 @@ pub(crate) fn policy_with_template(
     )
 }
 
-/// The broker's socket address from an `mqtt://HOST:PORT` URL.
-fn broker_addr(url: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    let hostport = url.strip_prefix("mqtt://").ok_or_else(|| {
-        format!("--drop/--corrupt need a plain mqtt://HOST:PORT broker, not {url:?}")
-    })?;
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve the broker {url:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("the broker {url:?} has no address"))
-}
-
-/// Sum of `series` over every server (0 where absent).
-fn metric_sum(servers: &[Arc<Mutex<ServerProcess>>], series: &str) -> Option<f64> {
-    let mut total = None;
-    for s in servers {
-        let text = s.lock().unwrap_or_else(PoisonError::into_inner).metrics();
-        if let Ok(text) = text
-            && let Some(v) = metric_value(&text, series)
-        {
-            total = Some(total.unwrap_or(0.0) + v);
-        }
-    }
-    total
-}
-
 /// Runs the fleet; the summary on success (also when devices failed), an error when the
 /// run itself could not be set up or was interrupted.
-pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<Summary, String> {
-    let agent_bin = bin(opts, "ekattest-agent")?;
-    let server_bin = bin(opts, "ekattest-server")?;
+///
+/// # Errors
+/// The step that could not be set up ([`Error`]); [`Error::Interrupted`] after SIGINT or
+/// SIGTERM.
+pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<Summary> {
+    const BUILD: &str = "cargo build --profile fleet -p ekattest-agent -p ekattest-server";
+    let agent_bin = bin_beside(opts.bin_dir.as_deref(), "ekattest-agent", BUILD)?;
+    let server_bin = bin_beside(opts.bin_dir.as_deref(), "ekattest-server", BUILD)?;
     let run_dir = tempfile::Builder::new()
         .prefix("ekattest-fleet.")
         .tempdir()
-        .map_err(|e| format!("cannot create the run folder: {e}"))?;
+        .map_err(|source| Error::TempDir {
+            what: "the run folder",
+            source,
+        })?;
     let dir = run_dir.path().to_owned();
     if opts.keep {
         eprintln!("ekattest-fleet: run folder {} (kept)", dir.display());
@@ -235,13 +189,14 @@ pub fn run(opts: &RunOptions, stop: &AtomicBool) -> Result<Summary, String> {
     result
 }
 
+/// Provisions the devices, starts the stage, attests, reports.
 fn run_in(
     opts: &RunOptions,
     stop: &AtomicBool,
     dir: &Path,
     agent_bin: &Path,
     server_bin: &Path,
-) -> Result<Summary, String> {
+) -> Result<Summary> {
     let mut summary = Summary {
         mode: "run".into(),
         devices: opts.devices,
@@ -249,6 +204,128 @@ fn run_in(
         ..Summary::default()
     };
     // 1. Devices.
+    let states = provision(opts, stop, dir, &mut summary)?;
+    // 2. Stage: bus (mosquitto, an existing broker or a NATS cluster), SVID CA, policy,
+    // servers, and the fault proxy when messages are dropped/corrupted or bytes counted.
+    let policy = policy(
+        &error::read_to_string(&states.anchors.root)?,
+        &error::read_to_string(&states.anchors.intermediate)?,
+    );
+    let stage = Stage::start(&stage_config(opts, dir, server_bin, policy))?;
+    if let Some(up) = stage.nats_startup() {
+        summary.notes.push(format!(
+            "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} \
+             s; servers on bus: nats; agent i starts on node i mod {} and fails over to the \
+             others",
+            opts.nats_nodes,
+            up.as_secs_f64(),
+            opts.nats_nodes
+        ));
+    }
+    // Agent i starts on NATS node i mod N; otherwise every agent uses the one broker (or
+    // the proxy in front of it).
+    let agent_urls = if stage.nats().is_some() {
+        stage.listeners().to_vec()
+    } else {
+        stage.device_urls()
+    };
+    if stop.load(Ordering::Relaxed) {
+        return Err(Error::INTERRUPTED);
+    }
+    // 3. Agents.
+    eprintln!(
+        "ekattest-fleet: attesting {} devices through {} server(s), {} agents at a time",
+        opts.devices, opts.servers, opts.parallel
+    );
+    let agents_dir = dir.join("agents");
+    error::create_dir_all(&agents_dir)?;
+    let ek = opts.ek;
+    let ek_for = move |i: usize| ek.for_device(i);
+    let scheduler = stage.faults(&opts.faults)?;
+    let phase = agents::Phase {
+        agent_bin,
+        dir: &agents_dir,
+        brokers: &agent_urls,
+        cluster: CLUSTER,
+        trust_bundle: &stage.svid().bundle,
+        states: &states.files,
+        ek: &ek_for,
+        parallel: opts.parallel,
+        timeout: opts.timeout,
+        stop,
+        slow_tpm: opts.faults.slow_tpm.map(|s| (s, opts.faults.seed)),
+        debug_log: !opts.faults.is_empty(),
+        t0: scheduler.started(),
+    };
+    let (outcomes, elapsed) = agents::attest(&phase);
+    let mut events = scheduler.finish();
+    events.extend(opts.faults.continuous_events(stage.proxy_stats().as_ref()));
+    let records: Vec<DeviceRecord> = outcomes
+        .iter()
+        .map(|o| DeviceRecord {
+            started: o.started,
+            finished: Some(o.started + o.time),
+            attempts: o.attempts,
+            attested: o.attested,
+            node: stage.nats().is_some().then(|| o.index % agent_urls.len()),
+        })
+        .collect();
+    summary.faults = events.iter().map(|e| e.report(&records)).collect();
+    if stop.load(Ordering::Relaxed) {
+        return Err(Error::INTERRUPTED);
+    }
+    // 4. Report.
+    summary.elapsed = elapsed;
+    tally(&mut summary, opts.devices, &outcomes);
+    summary.peak_rss_server_kb = stage
+        .servers()
+        .iter()
+        .filter_map(|s| {
+            let pid = s.lock().unwrap_or_else(PoisonError::into_inner).pid();
+            pid.and_then(agents::vm_hwm_kb)
+        })
+        .max();
+    bytes_per_attestation(&mut summary, &stage);
+    outcome_notes(&mut summary, &outcomes);
+    summary.notes.extend(stage.nats_log_summaries());
+    Ok(summary)
+}
+
+/// The stage of a `run`: the bus the options name, K servers, the fault proxy when
+/// messages are dropped/corrupted or bytes counted.
+fn stage_config(opts: &RunOptions, dir: &Path, server_bin: &Path, policy: String) -> StageConfig {
+    let mut config = StageConfig::new(
+        dir,
+        CLUSTER,
+        TRUST_DOMAIN,
+        server_bin,
+        Policy::Document(policy),
+    );
+    config.bus = match &opts.broker {
+        Some(url) => Bus::External {
+            url: url.clone(),
+            more: Vec::new(),
+            nats_urls: Vec::new(),
+        },
+        None if opts.nats_nodes > 0 => Bus::Nats {
+            nodes: opts.nats_nodes,
+        },
+        None => Bus::Mosquitto,
+    };
+    config.servers = opts.servers;
+    config.server.max_sessions = Some(opts.devices.saturating_mul(2).max(1024));
+    config.proxy =
+        (opts.faults.needs_mqtt_proxy() || opts.wire_bytes).then(|| opts.faults.proxy_options());
+    config
+}
+
+/// Provisions (or takes from the cache) the devices' swtpm states, with progress lines.
+fn provision(
+    opts: &RunOptions,
+    stop: &AtomicBool,
+    dir: &Path,
+    summary: &mut Summary,
+) -> Result<devices::States> {
     let popts = ProvisionOptions {
         rsa_keysize: 2048,
         p256_ek_cert: opts.ek.needs_p256(),
@@ -288,156 +365,12 @@ fn run_in(
                 .unwrap_or_default()
         ));
     }
-    // 2. Broker (mosquitto, an existing one or a NATS cluster), SVID CA, policy, servers.
-    let mut broker = None;
-    let mut nats = None;
-    let mut agent_urls = Vec::new();
-    let mut nats_urls = Vec::new();
-    let url = match &opts.broker {
-        Some(u) => u.clone(),
-        None if opts.nats_nodes > 0 => {
-            let t = std::time::Instant::now();
-            let cluster = NatsCluster::start(opts.nats_nodes)
-                .map_err(|e| format!("cannot start the NATS cluster: {e}"))?;
-            summary.notes.push(format!(
-                "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} \
-                 s; servers on bus: nats; agent i starts on node i mod {} and fails over to the \
-                 others",
-                opts.nats_nodes,
-                t.elapsed().as_secs_f64(),
-                opts.nats_nodes
-            ));
-            agent_urls = cluster.mqtt_urls();
-            nats_urls = cluster.nats_urls();
-            nats = Some(Arc::new(Mutex::new(cluster)));
-            agent_urls
-                .first()
-                .cloned()
-                .ok_or("the NATS cluster has no node")?
-        }
-        None => {
-            let b = Broker::start(&BrokerOptions {
-                tls: false,
-                acl: false,
-            })
-            .map_err(|e| format!("cannot start mosquitto: {e}"))?;
-            let u = b.url();
-            broker = Some(Arc::new(Mutex::new(b)));
-            u
-        }
-    };
-    let (_, ca_pem, key_pem) =
-        ekattest_server::svid::Authority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))
-            .map_err(|e| format!("cannot create the SVID CA: {e}"))?;
-    let ca_cert = dir.join("svid-ca.pem");
-    let ca_key = dir.join("svid-ca.key");
-    write(&ca_cert, &ca_pem)?;
-    write(&ca_key, &key_pem)?;
-    // The server refuses a CA key that group or others may read.
-    crate::process::make_private(&ca_key).map_err(|e| e.to_string())?;
-    let policy_file = dir.join("policy.yaml");
-    write(
-        &policy_file,
-        &policy(
-            &read(&states.anchors.root)?,
-            &read(&states.anchors.intermediate)?,
-        ),
-    )?;
-    let mut servers = Vec::with_capacity(opts.servers);
-    for k in 1..=opts.servers {
-        let node = format!("node-{k}");
-        let sdir = dir.join(&node);
-        std::fs::create_dir_all(&sdir)
-            .map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
-        let mut spec = ServerSpec::new(
-            url.clone(),
-            CLUSTER,
-            node.clone(),
-            TRUST_DOMAIN,
-            &ca_cert,
-            &ca_key,
-        );
-        spec.policy_files = vec![policy_file.clone()];
-        spec.nats_urls.clone_from(&nats_urls);
-        spec.max_sessions = Some(opts.devices.saturating_mul(2).max(1024));
-        servers.push(Arc::new(Mutex::new(
-            ServerProcess::start(server_bin, &spec, &sdir)
-                .map_err(|e| format!("cannot start ekattest-server {node}: {e}"))?,
-        )));
-    }
-    // Devices reach the broker through the fault proxy when messages are dropped/corrupted.
-    let proxy = if opts.faults.needs_mqtt_proxy() || opts.wire_bytes {
-        let upstream = broker_addr(&url)?;
-        Some(
-            MqttProxy::start(upstream, opts.faults.proxy_options())
-                .map_err(|e| format!("cannot start the MQTT fault proxy: {e}"))?,
-        )
-    } else {
-        None
-    };
-    let agent_url = proxy.as_ref().map_or_else(|| url.clone(), MqttProxy::url);
-    if agent_urls.is_empty() {
-        agent_urls.push(agent_url);
-    }
-    if stop.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
-    }
-    // 3. Agents.
-    eprintln!(
-        "ekattest-fleet: attesting {} devices through {} server(s), {} agents at a time",
-        opts.devices, opts.servers, opts.parallel
-    );
-    let agents_dir = dir.join("agents");
-    std::fs::create_dir_all(&agents_dir)
-        .map_err(|e| format!("cannot create {}: {e}", agents_dir.display()))?;
-    let ek = opts.ek;
-    let ek_for = move |i: usize| ek.for_device(i);
-    let scheduler = Scheduler::start(
-        &opts.faults,
-        Box::new(ProcessTargets {
-            broker: broker.clone(),
-            servers: servers.clone(),
-            nats: nats.clone(),
-        }),
-    )
-    .map_err(|e| format!("cannot start the fault scheduler: {e}"))?;
-    let phase = agents::Phase {
-        agent_bin,
-        dir: &agents_dir,
-        brokers: &agent_urls,
-        cluster: CLUSTER,
-        trust_bundle: &ca_cert,
-        states: &states.files,
-        ek: &ek_for,
-        parallel: opts.parallel,
-        timeout: opts.timeout,
-        stop,
-        slow_tpm: opts.faults.slow_tpm.map(|s| (s, opts.faults.seed)),
-        debug_log: !opts.faults.is_empty(),
-        t0: scheduler.started(),
-    };
-    let (outcomes, elapsed) = agents::attest(&phase);
-    let mut events = scheduler.finish();
-    events.extend(
-        opts.faults
-            .continuous_events(proxy.as_ref().map(MqttProxy::stats).as_ref()),
-    );
-    let records: Vec<DeviceRecord> = outcomes
-        .iter()
-        .map(|o| DeviceRecord {
-            started: o.started,
-            finished: Some(o.started + o.time),
-            attempts: o.attempts,
-            attested: o.attested,
-            node: nats.is_some().then(|| o.index % agent_urls.len()),
-        })
-        .collect();
-    summary.faults = events.iter().map(|e| e.report(&records)).collect();
-    if stop.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
-    }
-    summary.elapsed = elapsed;
-    for o in &outcomes {
+    Ok(states)
+}
+
+/// Counts attested, rejected and failed devices (devices without an outcome are errors).
+fn tally(summary: &mut Summary, devices: usize, outcomes: &[agents::Outcome]) {
+    for o in outcomes {
         if o.attested {
             summary.attested += 1;
             summary.time_to_identity.push(o.time);
@@ -447,18 +380,34 @@ fn run_in(
             summary.errors += 1;
         }
     }
-    summary.errors += opts.devices.saturating_sub(outcomes.len());
+    summary.errors += devices.saturating_sub(outcomes.len());
     summary.peak_rss_agent_kb = outcomes.iter().filter_map(|o| o.peak_rss_kb).max();
-    summary.peak_rss_server_kb = servers
-        .iter()
-        .filter_map(|s| {
-            let pid = s.lock().unwrap_or_else(PoisonError::into_inner).pid();
-            pid.and_then(agents::vm_hwm_kb)
-        })
-        .max();
-    let bytes_in = metric_sum(&servers, "attestation_frame_bytes_total{direction=\"in\"}");
-    let bytes_out = metric_sum(&servers, "attestation_frame_bytes_total{direction=\"out\"}");
-    if let Some(stats) = proxy.as_ref().map(MqttProxy::stats)
+}
+
+/// The agents' peak RSS sampling and the first ten failed devices, as notes.
+fn outcome_notes(summary: &mut Summary, outcomes: &[agents::Outcome]) {
+    summary.notes.push(format!(
+        "agent peak RSS: VmHWM sampled every 20 ms from /proc while each agent ran ({} samples taken)",
+        outcomes.iter().filter(|o| o.peak_rss_kb.is_some()).count()
+    ));
+    for o in outcomes.iter().filter(|o| !o.attested).take(10) {
+        summary.notes.push(format!(
+            "device {} ({}): {} (exit {}): {}",
+            o.index,
+            o.ek,
+            if o.rejected { "rejected" } else { "error" },
+            o.code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            o.last_line
+        ));
+    }
+}
+
+/// Bytes per attestation: what the proxy carried if there is one, else the servers' frame
+/// byte counters plus the MQTT framing of one session.
+fn bytes_per_attestation(summary: &mut Summary, stage: &Stage) {
+    let bytes_in = stage.metric_sum("attestation_frame_bytes_total{direction=\"in\"}");
+    let bytes_out = stage.metric_sum("attestation_frame_bytes_total{direction=\"out\"}");
+    if let Some(stats) = stage.proxy_stats()
         && summary.attested > 0
     {
         summary.bytes_per_attestation =
@@ -482,31 +431,6 @@ fn run_in(
              with topics and their PUBACKs, DISCONNECT); TCP/IP headers not counted"
         ));
     }
-    summary.notes.push(format!(
-        "agent peak RSS: VmHWM sampled every 20 ms from /proc while each agent ran ({} samples taken)",
-        outcomes.iter().filter(|o| o.peak_rss_kb.is_some()).count()
-    ));
-    for o in outcomes.iter().filter(|o| !o.attested).take(10) {
-        summary.notes.push(format!(
-            "device {} ({}): {} (exit {}): {}",
-            o.index,
-            o.ek,
-            if o.rejected { "rejected" } else { "error" },
-            o.code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
-            o.last_line
-        ));
-    }
-    if let Some(cluster) = &nats {
-        let cluster = cluster.lock().unwrap_or_else(PoisonError::into_inner);
-        summary
-            .notes
-            .extend((0..cluster.node_count()).map(|i| cluster.log_summary(i)));
-    }
-    drop(servers);
-    drop(proxy);
-    drop(broker);
-    drop(nats);
-    Ok(summary)
 }
 
 /// MQTT 3.1.1 framing of one agent's session on top of the frame payloads, counted on the

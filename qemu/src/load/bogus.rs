@@ -37,6 +37,7 @@ use ekattest_protocol::{decode, encode, heapless, limits};
 use ekattest_server::daemon::metrics::reason_label;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
+use crate::error::{Error, Result};
 use crate::soft_tpm::{EkAlg, SoftAk, SoftEk};
 
 /// One class of bogus login.
@@ -185,23 +186,24 @@ struct Frames {
 }
 
 impl Frames {
-    fn login(&mut self, ek: &SoftEk, cert: &[u8]) -> Result<Uplink, String> {
+    fn login(&mut self, ek: &SoftEk, cert: &[u8]) -> Result<Uplink> {
         let mut nonce = [0u8; NONCE_LEN];
         self.noise.fill(&mut nonce);
         Ok(Uplink::Login(Login {
-            methods: heapless::Vec::from_slice(&[Method::TpmEk]).map_err(|_| "methods")?,
+            methods: heapless::Vec::from_slice(&[Method::TpmEk])
+                .map_err(|_| Error::Device("methods".into()))?,
             ek_public: heapless::Vec::from_slice(ek.tpm2b_public())
-                .map_err(|_| "EK public area too long")?,
+                .map_err(|_| Error::Device("EK public area too long".into()))?,
             ek_cert: Some(heapless::Vec::from_slice(cert).map_err(|_| {
-                format!(
+                Error::Device(format!(
                     "certificate of {} bytes is longer than {}",
                     cert.len(),
                     limits::EK_CERT_MAX
-                )
+                ))
             })?),
             ek_chain: heapless::Vec::new(),
             ak_public: heapless::Vec::from_slice(self.ak.tpm2b_public())
-                .map_err(|_| "AK public area too long")?,
+                .map_err(|_| Error::Device("AK public area too long".into()))?,
             svid_key: None,
             key_certify: None,
             nonce,
@@ -211,7 +213,7 @@ impl Frames {
 
     /// The `n`th bogus frame of `kind` and the agent id it is sent from (`fake` for the
     /// random class, the fresh EK's own id for the others).
-    fn frame(&mut self, kind: BogusKind, fake: String) -> Result<(String, Vec<u8>), String> {
+    fn frame(&mut self, kind: BogusKind, fake: String) -> Result<(String, Vec<u8>)> {
         let cert = match kind {
             BogusKind::Random => {
                 let mut bytes = vec![0u8; 1 + self.noise.below(600)];
@@ -231,12 +233,13 @@ impl Frames {
             }
             BogusKind::WrongEk => self.wrong_ek_cert.clone(),
         };
-        let ek = SoftEk::generate(EkAlg::P256).map_err(|e| format!("bogus EK: {e}"))?;
+        let ek =
+            SoftEk::generate(EkAlg::P256).map_err(|e| Error::Device(format!("bogus EK: {e}")))?;
         let msg = self.login(&ek, &cert)?;
         let agent = default_agent_id(ek.public_hash()).to_string();
         let frame = encode(&msg, &mut self.buf)
             .map(<[u8]>::to_vec)
-            .map_err(|e| format!("cannot encode a bogus Login: {e}"))?;
+            .map_err(|e| Error::Device(format!("cannot encode a bogus Login: {e}")))?;
         Ok((agent, frame))
     }
 }
@@ -265,18 +268,19 @@ fn decode_reply(payload: &[u8]) -> Result<Downlink, ekattest_protocol::DecodeErr
 ///
 /// # Errors
 /// A message if the keys, the MQTT connection or the topics cannot be set up.
-pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, String> {
+pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport> {
     if opts.kinds.is_empty() {
-        return Err("no bogus kind given".into());
+        return Err(Error::Device("no bogus kind given".into()));
     }
     let seed = u64::from(std::process::id()) << 20 | 0x9e37_79b9;
     let mut frames = Frames {
-        ak: SoftAk::generate().map_err(|e| format!("bogus AK: {e}"))?,
+        ak: SoftAk::generate().map_err(|e| Error::Device(format!("bogus AK: {e}")))?,
         wrong_ek_cert: opts.wrong_ek_cert.clone(),
         noise: Noise(seed),
         buf: vec![0u8; limits::FRAME_MAX],
     };
-    let topics = Topics::new(&opts.prefix, &opts.cluster).map_err(|e| e.to_string())?;
+    let topics =
+        Topics::new(&opts.prefix, &opts.cluster).map_err(|e| Error::Device(e.to_string()))?;
     let down_filter = format!("{}/{}/agents/+/down", opts.prefix, opts.cluster);
     let fake_prefix = format!("bogus-{}-", opts.run);
 
@@ -312,10 +316,10 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
                 }
             }
         })
-        .map_err(|e| format!("cannot start the bogus MQTT thread: {e}"))?;
+        .map_err(|e| Error::Device(format!("cannot start the bogus MQTT thread: {e}")))?;
     client
         .subscribe(down_filter.as_str(), QoS::AtMostOnce)
-        .map_err(|e| format!("cannot subscribe {down_filter}: {e}"))?;
+        .map_err(|e| Error::Device(format!("cannot subscribe {down_filter}: {e}")))?;
     // Wait for the SUBACK so no reply is missed.
     let subscribed = Instant::now();
     loop {
@@ -325,10 +329,10 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
             Err(_) => {
                 stop_net.store(true, Ordering::Relaxed);
                 let _ = client.disconnect();
-                return Err(format!(
+                return Err(Error::Device(format!(
                     "no SUBACK for {down_filter} after {:.0} s",
                     subscribed.elapsed().as_secs_f64()
-                ));
+                )));
             }
         }
     }
@@ -410,13 +414,15 @@ pub fn flood(opts: &BogusOptions, stop: &AtomicBool) -> Result<BogusReport, Stri
             .copied()
             .unwrap_or(BogusKind::Random);
         let (agent, frame) = frames.frame(kind, format!("{fake_prefix}{}{sent}", kind.letter()))?;
-        let topic = topics.login(&agent).map_err(|e| format!("{agent}: {e}"))?;
+        let topic = topics
+            .login(&agent)
+            .map_err(|e| Error::Device(format!("{agent}: {e}")))?;
         if kind != BogusKind::Random {
             derived.insert(agent, kind);
         }
         client
             .publish(topic.as_str(), QoS::AtMostOnce, false, frame)
-            .map_err(|e| format!("cannot publish a bogus login: {e}"))?;
+            .map_err(|e| Error::Device(format!("cannot publish a bogus login: {e}")))?;
         *report.sent.entry(kind).or_default() += 1;
         sent += 1;
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::bogus::BogusKind;
 use super::{EkMix, LoadOptions, Subscribe};
+use crate::error::{Error, Result};
 use crate::faults::{FaultPlan, HELP, Mode};
 
 const USAGE: &str = "\
@@ -58,8 +59,8 @@ usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--s
 /// load, and a 5 s timeout turns that into a storm of repeated logins.
 const NATS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn duration(v: &str) -> Result<Duration, String> {
-    ekattest_protocol::duration::parse(v).map_err(|e| e.to_string())
+fn duration(v: &str) -> Result<Duration> {
+    ekattest_protocol::duration::parse(v).map_err(|e| Error::Usage(e.to_string()))
 }
 
 struct Cli {
@@ -68,9 +69,9 @@ struct Cli {
     plot: Option<PathBuf>,
 }
 
-fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
+fn parse(args: Vec<OsString>) -> Result<Option<Cli>> {
     use lexopt::prelude::*;
-    let (faults, args) = FaultPlan::extract(args).map_err(|e| e.to_string())?;
+    let (faults, args) = FaultPlan::extract(args).map_err(|e| Error::Usage(e.to_string()))?;
     let mut p = lexopt::Parser::from_args(args);
     let mut opts = LoadOptions {
         progress: true,
@@ -80,18 +81,19 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
     let (mut report, mut plot) = (None, None);
     let mut seen_load = false;
     let mut timeout_given = false;
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
-        fn text(p: &mut lexopt::Parser, name: &str) -> Result<String, String> {
+    while let Some(arg) = p.next().map_err(|e| Error::Usage(e.to_string()))? {
+        fn text(p: &mut lexopt::Parser, name: &str) -> Result<String> {
             p.value()
-                .map_err(|e| format!("--{name}: {e}"))?
+                .map_err(|e| Error::Usage(format!("--{name}: {e}")))?
                 .into_string()
-                .map_err(|_| format!("--{name}: not UTF-8"))
+                .map_err(|_| Error::Usage(format!("--{name}: not UTF-8")))
         }
-        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String>
+        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T>
         where
             T::Err: std::fmt::Display,
         {
-            v.parse().map_err(|e| format!("--{name} {v:?}: {e}"))
+            v.parse()
+                .map_err(|e| Error::Usage(format!("--{name} {v:?}: {e}")))
         }
         match arg {
             Value(v) if !seen_load && v == "load" => seen_load = true,
@@ -99,14 +101,19 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
             Long("rate") => opts.rate = Some(num("rate", text(&mut p, "rate")?)?),
             Long("ek") => {
                 let v = text(&mut p, "ek")?;
-                opts.ek = EkMix::parse(&v)
-                    .ok_or_else(|| format!("--ek {v:?}: use rsa2048, p256 or mixed"))?;
+                opts.ek = EkMix::parse(&v).ok_or_else(|| {
+                    Error::Usage(format!("--ek {v:?}: use rsa2048, p256 or mixed"))
+                })?;
             }
             Long("servers") => opts.servers = num("servers", text(&mut p, "servers")?)?,
             Long("broker") => {
                 let v = text(&mut p, "broker")?;
                 let mut urls = v.split(',').map(str::trim).filter(|u| !u.is_empty());
-                opts.broker = Some(urls.next().ok_or("--broker needs a URL")?.to_owned());
+                opts.broker = Some(
+                    urls.next()
+                        .ok_or_else(|| Error::Usage("--broker needs a URL".into()))?
+                        .to_owned(),
+                );
                 opts.broker_urls = urls.map(str::to_owned).collect();
             }
             Long("nats-nodes") => opts.nats_nodes = num("nats-nodes", text(&mut p, "nats-nodes")?)?,
@@ -120,7 +127,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
                 opts.timeout = duration(&text(&mut p, &name)?)?;
                 timeout_given = true;
                 if opts.timeout.is_zero() {
-                    return Err(format!("--{name} must be longer than 0"));
+                    return Err(Error::Usage(format!("--{name} must be longer than 0")));
                 }
             }
             Long("deadline") => opts.deadline = duration(&text(&mut p, "deadline")?)?,
@@ -131,7 +138,11 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
                 opts.subscribe = match text(&mut p, "subscribe")?.as_str() {
                     "device" => Subscribe::PerDevice,
                     "wildcard" => Subscribe::Wildcard,
-                    v => return Err(format!("--subscribe {v:?}: use device or wildcard")),
+                    v => {
+                        return Err(Error::Usage(format!(
+                            "--subscribe {v:?}: use device or wildcard"
+                        )));
+                    }
                 };
             }
             Long("server-log") => opts.server_log_level = text(&mut p, "server-log")?,
@@ -145,27 +156,36 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
             Long("bogus-kind") => {
                 let v = text(&mut p, "bogus-kind")?;
                 opts.bogus_kinds = BogusKind::parse_list(&v).ok_or_else(|| {
-                    format!("--bogus-kind {v:?}: use random, garbage-cert, wrong-ek or mix")
+                    Error::Usage(format!(
+                        "--bogus-kind {v:?}: use random, garbage-cert, wrong-ek or mix"
+                    ))
                 })?;
             }
             Short('h') | Long("help") => return Ok(None),
-            other => return Err(other.unexpected().to_string()),
+            other => return Err(Error::Usage(other.unexpected().to_string())),
         }
     }
     if opts.devices == 0 || opts.threads == 0 || opts.servers == 0 || opts.window == 0 {
-        return Err("--devices, --threads, --servers and --window must be at least 1".into());
+        return Err(Error::Usage(
+            "--devices, --threads, --servers and --window must be at least 1".into(),
+        ));
     }
     if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("--rate must be a positive number".into());
+        return Err(Error::Usage("--rate must be a positive number".into()));
     }
     if opts.nats_nodes > 0 && !timeout_given {
         opts.timeout = NATS_ATTEMPT_TIMEOUT;
     }
     if opts.nats_nodes > 9 {
-        return Err(format!("--nats-nodes {}: use 1 to 9", opts.nats_nodes));
+        return Err(Error::Usage(format!(
+            "--nats-nodes {}: use 1 to 9",
+            opts.nats_nodes
+        )));
     }
     if opts.nats_nodes > 0 && opts.broker.is_some() {
-        return Err("--nats-nodes starts a cluster of its own: drop --broker".into());
+        return Err(Error::Usage(
+            "--nats-nodes starts a cluster of its own: drop --broker".into(),
+        ));
     }
     opts.faults
         .validate(
@@ -174,7 +194,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>, String> {
             opts.broker.is_none() && opts.nats_nodes == 0,
             opts.nats_nodes,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Error::Usage(e.to_string()))?;
     Ok(Some(Cli { opts, report, plot }))
 }
 
@@ -336,7 +356,7 @@ mod tests {
             let e = parse(args(bad))
                 .err()
                 .unwrap_or_else(|| panic!("{bad} accepted"));
-            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
         }
     }
 

@@ -19,6 +19,7 @@ use ekattest_protocol::limits::SVID_KEY_MAX;
 use ekattest_protocol::spki::{EccCurve, PublicKey, SPKI_MAX};
 use ekattest_server::config::MAX_DOCUMENT_BYTES;
 
+use crate::error::{Error, Result};
 use crate::soft_tpm::{EkAlg, SoftAk, SoftEk};
 
 /// Which EK templates the simulated devices use.
@@ -98,8 +99,8 @@ impl KeyPool {
     ///
     /// # Errors
     /// A message if key generation fails.
-    pub fn generate(mix: EkMix, rsa: usize, p256: usize, threads: usize) -> Result<Self, String> {
-        let gen_many = |alg: EkAlg, n: usize| -> Result<Vec<PoolKey>, String> {
+    pub fn generate(mix: EkMix, rsa: usize, p256: usize, threads: usize) -> Result<Self> {
+        let gen_many = |alg: EkAlg, n: usize| -> Result<Vec<PoolKey>> {
             let threads = threads.clamp(1, n.max(1));
             let per = n.div_ceil(threads);
             std::thread::scope(|s| {
@@ -110,17 +111,22 @@ impl KeyPool {
                             (0..count)
                                 .map(|_| {
                                     Ok(PoolKey {
-                                        ek: SoftEk::generate(alg).map_err(|e| e.to_string())?,
-                                        ak: SoftAk::generate().map_err(|e| e.to_string())?,
+                                        ek: SoftEk::generate(alg)
+                                            .map_err(|e| Error::Keys(e.to_string()))?,
+                                        ak: SoftAk::generate()
+                                            .map_err(|e| Error::Keys(e.to_string()))?,
                                     })
                                 })
-                                .collect::<Result<Vec<_>, String>>()
+                                .collect::<Result<Vec<_>>>()
                         })
                     })
                     .collect();
                 let mut all = Vec::with_capacity(n);
                 for h in handles {
-                    all.extend(h.join().map_err(|_| "key generation thread panicked")??);
+                    all.extend(
+                        h.join()
+                            .map_err(|_| Error::Keys("key generation thread panicked".into()))??,
+                    );
                 }
                 Ok(all)
             })
@@ -128,7 +134,7 @@ impl KeyPool {
         let rsa = gen_many(EkAlg::Rsa2048, rsa)?;
         let p256 = gen_many(EkAlg::P256, p256)?;
         if rsa.is_empty() && p256.is_empty() {
-            return Err("the key pool is empty".into());
+            return Err(Error::Keys("the key pool is empty".into()));
         }
         Ok(Self {
             mix,
@@ -258,18 +264,18 @@ pub fn policy_document(hashes: &[String]) -> String {
 /// # Errors
 /// A message if the document would exceed the server's [`MAX_DOCUMENT_BYTES`] or the file
 /// cannot be written.
-pub fn write_policy(path: &Path, hashes: &[String]) -> Result<usize, String> {
+pub fn write_policy(path: &Path, hashes: &[String]) -> Result<usize> {
     let doc = policy_document(hashes);
     if doc.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!(
+        return Err(Error::Keys(format!(
             "{} allow-listed EK hashes make a {}-byte policy document; the server reads at most \
              {MAX_DOCUMENT_BYTES} bytes (about {} hashes): lower --keys",
             hashes.len(),
             doc.len(),
             max_hashes()
-        ));
+        )));
     }
-    std::fs::write(path, &doc).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(path, &doc).map_err(Error::io("write", &path))?;
     Ok(doc.len())
 }
 
@@ -277,10 +283,14 @@ pub fn write_policy(path: &Path, hashes: &[String]) -> Result<usize, String> {
 ///
 /// # Errors
 /// A message if `point` is not `04 || x || y`.
-pub fn p256_spki(point: &[u8]) -> Result<heapless::Vec<u8, SVID_KEY_MAX>, String> {
+pub fn p256_spki(point: &[u8]) -> Result<heapless::Vec<u8, SVID_KEY_MAX>> {
     let (x, y) = match point {
         [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
-        _ => return Err("SVID key is not an uncompressed P-256 point".into()),
+        _ => {
+            return Err(Error::Keys(
+                "SVID key is not an uncompressed P-256 point".into(),
+            ));
+        }
     };
     let key = PublicKey::Ecc {
         curve: EccCurve::NistP256,
@@ -290,21 +300,23 @@ pub fn p256_spki(point: &[u8]) -> Result<heapless::Vec<u8, SVID_KEY_MAX>, String
     let mut buf = [0u8; SPKI_MAX];
     let der = key
         .spki_der(&mut buf)
-        .map_err(|e| format!("SVID key SPKI: {e}"))?;
-    heapless::Vec::from_slice(der).map_err(|_| "SVID key SPKI too long".to_owned())
+        .map_err(|e| Error::Keys(format!("SVID key SPKI: {e}")))?;
+    heapless::Vec::from_slice(der).map_err(|_| Error::Keys("SVID key SPKI too long".into()))
 }
 
 /// The public point (uncompressed) of the P-256 CA certificate in PEM `text`.
 ///
 /// # Errors
 /// A message if it is not a PEM certificate with an EC public key.
-pub fn ca_point(text: &[u8]) -> Result<Vec<u8>, String> {
-    let pem = pem::parse(text).map_err(|e| format!("CA certificate PEM: {e}"))?;
+pub fn ca_point(text: &[u8]) -> Result<Vec<u8>> {
+    let pem = pem::parse(text).map_err(|e| Error::Keys(format!("CA certificate PEM: {e}")))?;
     let (_, cert) = x509_parser::parse_x509_certificate(pem.contents())
-        .map_err(|e| format!("CA certificate DER: {e}"))?;
+        .map_err(|e| Error::Keys(format!("CA certificate DER: {e}")))?;
     let point = cert.public_key().subject_public_key.data.to_vec();
     if point.len() != 65 || point.first() != Some(&0x04) {
-        return Err("the SVID CA key is not an uncompressed P-256 point".into());
+        return Err(Error::Keys(
+            "the SVID CA key is not an uncompressed P-256 point".into(),
+        ));
     }
     Ok(point)
 }

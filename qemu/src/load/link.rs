@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 
+use crate::error::{Error, Result};
+
 /// Largest MQTT packet either way (the harness broker's `max_packet_size`).
 pub(crate) const PACKET_MAX: usize = 16 * 1024;
 /// How long [`Link::close`] waits for the event-loop thread to end.
@@ -88,7 +90,7 @@ impl Link {
         broker: usize,
         generation: u64,
         tx: mpsc::Sender<(u64, Inbound)>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let mut options = MqttOptions::new(opts.client_id, host, port);
         options
             .set_clean_session(true)
@@ -131,7 +133,7 @@ impl Link {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the MQTT thread: {e}"))?;
+            .map_err(|e| Error::Device(format!("cannot start the MQTT thread: {e}")))?;
         Ok(Self {
             client,
             net: Some(net),
@@ -146,20 +148,20 @@ impl Link {
 
     /// Publishes QoS 1; an error means the connection is gone (its [`Inbound::Lost`] is
     /// on the way or already handled).
-    pub(crate) fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), String> {
+    pub(crate) fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<()> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
-            .map_err(|e| format!("publish: {e}"))
+            .map_err(|e| Error::Device(format!("publish: {e}")))
     }
 
     /// Subscribes QoS 1 to `filters` in one SUBSCRIBE.
-    pub(crate) fn subscribe(&self, filters: &[String]) -> Result<(), String> {
+    pub(crate) fn subscribe(&self, filters: &[String]) -> Result<()> {
         let batch = filters
             .iter()
             .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
         self.client
             .subscribe_many(batch)
-            .map_err(|e| format!("subscribe: {e}"))
+            .map_err(|e| Error::Device(format!("subscribe: {e}")))
     }
 
     /// Asks for a DISCONNECT (without waiting for room in the request queue) and joins the

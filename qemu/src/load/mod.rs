@@ -4,7 +4,8 @@
 //! allow-lists the run's EK hashes (the seed allows that for emulators). With
 //! `--nats-nodes N` the broker is a local N-node nats-server cluster instead
 //! ([`crate::nats`]): the servers run on `bus: nats` and the device threads are spread over
-//! the nodes' MQTT listeners.
+//! the nodes' MQTT listeners. All of that is the run's [`Stage`] ([`stage`] configures it);
+//! this module adds the devices and the report.
 //!
 //! T threads each own many devices and ONE MQTT connection at a time ([`worker`]); a thread
 //! whose connection fails moves to the next broker of the list ([`link`]); the run ends when
@@ -17,8 +18,8 @@
 //! ActivateCredential, i.e. each Answer): with `--drop`
 //! or `--corrupt` the device threads reach the broker through one
 //! [`MqttProxy`](crate::faults::mqtt_proxy::MqttProxy) while the servers connect directly;
-//! broker restarts, server kills and NATS node kills are fired by a [`Scheduler`] against
-//! the run's own broker, servers and NATS cluster; every device's attempts and times go
+//! broker restarts, server kills and NATS node kills are fired by the stage's
+//! [`Scheduler`](crate::faults::Scheduler) against the run's own broker, servers and NATS cluster; every device's attempts and times go
 //! into the fault report.
 //!
 //! This module never changes the process's working directory or environment and never
@@ -28,12 +29,12 @@ pub mod bogus;
 mod cpu;
 pub mod keys;
 mod link;
+mod stage;
 mod summary;
 mod worker;
 
 use ekattest_protocol::broker_url::{self, UrlError};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -41,12 +42,12 @@ use std::time::{Duration, Instant};
 pub use keys::EkMix;
 pub use worker::Subscribe;
 
-use crate::broker::{Broker, BrokerOptions};
-use crate::daemons::{ServerProcess, ServerSpec, metric_value};
-use crate::faults::mqtt_proxy::MqttProxy;
-use crate::faults::{FaultPlan, Mode, ProcessTargets, Scheduler};
-use crate::nats::NatsCluster;
+use crate::daemons::{ServerProcess, metric_value};
+use crate::error::{self, Error, Result};
+use crate::faults::FaultPlan;
 use crate::report::Summary;
+use crate::stage::Stage;
+use stage::{Trust, check, find_bin, stage_config};
 
 /// The cluster id of load runs.
 const CLUSTER: &str = "load";
@@ -146,27 +147,6 @@ impl Default for LoadOptions {
     }
 }
 
-/// Finds `name`: in `dir` if given, else beside this executable (or its parent, for test
-/// binaries in `deps/`), else on `PATH`.
-fn find_bin(dir: Option<&Path>, name: &str) -> Result<PathBuf, String> {
-    let mut candidates = Vec::new();
-    if let Some(d) = dir {
-        candidates.push(d.join(name));
-    } else if let Ok(exe) = std::env::current_exe()
-        && let Some(d) = exe.parent()
-    {
-        candidates.push(d.join(name));
-        if let Some(p) = d.parent() {
-            candidates.push(p.join(name));
-        }
-    }
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
-    }
-    crate::process::find_program(name, "cargo build --profile fleet -p ekattest-server")
-        .map_err(|e| e.to_string())
-}
-
 /// `mqtt://HOST:PORT` -> (host, port), through [`broker_url::parse`].
 fn parse_broker(url: &str) -> Result<(String, u16), String> {
     match broker_url::parse(url, &[broker_url::MQTT]) {
@@ -183,18 +163,14 @@ fn parse_broker(url: &str) -> Result<(String, u16), String> {
 
 /// The processes whose CPU the report counts: the servers, the broker processes (mosquitto,
 /// or every NATS node) and this program.
-fn cpu_groups(
-    servers: &[Arc<Mutex<ServerProcess>>],
-    broker: Option<&Arc<Mutex<Broker>>>,
-    nats: Option<&Arc<Mutex<NatsCluster>>>,
-) -> Vec<cpu::Group> {
+fn cpu_groups(stage: &Stage) -> Vec<cpu::Group> {
     let lock_pid =
         |s: &Arc<Mutex<ServerProcess>>| s.lock().unwrap_or_else(PoisonError::into_inner).pid();
     let mut groups = vec![cpu::Group::start(
         "servers",
-        servers.iter().filter_map(lock_pid),
+        stage.servers().iter().filter_map(lock_pid),
     )];
-    if let Some(b) = broker {
+    if let Some(b) = stage.broker() {
         // The harness watchdog's pid file beside mosquitto's config.
         let conf = b.lock().unwrap_or_else(PoisonError::into_inner).conf_path();
         let pid = std::fs::read_to_string(conf.with_file_name("mosquitto.pid"))
@@ -202,7 +178,7 @@ fn cpu_groups(
             .and_then(|t| t.trim().parse().ok());
         groups.push(cpu::Group::start("mosquitto", pid));
     }
-    if let Some(c) = nats {
+    if let Some(c) = stage.nats() {
         let c = c.lock().unwrap_or_else(PoisonError::into_inner);
         groups.push(cpu::Group::start(
             "NATS nodes",
@@ -216,402 +192,64 @@ fn cpu_groups(
 /// Runs a load test and returns its summary. `stop` ends it early (Ctrl-C).
 ///
 /// # Errors
-/// A message naming what could not be set up (binaries, broker, servers, keys, policy).
-pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String> {
-    if opts.devices == 0 || opts.threads == 0 || opts.servers == 0 || opts.window == 0 {
-        return Err("--devices, --threads, --servers and --window must be at least 1".into());
-    }
-    if opts.nats_nodes > 0 && (opts.broker.is_some() || !opts.nats_urls.is_empty()) {
-        return Err(
-            "--nats-nodes starts a cluster of its own: drop --broker (and nats_urls)".into(),
-        );
-    }
-    opts.faults
-        .validate(
-            Mode::Load,
-            opts.servers,
-            opts.broker.is_none() && opts.nats_nodes == 0,
-            opts.nats_nodes,
-        )
-        .map_err(|e| e.to_string())?;
+/// What could not be set up (binaries, broker, servers, keys, policy), as an [`Error`]
+/// naming the step.
+pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
+    check(opts)?;
     let server_bin = find_bin(opts.bin_dir.as_deref(), "ekattest-server")?;
     let ctl_bin = find_bin(opts.bin_dir.as_deref(), "ekattestctl")?;
     let dir = tempfile::Builder::new()
         .prefix("ekattest-load-")
         .tempdir()
-        .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+        .map_err(|source| Error::TempDir {
+            what: "a temporary folder",
+            source,
+        })?;
     let mut notes = Vec::new();
-
     // Keys and the policy that allow-lists them.
-    let t = Instant::now();
-    let (rsa, p256) = keys::pool_sizes(opts.ek, opts.devices, opts.rsa_keys, opts.p256_keys);
-    if rsa + p256 > keys::max_hashes() {
-        return Err(format!(
-            "{} distinct EKs do not fit one policy document (at most {}): lower --rsa-keys / \
-             --p256-keys",
-            rsa + p256,
-            keys::max_hashes()
+    let policy_file = dir.path().join("policy.yaml");
+    let (pool, keygen, hashes) = key_pool(opts, &policy_file, &mut notes)?;
+    // The stage: the SVID root (the devices' trust bundle) and the servers' signer it
+    // issues, the bus, the servers, the proxy.
+    let mut stage = Stage::start(&stage_config(
+        opts,
+        dir.path(),
+        &server_bin,
+        &ctl_bin,
+        &policy_file,
+    ))?;
+    if let Some(up) = stage.nats_startup() {
+        notes.push(format!(
+            "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} s",
+            opts.nats_nodes,
+            up.as_secs_f64()
         ));
     }
-    let gen_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = Arc::new(keys::KeyPool::generate(opts.ek, rsa, p256, gen_threads)?);
-    let keygen = t.elapsed();
-    let policy_file = dir.path().join("policy.yaml");
-    let policy_bytes = keys::write_policy(&policy_file, &pool.hashes())?;
-    notes.push(format!(
-        "keys: {rsa} RSA-2048 and {p256} P-256 EKs generated in {:.2} s; {} devices share them \
-         under distinct agent ids, one device per EK at a time (the server keeps one session \
-         per EK); policy document {policy_bytes} bytes",
-        keygen.as_secs_f64(),
-        opts.devices
-    ));
-
-    // The SVID root (the devices' trust bundle) and the servers' signer it issues.
-    let root_cert = dir.path().join("svid-root.pem");
-    let root_key = dir.path().join("svid-root.key");
-    let ca_cert = dir.path().join("svid-signer.pem");
-    let ca_key = dir.path().join("svid-signer.key");
-    let ctl = |args: &[&std::ffi::OsStr], what: &str| -> Result<(), String> {
-        let out = Command::new(&ctl_bin)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", ctl_bin.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ekattestctl {what} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    ctl(
-        &[
-            "ca".as_ref(),
-            "create".as_ref(),
-            "--trust-domain".as_ref(),
-            TRUST_DOMAIN.as_ref(),
-            "--cert".as_ref(),
-            root_cert.as_os_str(),
-            "--key".as_ref(),
-            root_key.as_os_str(),
-        ],
-        "ca create",
-    )?;
-    ctl(
-        &[
-            "ca".as_ref(),
-            "issue-signer".as_ref(),
-            "--ca-cert".as_ref(),
-            root_cert.as_os_str(),
-            "--ca-key".as_ref(),
-            root_key.as_os_str(),
-            "--cert".as_ref(),
-            ca_cert.as_os_str(),
-            "--key".as_ref(),
-            ca_key.as_os_str(),
-        ],
-        "ca issue-signer",
-    )?;
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let signer_pem = read(&ca_cert)?;
-    let ca_point = Arc::new(keys::ca_point(&signer_pem)?);
-    let bundle =
-        ekattest_agent::daemon::identity::TrustBundle::from_pem(read(&root_cert)?, &root_cert)
-            .map_err(|e| format!("the SVID root is no trust bundle: {e}"))?;
-    let signer_der = pem::parse(&signer_pem)
-        .map_err(|e| format!("{}: {e}", ca_cert.display()))?
-        .into_contents();
-    let signer = Arc::new(
-        bundle
-            .signer(&signer_der, worker::unix_now())
-            .map_err(|e| format!("the issued signer does not verify: {e}"))?,
-    );
-    let bundle = Arc::new(bundle);
-
-    // Broker (mosquitto, an existing one, or a local NATS cluster) and servers.
-    let mut broker = None;
-    let mut nats = None;
-    let mut nats_urls = opts.nats_urls.clone();
-    let mut more_listeners = opts.broker_urls.clone();
-    let url = match &opts.broker {
-        Some(u) => u.clone(),
-        None if opts.nats_nodes > 0 => {
-            let t = Instant::now();
-            let cluster = NatsCluster::start(opts.nats_nodes)
-                .map_err(|e| format!("cannot start the NATS cluster: {e}"))?;
-            notes.push(format!(
-                "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} s",
-                opts.nats_nodes,
-                t.elapsed().as_secs_f64()
-            ));
-            nats_urls = cluster.nats_urls();
-            let mut mqtt = cluster.mqtt_urls();
-            more_listeners = mqtt.split_off(1.min(mqtt.len()));
-            let first = mqtt.pop().ok_or("the NATS cluster has no node")?;
-            nats = Some(Arc::new(Mutex::new(cluster)));
-            first
-        }
-        None => {
-            let b = Broker::start(&BrokerOptions {
-                tls: false,
-                acl: false,
-            })
-            .map_err(|e| format!("cannot start mosquitto: {e}"))?;
-            let u = b.url();
-            broker = Some(Arc::new(Mutex::new(b)));
-            u
-        }
-    };
-    let (host, port) = parse_broker(&url)?;
-    let mut servers: Vec<Arc<Mutex<ServerProcess>>> = Vec::new();
-    for k in 0..opts.servers {
-        let mut spec = ServerSpec::new(
-            url.clone(),
-            CLUSTER,
-            format!("node-{}", k + 1),
-            TRUST_DOMAIN,
-            &ca_cert,
-            &ca_key,
-        );
-        spec.policy_files = vec![policy_file.clone()];
-        spec.nats_urls.clone_from(&nats_urls);
-        spec.max_sessions = Some((opts.threads * opts.window * 4).max(100_000));
-        spec.log_level = Some(opts.server_log_level.clone());
-        spec.workers = opts.workers;
-        // Soft devices retry on a short attempt timeout under faults, far more often than a
-        // real agent's backoff allows, and devices take turns on the pool's EKs; the login
-        // limits (per agent id and per EK, both off with burst 0) would throttle the
-        // harness, not an attacker. It is tested by tests/it/flood.rs and the server's unit tests.
-        spec.login_burst = Some(0);
-        // Devices keep distinct agent ids (`{run}-{thread}-{n}`) over a pool of EKs: the
-        // agent id is not the one derived from the EK.
-        spec.agent_id_from_ek = Some(false);
-        spec.reload_interval = Some(Duration::from_secs(60));
-        let sdir = dir.path().join(format!("server-{k}"));
-        std::fs::create_dir_all(&sdir)
-            .map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
-        let t = Instant::now();
-        let server = ServerProcess::start(&server_bin, &spec, &sdir)
-            .map_err(|e| format!("cannot start ekattest-server node-{}: {e}", k + 1))?;
+    for (k, up) in stage.server_startup().iter().enumerate() {
         notes.push(format!(
             "server node-{} up in {:.0} ms with {} allow-listed hashes",
             k + 1,
-            t.elapsed().as_secs_f64() * 1000.0,
-            rsa + p256
+            up.as_secs_f64() * 1000.0,
+            hashes
         ));
-        servers.push(Arc::new(Mutex::new(server)));
     }
-
-    // Devices reach the broker through the fault proxy when messages are dropped/corrupted.
-    let proxy = if opts.faults.needs_mqtt_proxy() {
-        use std::net::ToSocketAddrs;
-        let upstream = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve the broker {url:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("the broker {url:?} has no address"))?;
-        Some(
-            MqttProxy::start(upstream, opts.faults.proxy_options())
-                .map_err(|e| format!("cannot start the MQTT fault proxy: {e}"))?,
-        )
-    } else {
-        None
-    };
-    let (dev_host, dev_port) = match &proxy {
-        Some(p) => (p.addr().ip().to_string(), p.addr().port()),
-        None => (host.clone(), port),
-    };
-
     // The devices.
-    let run_id = format!("{:x}{:02x}", std::process::id(), ca_point[1]);
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop_all = Arc::new(AtomicBool::new(false));
-    // The fault clock starts with the attestation phase.
-    let scheduler = Scheduler::start(
-        &opts.faults,
-        Box::new(ProcessTargets {
-            broker: broker.clone(),
-            servers: servers.clone(),
-            nats: nats.clone(),
-        }),
-    )
-    .map_err(|e| format!("cannot start the fault scheduler: {e}"))?;
-    let started = scheduler.started();
-    let mut listeners = vec![(dev_host.clone(), dev_port)];
-    for u in &more_listeners {
-        listeners.push(parse_broker(u)?);
-    }
-    let specs: Vec<worker::WorkerSpec> = (0..opts.threads)
-        .map(|t| worker::WorkerSpec {
-            index: t,
-            // Its own listener first, then the others in turn (failover order).
-            brokers: (0..listeners.len())
-                .filter_map(|k| listeners.get((t + k) % listeners.len()).cloned())
-                .collect(),
-            node: nats.is_some().then_some(t % listeners.len()),
-            run: run_id.clone(),
-            prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
-            cluster: CLUSTER.to_owned(),
-            devices: (t..opts.devices).step_by(opts.threads).collect(),
-            keys: Arc::clone(&pool),
-            window: opts.window,
-            rate: opts.rate.map(|r| r / opts.threads as f64),
-            timeout: opts.timeout,
-            verify_every: opts.verify_every,
-            signer_point: Arc::clone(&ca_point),
-            signer: Arc::clone(&signer),
-            bundle: Arc::clone(&bundle),
-            subscribe: opts.subscribe,
-            stop: Arc::clone(&stop_all),
-            done: Arc::clone(&done),
-            t0: started,
-            corrupt: opts.faults.corrupt > 0.0,
-            slow_tpm: opts.faults.slow_tpm.map(|s| (s.delay, s.jitter)),
-            seed: opts.faults.seed,
-        })
-        .collect();
-    let flood = if opts.bogus > 0 {
-        let cert_pem = std::fs::read(&ca_cert)
-            .map_err(|e| format!("cannot read {}: {e}", ca_cert.display()))?;
-        let cert = pem::parse(&cert_pem)
-            .map_err(|e| format!("{}: {e}", ca_cert.display()))?
-            .into_contents();
-        let bopts = bogus::BogusOptions {
-            host: host.clone(),
-            port,
-            prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
-            cluster: CLUSTER.to_owned(),
-            run: run_id.clone(),
-            count: opts.bogus,
-            kinds: opts.bogus_kinds.clone(),
-            // A real, parseable certificate whose key is no EK: the SVID CA's.
-            wrong_ek_cert: cert,
-            window: 256,
-            settle: Duration::from_secs(5),
-        };
-        let stop = Arc::clone(&stop_all);
-        Some(
-            std::thread::Builder::new()
-                .name("load-bogus".into())
-                .spawn(move || bogus::flood(&bopts, &stop))
-                .map_err(|e| format!("cannot start the bogus thread: {e}"))?,
-        )
-    } else {
-        None
-    };
-    // CPU from here on: servers, broker processes and this program (devices + MQTT).
-    let cpu_groups = cpu_groups(&servers, broker.as_ref(), nats.as_ref());
-    let handles: Vec<_> = specs
-        .into_iter()
-        .map(|s| {
-            std::thread::Builder::new()
-                .name(format!("load-{}", s.index))
-                .spawn(move || worker::run(s))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot start a device thread: {e}"))?;
-    let mut last_print = Instant::now();
-    let mut progress = crate::progress::Progress::stderr();
-    while !handles.iter().all(|h| h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(20));
-        if stop.load(Ordering::Relaxed) || started.elapsed() > opts.deadline {
-            stop_all.store(true, Ordering::Relaxed);
-        }
-        if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
-            last_print = Instant::now();
-            let n = done.load(Ordering::Relaxed);
-            progress.update(
-                &format!(
-                    "  {n}/{} devices done, {:.0}/s",
-                    opts.devices,
-                    n as f64 / started.elapsed().as_secs_f64()
-                ),
-                false,
-            );
-        }
-    }
-    let elapsed = started.elapsed();
-    if opts.progress {
-        let n = done.load(Ordering::Relaxed);
-        progress.update(&format!("  {n}/{} devices done", opts.devices), true);
-    }
-    if let Some(f) = flood {
-        match f.join() {
-            Ok(Ok(r)) => {
-                notes.push(format!(
-                    "{} bogus logins from distinct fake agent ids in {:.1} s ({} window stalls, \
-                     {} unexpected replies)",
-                    r.total_sent(),
-                    r.elapsed.as_secs_f64(),
-                    r.stalls,
-                    r.unexpected
-                ));
-                notes.extend(r.lines());
-            }
-            Ok(Err(e)) => notes.push(format!("bogus flood failed: {e}")),
-            Err(_) => notes.push("the bogus thread panicked".into()),
-        }
-    }
-    let mut events = scheduler.finish();
-    events.extend(
-        opts.faults
-            .continuous_events(proxy.as_ref().map(MqttProxy::stats).as_ref()),
-    );
-    let mut total = worker::WorkerResult::default();
-    let mut failures = Vec::new();
-    let mut thread_lines = Vec::new();
-    for (t, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(r)) => {
-                thread_lines.extend(summary::thread_line(t, &r));
-                summary::merge(&mut total, r);
-            }
-            Ok(Err(e)) => failures.push(e),
-            Err(_) => failures.push("a device thread panicked".into()),
-        }
-    }
-    notes.push(cpu::line(&cpu_groups, total.attested, elapsed));
-
+    let phase = attest(opts, stop, &stage, &pool, &mut notes)?;
     // Server-side numbers before the servers stop.
-    let mut server_success = 0.0;
-    let mut rss = None;
-    for (k, s) in servers.iter().enumerate() {
-        let s = s.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Ok(m) = s.metrics() {
-            let get = |series: &str| metric_value(&m, series).unwrap_or(0.0);
-            notes.push(format!(
-                "server node-{}: {} logins, {} attested",
-                k + 1,
-                get("attestation_logins_total"),
-                get("attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}")
-            ));
-        }
-        if let Some(v) = s.metrics().ok().and_then(|m| {
-            metric_value(
-                &m,
-                "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}",
-            )
-        }) {
-            server_success += v;
-        }
-        rss = rss.max(s.pid().and_then(summary::vm_hwm));
-    }
-    for s in &servers {
-        s.lock().unwrap_or_else(PoisonError::into_inner).stop();
-    }
-    drop(proxy);
-    if let Some(b) = &broker {
-        b.lock().unwrap_or_else(PoisonError::into_inner).stop();
-    }
-    if let Some(cluster) = &nats {
-        let cluster = cluster.lock().unwrap_or_else(PoisonError::into_inner);
-        notes.extend((0..cluster.node_count()).map(|i| cluster.log_summary(i)));
-    }
-    drop(nats);
+    let (server_success, rss) = server_notes(&stage, &mut notes);
+    stage.stop();
+    notes.extend(stage.nats_log_summaries());
+    drop(stage);
+    // The report.
+    let Phase {
+        total,
+        failures,
+        thread_lines,
+        events,
+        elapsed,
+    } = phase;
     notes.extend(thread_lines);
     let faults = events.iter().map(|e| e.report(&total.records)).collect();
-
     let finished = total.attested + total.rejected + total.errors;
     let unfinished = opts.devices.saturating_sub(finished);
     notes.extend(
@@ -641,6 +279,263 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary, String
         faults,
         notes,
     })
+}
+
+/// Generates the simulated EKs and writes the policy allow-listing their hashes to
+/// `policy_file`; returns the pool, how long generating it took and how many hashes the
+/// policy allow-lists.
+fn key_pool(
+    opts: &LoadOptions,
+    policy_file: &Path,
+    notes: &mut Vec<String>,
+) -> Result<(Arc<keys::KeyPool>, Duration, usize)> {
+    let t = Instant::now();
+    let (rsa, p256) = keys::pool_sizes(opts.ek, opts.devices, opts.rsa_keys, opts.p256_keys);
+    if rsa + p256 > keys::max_hashes() {
+        return Err(Error::Config(format!(
+            "{} distinct EKs do not fit one policy document (at most {}): lower --rsa-keys / \
+             --p256-keys",
+            rsa + p256,
+            keys::max_hashes()
+        )));
+    }
+    let gen_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = Arc::new(keys::KeyPool::generate(opts.ek, rsa, p256, gen_threads)?);
+    let keygen = t.elapsed();
+    let policy_bytes = keys::write_policy(policy_file, &pool.hashes())?;
+    notes.push(format!(
+        "keys: {rsa} RSA-2048 and {p256} P-256 EKs generated in {:.2} s; {} devices share them \
+         under distinct agent ids, one device per EK at a time (the server keeps one session \
+         per EK); policy document {policy_bytes} bytes",
+        keygen.as_secs_f64(),
+        opts.devices
+    ));
+    Ok((pool, keygen, rsa + p256))
+}
+
+/// The attestation phase's results.
+struct Phase {
+    total: worker::WorkerResult,
+    failures: Vec<Error>,
+    thread_lines: Vec<String>,
+    events: Vec<crate::faults::FaultEvent>,
+    elapsed: Duration,
+}
+
+/// The attestation phase: the device threads (and the bogus flood) against the stage, with
+/// the faults fired; CPU, bogus and per-thread lines into `notes`.
+fn attest(
+    opts: &LoadOptions,
+    stop: &AtomicBool,
+    stage: &Stage,
+    pool: &Arc<keys::KeyPool>,
+    notes: &mut Vec<String>,
+) -> Result<Phase> {
+    let trust = Trust::load(stage.svid())?;
+    let run_id = format!("{:x}{:02x}", std::process::id(), trust.ca_point[1]);
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop_all = Arc::new(AtomicBool::new(false));
+    // The fault clock starts with the attestation phase.
+    let scheduler = stage.faults(&opts.faults)?;
+    let started = scheduler.started();
+    // Each thread's own listener first (the proxy's instead of the first), then the others.
+    let listeners = stage
+        .device_urls()
+        .iter()
+        .map(|u| parse_broker(u))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::BrokerUrl)?;
+    let nats = stage.nats().is_some();
+    let specs: Vec<worker::WorkerSpec> = (0..opts.threads)
+        .map(|t| worker::WorkerSpec {
+            index: t,
+            // Its own listener first, then the others in turn (failover order).
+            brokers: (0..listeners.len())
+                .filter_map(|k| listeners.get((t + k) % listeners.len()).cloned())
+                .collect(),
+            node: nats.then_some(t % listeners.len()),
+            run: run_id.clone(),
+            prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
+            cluster: CLUSTER.to_owned(),
+            devices: (t..opts.devices).step_by(opts.threads).collect(),
+            keys: Arc::clone(pool),
+            window: opts.window,
+            rate: opts.rate.map(|r| r / opts.threads as f64),
+            timeout: opts.timeout,
+            verify_every: opts.verify_every,
+            signer_point: Arc::clone(&trust.ca_point),
+            signer: Arc::clone(&trust.signer),
+            bundle: Arc::clone(&trust.bundle),
+            subscribe: opts.subscribe,
+            stop: Arc::clone(&stop_all),
+            done: Arc::clone(&done),
+            t0: started,
+            corrupt: opts.faults.corrupt > 0.0,
+            slow_tpm: opts.faults.slow_tpm.map(|s| (s.delay, s.jitter)),
+            seed: opts.faults.seed,
+        })
+        .collect();
+    let flood = bogus_flood(opts, stage, &run_id, &stop_all)?;
+    // CPU from here on: servers, broker processes and this program (devices + MQTT).
+    let cpu_groups = cpu_groups(stage);
+    let handles: Vec<_> = specs
+        .into_iter()
+        .map(|s| {
+            std::thread::Builder::new()
+                .name(format!("load-{}", s.index))
+                .spawn(move || worker::run(s))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|source| Error::Spawn {
+            what: "a device thread".into(),
+            source,
+        })?;
+    let elapsed = wait(opts, stop, &handles, &stop_all, &done, started);
+    if let Some(f) = flood {
+        match f.join() {
+            Ok(Ok(r)) => {
+                notes.push(format!(
+                    "{} bogus logins from distinct fake agent ids in {:.1} s ({} window stalls, \
+                     {} unexpected replies)",
+                    r.total_sent(),
+                    r.elapsed.as_secs_f64(),
+                    r.stalls,
+                    r.unexpected
+                ));
+                notes.extend(r.lines());
+            }
+            Ok(Err(e)) => notes.push(format!("bogus flood failed: {e}")),
+            Err(_) => notes.push("the bogus thread panicked".into()),
+        }
+    }
+    let mut events = scheduler.finish();
+    events.extend(opts.faults.continuous_events(stage.proxy_stats().as_ref()));
+    let mut total = worker::WorkerResult::default();
+    let mut failures = Vec::new();
+    let mut thread_lines = Vec::new();
+    for (t, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => {
+                thread_lines.extend(summary::thread_line(t, &r));
+                summary::merge(&mut total, r);
+            }
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push(Error::Device("a device thread panicked".into())),
+        }
+    }
+    notes.push(cpu::line(&cpu_groups, total.attested, elapsed));
+    Ok(Phase {
+        total,
+        failures,
+        thread_lines,
+        events,
+        elapsed,
+    })
+}
+
+/// Starts the bogus login flood (`--bogus N`) straight at the broker, if asked for.
+fn bogus_flood(
+    opts: &LoadOptions,
+    stage: &Stage,
+    run_id: &str,
+    stop_all: &Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<Result<bogus::BogusReport>>>> {
+    if opts.bogus == 0 {
+        return Ok(None);
+    }
+    let (host, port) = parse_broker(stage.url()).map_err(Error::BrokerUrl)?;
+    let cert_pem = error::read(&stage.svid().cert)?;
+    let cert = pem::parse(&cert_pem)
+        .map_err(|e| Error::Ca {
+            what: stage.svid().cert.display().to_string(),
+            source: Box::new(e),
+        })?
+        .into_contents();
+    let bopts = bogus::BogusOptions {
+        host,
+        port,
+        prefix: ekattest_protocol::topic::DEFAULT_PREFIX.to_owned(),
+        cluster: CLUSTER.to_owned(),
+        run: run_id.to_owned(),
+        count: opts.bogus,
+        kinds: opts.bogus_kinds.clone(),
+        // A real, parseable certificate whose key is no EK: the SVID CA's.
+        wrong_ek_cert: cert,
+        window: 256,
+        settle: Duration::from_secs(5),
+    };
+    let stop = Arc::clone(stop_all);
+    std::thread::Builder::new()
+        .name("load-bogus".into())
+        .spawn(move || bogus::flood(&bopts, &stop))
+        .map(Some)
+        .map_err(|source| Error::Spawn {
+            what: "the bogus thread".into(),
+            source,
+        })
+}
+
+/// Waits for the device threads, printing progress once a second; stops them at `stop` or
+/// the deadline. Returns the attestation phase's duration.
+fn wait<T>(
+    opts: &LoadOptions,
+    stop: &AtomicBool,
+    handles: &[std::thread::JoinHandle<T>],
+    stop_all: &AtomicBool,
+    done: &AtomicUsize,
+    started: Instant,
+) -> Duration {
+    let mut last_print = Instant::now();
+    let mut progress = crate::progress::Progress::stderr();
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if stop.load(Ordering::Relaxed) || started.elapsed() > opts.deadline {
+            stop_all.store(true, Ordering::Relaxed);
+        }
+        if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let n = done.load(Ordering::Relaxed);
+            progress.update(
+                &format!(
+                    "  {n}/{} devices done, {:.0}/s",
+                    opts.devices,
+                    n as f64 / started.elapsed().as_secs_f64()
+                ),
+                false,
+            );
+        }
+    }
+    let elapsed = started.elapsed();
+    if opts.progress {
+        let n = done.load(Ordering::Relaxed);
+        progress.update(&format!("  {n}/{} devices done", opts.devices), true);
+    }
+    elapsed
+}
+
+/// One line per server (logins, attested) into `notes`; returns the servers' successful
+/// proofs and their peak RSS.
+fn server_notes(stage: &Stage, notes: &mut Vec<String>) -> (f64, Option<u64>) {
+    const SUCCESS: &str = "attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"success\"}";
+    let mut server_success = 0.0;
+    let mut rss = None;
+    for (k, s) in stage.servers().iter().enumerate() {
+        let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(m) = s.metrics() {
+            let get = |series: &str| metric_value(&m, series).unwrap_or(0.0);
+            notes.push(format!(
+                "server node-{}: {} logins, {} attested",
+                k + 1,
+                get("attestation_logins_total"),
+                get(SUCCESS)
+            ));
+        }
+        if let Some(v) = s.metrics().ok().and_then(|m| metric_value(&m, SUCCESS)) {
+            server_success += v;
+        }
+        rss = rss.max(s.pid().and_then(summary::vm_hwm));
+    }
+    (server_success, rss)
 }
 
 mod cli;

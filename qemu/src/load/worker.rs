@@ -54,6 +54,8 @@ use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::Topics;
 use ekattest_protocol::{encode, heapless, limits};
 
+use crate::error::{Error, Result};
+
 /// Down-topic filters per SUBSCRIBE packet (about 60 bytes each, under [`PACKET_MAX`]).
 const FILTERS_PER_SUBSCRIBE: usize = 200;
 /// Attempts per device before it counts as an error.
@@ -179,11 +181,11 @@ struct Dev {
 }
 
 /// The frame of an uplink message.
-fn encode_frame(msg: &Uplink) -> Result<Vec<u8>, String> {
+fn encode_frame(msg: &Uplink) -> Result<Vec<u8>> {
     let mut buf = [0u8; limits::UPLINK_FRAME_MAX];
     encode(msg, &mut buf)
         .map(<[u8]>::to_vec)
-        .map_err(|e| format!("encode {}: {e}", msg.kind()))
+        .map_err(|e| Error::Device(format!("encode {}: {e}", msg.kind())))
 }
 
 /// MQTT bytes of one QoS 1 PUBLISH of `payload` on `topic` plus its 4-byte PUBACK.
@@ -199,9 +201,9 @@ pub(crate) fn publish_wire_bytes(topic: usize, payload: usize) -> u64 {
 }
 
 /// Runs one thread's devices to completion (or until `stop`).
-pub(crate) fn run(spec: WorkerSpec) -> Result<WorkerResult, String> {
+pub(crate) fn run(spec: WorkerSpec) -> Result<WorkerResult> {
     if spec.brokers.is_empty() {
-        return Err("no broker to connect to".into());
+        return Err(Error::Device("no broker to connect to".into()));
     }
     let (tx, rx) = mpsc::channel::<(u64, Net)>();
     let mut sim = Sim::new(&spec, tx)?;
@@ -253,16 +255,16 @@ struct Sim<'a> {
 }
 
 impl<'a> Sim<'a> {
-    fn new(spec: &'a WorkerSpec, tx: mpsc::Sender<(u64, Net)>) -> Result<Self, String> {
+    fn new(spec: &'a WorkerSpec, tx: mpsc::Sender<(u64, Net)>) -> Result<Self> {
         let topics = Topics::new(&spec.prefix, &spec.cluster)
-            .map_err(|e| format!("topic prefix or cluster: {e}"))?;
-        let svid_key =
-            SvidKey::generate().map_err(|e| format!("cannot generate the SVID key: {e}"))?;
+            .map_err(|e| Error::Device(format!("topic prefix or cluster: {e}")))?;
+        let svid_key = SvidKey::generate()
+            .map_err(|e| Error::Device(format!("cannot generate the SVID key: {e}")))?;
         let spki = svid_key
             .spki_der()
-            .map_err(|e| format!("SVID key SPKI: {e}"))?;
-        let svid_spki =
-            heapless::Vec::from_slice(&spki).map_err(|_| "SVID key SPKI too long".to_owned())?;
+            .map_err(|e| Error::Device(format!("SVID key SPKI: {e}")))?;
+        let svid_spki = heapless::Vec::from_slice(&spki)
+            .map_err(|_| Error::Device("SVID key SPKI too long".into()))?;
         let devs = spec
             .devices
             .iter()
@@ -348,7 +350,7 @@ impl<'a> Sim<'a> {
         format!("{}{local}", self.agent_prefix)
     }
 
-    fn drive(&mut self, rx: &mpsc::Receiver<(u64, Net)>) -> Result<(), String> {
+    fn drive(&mut self, rx: &mpsc::Receiver<(u64, Net)>) -> Result<()> {
         // Wait for the first CONNACK (from any broker of the list); logins go out once
         // the broker granted every subscription (its SUBACKs).
         let start = Instant::now();
@@ -360,15 +362,17 @@ impl<'a> Sim<'a> {
                 Ok(msg) => self.on_inbound(msg)?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("the MQTT thread ended before connecting".into());
+                    return Err(Error::Device(
+                        "the MQTT thread ended before connecting".into(),
+                    ));
                 }
             }
             self.reopen()?;
             if start.elapsed() > Duration::from_secs(30) {
-                return Err(format!(
+                return Err(Error::Device(format!(
                     "no CONNACK from any of the brokers {:?} within 30 s",
                     self.spec.brokers
-                ));
+                )));
             }
         }
         while self.finished < self.devs.len() && !self.spec.stop.load(Ordering::Relaxed) {
@@ -379,7 +383,7 @@ impl<'a> Sim<'a> {
                 Ok(msg) => self.on_inbound(msg)?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("the MQTT thread ended".into());
+                    return Err(Error::Device("the MQTT thread ended".into()));
                 }
             }
             while let Ok(msg) = rx.try_recv() {
@@ -396,14 +400,14 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    fn down_topic(&self, local: usize) -> Result<String, String> {
+    fn down_topic(&self, local: usize) -> Result<String> {
         self.topics
             .down(&self.agent(local))
             .map(|t| t.as_str().to_owned())
-            .map_err(|e| format!("down topic: {e}"))
+            .map_err(|e| Error::Device(format!("down topic: {e}")))
     }
 
-    fn start_logins(&mut self) -> Result<(), String> {
+    fn start_logins(&mut self) -> Result<()> {
         if let Some(rate) = self.spec.rate {
             let now = Instant::now();
             let dt = now.duration_since(self.last_refill).as_secs_f64();
@@ -465,7 +469,7 @@ impl<'a> Sim<'a> {
     }
 
     /// Publishes device `i`'s Login (a new attempt) and arms its timeout.
-    fn login(&mut self, i: usize) -> Result<(), String> {
+    fn login(&mut self, i: usize) -> Result<()> {
         let agent = self.agent(i);
         if self.devs[i].attempts >= MAX_ATTEMPTS {
             return self.finish_error(i, "no Result after the maximum number of attempts");
@@ -485,15 +489,16 @@ impl<'a> Sim<'a> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
-            .map_err(|_| "no random bytes for the Login nonce".to_owned())?;
+            .map_err(|_| Error::Device("no random bytes for the Login nonce".into()))?;
         let login = Uplink::Login(Login {
-            methods: heapless::Vec::from_slice(&[Method::TpmEk]).map_err(|_| "methods")?,
+            methods: heapless::Vec::from_slice(&[Method::TpmEk])
+                .map_err(|_| Error::Device("methods".into()))?,
             ek_public: heapless::Vec::from_slice(key.ek.tpm2b_public())
-                .map_err(|_| "EK public area too long")?,
+                .map_err(|_| Error::Device("EK public area too long".into()))?,
             ek_cert: None,
             ek_chain: heapless::Vec::new(),
             ak_public: heapless::Vec::from_slice(key.ak.tpm2b_public())
-                .map_err(|_| "AK public area too long")?,
+                .map_err(|_| Error::Device("AK public area too long".into()))?,
             svid_key: Some(self.svid_spki.clone()),
             key_certify: None,
             nonce,
@@ -502,11 +507,11 @@ impl<'a> Sim<'a> {
         let topic = self
             .topics
             .login(&agent)
-            .map_err(|e| format!("login topic: {e}"))?;
+            .map_err(|e| Error::Device(format!("login topic: {e}")))?;
         let frame = encode_frame(&login)?;
         // T over the exact frame published: the server computes it over what it receives.
         let transcript = sign::transcript(&self.spec.cluster, &agent, &frame)
-            .map_err(|e| format!("Login transcript: {e}"))?;
+            .map_err(|e| Error::Device(format!("Login transcript: {e}")))?;
         let dev = &mut self.devs[i];
         if let Some(old) = dev.transcript.replace(transcript) {
             dev.earlier.push(old);
@@ -517,7 +522,7 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
-    fn publish(&mut self, topic: &str, msg: &Uplink) -> Result<(), String> {
+    fn publish(&mut self, topic: &str, msg: &Uplink) -> Result<()> {
         let frame = encode_frame(msg)?;
         self.publish_frame(topic, frame);
         Ok(())
@@ -535,7 +540,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn expire(&mut self) -> Result<(), String> {
+    fn expire(&mut self) -> Result<()> {
         let now = Instant::now();
         while let Some(&(deadline, i, attempt)) = self.deadlines.front() {
             if deadline > now {
@@ -577,7 +582,7 @@ impl<'a> Sim<'a> {
 
     /// An attempt that ended on a damaged frame: with `--corrupt` (and while the device
     /// waits) a new attempt starts at once, otherwise the device ends in error.
-    fn failed_attempt(&mut self, i: usize, why: &str) -> Result<(), String> {
+    fn failed_attempt(&mut self, i: usize, why: &str) -> Result<()> {
         if !self.spec.corrupt {
             return self.finish_error(i, why);
         }
@@ -589,7 +594,7 @@ impl<'a> Sim<'a> {
         self.login(i)
     }
 
-    fn finish_error(&mut self, i: usize, why: &str) -> Result<(), String> {
+    fn finish_error(&mut self, i: usize, why: &str) -> Result<()> {
         *self.result.reasons.entry(why.to_owned()).or_default() += 1;
         if self.devs[i].state != State::Done {
             self.result.errors += 1;

@@ -80,17 +80,17 @@ impl Canvas {
     }
 
     /// Encodes the canvas as an 8-bit RGB PNG.
-    pub(super) fn encode(&self, out: impl Write) -> Result<(), String> {
-        let w = u32::try_from(self.w).map_err(|e| e.to_string())?;
-        let h = u32::try_from(self.h).map_err(|e| e.to_string())?;
+    pub(super) fn encode(&self, out: impl Write) -> std::io::Result<()> {
+        let w = u32::try_from(self.w).map_err(std::io::Error::other)?;
+        let h = u32::try_from(self.h).map_err(std::io::Error::other)?;
         let mut enc = png::Encoder::new(out, w, h);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        let mut writer = enc.write_header().map_err(std::io::Error::other)?;
         writer
             .write_image_data(&self.px)
-            .map_err(|e| e.to_string())?;
-        writer.finish().map_err(|e| e.to_string())
+            .map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)
     }
 }
 

@@ -13,6 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::error::{Error, Result};
+
 /// The Debian suite the kernels come from.
 pub const SUITE: &str = "bookworm";
 /// The Debian mirror.
@@ -120,7 +122,7 @@ impl Apt {
     ///
     /// # Errors
     /// When a folder or file cannot be written.
-    pub fn new(cache: &Path) -> Result<Self, String> {
+    pub fn new(cache: &Path) -> Result<Self> {
         let root = cache.join("apt");
         for d in [
             "state/lists/partial",
@@ -130,12 +132,12 @@ impl Apt {
             "etc/apt.conf.d",
         ] {
             let d = root.join(d);
-            fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            fs::create_dir_all(&d).map_err(Error::io("create", &d))?;
         }
         let r = root.display();
         let write = |name: &str, text: String| {
             let path = root.join(name);
-            fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+            fs::write(&path, text).map_err(Error::io("write", &path))
         };
         let status = root.join("state/status");
         if !status.exists() {
@@ -165,7 +167,7 @@ impl Apt {
         })
     }
 
-    fn run(&self, program: &str, args: &[&str], cwd: Option<&Path>) -> Result<String, String> {
+    fn run(&self, program: &str, args: &[&str], cwd: Option<&Path>) -> Result<String> {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env("APT_CONFIG", self.root.join("apt.conf"))
@@ -176,19 +178,22 @@ impl Apt {
         }
         let shown = format!("{program} {}", args.join(" "));
         let out = cmd.output().map_err(|e| {
-            format!(
+            Error::Image(format!(
                 "cannot run {shown}: {e} (apt is part of Debian; this builder needs a Debian host)"
-            )
+            ))
         })?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: String = err.lines().rev().take(6).collect::<Vec<_>>().join(" | ");
-            return Err(format!("{shown} failed ({}): {tail}", out.status));
+            return Err(Error::Image(format!(
+                "{shown} failed ({}): {tail}",
+                out.status
+            )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn update(&mut self) -> Result<(), String> {
+    fn update(&mut self) -> Result<()> {
         if !self.updated {
             eprintln!(
                 "ekattest-fleet vm: apt-get update ({MIRROR} {SUITE}, private configuration)"
@@ -199,12 +204,12 @@ impl Apt {
         Ok(())
     }
 
-    fn field(&self, package: &str, field: &str) -> Result<String, String> {
+    fn field(&self, package: &str, field: &str) -> Result<String> {
         let text = self.run("apt-cache", &["show", "--no-all-versions", package], None)?;
         text.lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
             .map(|v| v.trim().to_owned())
-            .ok_or_else(|| format!("apt-cache show {package}: no {field} field"))
+            .ok_or_else(|| Error::Image(format!("apt-cache show {package}: no {field} field")))
     }
 
     /// The versions for `flavour`: from `cache/resolved-<flavour>.txt` if present, else
@@ -212,19 +217,14 @@ impl Apt {
     ///
     /// # Errors
     /// When apt fails or the mirror has no such kernel.
-    pub fn resolve(
-        &mut self,
-        cache: &Path,
-        debian_arch: &str,
-        flavour: &str,
-    ) -> Result<Resolved, String> {
+    pub fn resolve(&mut self, cache: &Path, debian_arch: &str, flavour: &str) -> Result<Resolved> {
         let file = cache.join(format!("resolved-{flavour}.txt"));
         if let Ok(text) = fs::read_to_string(&file) {
             return Resolved::parse(&text).ok_or_else(|| {
-                format!(
+                Error::Image(format!(
                     "{} is damaged: delete it to resolve the versions again",
                     file.display()
-                )
+                ))
             });
         }
         self.update()?;
@@ -242,7 +242,9 @@ impl Apt {
             })
             .map(str::to_owned)
             .ok_or_else(|| {
-                format!("{meta} on {MIRROR} {SUITE}: no kernel in Depends: {depends}")
+                Error::Image(format!(
+                    "{meta} on {MIRROR} {SUITE}: no kernel in Depends: {depends}"
+                ))
             })?;
         let image = format!("linux-image-{abi}-{flavour}:{debian_arch}");
         let kernel_version = self.field(&image, "Version")?;
@@ -255,8 +257,7 @@ impl Apt {
             series,
             busybox_version,
         };
-        fs::write(&file, r.to_text())
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        fs::write(&file, r.to_text()).map_err(Error::io("write", &file))?;
         Ok(r)
     }
 
@@ -265,13 +266,9 @@ impl Apt {
     ///
     /// # Errors
     /// When apt fails; a version the mirror no longer has gets a message saying so.
-    pub fn fetch(
-        &mut self,
-        cache: &Path,
-        wanted: &[Package],
-    ) -> Result<(Vec<PathBuf>, usize), String> {
+    pub fn fetch(&mut self, cache: &Path, wanted: &[Package]) -> Result<(Vec<PathBuf>, usize)> {
         let debs = cache.join("debs");
-        fs::create_dir_all(&debs).map_err(|e| format!("cannot create {}: {e}", debs.display()))?;
+        fs::create_dir_all(&debs).map_err(Error::io("create", &debs))?;
         let missing: Vec<&Package> = wanted
             .iter()
             .filter(|p| !debs.join(p.file_name()).is_file())
@@ -284,21 +281,21 @@ impl Apt {
             eprintln!("ekattest-fleet vm: downloading {} packages", missing.len());
             self.run("apt-get", &args, Some(&debs)).map_err(|e| {
                 let names: Vec<String> = missing.iter().map(|p| p.spec()).collect();
-                format!(
+                Error::Image(format!(
                     "the mirror {MIRROR} {SUITE} does not serve {} ({e}). Debian removes old \
                      kernel point releases: delete {}/resolved-*.txt to use the current ones",
                     names.join(" "),
                     cache.display()
-                )
+                ))
             })?;
             for p in &missing {
                 let path = debs.join(p.file_name());
                 if !path.is_file() {
-                    return Err(format!(
+                    return Err(Error::Image(format!(
                         "apt-get download {} left no {}",
                         p.spec(),
                         path.display()
-                    ));
+                    )));
                 }
             }
         }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::boards::{Board, Qemu};
+use crate::error::{Error, Result};
 use crate::process::{self, Watched};
 use crate::swtpm::vm::VmTpm;
 
@@ -92,20 +93,18 @@ impl Vm {
     ///
     /// # Errors
     /// When swtpm or QEMU cannot start.
-    pub fn start(
-        index: usize,
-        dir: &Path,
-        board: &Board,
-        files: &BootFiles,
-    ) -> Result<Self, String> {
+    pub fn start(index: usize, dir: &Path, board: &Board, files: &BootFiles) -> Result<Self> {
         let q: &Qemu = board
             .qemu
             .as_ref()
-            .ok_or_else(|| format!("board {} has no [qemu] section", board.name))?;
+            .ok_or_else(|| Error::Config(format!("board {} has no [qemu] section", board.name)))?;
         let state = dir.join("tpm");
         let ctrl = dir.join("swtpm-ctrl.sock");
-        let tpm = VmTpm::start(&state, &ctrl, &dir.join("swtpm.log"))
-            .map_err(|e| format!("board {index}: cannot start swtpm: {e}"))?;
+        let tpm = VmTpm::start(&state, &ctrl, &dir.join("swtpm.log")).map_err(|e| Error::Boot {
+            board: index,
+            what: "swtpm",
+            source: Box::new(e),
+        })?;
         let console = dir.join("console.log");
         let _ = std::fs::remove_file(&console);
         let now = std::time::SystemTime::now()
@@ -154,8 +153,14 @@ impl Vm {
             format!("{},netdev=n0,romfile=", q.net_device),
         ])
         .collect();
-        let qemu = Watched::spawn(&files.emulator, &args, dir, &dir.join("qemu.log"))
-            .map_err(|e| format!("board {index}: cannot start QEMU: {e}"))?;
+        let qemu =
+            Watched::spawn(&files.emulator, &args, dir, &dir.join("qemu.log")).map_err(|e| {
+                Error::Boot {
+                    board: index,
+                    what: "QEMU",
+                    source: Box::new(e),
+                }
+            })?;
         Ok(Self {
             index,
             dir: dir.to_owned(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{VmOptions, run};
+use crate::error::{Error, Result};
 
 /// Usage of `vm`.
 pub const USAGE: &str = "\
@@ -38,33 +39,35 @@ cross compilers, make, xz-utils and apt (bash .ci/install).";
 ///
 /// # Errors
 /// A usage message for an unknown option or a bad value.
-pub fn parse(args: Vec<OsString>) -> Result<Option<VmOptions>, String> {
+pub fn parse(args: Vec<OsString>) -> Result<Option<VmOptions>> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_args(args);
     let mut o = VmOptions::new("", 1);
-    let path = |p: &mut lexopt::Parser| -> Result<PathBuf, String> {
-        p.value().map(PathBuf::from).map_err(|e| e.to_string())
+    let path = |p: &mut lexopt::Parser| -> Result<PathBuf> {
+        p.value()
+            .map(PathBuf::from)
+            .map_err(|e| Error::Usage(e.to_string()))
     };
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next().map_err(|e| Error::Usage(e.to_string()))? {
         match arg {
             Long("board") => {
                 o.board = p
                     .value()
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| Error::Usage(e.to_string()))?
                     .into_string()
-                    .map_err(|v| format!("--board: not UTF-8: {v:?}"))?;
+                    .map_err(|v| Error::Usage(format!("--board: not UTF-8: {v:?}")))?;
             }
             Long("count") => {
                 o.count = p
                     .value()
                     .and_then(|v| v.parse())
-                    .map_err(|e| format!("--count: {e}"))?;
+                    .map_err(|e| Error::Usage(format!("--count: {e}")))?;
             }
             Long("parallel") => {
                 o.parallel = p
                     .value()
                     .and_then(|v| v.parse())
-                    .map_err(|e| format!("--parallel: {e}"))?;
+                    .map_err(|e| Error::Usage(format!("--parallel: {e}")))?;
             }
             Long("cache") => o.cache = path(&mut p)?,
             Long("report") => o.report = Some(path(&mut p)?),
@@ -75,24 +78,26 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<VmOptions>, String> {
             Long("svid-key") => {
                 let kind = p
                     .value()
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| Error::Usage(e.to_string()))?
                     .into_string()
-                    .map_err(|v| format!("--svid-key: not UTF-8: {v:?}"))?;
+                    .map_err(|v| Error::Usage(format!("--svid-key: not UTF-8: {v:?}")))?;
                 if !matches!(kind.as_str(), "software" | "tpm") {
-                    return Err(format!("--svid-key {kind:?}: expected software or tpm"));
+                    return Err(Error::Usage(format!(
+                        "--svid-key {kind:?}: expected software or tpm"
+                    )));
                 }
                 o.svid_key = Some(kind);
             }
             Long("keep") => o.keep = true,
             Short('h') | Long("help") => return Ok(None),
-            other => return Err(other.unexpected().to_string()),
+            other => return Err(Error::Usage(other.unexpected().to_string())),
         }
     }
     if o.board.is_empty() {
-        return Err("--board is required".into());
+        return Err(Error::Usage("--board is required".into()));
     }
     if o.count == 0 || o.count > 256 {
-        return Err(format!("--count {}: expected 1-256", o.count));
+        return Err(Error::Usage(format!("--count {}: expected 1-256", o.count)));
     }
     Ok(Some(o))
 }
@@ -162,7 +167,12 @@ mod tests {
             ("qemu-virt-armv7", 3, true)
         );
         assert_eq!(o.cache, PathBuf::from("/c"));
-        assert!(parse(args("--count 2")).unwrap_err().contains("--board"));
+        assert!(
+            parse(args("--count 2"))
+                .unwrap_err()
+                .to_string()
+                .contains("--board")
+        );
         assert!(parse(args("--board x --count 0")).is_err());
         assert!(parse(args("--board x --bogus")).is_err());
         assert!(parse(args("--help")).unwrap().is_none());

@@ -25,6 +25,7 @@ use super::apt::{self, Apt, Resolved};
 use super::cpio::Archive;
 use super::init;
 use crate::boards::{Board, Target};
+use crate::error::{Error, Result};
 
 /// Default cache folder, relative to the workspace root.
 pub const DEFAULT_CACHE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/vm-cache");
@@ -73,11 +74,11 @@ pub struct Image {
     pub elapsed: Duration,
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
+        .map_err(|e| Error::Image(format!("cannot run {what}: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
@@ -85,14 +86,14 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     let tail: Vec<&str> = text.lines().rev().take(12).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(format!(
+    Err(Error::Image(format!(
         "{what} failed ({}):\n{}",
         out.status,
         tail.join("\n")
-    ))
+    )))
 }
 
-fn sh(script: &str, what: &str) -> Result<(), String> {
+fn sh(script: &str, what: &str) -> Result<()> {
     run(Command::new("sh").args(["-euc", script]), what)
 }
 
@@ -100,12 +101,12 @@ fn quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
-fn mkdir(p: &Path) -> Result<(), String> {
-    fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+fn mkdir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).map_err(Error::io("create", &p))
 }
 
-fn read(p: &Path) -> Result<Vec<u8>, String> {
-    fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+fn read(p: &Path) -> Result<Vec<u8>> {
+    fs::read(p).map_err(Error::io("read", &p))
 }
 
 /// A short stable hash (FNV-1a 64) for cache names.
@@ -122,7 +123,7 @@ fn fnv(parts: &[&[u8]]) -> String {
 }
 
 /// Extracts `members` (tar paths) of a `.deb`'s data into `dest` (all of it when empty).
-fn extract_deb(deb: &Path, dest: &Path, members: &[String]) -> Result<(), String> {
+fn extract_deb(deb: &Path, dest: &Path, members: &[String]) -> Result<()> {
     mkdir(dest)?;
     let mut script = format!(
         "dpkg-deb --fsys-tarfile {} | tar -x -C {}",
@@ -140,18 +141,17 @@ fn extract_deb(deb: &Path, dest: &Path, members: &[String]) -> Result<(), String
 ///
 /// # Errors
 /// A message naming the step, the command and its output.
-pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
+pub fn prepare(board: &Board, cache: &Path) -> Result<Image> {
     let started = Instant::now();
-    let target = board.target().map_err(|e| e.to_string())?;
+    let target = board.target()?;
     let qemu = board.qemu.as_ref().ok_or_else(|| {
-        format!(
+        Error::Image(format!(
             "board {} has no [qemu] section: it is not a virtual board",
             board.name
-        )
+        ))
     })?;
     mkdir(cache)?;
-    let cache =
-        fs::canonicalize(cache).map_err(|e| format!("cannot resolve {}: {e}", cache.display()))?;
+    let cache = fs::canonicalize(cache).map_err(Error::io("resolve", &cache))?;
     let flavour = qemu.kernel_flavour.as_str();
     let mut apt = Apt::new(&cache)?;
     let resolved = apt.resolve(&cache, target.debian_arch, flavour)?;
@@ -187,7 +187,7 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
             .zip(&debs)
             .find(|(p, _)| p.name.starts_with(prefix))
             .map(|(_, d)| d)
-            .ok_or_else(|| format!("internal: no {prefix} package in the list"))
+            .ok_or_else(|| Error::Image(format!("internal: no {prefix} package in the list")))
     };
     let image_deb = deb("linux-image-")?;
     let busybox_deb = deb("busybox-static")?;
@@ -209,11 +209,10 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
         for m in IMAGE_MODULES {
             let from = x.join(format!("lib/modules/{release}/kernel/{m}"));
             let name = Path::new(m).file_name().unwrap_or_default();
-            fs::copy(&from, modules.join(name))
-                .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+            fs::copy(&from, modules.join(name)).map_err(Error::io("copy", &from))?;
         }
         fs::copy(x.join(format!("boot/vmlinuz-{release}")), &kernel)
-            .map_err(|e| format!("cannot copy the kernel: {e}"))?;
+            .map_err(|e| Error::Image(format!("cannot copy the kernel: {e}")))?;
         let _ = fs::remove_dir_all(&x);
     }
     if with_tpm && !tpm_tis.is_file() {
@@ -241,9 +240,8 @@ pub fn prepare(board: &Board, cache: &Path) -> Result<Image, String> {
         with_tpm.then_some(tpm_tis.as_path()),
     )?;
     let tmp = base_initrd.with_extension("tmp");
-    fs::write(&tmp, base).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, &base_initrd)
-        .map_err(|e| format!("cannot write {}: {e}", base_initrd.display()))?;
+    fs::write(&tmp, base).map_err(Error::io("write", &tmp))?;
+    fs::rename(&tmp, &base_initrd).map_err(Error::io("write", &base_initrd))?;
     Ok(Image {
         kernel,
         base_initrd,
@@ -262,7 +260,7 @@ fn build_tpm_tis(
     target: &Target,
     [headers_deb, common_deb, kbuild_deb, source_deb]: [&PathBuf; 4],
     flavour: &str,
-) -> Result<(), String> {
+) -> Result<()> {
     // The source files, shared by every flavour of the version.
     let src_root = cache
         .join("build")
@@ -308,7 +306,7 @@ fn build_tpm_tis(
         &makefile,
         text.replace(&system, &common.display().to_string()),
     )
-    .map_err(|e| format!("cannot write {}: {e}", makefile.display()))?;
+    .map_err(Error::io("write", &makefile))?;
     let arch = target.kernel_arch;
     let cross = target.cross_compile;
     let make = |dir: &Path, goals: &str| {
@@ -331,10 +329,11 @@ fn build_tpm_tis(
         mkdir(&mp)?;
         let smod = src.join("scripts/mod");
         for f in ["devicetable-offsets.c", "empty.c"] {
-            fs::copy(smod.join(f), mp.join(f)).map_err(|e| format!("cannot copy {f}: {e}"))?;
+            fs::copy(smod.join(f), mp.join(f))
+                .map_err(|e| Error::Image(format!("cannot copy {f}: {e}")))?;
         }
         fs::write(mp.join("Kbuild"), "obj-m :=\n")
-            .map_err(|e| format!("cannot write Kbuild: {e}"))?;
+            .map_err(|e| Error::Image(format!("cannot write Kbuild: {e}")))?;
         make(&mp, "devicetable-offsets.s empty.o")?;
         let kbuild_mod = root.join(format!("usr/lib/linux-kbuild-{}/scripts/mod", r.series));
         sh(
@@ -359,13 +358,13 @@ fn build_tpm_tis(
     mkdir(&m)?;
     for f in ["tpm_tis.c", "tpm.h", "tpm_tis_core.h"] {
         fs::copy(src.join("drivers/char/tpm").join(f), m.join(f))
-            .map_err(|e| format!("cannot copy {f}: {e}"))?;
+            .map_err(|e| Error::Image(format!("cannot copy {f}: {e}")))?;
     }
     fs::write(m.join("Kbuild"), "obj-m := tpm_tis.o\n")
-        .map_err(|e| format!("cannot write Kbuild: {e}"))?;
+        .map_err(|e| Error::Image(format!("cannot write Kbuild: {e}")))?;
     make(&m, "modules")?;
     fs::copy(m.join("tpm_tis.ko"), out.join("tpm_tis.ko"))
-        .map_err(|e| format!("cannot copy tpm_tis.ko: {e}"))?;
+        .map_err(|e| Error::Image(format!("cannot copy tpm_tis.ko: {e}")))?;
     let _ = fs::remove_dir_all(&root);
     Ok(())
 }
@@ -394,7 +393,7 @@ pub fn module_depends(ko: &[u8]) -> Vec<String> {
 ///
 /// # Errors
 /// A dependency cycle.
-pub fn load_order(modules: &[(String, Vec<String>)]) -> Result<Vec<String>, String> {
+pub fn load_order(modules: &[(String, Vec<String>)]) -> Result<Vec<String>> {
     let mut done: Vec<String> = Vec::new();
     while done.len() < modules.len() {
         let before = done.len();
@@ -410,7 +409,9 @@ pub fn load_order(modules: &[(String, Vec<String>)]) -> Result<Vec<String>, Stri
             }
         }
         if done.len() == before {
-            return Err(format!("module dependency cycle among {modules:?}"));
+            return Err(Error::Image(format!(
+                "module dependency cycle among {modules:?}"
+            )));
         }
     }
     Ok(done)
@@ -423,7 +424,7 @@ fn base_archive(
     busybox: &[u8],
     modules: &Path,
     tpm_tis: Option<&Path>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>> {
     let mut a = Archive::new();
     for d in [
         "dev",
@@ -458,7 +459,7 @@ fn base_archive(
         let name = f
             .file_stem()
             .and_then(|s| s.to_str())
-            .ok_or_else(|| format!("bad module name {}", f.display()))?
+            .ok_or_else(|| Error::Image(format!("bad module name {}", f.display())))?
             .to_owned();
         // Module names in depends= use underscores.
         let key = name.replace('-', "_");

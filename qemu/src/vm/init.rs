@@ -10,6 +10,7 @@
 //! profile into the script.
 
 use crate::boards::{Board, Transport};
+use crate::error::{Error, Result};
 
 /// The template.
 const TEMPLATE: &str = include_str!("init.sh");
@@ -30,7 +31,7 @@ pub fn needs_tpm_modules(board: &Board) -> bool {
 /// # Errors
 /// A board whose transport a QEMU guest cannot have (`spi`: QEMU has no SPI TPM model), or
 /// a kernel device path with characters other than `A-Za-z0-9/._-`.
-pub fn render(board: &Board) -> Result<String, String> {
+pub fn render(board: &Board) -> Result<String> {
     let (setup, args) = match board.tpm.transport {
         Transport::Kernel => {
             let device = &board.tpm.device;
@@ -39,11 +40,11 @@ pub fn render(board: &Board) -> Result<String, String> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
             if !safe {
-                return Err(format!(
+                return Err(Error::Image(format!(
                     "board {}: tpm.device {device:?} cannot go into the guest's /init: use a \
                      /dev path of A-Za-z0-9/._- only",
                     board.name
-                ));
+                )));
             }
             (KERNEL.replace("@TPM@", device), String::new())
         }
@@ -52,10 +53,10 @@ pub fn render(board: &Board) -> Result<String, String> {
             " --tpm \"tis-mmio:$tis_addr\"".to_owned(),
         ),
         Transport::Spi => {
-            return Err(format!(
+            return Err(Error::Image(format!(
                 "board {}: transport \"spi\" cannot boot in QEMU (QEMU has no SPI TPM model)",
                 board.name
-            ));
+            )));
         }
     };
     let text = TEMPLATE
@@ -105,10 +106,10 @@ mod tests {
 
         let mut bad = board("qemu-virt-aarch64");
         bad.tpm.device = "/dev/tpm$(reboot)".into();
-        assert!(render(&bad).unwrap_err().contains("A-Za-z0-9"));
+        assert!(render(&bad).unwrap_err().to_string().contains("A-Za-z0-9"));
         let mut spi = board("qemu-virt-aarch64");
         spi.tpm.transport = Transport::Spi;
-        assert!(render(&spi).unwrap_err().contains("SPI"));
+        assert!(render(&spi).unwrap_err().to_string().contains("SPI"));
     }
 
     /// A device tree node as the kernel shows it under /proc/device-tree.

@@ -4,7 +4,8 @@
 //! (transport `kernel`), or on `tis-mmio` boards (`qemu-virt-aarch64-tis`) no TPM module is
 //! loaded and the agent drives the TIS registers itself through `/dev/mem` at the address
 //! the guest's device tree gives. The cross-built agent in the initramfs attests through the
-//! host's mosquitto (seen from the guest as 10.0.2.2) against one `ekattest-server`.
+//! host's mosquitto (seen from the guest as 10.0.2.2) against one `ekattest-server`: the
+//! run's [`Stage`](crate::stage::Stage); the boards and their swtpm stay here.
 //!
 //! - [`image`]: the guest image (Debian kernel, out-of-tree `tpm_tis.ko`, busybox
 //!   initramfs), fetched with a private apt configuration ([`apt`]) and cached by version.
@@ -27,13 +28,15 @@ pub mod image;
 pub mod init;
 
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::boards::{self, Board, BuildOptions};
-use crate::broker::{Broker, BrokerOptions};
-use crate::daemons::{ServerProcess, ServerSpec, metric_value};
+use crate::daemons::metric_value;
+use crate::error::{self, Error, Result};
 use crate::report::Summary;
+use crate::stage::{Policy, Stage, StageConfig, bin_beside};
 use crate::swtpm::{Ca, Device, EkKind, ProvisionOptions, openssl_public_hash};
 use boot::{BootFiles, Outcome, Vm};
 
@@ -132,35 +135,8 @@ pub struct VmRun {
     pub server_metrics: String,
 }
 
-fn server_bin(opts: &VmOptions) -> Result<PathBuf, String> {
-    let dir = match &opts.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_owned))
-            .ok_or("cannot find the folder of this program: pass --bin-dir")?,
-    };
-    let path = dir.join("ekattest-server");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} is missing: build it beside ekattest-fleet (cargo build -p ekattest-server) or pass --bin-dir",
-            path.display()
-        ))
-    }
-}
-
-fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<(), String> {
-    std::fs::write(path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
 /// Provisions board `i`'s TPM state into `dir/tpm`; returns its expected SPIFFE ID.
-fn provision(ca: &Ca, dir: &Path) -> Result<String, String> {
+fn provision(ca: &Ca, dir: &Path) -> Result<String> {
     let device = Device::provision(
         ca,
         &ProvisionOptions {
@@ -168,14 +144,19 @@ fn provision(ca: &Ca, dir: &Path) -> Result<String, String> {
             p256_ek_cert: false,
         },
     )
-    .map_err(|e| format!("cannot provision a swtpm: {e}"))?;
+    .map_err(|source| Error::Tpm {
+        what: "cannot provision a swtpm".into(),
+        source,
+    })?;
     let hash = openssl_public_hash(&device.certs_dir().join(EkKind::Rsa2048.cert_file_name()))
-        .map_err(|e| format!("cannot hash the EK certificate: {e}"))?;
+        .map_err(|source| Error::Tpm {
+            what: "cannot hash the EK certificate".into(),
+            source,
+        })?;
     let tpm = dir.join("tpm");
-    std::fs::create_dir_all(&tpm).map_err(|e| format!("cannot create {}: {e}", tpm.display()))?;
+    error::create_dir_all(&tpm)?;
     let from = device.state_dir().join("tpm2-00.permall");
-    std::fs::copy(&from, tpm.join("tpm2-00.permall"))
-        .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+    std::fs::copy(&from, tpm.join("tpm2-00.permall")).map_err(Error::io("copy", &from))?;
     Ok(format!("spiffe://{TRUST_DOMAIN}/agents/tpm/{hash}"))
 }
 
@@ -183,23 +164,26 @@ fn provision(ca: &Ca, dir: &Path) -> Result<String, String> {
 /// could not be set up or was interrupted.
 ///
 /// # Errors
-/// A message naming the step that failed.
-pub fn run(opts: &VmOptions, stop: &AtomicBool) -> Result<VmRun, String> {
+/// An [`Error`] naming the step that failed.
+pub fn run(opts: &VmOptions, stop: &AtomicBool) -> Result<VmRun> {
     let started = Instant::now();
     if opts.count == 0 {
-        return Err("--count must be at least 1".into());
+        return Err(Error::Usage("--count must be at least 1".into()));
     }
-    let board = boards::find(&opts.boards_dir, &opts.board).map_err(|e| e.to_string())?;
+    let board = boards::find(&opts.boards_dir, &opts.board)?;
     let q = board.qemu.clone().ok_or_else(|| {
-        format!(
+        Error::Config(format!(
             "board {} has no [qemu] section: the VM fleet boots only virtual boards",
             board.name
-        )
+        ))
     })?;
-    let target = board.target().map_err(|e| e.to_string())?;
-    let emulator = crate::process::find_program(target.qemu_system, "qemu-system-arm")
-        .map_err(|e| e.to_string())?;
-    let server = server_bin(opts)?;
+    let target = board.target()?;
+    let emulator = crate::process::find_program(target.qemu_system, "qemu-system-arm")?;
+    let server = bin_beside(
+        opts.bin_dir.as_deref(),
+        "ekattest-server",
+        "cargo build -p ekattest-server",
+    )?;
     // 1. Image and agent.
     let image = image::prepare(&board, &opts.cache)?;
     eprintln!(
@@ -218,15 +202,17 @@ pub fn run(opts: &VmOptions, stop: &AtomicBool) -> Result<VmRun, String> {
     // 2. Run folder.
     let (tmp, dir) = match &opts.run_dir {
         Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            error::create_dir_all(d)?;
             (None, d.clone())
         }
         None => {
             let t = tempfile::Builder::new()
                 .prefix("ekattest-vm.")
                 .tempdir()
-                .map_err(|e| format!("cannot create the run folder: {e}"))?;
+                .map_err(|source| Error::TempDir {
+                    what: "the run folder",
+                    source,
+                })?;
             let d = t.path().to_owned();
             (Some(t), d)
         }
@@ -248,18 +234,17 @@ pub fn run(opts: &VmOptions, stop: &AtomicBool) -> Result<VmRun, String> {
 }
 
 /// Cross-builds (or finds up to date) the board's agent.
-fn agent_for(board: &Board) -> Result<PathBuf, String> {
+fn agent_for(board: &Board) -> Result<PathBuf> {
     let workspace = Path::new(boards::DEFAULT_DIR)
         .parent()
         .map(Path::to_owned)
-        .ok_or("cannot find the workspace")?;
+        .ok_or_else(|| Error::Config("cannot find the workspace".into()))?;
     let built = boards::build_agent(&BuildOptions {
         board: board.clone(),
         workspace,
         profile: "agent".into(),
         target_dir: None,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     eprintln!(
         "ekattest-fleet vm: agent {} ({} bytes)",
         built.path.display(),
@@ -268,6 +253,7 @@ fn agent_for(board: &Board) -> Result<PathBuf, String> {
     Ok(built.path)
 }
 
+/// Provisions the boards' TPMs, starts the stage, boots the boards, reports.
 #[allow(clippy::too_many_arguments)]
 fn run_in(
     opts: &VmOptions,
@@ -280,7 +266,7 @@ fn run_in(
     agent: &Path,
     image: image::Image,
     started: Instant,
-) -> Result<VmRun, String> {
+) -> Result<VmRun> {
     let mut summary = Summary {
         mode: "vm".into(),
         devices: opts.count,
@@ -289,99 +275,35 @@ fn run_in(
     };
     // 3. TPMs.
     let t = Instant::now();
-    let ca = Ca::create().map_err(|e| format!("cannot create the swtpm CA: {e}"))?;
-    eprintln!(
-        "ekattest-fleet vm: provisioning {} swtpm states",
-        opts.count
-    );
-    let mut expected = Vec::with_capacity(opts.count);
+    let ca = Ca::create().map_err(|e| Error::Ca {
+        what: "cannot create the swtpm CA".into(),
+        source: Box::new(e),
+    })?;
     let board_dirs: Vec<PathBuf> = (0..opts.count)
         .map(|i| dir.join(format!("board-{i:03}")))
         .collect();
-    for chunk in board_dirs.chunks(2) {
-        let ids: Vec<Result<String, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|d| s.spawn(|| provision(&ca, d)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("provisioning thread panicked".into()))
-                })
-                .collect()
-        });
-        for id in ids {
-            expected.push(id?);
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
-        }
-    }
+    let expected = provision_all(&ca, &board_dirs, stop)?;
     summary.provisioning = Some(t.elapsed());
-    // 4. Broker, SVID CA, server.
-    let mut broker = Broker::start(&BrokerOptions {
-        tls: false,
-        acl: false,
-    })
-    .map_err(|e| format!("cannot start mosquitto: {e}"))?;
-    let (_, ca_pem, key_pem) =
-        ekattest_server::svid::Authority::generate(TRUST_DOMAIN, Duration::from_secs(86_400))
-            .map_err(|e| format!("cannot create the SVID CA: {e}"))?;
-    let ca_cert = dir.join("svid-ca.pem");
-    let ca_key = dir.join("svid-ca.key");
-    write(&ca_cert, &ca_pem)?;
-    write(&ca_key, &key_pem)?;
-    // The server refuses a CA key that group or others may read.
-    crate::process::make_private(&ca_key).map_err(|e| e.to_string())?;
-    let policy_file = dir.join("policy.yaml");
-    let root = String::from_utf8_lossy(&read(ca.root_cert_pem())?).into_owned();
-    let inter = String::from_utf8_lossy(&read(ca.intermediate_cert_pem())?).into_owned();
-    write(&policy_file, crate::fleet::policy(&root, &inter))?;
-    let sdir = dir.join("server");
-    std::fs::create_dir_all(&sdir).map_err(|e| format!("cannot create {}: {e}", sdir.display()))?;
-    let mut spec = ServerSpec::new(
-        broker.url(),
-        CLUSTER,
-        "node-1",
-        TRUST_DOMAIN,
-        &ca_cert,
-        &ca_key,
+    // 4. Stage: mosquitto, SVID CA, a policy trusting the swtpm CA, one server.
+    let policy = crate::fleet::policy(
+        &String::from_utf8_lossy(&error::read(ca.root_cert_pem())?),
+        &String::from_utf8_lossy(&error::read(ca.intermediate_cert_pem())?),
     );
-    spec.policy_files = vec![policy_file];
-    spec.max_sessions = Some(opts.count.saturating_mul(2).max(1024));
-    let mut server = ServerProcess::start(server_bin, &spec, &sdir)
-        .map_err(|e| format!("cannot start ekattest-server: {e}"))?;
+    let mut stage = Stage::start(&stage_config(opts, dir, server_bin, policy))?;
+    let broker_port = stage.broker().map_or(0, |b| {
+        b.lock().unwrap_or_else(PoisonError::into_inner).port()
+    });
     // 5. The run's initramfs: cached base + agent, configuration, bundle.
-    let mut overrides = toml::Table::new();
-    overrides.insert(
-        "broker".into(),
-        format!("mqtt://10.0.2.2:{}", broker.port()).into(),
-    );
-    // The host's loopback broker is 10.0.2.2 to the guest, which is not loopback: the VM lab
-    // accepts plaintext explicitly (the agent warns about it at start).
-    overrides.insert("insecure-plaintext".into(), true.into());
-    if let Some(kind) = &opts.svid_key {
-        overrides.insert("svid-key".into(), kind.clone().into());
-    }
-    let config = board
-        .render_agent_config_with(CLUSTER, &overrides)
-        .map_err(|e| e.to_string())?;
-    write(&dir.join("agent.yaml"), &config)?;
-    let mut initrd = read(&image.base_initrd)?;
-    initrd.extend(image::run_archive(
-        &read(agent)?,
-        &config,
-        ca_pem.as_bytes(),
-    ));
-    let initrd_path = dir.join("initrd.cpio");
-    write(&initrd_path, &initrd)?;
-    let files = BootFiles {
-        emulator: emulator.to_owned(),
-        kernel: image.kernel.clone(),
-        initrd: initrd_path,
-    };
+    let files = initramfs(
+        opts,
+        board,
+        dir,
+        emulator,
+        agent,
+        &image,
+        &stage,
+        broker_port,
+    )?;
     // 6. Boot, staggered.
     let boot_started = Instant::now();
     let results = boot_all(opts, stop, board, q, &board_dirs, &expected, &files)?;
@@ -390,14 +312,139 @@ fn run_in(
         "whole run (image, agent, provisioning, boots): {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-    let metrics = server.metrics().unwrap_or_default();
-    let server_log = server.log();
-    server.stop();
-    broker.stop();
-    write(&dir.join("server.log"), &server_log)?;
-    write(&dir.join("metrics.txt"), &metrics)?;
+    let (metrics, server_log) = stage.server(0).map_or_else(Default::default, |s| {
+        (s.metrics().unwrap_or_default(), s.log())
+    });
+    stage.stop();
+    drop(stage);
+    error::write(&dir.join("server.log"), &server_log)?;
+    error::write(&dir.join("metrics.txt"), &metrics)?;
+    tally(&mut summary, &results);
+    let proofs = metric_value(&metrics, "attestation_logins_total").unwrap_or(0.0);
+    summary.notes.push(setup_note(board, q, &image, proofs));
+    let report = dir.join("report.json");
+    summary
+        .write_json(&report)
+        .map_err(Error::io("write", &report))?;
+    if let Some(p) = &opts.report {
+        summary.write_json(p).map_err(Error::io("write", p))?;
+    }
+    Ok(VmRun {
+        summary,
+        boards: results,
+        dir: dir.to_owned(),
+        image,
+        server_log,
+        server_metrics: metrics,
+    })
+}
+
+/// The stage of a VM run: the host's mosquitto (10.0.2.2 to the guests), one server whose
+/// policy trusts the boards' swtpm CA.
+fn stage_config(opts: &VmOptions, dir: &Path, server_bin: &Path, policy: String) -> StageConfig {
+    let mut config = StageConfig::new(
+        dir,
+        CLUSTER,
+        TRUST_DOMAIN,
+        server_bin,
+        Policy::Document(policy),
+    );
+    config.server_dir = |_| "server".into();
+    config.server.max_sessions = Some(opts.count.saturating_mul(2).max(1024));
+    config
+}
+
+/// The report's line on the emulated board, the kernel and the image.
+fn setup_note(board: &Board, q: &boards::Qemu, image: &image::Image, proofs: f64) -> String {
+    format!(
+        "{} on QEMU {} -M {} -cpu {} -m {} MiB, kernel {} ({}), image {} ({} files downloaded, {:.1} s); server logins {proofs}",
+        board.name,
+        board.target().map_or("?", |t| t.qemu_system),
+        q.machine,
+        q.cpu,
+        q.memory_mib,
+        image.resolved.abi,
+        image.resolved.kernel_version,
+        if image.cached { "cached" } else { "built" },
+        image.downloaded,
+        image.elapsed.as_secs_f64()
+    )
+}
+
+/// Provisions every board's TPM state, two at a time; returns their expected SPIFFE IDs.
+fn provision_all(ca: &Ca, board_dirs: &[PathBuf], stop: &AtomicBool) -> Result<Vec<String>> {
+    eprintln!(
+        "ekattest-fleet vm: provisioning {} swtpm states",
+        board_dirs.len()
+    );
+    let mut expected = Vec::with_capacity(board_dirs.len());
+    for chunk in board_dirs.chunks(2) {
+        let ids: Vec<Result<String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|d| s.spawn(|| provision(ca, d))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Config("provisioning thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        for id in ids {
+            expected.push(id?);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::INTERRUPTED);
+        }
+    }
+    Ok(expected)
+}
+
+/// Writes the agent's configuration and the run's initramfs (the cached base, the agent,
+/// its configuration and the SVID bundle) into `dir`; returns what QEMU boots.
+#[allow(clippy::too_many_arguments)]
+fn initramfs(
+    opts: &VmOptions,
+    board: &Board,
+    dir: &Path,
+    emulator: &Path,
+    agent: &Path,
+    image: &image::Image,
+    stage: &Stage,
+    broker_port: u16,
+) -> Result<BootFiles> {
+    let mut overrides = toml::Table::new();
+    overrides.insert(
+        "broker".into(),
+        format!("mqtt://10.0.2.2:{broker_port}").into(),
+    );
+    // The host's loopback broker is 10.0.2.2 to the guest, which is not loopback: the VM lab
+    // accepts plaintext explicitly (the agent warns about it at start).
+    overrides.insert("insecure-plaintext".into(), true.into());
+    if let Some(kind) = &opts.svid_key {
+        overrides.insert("svid-key".into(), kind.clone().into());
+    }
+    let config = board.render_agent_config_with(CLUSTER, &overrides)?;
+    error::write(&dir.join("agent.yaml"), &config)?;
+    let mut initrd = error::read(&image.base_initrd)?;
+    initrd.extend(image::run_archive(
+        &error::read(agent)?,
+        &config,
+        &error::read(&stage.svid().bundle)?,
+    ));
+    let initrd_path = dir.join("initrd.cpio");
+    error::write(&initrd_path, &initrd)?;
+    Ok(BootFiles {
+        emulator: emulator.to_owned(),
+        kernel: image.kernel.clone(),
+        initrd: initrd_path,
+    })
+}
+
+/// Counts the boards' outcomes into `summary`, one note per board.
+fn tally(summary: &mut Summary, results: &[BoardResult]) {
     let mut rss_max = None;
-    for r in &results {
+    for r in results {
         let line = match &r.outcome {
             Some(Outcome::Ok {
                 spiffe_id,
@@ -453,37 +500,6 @@ fn run_in(
         summary.notes.push(line);
     }
     summary.peak_rss_agent_kb = rss_max;
-    let proofs = metric_value(&metrics, "attestation_logins_total").unwrap_or(0.0);
-    summary.notes.push(format!(
-        "{} on QEMU {} -M {} -cpu {} -m {} MiB, kernel {} ({}), image {} ({} files downloaded, {:.1} s); server logins {proofs}",
-        board.name,
-        board.target().map_or("?", |t| t.qemu_system),
-        q.machine,
-        q.cpu,
-        q.memory_mib,
-        image.resolved.abi,
-        image.resolved.kernel_version,
-        if image.cached { "cached" } else { "built" },
-        image.downloaded,
-        image.elapsed.as_secs_f64()
-    ));
-    let report = dir.join("report.json");
-    summary
-        .write_json(&report)
-        .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
-    if let Some(p) = &opts.report {
-        summary
-            .write_json(p)
-            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-    }
-    Ok(VmRun {
-        summary,
-        boards: results,
-        dir: dir.to_owned(),
-        image,
-        server_log,
-        server_metrics: metrics,
-    })
 }
 
 /// Boots every board, at most `opts.parallel` booting at once, one start at a time at
@@ -496,7 +512,7 @@ fn boot_all(
     dirs: &[PathBuf],
     expected: &[String],
     files: &BootFiles,
-) -> Result<Vec<BoardResult>, String> {
+) -> Result<Vec<BoardResult>> {
     const START_GAP: Duration = Duration::from_millis(750);
     let limit = Duration::from_secs(u64::from(q.boot_timeout_secs))
         .saturating_add(Duration::from_secs(120));
@@ -510,7 +526,7 @@ fn boot_all(
             for (vm, _) in &mut running {
                 vm.stop();
             }
-            return Err("interrupted".into());
+            return Err(Error::INTERRUPTED);
         }
         let booting = running.iter().filter(|(_, booted)| !booted).count();
         if next < dirs.len()
@@ -523,7 +539,7 @@ fn boot_all(
                     results[next] = Some(BoardResult {
                         index: next,
                         expected_id: expected[next].clone(),
-                        outcome: Some(Outcome::Fail(e)),
+                        outcome: Some(Outcome::Fail(e.to_string())),
                         boot_to_identity: None,
                         console: dirs[next].join("console.log"),
                     });

@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 
 use super::super::link::{Inbound as Net, Link, LinkOptions, RETRY_DELAY};
 use super::{FILTERS_PER_SUBSCRIBE, Sim, State, Subscribe};
+use crate::error::{Error, Result};
 
 impl Sim<'_> {
     /// Connects (in the background) to broker `i` of the list as a new generation.
-    pub(super) fn open(&mut self, i: usize) -> Result<(), String> {
+    pub(super) fn open(&mut self, i: usize) -> Result<()> {
         let i = i % self.spec.brokers.len().max(1);
-        let (host, port) = self.spec.brokers.get(i).ok_or("no broker to connect to")?;
+        let (host, port) = self
+            .spec
+            .brokers
+            .get(i)
+            .ok_or_else(|| Error::Device("no broker to connect to".into()))?;
         self.generation += 1;
         let opts = LinkOptions {
             client_id: &self.client_id,
@@ -53,7 +58,7 @@ impl Sim<'_> {
     }
 
     /// Opens the next connection when its time has come.
-    pub(super) fn reopen(&mut self) -> Result<(), String> {
+    pub(super) fn reopen(&mut self) -> Result<()> {
         if let Some((at, next)) = self.reopen_at
             && Instant::now() >= at
         {
@@ -64,7 +69,7 @@ impl Sim<'_> {
     }
 
     /// One event of a connection; events of an earlier connection are dropped.
-    pub(super) fn on_inbound(&mut self, (generation, msg): (u64, Net)) -> Result<(), String> {
+    pub(super) fn on_inbound(&mut self, (generation, msg): (u64, Net)) -> Result<()> {
         if self.link.as_ref().map(|l| l.generation) != Some(generation) {
             return Ok(()); // an earlier connection's
         }
@@ -87,7 +92,7 @@ impl Sim<'_> {
 
     /// CONNACK: subscribe (in batches of [`FILTERS_PER_SUBSCRIBE`]); logins wait for the
     /// SUBACKs.
-    pub(super) fn on_connected(&mut self) -> Result<(), String> {
+    pub(super) fn on_connected(&mut self) -> Result<()> {
         let reconnect = self.connected_once;
         self.connected_once = true;
         let filters: Vec<String> = match self.spec.subscribe {
@@ -123,7 +128,7 @@ impl Sim<'_> {
     /// A SUBACK: once every SUBSCRIBE is granted, logins may go out; a refused filter
     /// closes the connection and tries the next broker after [`RETRY_DELAY`] (a device
     /// without its subscription would never hear its Challenge).
-    pub(super) fn on_suback(&mut self, refused: usize) -> Result<(), String> {
+    pub(super) fn on_suback(&mut self, refused: usize) -> Result<()> {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
@@ -145,7 +150,7 @@ impl Sim<'_> {
 
     /// Every subscription is in place: on a reconnect (clean session, maybe another
     /// broker) whatever was in flight is lost, so those devices log in again.
-    pub(super) fn on_subscribed(&mut self) -> Result<(), String> {
+    pub(super) fn on_subscribed(&mut self) -> Result<()> {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };

@@ -18,6 +18,7 @@ use ekattest_protocol::topic::Inbound;
 use ekattest_protocol::{ErrorChain, RejectCode, decode, sign};
 
 use super::{Sim, State, encode_frame, publish_wire_bytes, unix_now};
+use crate::error::{Error, Result};
 
 /// What a device makes of a Challenge's transcript.
 enum Named {
@@ -61,7 +62,7 @@ impl Sim<'_> {
         }
     }
 
-    pub(super) fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
+    pub(super) fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
         let Ok(Inbound::Down { agent }) = self.topics.parse(topic) else {
             return Ok(());
         };
@@ -90,13 +91,13 @@ impl Sim<'_> {
                 self.challenges_seen += 1;
                 if self.sampled(self.challenges_seen) {
                     if let Err(why) = self.verify_challenge(agent, &c, &transcript) {
-                        return self.failed_attempt(i, &why);
+                        return self.failed_attempt(i, &why.to_string());
                     }
                     self.result.challenges_checked += 1;
                 }
                 let (topic, answer) = match self.answer(i, agent, &c, &transcript) {
                     Ok(a) => a,
-                    Err(why) => return self.failed_attempt(i, &why),
+                    Err(why) => return self.failed_attempt(i, &why.to_string()),
                 };
                 self.devs[i].state = State::WaitResult;
                 self.devs[i].session = Some(c.session);
@@ -225,7 +226,7 @@ impl Sim<'_> {
     /// The agent's check of a Challenge before its TPM is touched: the signer (the one the
     /// Login's hint named, or the certificate carried, chained to the trust bundle) signed
     /// this agent's Challenge, which names `own`.
-    fn verify_challenge(&self, agent: &str, c: &Challenge, own: &Transcript) -> Result<(), String> {
+    fn verify_challenge(&self, agent: &str, c: &Challenge, own: &Transcript) -> Result<()> {
         let now = unix_now();
         let carried;
         let signer = if c.signer.is_empty() {
@@ -235,12 +236,12 @@ impl Sim<'_> {
                 .spec
                 .bundle
                 .signer(&c.signer, now)
-                .map_err(|e| ErrorChain(&e).to_string())?;
+                .map_err(|e| Error::Device(ErrorChain(&e).to_string()))?;
             &carried
         };
         signer
             .verify_challenge(agent, c, own, now)
-            .map_err(|e| ErrorChain(&e).to_string())
+            .map_err(|e| Error::Device(ErrorChain(&e).to_string()))
     }
 
     /// Device `i`'s Answer to `c` (its Login's transcript `transcript`) and its topic; `Err`
@@ -252,19 +253,19 @@ impl Sim<'_> {
         agent: &str,
         c: &Challenge,
         transcript: &Transcript,
-    ) -> Result<(String, Uplink), String> {
+    ) -> Result<(String, Uplink)> {
         let key = self.spec.keys.key(self.devs[i].key);
         let secret = key
             .ek
             .activate_credential(key.ak.name(), &c.credential_blob, &c.encrypted_secret)
-            .map_err(|e| format!("ActivateCredential: {e}"))?;
+            .map_err(|e| Error::Device(format!("ActivateCredential: {e}")))?;
         let answer = answer_with_secret(&secret, c, transcript, Some(self.svid_key.signing_key()))
-            .map_err(|e| format!("Answer: {}", ErrorChain(&e)))?;
+            .map_err(|e| Error::Device(format!("Answer: {}", ErrorChain(&e))))?;
         let answer = Uplink::Answer(answer);
         let topic = self
             .topics
             .answer(c.node.as_str(), agent)
-            .map_err(|e| format!("Challenge node id: {e}"))?;
+            .map_err(|e| Error::Device(format!("Challenge node id: {e}")))?;
         Ok((topic.as_str().to_owned(), answer))
     }
 }
