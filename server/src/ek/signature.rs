@@ -299,14 +299,8 @@ impl std::fmt::Display for SigFailure {
 mod tests {
     use super::*;
 
-    const CA: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/real-ek/ca"
-    );
-
     fn ca(name: &str) -> Cert {
-        let path = format!("{CA}/{name}");
-        let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path}: {e}"));
+        let pem = ekattest_testkit::testdata::real_ek(&format!("ca/{name}"));
         Cert::parse(pem::parse(pem).unwrap().contents()).unwrap()
     }
 
