@@ -173,11 +173,7 @@ mod tests {
     use super::*;
 
     fn stm() -> Vec<u8> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
-        );
-        std::fs::read(path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
+        ekattest_testkit::testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der")
     }
 
     #[test]

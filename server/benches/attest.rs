@@ -52,13 +52,8 @@ use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ak::check_ak;
 use ekattest_server::credential::{SystemRandom, make_credential};
 use ekattest_server::ek::{self, ChainOptions, EkPolicy, Evidence, ProfileMode, TrustStore};
+use ekattest_testkit::testdata;
 use x509_parser::prelude::{FromDer, X509Certificate};
-
-const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata");
-
-fn read(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("bench input {path} is missing: {e}"))
-}
 
 /// TPM2B_PUBLIC of an EK: TCG L-1 (RSA-2048), L-2 (P-256) or swtpm's H-3 style P-384.
 fn ek_public(key: &PublicKey<'_>) -> Vec<u8> {
@@ -146,11 +141,9 @@ fn policy(root: Vec<u8>, intermediate: Vec<u8>) -> EkPolicy {
 }
 
 fn stm_case() -> Case {
-    let leaf = read(&format!(
-        "{TESTDATA}/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
-    ));
-    let inter = pem_der(format!("{TESTDATA}/real-ek/ca/STM_RSA_05I.pem"));
-    let root = pem_der(format!("{TESTDATA}/real-ek/ca/STM_RSA_RT.pem"));
+    let leaf = testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
+    let inter = pem_der(testdata::existing("real-ek/ca/STM_RSA_05I.pem"));
+    let root = pem_der(testdata::existing("real-ek/ca/STM_RSA_RT.pem"));
     let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
     let key = PublicKey::from_spki_der(cert.tbs_certificate.subject_pki.raw).unwrap();
     Case {
@@ -479,7 +472,7 @@ fn cases(dir: &Path) -> [Case; 3] {
 }
 
 fn ak_bytes() -> Vec<u8> {
-    read(&format!("{TESTDATA}/make-credential/ak.tpm2b_public"))
+    testdata::vector("ak.tpm2b_public")
 }
 
 fn bench(c: &mut Criterion) {

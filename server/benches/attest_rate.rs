@@ -66,20 +66,11 @@ use ekattest_server::daemon::metrics::Metrics;
 use ekattest_server::daemon::reload::{PolicyState, Reloader, apply};
 use ekattest_server::session::SessionConfig;
 use ekattest_server::svid::Authority;
+use ekattest_testkit::testdata;
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::EncodePublicKey as _;
 use sha2::{Digest, Sha256};
-
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}/{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("bench input {path} is missing: {e}"))
-}
 
 /// The EK's private half, as a software TPM holds it.
 enum EkPrivate {
@@ -132,8 +123,8 @@ fn tpm2b(bytes: &[u8]) -> (&[u8], &[u8]) {
 
 impl Device {
     fn new(case: &'static str) -> Self {
-        let ek_public = read(&format!("{case}/ek.tpm2b_public"));
-        let pkcs8 = pem_der(Path::new(&format!("{VECTORS}/{case}/ek_private.pk8.pem")));
+        let ek_public = testdata::vector(format!("{case}/ek.tpm2b_public"));
+        let pkcs8 = pem_der(testdata::existing(format!("make-credential/{case}/ek_private.pk8.pem")));
         let ek_private = match Public::decode(&ek_public).unwrap().key {
             PublicKey::Rsa { .. } => EkPrivate::Rsa(
                 OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(&pkcs8).unwrap())
@@ -149,15 +140,15 @@ impl Device {
             case,
             ek_public,
             ek_private,
-            ak_public: read("ak.tpm2b_public"),
-            ak_name: read("ak.name"),
+            ak_public: testdata::vector("ak.tpm2b_public"),
+            ak_name: testdata::vector("ak.name"),
             svid_key,
             svid_spki,
         }
     }
 
     fn ek_hash(&self) -> String {
-        hex::encode(Sha256::digest(read(&format!("{}/ek.spki.der", self.case))))
+        hex::encode(Sha256::digest(testdata::vector(format!("{}/ek.spki.der", self.case))))
     }
 
     fn login_frame(&self, ek_cert: Option<&[u8]>) -> Vec<u8> {
@@ -342,7 +333,7 @@ fn ek_chain(dir: &Path, dev: &Device) -> (Vec<u8>, String) {
     std::fs::write(d.join("ext.cnf"), OPENSSL_EXT.replace("KU", ku)).unwrap();
     std::fs::write(
         d.join("ek.spki.der"),
-        read(&format!("{}/ek.spki.der", dev.case)),
+        testdata::vector(format!("{}/ek.spki.der", dev.case)),
     )
     .unwrap();
     openssl(
@@ -529,12 +520,12 @@ fn bench(c: &mut Criterion) {
 
     v2_steps(c, &runs);
 
-    let ak_name = read("ak.name");
-    let secret = read("secret.bin");
+    let ak_name = testdata::vector("ak.name");
+    let secret = testdata::vector("secret.bin");
     let mut g = c.benchmark_group("make_credential_only");
     g.throughput(Throughput::Elements(1));
     for case in ["rsa2048", "p256"] {
-        let ek_public = read(&format!("{case}/ek.tpm2b_public"));
+        let ek_public = testdata::vector(format!("{case}/ek.tpm2b_public"));
         g.bench_function(case, |b| {
             b.iter(|| {
                 let ek = Public::decode(black_box(&ek_public)).unwrap();

@@ -24,17 +24,11 @@ use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, Unparsed
 use criterion::{Criterion, criterion_group, criterion_main};
 use ekattest_protocol::tpm::public::Public;
 use ekattest_server::ek::{self, ChainOptions, EkPolicy, Evidence, ProfileMode, TrustStore};
+use ekattest_testkit::testdata;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/real-ek");
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{DIR}/{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} is missing: {e}"))
-}
-
 fn ca(name: &str) -> Vec<u8> {
-    pem::parse(read(&format!("ca/{name}")))
+    pem::parse(testdata::real_ek(&format!("ca/{name}")))
         .unwrap()
         .into_contents()
 }
@@ -69,8 +63,8 @@ fn signed_parts(child: &[u8], issuer: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let leaf = read("leaf/stm-st33htphahb4-rsa2048.der");
-    let blob = read("leaf/stm-st33htphahb4-rsa2048.nv.bin");
+    let leaf = testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
+    let blob = testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.nv.bin");
     let (inter, root) = (ca("STM_RSA_05I.pem"), ca("STM_RSA_RT.pem"));
     let now = UNIX_EPOCH + Duration::from_secs(1_717_200_000);
     let policy = EkPolicy {

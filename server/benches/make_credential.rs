@@ -21,16 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ekattest_protocol::spki::{PublicKey, SPKI_MAX};
 use ekattest_protocol::tpm::public::Public;
 use ekattest_server::credential::{FixedRandom, SystemRandom, make_credential};
-
-const DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{DIR}/{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} is missing: {e}"))
-}
+use ekattest_testkit::testdata;
 
 /// TPM2B_PUBLIC of an H-6 style RSA-3072 EK (SHA-384, AES-256-CFB) for `modulus`.
 fn rsa3072_ek(modulus: &[u8]) -> Vec<u8> {
@@ -64,13 +55,13 @@ fn rsa3072_public() -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let ak_name = read("ak.name");
-    let secret = read("secret.bin");
+    let ak_name = testdata::vector("ak.name");
+    let secret = testdata::vector("secret.bin");
     let cases = [
-        ("rsa2048", read("rsa2048/ek.tpm2b_public")),
+        ("rsa2048", testdata::vector("rsa2048/ek.tpm2b_public")),
         ("rsa3072", rsa3072_public()),
-        ("p256", read("p256/ek.tpm2b_public")),
-        ("p384", read("p384/ek.tpm2b_public")),
+        ("p256", testdata::vector("p256/ek.tpm2b_public")),
+        ("p384", testdata::vector("p384/ek.tpm2b_public")),
     ];
     for (case, ek_bytes) in &cases {
         let ek = Public::decode(ek_bytes).unwrap();
@@ -129,7 +120,7 @@ fn bench(c: &mut Criterion) {
                         (q.as_ref()[1], z)
                     })
                 });
-                let scalar = read(&format!("{case}/ecc_ephemeral_scalar.bin"));
+                let scalar = testdata::vector(format!("{case}/ecc_ephemeral_scalar.bin"));
                 g.bench_function("fixed_rng", |b| {
                     b.iter(|| {
                         let mut rng = FixedRandom::new([scalar.clone()]);

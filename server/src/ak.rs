@@ -168,20 +168,11 @@ pub fn check_ak(tpm2b_public: &[u8]) -> Result<Ak, AkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TESTDATA: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/make-credential"
-    );
-
-    fn read(rel: &str) -> Vec<u8> {
-        let path = format!("{TESTDATA}/{rel}");
-        std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-    }
+    use ekattest_testkit::testdata;
 
     /// The vector AK: ECC P-256, SHA-256, attributes 0x00050072, ECDSA-SHA256.
     fn vector_ak() -> Vec<u8> {
-        read("ak.tpm2b_public")
+        testdata::vector("ak.tpm2b_public")
     }
 
     /// Rewrites the objectAttributes of a TPM2B_PUBLIC (bytes 6..10) and returns the copy.
@@ -195,7 +186,7 @@ mod tests {
     #[test]
     fn vector_ak_passes_with_its_name() {
         let ak = check_ak(&vector_ak()).unwrap();
-        assert_eq!(ak.name.as_slice(), read("ak.name").as_slice());
+        assert_eq!(ak.name.as_slice(), testdata::vector("ak.name").as_slice());
         assert_eq!(
             ak.key,
             AkKey::Ecc {
@@ -213,10 +204,10 @@ mod tests {
             "swtpm-bound-p256",
             "swtpm-bound-p384",
         ] {
-            let ak = check_ak(&read(&format!("{case}/ak.tpm2b_public"))).unwrap();
+            let ak = check_ak(&testdata::vector(format!("{case}/ak.tpm2b_public"))).unwrap();
             assert_eq!(
                 ak.name.as_slice(),
-                read(&format!("{case}/ak.name")).as_slice(),
+                testdata::vector(format!("{case}/ak.name")).as_slice(),
                 "{case}"
             );
         }
@@ -241,7 +232,7 @@ mod tests {
     #[test]
     fn ek_is_not_an_ak() {
         // An EK is a restricted decryption key: sign is clear.
-        let err = check_ak(&read("rsa2048/ek.tpm2b_public")).unwrap_err();
+        let err = check_ak(&testdata::vector("rsa2048/ek.tpm2b_public")).unwrap_err();
         assert_eq!(err, AkError::MissingAttribute { attribute: "sign" });
     }
 

@@ -2,28 +2,14 @@
 //! independent encoder), with signatures made by p256.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::Command;
 
 use ekattest_protocol::heapless;
 use ekattest_protocol::msg::{Attribute, AttributeName, Challenge};
+use ekattest_testkit::testdata::{self, openssl};
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 
 use super::*;
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is required for these tests and did not run: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 fn key(seed: u8) -> SigningKey {
     let mut bytes = [seed; 32];
@@ -42,23 +28,11 @@ impl TestCa {
         let key = key(seed);
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), pem.as_bytes()).unwrap();
-        openssl(
+        testdata::openssl_self_signed(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                &format!("/CN={name}"),
-                "-days",
-                "2",
-                "-out",
-                &format!("{name}.pem"),
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-            ],
+            name,
+            &format!("/CN={name}"),
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
         );
         Self { key, name }
     }
@@ -96,27 +70,7 @@ impl TestCa {
             ),
         )
         .unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-new",
-                "-subj",
-                &format!("/O=ekattest/CN={name}"),
-                "-force_pubkey",
-                &format!("{name}-pub.pem"),
-                "-CA",
-                &format!("{}.pem", self.name),
-                "-CAkey",
-                &format!("{}.key", self.name),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.cnf"),
-                "-out",
-                &format!("{name}.pem"),
-            ],
-        );
+        testdata::openssl_issue(dir, self.name, name, &format!("/O=ekattest/CN={name}"));
         Self { key, name }
     }
 

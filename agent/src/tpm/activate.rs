@@ -247,11 +247,7 @@ mod tests {
     use super::*;
 
     fn vector(case: &str) -> Vec<u8> {
-        let p = format!(
-            "{}/../../shared/testdata/make-credential/{case}/expected.tpm2tools_credential",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&p).unwrap_or_else(|e| panic!("test data {p} missing: {e}"))
+        ekattest_testkit::testdata::make_credential(case, "expected.tpm2tools_credential")
     }
 
     #[test]

@@ -137,12 +137,7 @@ mod tests {
     #[test]
     fn vector_ak_template_matches_without_no_da() {
         // The testdata AK is this template (noDA clear) with the key filled in.
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/make-credential/ak.tpm2b_public"
-        );
-        let vector =
-            std::fs::read(path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+        let vector = ekattest_testkit::testdata::vector("ak.tpm2b_public");
         let t = AkOptions {
             no_da: false,
             ..AkOptions::default()

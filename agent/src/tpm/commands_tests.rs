@@ -467,11 +467,7 @@ fn run_all(rsp: Vec<u8>) {
 
 #[test]
 fn mutated_responses_never_panic() {
-    let ak = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/make-credential/ak.tpm2b_public"
-    ))
-    .unwrap();
+    let ak = ekattest_testkit::testdata::vector("ak.tpm2b_public");
     let mut read_public = ak.clone();
     read_public.extend_from_slice(&[0, 2, 0, 0x0b, 0, 2, 0, 0x0b]);
     let nv_public = [

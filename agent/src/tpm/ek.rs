@@ -404,27 +404,15 @@ mod tests {
 
     #[test]
     fn stm_padded_blob_trims_to_the_certificate() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/real-ek/leaf"
-        );
-        let read = |f: &str| {
-            let p = format!("{dir}/{f}");
-            std::fs::read(&p).unwrap_or_else(|e| panic!("test data {p} missing: {e}"))
-        };
-        let blob = read("stm-st33htphahb4-rsa2048.nv.bin");
-        let der = read("stm-st33htphahb4-rsa2048.der");
+        let blob = ekattest_testkit::testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.nv.bin");
+        let der = ekattest_testkit::testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
         assert_eq!(blob.len(), 1600);
         assert_eq!(nv::first_object(&blob).unwrap(), &der[..]);
     }
 
     #[test]
     fn stm_certificate_behind_either_pc_client_header_trims_to_the_der() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
-        );
-        let der = std::fs::read(path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+        let der = ekattest_testkit::testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
         let len = u16::try_from(der.len()).unwrap();
         // 7-byte TCG_PCCLIENT_STORED_CERT + TCG_FULL_CERT: LLLL counts the 10 02 tag too.
         let mut full = vec![0x10, 0x01, 0x00];

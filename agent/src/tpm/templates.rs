@@ -301,11 +301,7 @@ mod tests {
     use super::*;
 
     fn ref_tpmt(case: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../../shared/testdata/make-credential/{case}/ek.tpm2b_public",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let b = std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+        let b = ekattest_testkit::testdata::make_credential(case, "ek.tpm2b_public");
         b[2..].to_vec()
     }
 

@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use ekattest_testkit::{Ca, Device, EkKind, ProvisionOptions};
+use ekattest_testkit::{Ca, Device, EkKind, ProvisionOptions, testdata};
 use serde_json::Value;
 
 fn agent(args: &[&str]) -> Output {
@@ -182,11 +182,7 @@ fn usage_and_input_errors_have_clear_messages() {
     // Nothing listens on port 1: a connect error naming the address.
     std::fs::write(
         &junk,
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/make-credential/p256/expected.tpm2tools_credential"
-        ))
-        .unwrap(),
+        testdata::make_credential("p256", "expected.tpm2tools_credential"),
     )
     .unwrap();
     let out = agent(&[
@@ -238,10 +234,8 @@ fn tpm_paths_that_are_not_devices_are_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let (file, mtime) = precious_file(dir.path());
     let file_arg = file.to_str().unwrap();
-    let credential = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/make-credential/p256/expected.tpm2tools_credential"
-    );
+    let credential = testdata::existing("make-credential/p256/expected.tpm2tools_credential");
+    let credential = credential.to_str().unwrap();
     let sub = dir.path().join("subdir");
     std::fs::create_dir(&sub).unwrap();
     let missing = dir.path().join("missing");

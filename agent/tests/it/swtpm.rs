@@ -16,7 +16,7 @@ use ekattest_agent::tpm::ek::{self, EkKind};
 use ekattest_agent::tpm::stream::Stream;
 use ekattest_protocol::spki::PublicKey;
 use ekattest_protocol::tpm::public::Public;
-use ekattest_testkit::{Ca, Device, ProvisionOptions};
+use ekattest_testkit::{Ca, Device, ProvisionOptions, testdata};
 
 mod param_enc;
 
@@ -48,18 +48,6 @@ fn fleet_kind(kind: EkKind) -> ekattest_testkit::EkKind {
         EkKind::P384 => ekattest_testkit::EkKind::P384,
         EkKind::Rsa3072 => ekattest_testkit::EkKind::Rsa3072,
     }
-}
-
-fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .join(rel)
-}
-
-fn read(path: &PathBuf) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("test data {} missing: {e}", path.display()))
 }
 
 /// For each EK: found, certificate = what swtpm_setup wrote, public = what tpm2-tools reads,
@@ -208,11 +196,11 @@ fn activates_tpm2_makecredential_credentials_for_each_ek() {
 
 #[test]
 fn swtpm_bound_vectors_activate_to_secret_bin() {
-    let device = Device::from_state_file(&testdata(
+    let device = Device::from_state_file(&testdata::path(
         "make-credential/swtpm-bound-state/tpm2-00.permall",
     ))
     .unwrap_or_else(|e| panic!("cannot start swtpm on the vector state: {e}"));
-    let secret = read(&testdata("make-credential/secret.bin"));
+    let secret = testdata::read("make-credential/secret.bin");
     let mut tpm = connect(&device);
     let found = ek::discover(&mut tpm).unwrap();
     // The vectors' AK is the AK template without noDA.
@@ -229,16 +217,16 @@ fn swtpm_bound_vectors_activate_to_secret_bin() {
         let dir = format!("make-credential/swtpm-bound-{case}");
         assert_eq!(
             ak.name,
-            read(&testdata(&format!("{dir}/ak.name"))),
+            testdata::read(format!("{dir}/ak.name")),
             "{case} AK name"
         );
         let e = found.pick(Some(kind)).unwrap();
         assert_eq!(
             e.public,
-            read(&testdata(&format!("{dir}/ek.tpm2b_public"))),
+            testdata::read(format!("{dir}/ek.tpm2b_public")),
             "{case} EK"
         );
-        let cred = read(&testdata(&format!("{dir}/expected.tpm2tools_credential")));
+        let cred = testdata::read(format!("{dir}/expected.tpm2tools_credential"));
         let cred = Credential::decode_tpm2_tools(&cred).unwrap();
         let got = activate::activate(&mut tpm, e, &opts, &cred).unwrap();
         assert_eq!(got, secret, "{case}");
@@ -439,25 +427,11 @@ fn nv_write(device: &Device, index: u32, data: &[u8]) {
         .unwrap();
 }
 
-fn pem_to_der(pem: &std::path::Path) -> Vec<u8> {
-    let out = std::process::Command::new("openssl")
-        .args(["x509", "-outform", "DER", "-in"])
-        .arg(pem)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl not runnable (apt-get install openssl): {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 #[test]
 fn chain_range_is_split_into_certificates() {
     let device = provision(2048, false);
-    let root = pem_to_der(ca().root_cert_pem());
-    let intermediate = pem_to_der(ca().intermediate_cert_pem());
+    let root = testdata::pem_to_der(ca().root_cert_pem());
+    let intermediate = testdata::pem_to_der(ca().intermediate_cert_pem());
     // NV indices hold at most 2048 bytes on swtpm: the intermediate, a small second DER
     // object and padding in the first index, the root in the second.
     let small = vec![0x30, 0x03, 0x02, 0x01, 0x05];

@@ -3,39 +3,30 @@
 
 use super::*;
 use ekattest_server::credential::{SystemRandom, make_credential};
+use ekattest_testkit::testdata;
 use sha2::{Digest, Sha256};
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}/{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} is missing: {e}"))
-}
-
 fn vector_key(case: &str, alg: EkAlg) -> SoftEk {
-    let pem = pem::parse(read(&format!("{case}/ek_private.pk8.pem"))).unwrap();
+    let pem = pem::parse(testdata::vector(format!("{case}/ek_private.pk8.pem"))).unwrap();
     SoftEk::from_pkcs8(alg, pem.contents()).unwrap()
 }
 
 #[test]
 fn known_answer_vectors_activate() {
-    let ak_name = read("ak.name");
-    let secret = read("secret.bin");
+    let ak_name = testdata::vector("ak.name");
+    let secret = testdata::vector("secret.bin");
     for (case, alg) in [("rsa2048", EkAlg::Rsa2048), ("p256", EkAlg::P256)] {
         let ek = vector_key(case, alg);
         // The public area is byte for byte the reference EK (template and unique).
         assert_eq!(
             hex::encode(ek.tpm2b_public()),
-            hex::encode(read(&format!("{case}/ek.tpm2b_public"))),
+            hex::encode(testdata::vector(format!("{case}/ek.tpm2b_public"))),
             "{case}"
         );
-        let spki_hash: [u8; 32] = Sha256::digest(read(&format!("{case}/ek.spki.der"))).into();
+        let spki_hash: [u8; 32] = Sha256::digest(testdata::vector(format!("{case}/ek.spki.der"))).into();
         assert_eq!(ek.public_hash(), &spki_hash, "{case}");
-        let blob = read(&format!("{case}/expected_credential_blob.tpm2b_id_object"));
-        let enc = read(&format!("{case}/expected_secret.tpm2b_encrypted_secret"));
+        let blob = testdata::vector(format!("{case}/expected_credential_blob.tpm2b_id_object"));
+        let enc = testdata::vector(format!("{case}/expected_secret.tpm2b_encrypted_secret"));
         assert_eq!(
             ek.activate_credential(&ak_name, &blob, &enc).unwrap(),
             secret,
@@ -59,7 +50,7 @@ fn generated_keys_follow_the_reference_templates() {
     ] {
         let ek = SoftEk::generate(alg).unwrap();
         let ours = ek.tpm2b_public();
-        let theirs = read(&format!("{case}/ek.tpm2b_public"));
+        let theirs = testdata::vector(format!("{case}/ek.tpm2b_public"));
         assert_eq!(ours.len(), theirs.len(), "{case}");
         let head = ours.len() - unique_len;
         assert_eq!(hex::encode(&ours[..head]), hex::encode(&theirs[..head]));

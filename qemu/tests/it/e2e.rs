@@ -366,13 +366,7 @@ fn invented_agent_ids_get_no_session_through_the_shipped_acl() {
     let tls_ca = world.broker.ca_pem().unwrap();
     let topics = Topics::new("ekattest/v1", CLUSTER).unwrap();
     // A Login as captured from a device (the make-credential vectors' EK and AK).
-    let testdata = |name: &str| {
-        let path = format!(
-            "{}/../../shared/testdata/make-credential/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-    };
+    let testdata = ekattest_testkit::testdata::vector;
     let login = Login {
         methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
         ek_public: heapless::Vec::from_slice(&testdata("rsa2048/ek.tpm2b_public")).unwrap(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ekattest_testkit::testdata;
 use ekattest_fleet::{
     Ca, Device, EkKind, Error, ProvisionOptions, openssl_public_hash, tpm2_makecredential,
 };
@@ -15,20 +16,6 @@ const RSA2048_P256: ProvisionOptions = ProvisionOptions {
     rsa_keysize: 2048,
     p256_ek_cert: true,
 };
-
-fn testdata(rel: &str) -> PathBuf {
-    let p = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .join(rel);
-    assert!(
-        p.exists(),
-        "test data {} is missing: it lives beside the repository in ../shared/testdata",
-        p.display()
-    );
-    p
-}
 
 /// Runs a command, panics with its stderr unless it succeeds; returns stdout.
 fn sh(program: &str, args: &[&str]) -> String {
@@ -475,7 +462,7 @@ fn failed_provisioning_leaves_nothing_running() {
 
 #[test]
 fn openssl_public_hash_matches_the_known_stm_value() {
-    let der = testdata("real-ek/leaf/stm-st33htphahb4-rsa2048.der");
+    let der = testdata::existing("real-ek/leaf/stm-st33htphahb4-rsa2048.der");
     let want = "de6a6ba0564fc32ed137b2e2c97b39c741e87a3fbbb80bc9092b75b6dc8a2aab";
     assert_eq!(openssl_public_hash(&der).unwrap(), want);
     // PEM input gives the same.
@@ -528,19 +515,19 @@ fn tpm2_tools_credentials_round_trip_on_every_ek() {
 
 #[test]
 fn swtpm_bound_vectors_activate_on_the_shared_state() {
-    let dev = Device::from_state_file(&testdata(
+    let dev = Device::from_state_file(&testdata::existing(
         "make-credential/swtpm-bound-state/tpm2-00.permall",
     ))
     .unwrap();
     let ak = dev.tpm2_create_ak().unwrap();
-    let secret = fs::read(testdata("make-credential/secret.bin")).unwrap();
+    let secret = testdata::read("make-credential/secret.bin");
     for (dir, kind) in [
         ("swtpm-bound-rsa2048", EkKind::Rsa2048),
         ("swtpm-bound-p256", EkKind::P256),
         ("swtpm-bound-p384", EkKind::P384),
     ] {
         // The vectors are bound to this TPM's AK from the AK template: ours must be it.
-        let want_name = fs::read(testdata(&format!("make-credential/{dir}/ak.name"))).unwrap();
+        let want_name = testdata::read(format!("make-credential/{dir}/ak.name"));
         assert_eq!(
             hex::encode(&ak.name),
             hex::encode(&want_name),
@@ -549,20 +536,19 @@ fn swtpm_bound_vectors_activate_on_the_shared_state() {
         assert_eq!(
             hex::encode(&ak.public),
             hex::encode(
-                fs::read(testdata(&format!("make-credential/{dir}/ak.tpm2b_public"))).unwrap()
+                testdata::read(format!("make-credential/{dir}/ak.tpm2b_public"))
             ),
             "{kind}: AK public"
         );
-        let ek = fs::read(testdata(&format!("make-credential/{dir}/ek.tpm2b_public"))).unwrap();
+        let ek = testdata::read(format!("make-credential/{dir}/ek.tpm2b_public"));
         assert_eq!(
             hex::encode(dev.ek_public(kind).unwrap()),
             hex::encode(&ek),
             "{kind}: EK public"
         );
-        let cred = fs::read(testdata(&format!(
+        let cred = testdata::read(format!(
             "make-credential/{dir}/expected.tpm2tools_credential"
-        )))
-        .unwrap();
+        ));
         assert_eq!(
             dev.tpm2_activatecredential(&ak, kind, &cred).unwrap(),
             secret,

@@ -27,7 +27,6 @@ use crate::common;
 use crate::mqtt_peer;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -178,17 +177,7 @@ impl Mitm {
 
 /// The DER SubjectPublicKeyInfo openssl prints (PEM) for `args`, run in `dir`.
 fn openssl_der(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed (apt-get install openssl): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(ekattest_testkit::testdata::openssl(dir, args)).unwrap();
     let pem = pem::parse(text.trim()).unwrap();
     pem.into_contents()
 }

@@ -10,21 +10,9 @@
 )]
 
 use std::path::Path;
-use std::process::Command;
 
 /// Runs `openssl ARGS` in `dir`, panicking with its stderr when it fails.
-pub fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is needed to make the bench's EK chains: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use ekattest_testkit::testdata::openssl;
 
 /// The DER contents of the PEM file at `path`.
 pub fn pem_der(path: impl AsRef<Path>) -> Vec<u8> {

@@ -4,24 +4,15 @@
 use std::time::Duration;
 
 use ekattest_protocol::msg::Method;
+use ekattest_testkit::testdata;
 use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::credential::{FixedRandom, SystemRandom};
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(name: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}/{name}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-}
-
 /// An allow-list policy trusting the rsa2048 vector's EK.
 fn doc() -> Document {
-    let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
+    let hash = hex::encode(Sha256::digest(testdata::vector("rsa2048/ek.spki.der")));
     let yaml = format!(
         "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
          requiredAttestors:\n    - type: tpm_ek\n      config:\n        allowedHashes: [\"{hash}\"]\n"
@@ -32,10 +23,10 @@ fn doc() -> Document {
 fn login() -> Login {
     Login {
         methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
-        ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_public: heapless::Vec::from_slice(&testdata::vector("rsa2048/ek.tpm2b_public")).unwrap(),
         ek_cert: None,
         ek_chain: heapless::Vec::new(),
-        ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        ak_public: heapless::Vec::from_slice(&testdata::vector("ak.tpm2b_public")).unwrap(),
         svid_key: None,
         key_certify: None,
         nonce: [0x4e; 16],
@@ -60,10 +51,10 @@ fn attestor() -> Attestor {
 /// MakeCredential seed, OAEP seed.
 fn vector_random() -> FixedRandom {
     FixedRandom::new([
-        read("secret.bin"),
+        testdata::vector("secret.bin"),
         vec![0x5a; 16],
-        read("rsa2048/seed.bin"),
-        read("rsa2048/oaep_seed.bin"),
+        testdata::vector("rsa2048/seed.bin"),
+        testdata::vector("rsa2048/oaep_seed.bin"),
     ])
 }
 
@@ -83,7 +74,7 @@ fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
         )
         .unwrap();
     assert_eq!(identity.check, Check::AllowList);
-    let hash = hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")));
+    let hash = hex::encode(Sha256::digest(testdata::vector("rsa2048/ek.spki.der")));
     assert_eq!(
         identity.spiffe_id,
         format!("spiffe://example.org/agents/tpm/{hash}")
@@ -92,11 +83,11 @@ fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
     // Byte for byte the credential tpm2-tools and swtpm agree on.
     assert_eq!(
         challenge.credential_blob.as_slice(),
-        read("rsa2048/expected_credential_blob.tpm2b_id_object")
+        testdata::vector("rsa2048/expected_credential_blob.tpm2b_id_object")
     );
     assert_eq!(
         challenge.encrypted_secret.as_slice(),
-        read("rsa2048/expected_secret.tpm2b_encrypted_secret")
+        testdata::vector("rsa2048/expected_secret.tpm2b_encrypted_secret")
     );
     assert_eq!(
         (challenge.node.as_str(), challenge.expires_in),
@@ -107,7 +98,7 @@ fn login_issues_the_known_answer_challenge_and_answer_proves_identity() {
     assert_eq!(identity.transcript, T);
     let answer = Answer {
         session: challenge.session,
-        mac: mac(&read("secret.bin"), &challenge.session),
+        mac: mac(&testdata::vector("secret.bin"), &challenge.session),
         pop: None,
     };
     let identity = a.answer("ek-1", &answer, now).unwrap();
@@ -144,7 +135,7 @@ fn wrong_secret_wrong_agent_and_expiry_are_rejected() {
     );
 
     // Expired: even the right secret (from the vector's fixed randomness) is too late.
-    let right = read("secret.bin");
+    let right = testdata::vector("secret.bin");
     let answer = challenged(&a, "ek-1", &mut vector_random(), &right);
     let r = a
         .answer("ek-1", &answer, now + Duration::from_secs(301))
@@ -206,7 +197,7 @@ fn cheap_checks_reject_before_any_session() {
     assert_eq!(r.code, RejectCode::AkRejected);
 
     let mut other_ek = login();
-    other_ek.ek_public = heapless::Vec::from_slice(&read("p256/ek.tpm2b_public")).unwrap();
+    other_ek.ek_public = heapless::Vec::from_slice(&testdata::vector("p256/ek.tpm2b_public")).unwrap();
     let r = a
         .login(
             &doc(),
@@ -280,7 +271,7 @@ fn challenged_with_key(a: &Attestor, agent: &str, spki: &[u8]) -> Answer {
     assert_eq!(identity.svid_key.as_deref(), Some(spki));
     Answer {
         session: challenge.session,
-        mac: mac(&read("secret.bin"), &challenge.session),
+        mac: mac(&testdata::vector("secret.bin"), &challenge.session),
         pop: None,
     }
 }
@@ -297,7 +288,7 @@ fn login_with_a_bad_svid_key_is_rejected_before_any_session() {
     let mut trailing = good.clone();
     trailing.push(0);
     for (bad, says) in [
-        (read("p384/ek.spki.der"), "NistP384"),
+        (testdata::vector("p384/ek.spki.der"), "NistP384"),
         (off_curve, "not on the P-256 curve"),
         (trailing, "trailing"),
         (b"garbage".to_vec(), "svid_key"),
@@ -379,7 +370,7 @@ fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
     let a = attestor();
     let now = Instant::now();
     let (key, spki) = svid_key();
-    let mut answer = challenged(&a, "ek-1", &mut vector_random(), &read("secret.bin"));
+    let mut answer = challenged(&a, "ek-1", &mut vector_random(), &testdata::vector("secret.bin"));
     answer.pop = Some(heapless::Vec::from_slice(&[0x30, 0x00]).unwrap());
     let identity = a.answer("ek-1", &answer, now).unwrap();
     assert_eq!(identity.svid_key, None);
@@ -430,7 +421,7 @@ fn vector_challenge(a: &Attestor, now: Instant) -> Challenge {
 fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
     let a = attestor();
     let now = Instant::now();
-    let secret = read("secret.bin");
+    let secret = testdata::vector("secret.bin");
     // The device's MAC over its own Login's transcript, while the server received a rewritten
     // Login (another transcript): what an attacker who swapped the svid_key gets.
     let challenge = vector_challenge(&a, now);
@@ -475,7 +466,7 @@ fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
 fn one_pending_session_per_ek_whatever_the_agent_id() {
     let a = attestor();
     let now = Instant::now();
-    let first = challenged(&a, "ek-1", &mut vector_random(), &read("secret.bin"));
+    let first = challenged(&a, "ek-1", &mut vector_random(), &testdata::vector("secret.bin"));
     // The same EK under another agent id (a replayed Login) replaces the first session.
     let second = challenged(&a, "ek-x", &mut SystemRandom, &[0; 32]);
     assert_eq!(a.pending(), 1, "one session per EK");
@@ -491,7 +482,7 @@ fn one_pending_session_per_ek_whatever_the_agent_id() {
 fn agent_id_from_ek_refuses_other_ids_before_any_session() {
     let a = attestor().agent_id_from_ek(true);
     let now = Instant::now();
-    let hash = Sha256::digest(read("rsa2048/ek.spki.der"));
+    let hash = Sha256::digest(testdata::vector("rsa2048/ek.spki.der"));
     let mut h = [0u8; 32];
     h.copy_from_slice(&hash);
     let derived = ekattest_protocol::topic::default_agent_id(&h);
@@ -524,7 +515,7 @@ fn agent_id_from_ek_refuses_other_ids_before_any_session() {
         .unwrap();
     let answer = Answer {
         session: challenge.session,
-        mac: mac(&read("secret.bin"), &challenge.session),
+        mac: mac(&testdata::vector("secret.bin"), &challenge.session),
         pop: None,
     };
     assert!(a.answer(derived.as_str(), &answer, now).is_ok());
@@ -562,7 +553,7 @@ fn require_tpm_key_refuses_software_svid_keys_and_checks_certifications() {
     // A certification that does not parse is refused whatever the setting.
     let mut forged = with_key.clone();
     forged.key_certify = Some(ekattest_protocol::msg::KeyCertify {
-        public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        public: heapless::Vec::from_slice(&testdata::vector("ak.tpm2b_public")).unwrap(),
         attest: heapless::Vec::from_slice(&[0, 2, 0xff, 0x54]).unwrap(),
         signature: heapless::Vec::from_slice(&[0, 0x18]).unwrap(),
     });

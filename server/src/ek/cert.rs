@@ -468,11 +468,7 @@ mod tests {
         assert!(matches!(Cert::parse(&big), Err(CertError::TooLarge { .. })));
         assert!(matches!(Cert::parse(&[]), Err(CertError::Malformed { .. })));
         // Truncated: said in words, not as the parser's internals.
-        let der = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/real-ek/leaf/stm-st33htphahb4-rsa2048.der"
-        ))
-        .unwrap();
+        let der = ekattest_testkit::testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
         let e = Cert::parse(&der[..der.len() / 2]).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
         assert!(!e.contains("NomError"), "{e}");

@@ -586,13 +586,11 @@ fn search(
 
 #[cfg(test)]
 mod tests {
+    use ekattest_testkit::testdata;
+
     use super::super::signature::{Hash, SigAlg};
     use super::*;
 
-    const REAL_EK_CA: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/real-ek/ca"
-    );
     /// 2024-06-01T00:00:00Z: inside the validity of the real CA certificates used here.
     const JUNE_2024: i64 = 1_717_200_000;
 
@@ -602,8 +600,9 @@ mod tests {
     /// as an EK certificate, rightly), with every other certificate of the set as an anchor.
     #[test]
     fn real_vendor_ca_signatures_verify() {
-        let mut names: Vec<String> = std::fs::read_dir(REAL_EK_CA)
-            .unwrap_or_else(|e| panic!("test data {REAL_EK_CA} missing: {e}"))
+        let cas = testdata::existing("real-ek/ca");
+        let mut names: Vec<String> = std::fs::read_dir(&cas)
+            .unwrap_or_else(|e| panic!("test data {} missing: {e}", cas.display()))
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.ends_with(".pem"))
             .collect();
@@ -612,7 +611,7 @@ mod tests {
         let all: Vec<Cert> = names
             .iter()
             .map(|n| {
-                let text = std::fs::read(format!("{REAL_EK_CA}/{n}")).unwrap();
+                let text = testdata::real_ek(&format!("ca/{n}"));
                 Cert::parse(pem::parse(text).unwrap().contents()).unwrap()
             })
             .collect();

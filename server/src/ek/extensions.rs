@@ -159,8 +159,6 @@ mod tests {
 
     use super::*;
 
-    const REAL_EK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/real-ek");
-
     /// The previous implementation: x509-parser's deep parsing and its accessors.
     fn reference(exts: &[X509Extension<'_>]) -> Result<Extensions, CertError> {
         let unique = |oid: &Oid<'_>, name| {
@@ -373,9 +371,9 @@ mod tests {
     fn real_certificates_read_as_deep_parsing_did() {
         let mut ders = Vec::new();
         for dir in ["ca", "leaf"] {
-            let path = format!("{REAL_EK}/{dir}");
+            let path = ekattest_testkit::testdata::existing(format!("real-ek/{dir}"));
             let entries = std::fs::read_dir(&path)
-                .unwrap_or_else(|e| panic!("test data {path} is missing: {e}"));
+                .unwrap_or_else(|e| panic!("test data {} is missing: {e}", path.display()));
             for entry in entries {
                 let file = entry.unwrap().path();
                 let bytes = std::fs::read(&file).unwrap();

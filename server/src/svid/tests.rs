@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ekattest_protocol::RejectCode;
 use ekattest_protocol::msg::{Accepted, AttributeName, SessionId};
 use ekattest_protocol::sign;
+use ekattest_testkit::testdata;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::EncodePublicKey as _;
@@ -17,16 +18,6 @@ use super::*;
 // with the Result signature checks (test-only dependency on attest).
 use crate::attest::Identity;
 use crate::ek::Check;
-
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(name: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}/{name}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-}
 
 const ID: &str = "spiffe://example.org/agents/tpm/abc123";
 
@@ -226,7 +217,7 @@ fn issue_refuses_bad_spiffe_ids_and_keys() {
         assert!(matches!(e, SvidError::SpiffeId { .. }), "{id}: {e}");
     }
     let e = ca
-        .issue(&read("rsa2048/ek.spki.der"), ID, now, ttl)
+        .issue(&testdata::vector("rsa2048/ek.spki.der"), ID, now, ttl)
         .unwrap_err();
     assert!(matches!(e, SvidError::SvidKey(_)), "{e}");
 }
@@ -405,7 +396,7 @@ fn verify_pop_accepts_the_agents_signature_only_for_its_transcript_session_mac_a
     assert!(bad(&spki, &T, &session, &mac, sig.to_der().as_bytes()));
 
     assert!(matches!(
-        verify_pop(&read("rsa2048/ek.spki.der"), &T, &session, &mac, &good),
+        verify_pop(&testdata::vector("rsa2048/ek.spki.der"), &T, &session, &mac, &good),
         Err(SvidError::SvidKey(_))
     ));
 }
@@ -504,8 +495,8 @@ fn check_svid_key_accepts_p256_and_names_every_other_problem() {
         Err(SvidError::SvidKey(r)) => r,
         other => panic!("expected SvidKey, got {other:?}"),
     };
-    assert!(reason(&read("rsa2048/ek.spki.der")).contains("RSA"));
-    assert!(reason(&read("p384/ek.spki.der")).contains("NistP384"));
+    assert!(reason(&testdata::vector("rsa2048/ek.spki.der")).contains("RSA"));
+    assert!(reason(&testdata::vector("p384/ek.spki.der")).contains("NistP384"));
     let mut off_curve = spki.clone();
     let last = off_curve.len() - 1;
     off_curve[last] ^= 1;
@@ -551,7 +542,7 @@ fn load_rejects_mismatched_non_ca_rsa_and_garbage_inputs() {
     assert!(e.to_string().contains("CA:TRUE"), "{e}");
 
     // RSA keys, PKCS#8 and PKCS#1.
-    let rsa_pk8 = read("rsa2048/ek_private.pk8.pem");
+    let rsa_pk8 = testdata::vector("rsa2048/ek_private.pk8.pem");
     let e = Authority::from_pem(cert_pem.as_bytes(), &rsa_pk8).unwrap_err();
     assert!(matches!(e, SvidError::CaKey { .. }), "{e}");
     assert!(e.to_string().contains("P-256"), "{e}");
@@ -559,7 +550,7 @@ fn load_rejects_mismatched_non_ca_rsa_and_garbage_inputs() {
     let e = Authority::from_pem(cert_pem.as_bytes(), pkcs1.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("RSA key"), "{e}");
     // A P-384 key.
-    let e = Authority::from_pem(cert_pem.as_bytes(), &read("p384/ek_private.pk8.pem")).unwrap_err();
+    let e = Authority::from_pem(cert_pem.as_bytes(), &testdata::vector("p384/ek_private.pk8.pem")).unwrap_err();
     assert!(matches!(e, SvidError::CaKey { .. }), "{e}");
 
     // Garbage and empty files.

@@ -6,18 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ekattest_server::config::{ConfigError, Document, MAX_DOCUMENT_BYTES, Method};
 use ekattest_server::ek::{self, Check, Evidence, ProfileMode};
 use ekattest_server::policy::{PolicyError, SpiffeIdTemplate};
+use ekattest_testkit::testdata;
 
-const REAL_EK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/real-ek");
 const STM_HASH: &str = "de6a6ba0564fc32ed137b2e2c97b39c741e87a3fbbb80bc9092b75b6dc8a2aab";
 
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{REAL_EK}/{rel}");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("test data {path} is missing ({e}); see the common brief"))
-}
-
 fn read_str(rel: &str) -> String {
-    String::from_utf8(read(rel)).unwrap()
+    String::from_utf8(testdata::real_ek(rel)).unwrap()
 }
 
 /// Indents a multi-line value for a YAML block scalar under `config:`.
@@ -202,11 +196,11 @@ fn expired_ca_is_accepted_with_a_warning_naming_not_after() {
 
 #[test]
 fn all_real_vendor_cas_load_in_one_bundle() {
-    let dir = format!("{REAL_EK}/ca");
+    let dir = testdata::existing("real-ek/ca");
     let mut bundle = String::new();
     let mut n = 0;
     let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{dir} missing: {e}"))
+        .unwrap_or_else(|e| panic!("{} missing: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "pem"))
         .collect();
@@ -540,7 +534,7 @@ fn missing_attribute_is_a_rejection_not_an_empty_segment() {
 fn stm_leaf_verifies_through_the_configured_chain() {
     let d = Document::parse(stm_doc().as_bytes()).unwrap();
     let p = d.select(&[Method::TpmEk]).unwrap();
-    let leaf = read("leaf/stm-st33htphahb4-rsa2048.der");
+    let leaf = testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
     let ev = Evidence {
         ek_cert: Some(&leaf),
         ek_chain: &[],

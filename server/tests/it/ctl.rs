@@ -5,19 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const REAL_EK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/real-ek");
+use ekattest_testkit::testdata;
+
 const STM_HASH: &str = "de6a6ba0564fc32ed137b2e2c97b39c741e87a3fbbb80bc9092b75b6dc8a2aab";
 const STM_DER: &str = "leaf/stm-st33htphahb4-rsa2048.der";
 const STM_NV: &str = "leaf/stm-st33htphahb4-rsa2048.nv.bin";
 
 fn data(rel: &str) -> PathBuf {
-    let p = PathBuf::from(format!("{REAL_EK}/{rel}"));
-    assert!(
-        p.exists(),
-        "test data {} is missing; see the common brief",
-        p.display()
-    );
-    p
+    testdata::existing(Path::new("real-ek").join(rel))
 }
 
 fn ctl(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
@@ -340,20 +335,11 @@ fn ek_verify_rejects_a_wrong_ca_and_an_unrenderable_spiffe_id() {
     assert_eq!(v["passed_check"], "allow_list");
 }
 
-const MC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
 #[test]
 fn raw_key_tpm_hash_and_missing_attribute_rejection() {
     use sha2::Digest as _;
-    let public = PathBuf::from(format!("{MC}/rsa2048/ek.tpm2b_public"));
-    let spki = PathBuf::from(format!("{MC}/rsa2048/ek.spki.der"));
-    assert!(
-        public.exists() && spki.exists(),
-        "test data under {MC} is missing"
-    );
+    let public = testdata::existing("make-credential/rsa2048/ek.tpm2b_public");
+    let spki = testdata::existing("make-credential/rsa2048/ek.spki.der");
     // The allow-list fingerprint is the SHA-256 of the EK's DER SPKI (vector README).
     let want = hex::encode(sha2::Sha256::digest(std::fs::read(&spki).unwrap()));
     for f in [&public, &spki] {

@@ -16,22 +16,14 @@ use ekattest_protocol::topic::Topics;
 use ekattest_protocol::{RejectCode, decode, encode, heapless, limits};
 use ekattest_server::config::signed::SigningKey;
 use ekattest_server::svid::Authority;
+use ekattest_testkit::testdata;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const CLUSTER: &str = "c-test";
 const NODE: &str = "node-1";
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
 const WAIT: Duration = Duration::from_secs(20);
-
-fn read(name: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}/{name}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -93,7 +85,7 @@ const INVALID_POLICY: &str = "section: AgentAttestation\nschema: v1\nspec:\n  po
 requiredAttestors:\n    - type: tpm_ek\n      config:\n        caCerts: \"not pem\"\n";
 
 fn ek_hash() -> String {
-    hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")))
+    hex::encode(Sha256::digest(testdata::vector("rsa2048/ek.spki.der")))
 }
 
 /// The server process and its collected JSON log lines.
@@ -244,17 +236,17 @@ impl Peer {
 /// The agent id the server requires for the test EK (`agent-id-from-ek`).
 fn ek_derived() -> String {
     let mut h = [0u8; 32];
-    h.copy_from_slice(&Sha256::digest(read("rsa2048/ek.spki.der")));
+    h.copy_from_slice(&Sha256::digest(testdata::vector("rsa2048/ek.spki.der")));
     ekattest_protocol::topic::default_agent_id(&h).to_string()
 }
 
 fn login_frame() -> Vec<u8> {
     let login = Login {
         methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
-        ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_public: heapless::Vec::from_slice(&testdata::vector("rsa2048/ek.tpm2b_public")).unwrap(),
         ek_cert: None,
         ek_chain: heapless::Vec::new(),
-        ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        ak_public: heapless::Vec::from_slice(&testdata::vector("ak.tpm2b_public")).unwrap(),
         svid_key: None,
         key_certify: None,
         nonce: [0x4e; 16],
@@ -419,7 +411,7 @@ fn login_rejections_metrics_and_hot_reload_over_mosquitto() {
     // 2. A Login whose EK hash is not in the allow-list: EkNotTrusted, seed log lines.
     let ek_a = {
         let mut h = [0u8; 32];
-        h.copy_from_slice(&Sha256::digest(read("rsa2048/ek.spki.der")));
+        h.copy_from_slice(&Sha256::digest(testdata::vector("rsa2048/ek.spki.der")));
         ekattest_protocol::topic::default_agent_id(&h).to_string()
     };
     let agent = Peer::connect(s.port, &ek_a, Some(topics.down(&ek_a).unwrap().as_str()));

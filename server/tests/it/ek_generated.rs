@@ -37,12 +37,36 @@ fn policy(
 }
 
 fn check(p: &EkPolicy, ek: &[u8]) -> Result<Verdict, EkError> {
+    check_at(p, ek, SystemTime::now())
+}
+
+/// [`check`] at the time `at`.
+fn check_at(p: &EkPolicy, ek: &[u8], at: SystemTime) -> Result<Verdict, EkError> {
     let ev = Evidence {
         ek_cert: Some(ek),
         ek_chain: &[],
         ek_public: None,
     };
-    validate(p, &ev, SystemTime::now())
+    validate(p, &ev, at)
+}
+
+/// The Enforce policy with default options that trusts `root` alone, and its rejection of
+/// `ek` at `secs` after the epoch (each reason said once).
+fn rejected_under_root(root: Vec<u8>, ek: &[u8], secs: u64) -> (EkPolicy, EkError) {
+    let p = policy(
+        vec![root],
+        vec![],
+        ProfileMode::Enforce,
+        ChainOptions::default(),
+    );
+    let err = check_at(&p, ek, epoch_plus(secs)).unwrap_err();
+    assert_no_repeated_reason(&err);
+    (p, err)
+}
+
+/// `secs` after the epoch.
+fn epoch_plus(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 fn chain_err(r: Result<Verdict, EkError>) -> ChainError {
@@ -628,20 +652,7 @@ fn expired_ek_is_rejected_naming_not_after_and_the_option_unless_accept_expired_
     pki.openssl_verify(&["root"], &[], &e, unix_now() + 60)
         .unwrap();
 
-    let mut p = policy(
-        vec![r],
-        vec![],
-        ProfileMode::Enforce,
-        ChainOptions::default(),
-    );
-    let ev = Evidence {
-        ek_cert: Some(&e),
-        ek_chain: &[],
-        ek_public: None,
-    };
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(later);
-    let err = validate(&p, &ev, at).unwrap_err();
-    assert_no_repeated_reason(&err);
+    let (mut p, err) = rejected_under_root(r, &e, later);
     let EkError::Chain {
         source: ChainError::EkExpired { not_after, .. },
         ..
@@ -680,7 +691,7 @@ fn expired_ek_is_rejected_naming_not_after_and_the_option_unless_accept_expired_
     }
 
     p.chain.accept_expired_ek = true;
-    let v = validate(&p, &ev, at).unwrap();
+    let v = check_at(&p, &e, epoch_plus(later)).unwrap();
     assert_eq!(v.passed, Check::Chain);
     assert_eq!(v.attributes.version.as_deref(), Some("7.64"));
     assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
@@ -691,7 +702,7 @@ fn expired_ek_is_rejected_naming_not_after_and_the_option_unless_accept_expired_
         v.warnings
     );
     // Inside its validity period nothing is flagged, with or without the option.
-    let v = validate(&p, &ev, SystemTime::now()).unwrap();
+    let v = check(&p, &e).unwrap();
     assert!(v.warnings.is_empty(), "{:?}", v.warnings);
 }
 
@@ -718,20 +729,7 @@ fn not_yet_valid_ek_is_rejected_naming_not_before_unless_accept_expired_ek() {
     pki.openssl_verify(&["root"], &[], &e, unix_now() + 30 * 86_400)
         .unwrap();
 
-    let mut p = policy(
-        vec![r],
-        vec![],
-        ProfileMode::Enforce,
-        ChainOptions::default(),
-    );
-    let ev = Evidence {
-        ek_cert: Some(&e),
-        ek_chain: &[],
-        ek_public: None,
-    };
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(tomorrow);
-    let err = validate(&p, &ev, at).unwrap_err();
-    assert_no_repeated_reason(&err);
+    let (mut p, err) = rejected_under_root(r, &e, tomorrow);
     let EkError::Chain {
         source: ChainError::EkNotYetValid { not_before, .. },
         ..
@@ -749,10 +747,10 @@ fn not_yet_valid_ek_is_rejected_naming_not_before_unless_accept_expired_ek() {
         assert!(text.contains(want), "{want:?} missing: {text}");
     }
     // Thirty days later it is valid; tomorrow it passes only with the option.
-    let later = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_now() + 30 * 86_400);
-    assert_eq!(validate(&p, &ev, later).unwrap().passed, Check::Chain);
+    let later = epoch_plus(unix_now() + 30 * 86_400);
+    assert_eq!(check_at(&p, &e, later).unwrap().passed, Check::Chain);
     p.chain.accept_expired_ek = true;
-    let v = validate(&p, &ev, at).unwrap();
+    let v = check_at(&p, &e, epoch_plus(tomorrow)).unwrap();
     assert_eq!(v.passed, Check::Chain);
     assert!(
         v.warnings

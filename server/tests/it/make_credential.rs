@@ -13,20 +13,11 @@ use ekattest_server::credential::{
     Credential, CredentialError, FixedRandom, SystemRandom, check_ek, make_credential,
     make_credential_traced,
 };
+use ekattest_testkit::testdata;
 use serde_json::Value;
 
-const DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(rel: &str) -> Vec<u8> {
-    let path = format!("{DIR}/{rel}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} is missing: {e}"))
-}
-
 fn vector(case: &str) -> Value {
-    serde_json::from_slice(&read(&format!("{case}/vector.json"))).unwrap()
+    serde_json::from_slice(&testdata::vector(format!("{case}/vector.json"))).unwrap()
 }
 
 fn hex_field(v: &Value, key: &str) -> Vec<u8> {
@@ -37,32 +28,32 @@ fn hex_field(v: &Value, key: &str) -> Vec<u8> {
 }
 
 fn pkcs8(case: &str) -> Vec<u8> {
-    let text = read(&format!("{case}/ek_private.pk8.pem"));
+    let text = testdata::vector(format!("{case}/ek_private.pk8.pem"));
     pem::parse(text).unwrap().contents().to_vec()
 }
 
 /// The fixed randomness of a case, in the order MakeCredential draws it.
 fn fixed_inputs(case: &str) -> FixedRandom {
     match case {
-        "rsa2048" => FixedRandom::new([read("rsa2048/seed.bin"), read("rsa2048/oaep_seed.bin")]),
-        ecc => FixedRandom::new([read(&format!("{ecc}/ecc_ephemeral_scalar.bin"))]),
+        "rsa2048" => FixedRandom::new([testdata::vector("rsa2048/seed.bin"), testdata::vector("rsa2048/oaep_seed.bin")]),
+        ecc => FixedRandom::new([testdata::vector(format!("{ecc}/ecc_ephemeral_scalar.bin"))]),
     }
 }
 
 fn assert_matches_expected(dir: &str, c: &Credential) {
     assert_eq!(
         c.blob,
-        read(&format!("{dir}/expected_credential_blob.tpm2b_id_object")),
+        testdata::vector(format!("{dir}/expected_credential_blob.tpm2b_id_object")),
         "{dir}: blob"
     );
     assert_eq!(
         c.secret,
-        read(&format!("{dir}/expected_secret.tpm2b_encrypted_secret")),
+        testdata::vector(format!("{dir}/expected_secret.tpm2b_encrypted_secret")),
         "{dir}: secret"
     );
     assert_eq!(
         c.to_tpm2_tools_file(),
-        read(&format!("{dir}/expected.tpm2tools_credential")),
+        testdata::vector(format!("{dir}/expected.tpm2tools_credential")),
         "{dir}: file"
     );
 }
@@ -71,12 +62,12 @@ fn assert_matches_expected(dir: &str, c: &Credential) {
 fn software_ek_vectors_are_reproduced_byte_for_byte() {
     for case in ["rsa2048", "p256", "p384"] {
         let v = vector(case);
-        let ek_bytes = read(&format!("{case}/ek.tpm2b_public"));
+        let ek_bytes = testdata::vector(format!("{case}/ek.tpm2b_public"));
         let ek = Public::decode(&ek_bytes).unwrap();
         assert_eq!(ek.tpmt_bytes(), hex_field(&v, "ek_tpmt_public").as_slice());
-        let ak_name = read("ak.name");
+        let ak_name = testdata::vector("ak.name");
         assert_eq!(ak_name, hex_field(&v, "ak_name"));
-        let secret = read("secret.bin");
+        let secret = testdata::vector("secret.bin");
         assert_eq!(secret, hex_field(&v, "credential"));
 
         let mut rng = fixed_inputs(case);
@@ -86,7 +77,7 @@ fn software_ek_vectors_are_reproduced_byte_for_byte() {
         assert_eq!(t.seed, hex_field(&v, "seed"), "{case}: seed");
         assert_eq!(
             t.seed,
-            read(&format!("{case}/seed.bin")),
+            testdata::vector(format!("{case}/seed.bin")),
             "{case}: seed.bin"
         );
         assert_eq!(
@@ -113,7 +104,7 @@ fn software_ek_vectors_are_reproduced_byte_for_byte() {
             assert_eq!(t.ecdh_z, hex_field(&v, "ecdh_z"), "{case}: Z");
             assert_eq!(
                 t.ecdh_z,
-                read(&format!("{case}/ecdh_z.bin")),
+                testdata::vector(format!("{case}/ecdh_z.bin")),
                 "{case}: ecdh_z.bin"
             );
             let qx = hex_field(&v, "ecc_ephemeral_qx");
@@ -140,13 +131,13 @@ fn swtpm_bound_vectors_are_reproduced_byte_for_byte() {
         ("swtpm-bound-p256", "p256"),
         ("swtpm-bound-p384", "p384"),
     ] {
-        let ek_bytes = read(&format!("{case}/ek.tpm2b_public"));
+        let ek_bytes = testdata::vector(format!("{case}/ek.tpm2b_public"));
         let ek = Public::decode(&ek_bytes).unwrap();
-        let ak_name = read(&format!("{case}/ak.name"));
+        let ak_name = testdata::vector(format!("{case}/ak.name"));
         let c = make_credential(
             &ek,
             &ak_name,
-            &read("secret.bin"),
+            &testdata::vector("secret.bin"),
             &mut fixed_inputs(inputs),
         )
         .unwrap();
@@ -176,15 +167,15 @@ fn rsa_decrypt(key: &PrivateDecryptingKey, alg: &'static OaepAlgorithm, tpm2b: &
 #[test]
 fn rsa_production_path_decrypts_to_its_seed_and_matches_the_fixed_path() {
     let key = PrivateDecryptingKey::from_pkcs8(&pkcs8("rsa2048")).unwrap();
-    let ek_bytes = read("rsa2048/ek.tpm2b_public");
+    let ek_bytes = testdata::vector("rsa2048/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
-    let (ak_name, secret) = (read("ak.name"), read("secret.bin"));
+    let (ak_name, secret) = (testdata::vector("ak.name"), testdata::vector("secret.bin"));
     let (c, t) = make_credential_traced(&ek, &ak_name, &secret, &mut SystemRandom).unwrap();
     let seed = rsa_decrypt(&key, &OAEP_SHA256_MGF1SHA256, &c.secret);
     assert_eq!(seed, t.seed);
     assert_ne!(
         seed,
-        read("rsa2048/seed.bin"),
+        testdata::vector("rsa2048/seed.bin"),
         "production must not reuse the vector seed"
     );
     // The blob depends only on the seed: the deterministic path with the recovered seed
@@ -208,27 +199,27 @@ fn tpm2_tools_outputs_are_rebuilt_from_their_recovered_seed() {
     // tpm2-tools' own MakeCredential (random seed): recover its seed with the EK private key,
     // then our blob from that seed must equal tpm2-tools' blob.
     let key = PrivateDecryptingKey::from_pkcs8(&pkcs8("rsa2048")).unwrap();
-    let file = read("tpm2-tools/rsa2048.cred");
+    let file = testdata::vector("tpm2-tools/rsa2048.cred");
     assert_eq!(&file[..8], &[0xBA, 0xDC, 0xC0, 0xDE, 0, 0, 0, 1]);
     let blob_len = 2 + usize::from(u16::from_be_bytes([file[8], file[9]]));
     let (blob, secret) = file[8..].split_at(blob_len);
     let seed = rsa_decrypt(&key, &OAEP_SHA256_MGF1SHA256, secret);
-    let ek_bytes = read("rsa2048/ek.tpm2b_public");
+    let ek_bytes = testdata::vector("rsa2048/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
     let mut rng = FixedRandom::new([seed, vec![0; 32]]);
-    let ours = make_credential(&ek, &read("ak.name"), &read("secret.bin"), &mut rng).unwrap();
+    let ours = make_credential(&ek, &testdata::vector("ak.name"), &testdata::vector("secret.bin"), &mut rng).unwrap();
     assert_eq!(ours.blob, blob);
 }
 
 #[test]
 fn ecc_production_path_shares_z_with_the_ek_private_key() {
     for (case, alg) in [("p256", &ECDH_P256), ("p384", &ECDH_P384)] {
-        let ek_bytes = read(&format!("{case}/ek.tpm2b_public"));
+        let ek_bytes = testdata::vector(format!("{case}/ek.tpm2b_public"));
         let ek = Public::decode(&ek_bytes).unwrap();
         let (c, t) = make_credential_traced(
             &ek,
-            &read("ak.name"),
-            &read("secret.bin"),
+            &testdata::vector("ak.name"),
+            &testdata::vector("secret.bin"),
             &mut SystemRandom,
         )
         .unwrap();
@@ -246,7 +237,7 @@ fn ecc_production_path_shares_z_with_the_ek_private_key() {
         assert_eq!(z, t.ecdh_z, "{case}: Z from the EK private key");
         assert_ne!(
             z,
-            read(&format!("{case}/ecdh_z.bin")),
+            testdata::vector(format!("{case}/ecdh_z.bin")),
             "{case}: fresh ephemeral key"
         );
         assert_eq!(t.seed.len(), if case == "p256" { 32 } else { 48 });
@@ -294,7 +285,7 @@ fn rsa3072_sha384_ek_works_on_both_paths() {
     let ek = Public::decode(&ek_bytes).unwrap();
     let params = check_ek(&ek).unwrap();
     assert_eq!((params.hash.digest_len(), params.sym_key_len), (48, 32));
-    let ak_name = read("ak.name");
+    let ak_name = testdata::vector("ak.name");
     let secret = [0x42u8; 48];
     let (c, t) = make_credential_traced(&ek, &ak_name, &secret, &mut SystemRandom).unwrap();
     assert_eq!(c.secret.len(), 2 + 384);
@@ -310,33 +301,33 @@ fn rsa3072_sha384_ek_works_on_both_paths() {
 
 #[test]
 fn credential_longer_than_the_digest_is_refused() {
-    let ek_bytes = read("p256/ek.tpm2b_public");
+    let ek_bytes = testdata::vector("p256/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
-    let err = make_credential(&ek, &read("ak.name"), &[1; 33], &mut SystemRandom).unwrap_err();
+    let err = make_credential(&ek, &testdata::vector("ak.name"), &[1; 33], &mut SystemRandom).unwrap_err();
     assert_eq!(err, CredentialError::SecretTooLong { len: 33, max: 32 });
-    let err = make_credential(&ek, &read("ak.name"), &[], &mut SystemRandom).unwrap_err();
+    let err = make_credential(&ek, &testdata::vector("ak.name"), &[], &mut SystemRandom).unwrap_err();
     assert_eq!(err, CredentialError::EmptySecret);
     // |H| itself is fine, and so is a short credential.
-    make_credential(&ek, &read("ak.name"), &[1; 32], &mut SystemRandom).unwrap();
-    make_credential(&ek, &read("ak.name"), &[1], &mut SystemRandom).unwrap();
+    make_credential(&ek, &testdata::vector("ak.name"), &[1; 32], &mut SystemRandom).unwrap();
+    make_credential(&ek, &testdata::vector("ak.name"), &[1], &mut SystemRandom).unwrap();
     // SHA-384 EK: 48 bytes allowed, 49 not.
-    let ek_bytes = read("p384/ek.tpm2b_public");
+    let ek_bytes = testdata::vector("p384/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
-    make_credential(&ek, &read("ak.name"), &[1; 48], &mut SystemRandom).unwrap();
-    let err = make_credential(&ek, &read("ak.name"), &[1; 49], &mut SystemRandom).unwrap_err();
+    make_credential(&ek, &testdata::vector("ak.name"), &[1; 48], &mut SystemRandom).unwrap();
+    let err = make_credential(&ek, &testdata::vector("ak.name"), &[1; 49], &mut SystemRandom).unwrap_err();
     assert_eq!(err, CredentialError::SecretTooLong { len: 49, max: 48 });
 }
 
 /// Patches a TPM2B_PUBLIC at `offset` (counted from the start, size field included).
 fn patched(rel: &str, offset: usize, bytes: &[u8]) -> Vec<u8> {
-    let mut b = read(rel);
+    let mut b = testdata::vector(rel);
     b[offset..offset + bytes.len()].copy_from_slice(bytes);
     b
 }
 
 fn template_error(bytes: &[u8]) -> String {
     let ek = Public::decode(bytes).unwrap();
-    let err = make_credential(&ek, &read("ak.name"), &[1; 16], &mut SystemRandom).unwrap_err();
+    let err = make_credential(&ek, &testdata::vector("ak.name"), &[1; 16], &mut SystemRandom).unwrap_err();
     assert!(matches!(err, CredentialError::EkTemplate { .. }), "{err:?}");
     assert_eq!(check_ek(&ek).unwrap_err(), err);
     err.to_string()
@@ -347,7 +338,7 @@ fn bad_ek_templates_are_refused() {
     // Layout: size(2) type(2) nameAlg(2) attributes(4) policy size(2) policy(32) sym(6) ...
     let ek = "rsa2048/ek.tpm2b_public";
     // The AK is a signing key, not a storage key.
-    assert!(template_error(&read("ak.tpm2b_public")).contains("decrypt"));
+    assert!(template_error(&testdata::vector("ak.tpm2b_public")).contains("decrypt"));
     // decrypt cleared / sign set.
     assert!(template_error(&patched(ek, 6, &0x0001_00b2u32.to_be_bytes())).contains("decrypt"));
     assert!(template_error(&patched(ek, 6, &0x0007_00b2u32.to_be_bytes())).contains("sign"));
@@ -375,9 +366,9 @@ fn bad_ek_templates_are_refused() {
 
 #[test]
 fn unusable_inputs_are_errors_not_panics() {
-    let ek_bytes = read("p256/ek.tpm2b_public");
+    let ek_bytes = testdata::vector("p256/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
-    let secret = read("secret.bin");
+    let secret = testdata::vector("secret.bin");
     // AK Names of the wrong shape.
     for name in [
         vec![],
@@ -393,34 +384,34 @@ fn unusable_inputs_are_errors_not_panics() {
     let last = off_curve.len() - 1;
     off_curve[last] ^= 1;
     let bad = Public::decode(&off_curve).unwrap();
-    let err = make_credential(&bad, &read("ak.name"), &secret, &mut SystemRandom).unwrap_err();
+    let err = make_credential(&bad, &testdata::vector("ak.name"), &secret, &mut SystemRandom).unwrap_err();
     assert!(matches!(err, CredentialError::Crypto { .. }), "{err:?}");
     // Injected randomness of the wrong shape or exhausted.
     let err = make_credential(
         &ek,
-        &read("ak.name"),
+        &testdata::vector("ak.name"),
         &secret,
         &mut FixedRandom::new([vec![1; 31]]),
     )
     .unwrap_err();
     assert!(matches!(err, CredentialError::Random(_)), "{err:?}");
     let err =
-        make_credential(&ek, &read("ak.name"), &secret, &mut FixedRandom::default()).unwrap_err();
+        make_credential(&ek, &testdata::vector("ak.name"), &secret, &mut FixedRandom::default()).unwrap_err();
     assert!(matches!(err, CredentialError::Random(_)), "{err:?}");
     // A scalar of zero is not a private key.
     let err = make_credential(
         &ek,
-        &read("ak.name"),
+        &testdata::vector("ak.name"),
         &secret,
         &mut FixedRandom::new([vec![0; 32]]),
     )
     .unwrap_err();
     assert!(matches!(err, CredentialError::Crypto { .. }), "{err:?}");
-    let rsa_bytes = read("rsa2048/ek.tpm2b_public");
+    let rsa_bytes = testdata::vector("rsa2048/ek.tpm2b_public");
     let rsa = Public::decode(&rsa_bytes).unwrap();
     let err = make_credential(
         &rsa,
-        &read("ak.name"),
+        &testdata::vector("ak.name"),
         &secret,
         &mut FixedRandom::new([vec![1; 32]]),
     )

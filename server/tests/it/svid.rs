@@ -13,6 +13,7 @@ use ekattest_protocol::heapless;
 use ekattest_protocol::msg::{Accepted, Attribute, AttributeName, SessionId};
 use ekattest_protocol::sign;
 use ekattest_server::svid::{self, Authority, SvidError};
+use ekattest_testkit::testdata;
 
 const ID: &str = "spiffe://example.org/agents/tpm/0123abcd";
 
@@ -28,14 +29,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn openssl_ok(dir: &Path, args: &[&str]) -> String {
-    let out = openssl(dir, args);
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&testdata::openssl(dir, args)).into_owned()
 }
 
 /// A P-256 agent key made by openssl: returns (key path, DER SPKI).

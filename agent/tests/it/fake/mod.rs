@@ -29,7 +29,7 @@ use ekattest_protocol::sign::Transcript;
 use ekattest_protocol::tpm::public::Public;
 use ekattest_protocol::{decode, encode, sign};
 use ekattest_testkit::broker::{Broker, BrokerOptions};
-use ekattest_testkit::{Ca, Device, ProvisionOptions};
+use ekattest_testkit::{Ca, Device, ProvisionOptions, testdata};
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::der::pem::LineEnding;
@@ -55,18 +55,7 @@ pub(crate) fn broker(opts: BrokerOptions) -> Broker {
     Broker::start(&opts).unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"))
 }
 
-pub(crate) fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is required and did not run: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub(crate) use ekattest_testkit::testdata::openssl;
 
 /// A p256 key derived from `seed_byte` (another seed: another key).
 pub(crate) fn seeded_key(seed_byte: u8) -> SigningKey {
@@ -125,22 +114,7 @@ impl TdCa {
         let key = seeded_key(seed_byte);
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), pem.as_bytes()).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                &format!("/CN={name}-ca"),
-                "-days",
-                "2",
-                "-out",
-                &format!("{name}.pem"),
-            ],
-        );
+        testdata::openssl_self_signed(dir, name, &format!("/CN={name}-ca"), &[]);
         Self {
             dir: dir.to_owned(),
             key,
@@ -168,26 +142,11 @@ impl TdCa {
             signer_extensions(signer_usage),
         )
         .unwrap();
-        openssl(
+        testdata::openssl_issue(
             &self.dir,
-            &[
-                "x509",
-                "-new",
-                "-subj",
-                &format!("/O=ekattest/CN={name} signer"),
-                "-force_pubkey",
-                &format!("{name}-pub.pem"),
-                "-CA",
-                &format!("{}.pem", self.name),
-                "-CAkey",
-                &format!("{}.key", self.name),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.cnf"),
-                "-out",
-                &format!("{name}.pem"),
-            ],
+            &self.name,
+            name,
+            &format!("/O=ekattest/CN={name} signer"),
         );
         Self {
             dir: self.dir.clone(),

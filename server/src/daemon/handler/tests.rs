@@ -2,22 +2,13 @@ use std::sync::Mutex as StdMutex;
 
 use ekattest_protocol::msg::{Method, SessionId};
 use ekattest_protocol::{Downlink, decode, heapless};
+use ekattest_testkit::testdata;
 use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::credential::FixedRandom;
 use crate::daemon::reload::{Reloader, apply};
 use crate::session::SessionConfig;
-
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/make-credential"
-);
-
-fn read(name: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}/{name}");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"))
-}
 
 #[derive(Default)]
 struct Recorder(StdMutex<Vec<(String, Vec<u8>)>>);
@@ -49,16 +40,16 @@ fn policy(hash: &str) -> Vec<u8> {
 }
 
 fn ek_hash() -> String {
-    hex::encode(Sha256::digest(read("rsa2048/ek.spki.der")))
+    hex::encode(Sha256::digest(testdata::vector("rsa2048/ek.spki.der")))
 }
 
 fn login() -> Login {
     Login {
         methods: heapless::Vec::from_slice(&[Method::TpmEk]).unwrap(),
-        ek_public: heapless::Vec::from_slice(&read("rsa2048/ek.tpm2b_public")).unwrap(),
+        ek_public: heapless::Vec::from_slice(&testdata::vector("rsa2048/ek.tpm2b_public")).unwrap(),
         ek_cert: None,
         ek_chain: heapless::Vec::new(),
-        ak_public: heapless::Vec::from_slice(&read("ak.tpm2b_public")).unwrap(),
+        ak_public: heapless::Vec::from_slice(&testdata::vector("ak.tpm2b_public")).unwrap(),
         svid_key: None,
         key_certify: None,
         nonce: [0x4e; 16],
@@ -172,10 +163,10 @@ fn login_with_an_unlisted_ek_is_rejected_and_counted() {
 fn open_session(h: &Handler) -> SessionId {
     let doc = h.policy.current().unwrap();
     let mut rng = FixedRandom::new([
-        read("secret.bin"),
+        testdata::vector("secret.bin"),
         vec![0x5a; 16],
-        read("rsa2048/seed.bin"),
-        read("rsa2048/oaep_seed.bin"),
+        testdata::vector("rsa2048/seed.bin"),
+        testdata::vector("rsa2048/oaep_seed.bin"),
     ]);
     let a = &h.attestor;
     let (c, _) = a
@@ -206,7 +197,7 @@ fn right_answer_is_accepted_signed_and_counted_once() {
     let session = open_session(&h);
     h.handle(Job::Answer {
         agent: "ek-1".to_owned(),
-        answer: answer(session, &read("secret.bin")),
+        answer: answer(session, &testdata::vector("secret.bin")),
     });
     let out = rec.take();
     assert_eq!(out[0].0, "ekattest/v1/c-1/agents/ek-1/down");
@@ -226,7 +217,7 @@ fn right_answer_is_accepted_signed_and_counted_once() {
     // Replaying the same answer: the session is gone.
     h.handle(Job::Answer {
         agent: "ek-1".to_owned(),
-        answer: answer(session, &read("secret.bin")),
+        answer: answer(session, &testdata::vector("secret.bin")),
     });
     match &rec.take()[0].1 {
         Downlink::Result(Outcome::Rejected(r)) => assert_eq!(r.code, RejectCode::UnknownSession),
@@ -280,14 +271,10 @@ fn policy_swap_applies_to_the_next_login() {
 
 // ---- cheap rejection before public-key work --------------------------------------------
 
-const REAL_EK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/real-ek");
-
 /// A policy that needs the chain check: it trusts one real EK CA (which signs none of the
 /// certificates below), so a path build would be needed to pass it.
 fn chain_policy() -> Vec<u8> {
-    let path = format!("{REAL_EK}/ca/IFX1.pem");
-    let pem =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+    let pem = String::from_utf8(testdata::real_ek("ca/IFX1.pem")).unwrap();
     let indented: String = pem.lines().map(|l| format!("          {l}\n")).collect();
     format!(
         "section: AgentAttestation\nschema: v1\nspec:\n  policies:\n  - name: p\n    \
@@ -328,9 +315,7 @@ fn a_garbage_certificate_is_refused_by_parsing_not_by_a_signature_check() {
 #[test]
 fn a_valid_certificate_with_another_ek_public_fails_before_the_chain_and_makecredential() {
     let (h, rec) = handler(Some(&chain_policy()));
-    let cert_path = format!("{REAL_EK}/leaf/stm-st33htphahb4-rsa2048.der");
-    let cert =
-        std::fs::read(&cert_path).unwrap_or_else(|e| panic!("test data {cert_path} missing: {e}"));
+    let cert = testdata::real_ek("leaf/stm-st33htphahb4-rsa2048.der");
     let mut l = login();
     // A genuine EK certificate, but the EK public area is another key (the test vectors').
     l.ek_cert = Some(heapless::Vec::from_slice(&cert).unwrap());

@@ -71,11 +71,7 @@ fn answer() -> Uplink {
 
 /// A Login with a real EK public area (the make-credential vectors' RSA-2048 EK).
 fn login_with_ek() -> Uplink {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/make-credential/rsa2048/ek.tpm2b_public"
-    );
-    let ek = std::fs::read(path).unwrap_or_else(|e| panic!("test data {path} missing: {e}"));
+    let ek = ekattest_testkit::testdata::make_credential("rsa2048", "ek.tpm2b_public");
     let Uplink::Login(mut l) = login() else {
         unreachable!()
     };

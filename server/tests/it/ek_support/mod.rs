@@ -11,16 +11,7 @@ use ekattest_protocol::spki::{EccCurve, PublicKey};
 
 /// The real EK test data folder.
 pub(crate) fn real_ek() -> PathBuf {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/real-ek"
-    ));
-    assert!(
-        dir.join("README.md").is_file(),
-        "test data missing: {} (the shared testdata folder must sit beside the repository)",
-        dir.display()
-    );
-    dir
+    ekattest_testkit::testdata::existing("real-ek")
 }
 
 /// Reads a file or fails the test with its path.
