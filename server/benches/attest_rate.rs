@@ -124,7 +124,9 @@ fn tpm2b(bytes: &[u8]) -> (&[u8], &[u8]) {
 impl Device {
     fn new(case: &'static str) -> Self {
         let ek_public = testdata::vector(format!("{case}/ek.tpm2b_public"));
-        let pkcs8 = pem_der(testdata::existing(format!("make-credential/{case}/ek_private.pk8.pem")));
+        let pkcs8 = pem_der(testdata::existing(format!(
+            "make-credential/{case}/ek_private.pk8.pem"
+        )));
         let ek_private = match Public::decode(&ek_public).unwrap().key {
             PublicKey::Rsa { .. } => EkPrivate::Rsa(
                 OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(&pkcs8).unwrap())
@@ -148,7 +150,10 @@ impl Device {
     }
 
     fn ek_hash(&self) -> String {
-        hex::encode(Sha256::digest(testdata::vector(format!("{}/ek.spki.der", self.case))))
+        hex::encode(Sha256::digest(testdata::vector(format!(
+            "{}/ek.spki.der",
+            self.case
+        ))))
     }
 
     fn login_frame(&self, ek_cert: Option<&[u8]>) -> Vec<u8> {

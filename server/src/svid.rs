@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
-use ekattest_protocol::RejectCode;
 use ekattest_protocol::der;
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::{SIGNER_CERT_MAX, SIGNER_HINT_LEN, SPIFFE_ID_MAX, SVID_MAX};

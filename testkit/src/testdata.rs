@@ -95,7 +95,9 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
 /// As [`openssl`]: when openssl is missing or the file is no PEM certificate.
 #[must_use]
 pub fn pem_to_der(pem: &Path) -> Vec<u8> {
-    let file = pem.to_str().unwrap_or_else(|| panic!("{} is no UTF-8 path", pem.display()));
+    let file = pem
+        .to_str()
+        .unwrap_or_else(|| panic!("{} is no UTF-8 path", pem.display()));
     openssl(Path::new("."), &["x509", "-outform", "DER", "-in", file])
 }
 

@@ -5,7 +5,6 @@
 //! swtpm-bound known-answer vectors in ../shared/testdata/make-credential.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 

@@ -23,7 +23,8 @@ fn known_answer_vectors_activate() {
             hex::encode(testdata::vector(format!("{case}/ek.tpm2b_public"))),
             "{case}"
         );
-        let spki_hash: [u8; 32] = Sha256::digest(testdata::vector(format!("{case}/ek.spki.der"))).into();
+        let spki_hash: [u8; 32] =
+            Sha256::digest(testdata::vector(format!("{case}/ek.spki.der"))).into();
         assert_eq!(ek.public_hash(), &spki_hash, "{case}");
         let blob = testdata::vector(format!("{case}/expected_credential_blob.tpm2b_id_object"));
         let enc = testdata::vector(format!("{case}/expected_secret.tpm2b_encrypted_secret"));

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ekattest_testkit::testdata;
 use ekattest_fleet::{
     Ca, Device, EkKind, Error, ProvisionOptions, openssl_public_hash, tpm2_makecredential,
 };
+use ekattest_testkit::testdata;
 
 const RSA2048_P256: ProvisionOptions = ProvisionOptions {
     rsa_keysize: 2048,
@@ -535,9 +535,9 @@ fn swtpm_bound_vectors_activate_on_the_shared_state() {
         );
         assert_eq!(
             hex::encode(&ak.public),
-            hex::encode(
-                testdata::read(format!("make-credential/{dir}/ak.tpm2b_public"))
-            ),
+            hex::encode(testdata::read(format!(
+                "make-credential/{dir}/ak.tpm2b_public"
+            ))),
             "{kind}: AK public"
         );
         let ek = testdata::read(format!("make-credential/{dir}/ek.tpm2b_public"));

@@ -197,7 +197,8 @@ fn cheap_checks_reject_before_any_session() {
     assert_eq!(r.code, RejectCode::AkRejected);
 
     let mut other_ek = login();
-    other_ek.ek_public = heapless::Vec::from_slice(&testdata::vector("p256/ek.tpm2b_public")).unwrap();
+    other_ek.ek_public =
+        heapless::Vec::from_slice(&testdata::vector("p256/ek.tpm2b_public")).unwrap();
     let r = a
         .login(
             &doc(),
@@ -370,7 +371,12 @@ fn pop_without_a_key_is_ignored_and_the_result_carries_a_verifiable_svid() {
     let a = attestor();
     let now = Instant::now();
     let (key, spki) = svid_key();
-    let mut answer = challenged(&a, "ek-1", &mut vector_random(), &testdata::vector("secret.bin"));
+    let mut answer = challenged(
+        &a,
+        "ek-1",
+        &mut vector_random(),
+        &testdata::vector("secret.bin"),
+    );
     answer.pop = Some(heapless::Vec::from_slice(&[0x30, 0x00]).unwrap());
     let identity = a.answer("ek-1", &answer, now).unwrap();
     assert_eq!(identity.svid_key, None);
@@ -466,7 +472,12 @@ fn a_mac_over_another_transcript_or_node_fails_and_spends_the_session() {
 fn one_pending_session_per_ek_whatever_the_agent_id() {
     let a = attestor();
     let now = Instant::now();
-    let first = challenged(&a, "ek-1", &mut vector_random(), &testdata::vector("secret.bin"));
+    let first = challenged(
+        &a,
+        "ek-1",
+        &mut vector_random(),
+        &testdata::vector("secret.bin"),
+    );
     // The same EK under another agent id (a replayed Login) replaces the first session.
     let second = challenged(&a, "ek-x", &mut SystemRandom, &[0; 32]);
     assert_eq!(a.pending(), 1, "one session per EK");

@@ -396,7 +396,13 @@ fn verify_pop_accepts_the_agents_signature_only_for_its_transcript_session_mac_a
     assert!(bad(&spki, &T, &session, &mac, sig.to_der().as_bytes()));
 
     assert!(matches!(
-        verify_pop(&testdata::vector("rsa2048/ek.spki.der"), &T, &session, &mac, &good),
+        verify_pop(
+            &testdata::vector("rsa2048/ek.spki.der"),
+            &T,
+            &session,
+            &mac,
+            &good
+        ),
         Err(SvidError::SvidKey(_))
     ));
 }
@@ -550,7 +556,11 @@ fn load_rejects_mismatched_non_ca_rsa_and_garbage_inputs() {
     let e = Authority::from_pem(cert_pem.as_bytes(), pkcs1.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("RSA key"), "{e}");
     // A P-384 key.
-    let e = Authority::from_pem(cert_pem.as_bytes(), &testdata::vector("p384/ek_private.pk8.pem")).unwrap_err();
+    let e = Authority::from_pem(
+        cert_pem.as_bytes(),
+        &testdata::vector("p384/ek_private.pk8.pem"),
+    )
+    .unwrap_err();
     assert!(matches!(e, SvidError::CaKey { .. }), "{e}");
 
     // Garbage and empty files.

@@ -35,7 +35,10 @@ fn pkcs8(case: &str) -> Vec<u8> {
 /// The fixed randomness of a case, in the order MakeCredential draws it.
 fn fixed_inputs(case: &str) -> FixedRandom {
     match case {
-        "rsa2048" => FixedRandom::new([testdata::vector("rsa2048/seed.bin"), testdata::vector("rsa2048/oaep_seed.bin")]),
+        "rsa2048" => FixedRandom::new([
+            testdata::vector("rsa2048/seed.bin"),
+            testdata::vector("rsa2048/oaep_seed.bin"),
+        ]),
         ecc => FixedRandom::new([testdata::vector(format!("{ecc}/ecc_ephemeral_scalar.bin"))]),
     }
 }
@@ -207,7 +210,13 @@ fn tpm2_tools_outputs_are_rebuilt_from_their_recovered_seed() {
     let ek_bytes = testdata::vector("rsa2048/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
     let mut rng = FixedRandom::new([seed, vec![0; 32]]);
-    let ours = make_credential(&ek, &testdata::vector("ak.name"), &testdata::vector("secret.bin"), &mut rng).unwrap();
+    let ours = make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &testdata::vector("secret.bin"),
+        &mut rng,
+    )
+    .unwrap();
     assert_eq!(ours.blob, blob);
 }
 
@@ -303,18 +312,43 @@ fn rsa3072_sha384_ek_works_on_both_paths() {
 fn credential_longer_than_the_digest_is_refused() {
     let ek_bytes = testdata::vector("p256/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
-    let err = make_credential(&ek, &testdata::vector("ak.name"), &[1; 33], &mut SystemRandom).unwrap_err();
+    let err = make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &[1; 33],
+        &mut SystemRandom,
+    )
+    .unwrap_err();
     assert_eq!(err, CredentialError::SecretTooLong { len: 33, max: 32 });
-    let err = make_credential(&ek, &testdata::vector("ak.name"), &[], &mut SystemRandom).unwrap_err();
+    let err =
+        make_credential(&ek, &testdata::vector("ak.name"), &[], &mut SystemRandom).unwrap_err();
     assert_eq!(err, CredentialError::EmptySecret);
     // |H| itself is fine, and so is a short credential.
-    make_credential(&ek, &testdata::vector("ak.name"), &[1; 32], &mut SystemRandom).unwrap();
+    make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &[1; 32],
+        &mut SystemRandom,
+    )
+    .unwrap();
     make_credential(&ek, &testdata::vector("ak.name"), &[1], &mut SystemRandom).unwrap();
     // SHA-384 EK: 48 bytes allowed, 49 not.
     let ek_bytes = testdata::vector("p384/ek.tpm2b_public");
     let ek = Public::decode(&ek_bytes).unwrap();
-    make_credential(&ek, &testdata::vector("ak.name"), &[1; 48], &mut SystemRandom).unwrap();
-    let err = make_credential(&ek, &testdata::vector("ak.name"), &[1; 49], &mut SystemRandom).unwrap_err();
+    make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &[1; 48],
+        &mut SystemRandom,
+    )
+    .unwrap();
+    let err = make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &[1; 49],
+        &mut SystemRandom,
+    )
+    .unwrap_err();
     assert_eq!(err, CredentialError::SecretTooLong { len: 49, max: 48 });
 }
 
@@ -327,7 +361,13 @@ fn patched(rel: &str, offset: usize, bytes: &[u8]) -> Vec<u8> {
 
 fn template_error(bytes: &[u8]) -> String {
     let ek = Public::decode(bytes).unwrap();
-    let err = make_credential(&ek, &testdata::vector("ak.name"), &[1; 16], &mut SystemRandom).unwrap_err();
+    let err = make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &[1; 16],
+        &mut SystemRandom,
+    )
+    .unwrap_err();
     assert!(matches!(err, CredentialError::EkTemplate { .. }), "{err:?}");
     assert_eq!(check_ek(&ek).unwrap_err(), err);
     err.to_string()
@@ -384,7 +424,13 @@ fn unusable_inputs_are_errors_not_panics() {
     let last = off_curve.len() - 1;
     off_curve[last] ^= 1;
     let bad = Public::decode(&off_curve).unwrap();
-    let err = make_credential(&bad, &testdata::vector("ak.name"), &secret, &mut SystemRandom).unwrap_err();
+    let err = make_credential(
+        &bad,
+        &testdata::vector("ak.name"),
+        &secret,
+        &mut SystemRandom,
+    )
+    .unwrap_err();
     assert!(matches!(err, CredentialError::Crypto { .. }), "{err:?}");
     // Injected randomness of the wrong shape or exhausted.
     let err = make_credential(
@@ -395,8 +441,13 @@ fn unusable_inputs_are_errors_not_panics() {
     )
     .unwrap_err();
     assert!(matches!(err, CredentialError::Random(_)), "{err:?}");
-    let err =
-        make_credential(&ek, &testdata::vector("ak.name"), &secret, &mut FixedRandom::default()).unwrap_err();
+    let err = make_credential(
+        &ek,
+        &testdata::vector("ak.name"),
+        &secret,
+        &mut FixedRandom::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, CredentialError::Random(_)), "{err:?}");
     // A scalar of zero is not a private key.
     let err = make_credential(
