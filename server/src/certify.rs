@@ -339,5 +339,4 @@ fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[path = "certify_tests.rs"]
 mod tests;

@@ -688,5 +688,4 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<(
 }
 
 #[cfg(test)]
-#[path = "identity_tests.rs"]
 mod tests;

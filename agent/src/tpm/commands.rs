@@ -1025,5 +1025,4 @@ impl Areas<'_> {
 }
 
 #[cfg(test)]
-#[path = "commands_tests.rs"]
 mod tests;

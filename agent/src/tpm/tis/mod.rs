@@ -16,8 +16,6 @@
 
 pub mod regs;
 pub mod spi;
-#[cfg(test)]
-mod spi_tests;
 mod sys;
 #[cfg(test)]
 mod tests;

@@ -184,3 +184,6 @@ impl<B: SpiBus> TisRegisters for SpiTis<B> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! Unit tests of the TIS state machine against a small in-memory TIS register model (one
 //! locality, configurable burstCount and faults the test sets and clears). The SPI framing
-//! tests are in `spi_tests.rs`; the full SPI test double lives in agent/tests.
+//! tests are in `spi/tests.rs`; the full SPI test double lives in agent/tests.
 
 use std::cell::RefCell;
 use std::io;

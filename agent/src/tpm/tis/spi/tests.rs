@@ -1,13 +1,13 @@
 //! Unit tests of the TIS-over-SPI framing (`spi.rs`): exact header bytes, wait states and
 //! their poll limit, 64-byte splitting, and the state machine behind a small SPI device that
-//! decodes the framing in front of the register model of `tests.rs`.
+//! decodes the framing in front of the register model of `tis/tests.rs`.
 
 use std::io;
 
-use super::regs::*;
-use super::spi::{DEFAULT_MAX_WAIT_POLLS, SpiBus, SpiTis};
-use super::tests::{Regs, command, model, round_trip, tiny};
-use super::*;
+use crate::tpm::tis::regs::*;
+use super::{DEFAULT_MAX_WAIT_POLLS, SpiBus, SpiTis};
+use crate::tpm::tis::tests::{Regs, command, model, round_trip, tiny};
+use crate::tpm::tis::*;
 
 /// Records transfers and answers MISO from a script (then 0x01 bytes: "no wait state").
 #[derive(Default)]
