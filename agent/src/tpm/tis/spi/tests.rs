@@ -4,8 +4,8 @@
 
 use std::io;
 
-use crate::tpm::tis::regs::*;
 use super::{DEFAULT_MAX_WAIT_POLLS, SpiBus, SpiTis};
+use crate::tpm::tis::regs::*;
 use crate::tpm::tis::tests::{Regs, command, model, round_trip, tiny};
 use crate::tpm::tis::*;
 
