@@ -205,6 +205,7 @@ impl core::error::Error for EncodeError {
 /// | 16 `ProofOfPossession` | SVID key proof of possession failed | the Login's `svid_key` is not a P-256 SubjectPublicKeyInfo, or the Answer's `pop` is missing or is not that key's signature over this Login's transcript and MAC |
 /// | 17 `AgentIdMismatch` | agent id is not the one derived from the EK | the server requires agent ids of the form `ek-` + 32 hex digits of the EK's public_hash (`agent-id-from-ek`): the agent's `agent-id` is set, or a Login was replayed under another id |
 /// | 18 `KeyCertification` | SVID key certification failed | the Login's `key_certify` (`svid-key: tpm`) does not show a fixedTPM signing key certified by the Login's AK for this Login, or the server requires a TPM key (`require-tpm-svid-key`) and the Login carries a software key |
+/// | 19 `Banned` | EK or agent id is banned | an operator banned the EK (by `tpm_ek.public_hash`) or the agent id with `ekattestctl agent ban`: a stolen or decommissioned device; `ekattestctl agent unban` lifts it |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RejectCode {
     /// No cluster policy authorizes the provided attestors.
@@ -245,6 +246,8 @@ pub enum RejectCode {
     AgentIdMismatch,
     /// SVID key certification failed.
     KeyCertification,
+    /// The EK or the agent id is banned (`ekattestctl agent ban`).
+    Banned,
 }
 
 impl RejectCode {
@@ -269,6 +272,7 @@ impl RejectCode {
         Self::ProofOfPossession,
         Self::AgentIdMismatch,
         Self::KeyCertification,
+        Self::Banned,
     ];
 
     /// The operator string (also this code's `Display`).
@@ -296,6 +300,7 @@ impl RejectCode {
             Self::ProofOfPossession => "SVID key proof of possession failed",
             Self::AgentIdMismatch => "agent id is not the one derived from the EK",
             Self::KeyCertification => "SVID key certification failed",
+            Self::Banned => "EK or agent id is banned",
         }
     }
 

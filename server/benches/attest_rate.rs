@@ -19,6 +19,10 @@
 //! Benchmarks (criterion group `attest_rate`, throughput in attestations/s):
 //! - `{rsa2048,p256}_allowlist`: the EK hash allow-listed (what `ekattest-fleet load` and
 //!   emulators use);
+//! - `{rsa2048,p256}_allowlist_registry`: the same with the device registry on (SQLite, the
+//!   daemon's default): the workers queue each outcome for the registry's writer thread,
+//!   which writes them in batches on the other core meanwhile (that thread's CPU is not in
+//!   this per-core figure; `ekattest-fleet load --registry` measures the whole machine);
 //! - `{rsa2048,p256}_ek_cert`: the Login carries an EK certificate issued by a two-level
 //!   chain of the EK's algorithm, made once with openssl (`-force_pubkey`), checked with the
 //!   TCG profile enforced.
@@ -64,6 +68,8 @@ use ekattest_server::credential::{SystemRandom, make_credential};
 use ekattest_server::daemon::handler::{Handler, Job, Outbox};
 use ekattest_server::daemon::metrics::Metrics;
 use ekattest_server::daemon::reload::{PolicyState, Reloader, apply};
+use ekattest_server::registry::sqlite::SqliteStore;
+use ekattest_server::registry::{Backend, BanList, RegistryConfig, Writer, WriterHandle};
 use ekattest_server::session::SessionConfig;
 use ekattest_server::svid::Authority;
 use ekattest_testkit::testdata;
@@ -289,6 +295,7 @@ fn handler(doc: &str) -> (Handler, Arc<Recorder>) {
         cluster: "bench".to_owned(),
         svid_ttl: Duration::from_secs(3600),
         outbox: Box::new(Sink(Arc::clone(&rec))),
+        registry: None,
     };
     (h, rec)
 }
@@ -489,8 +496,21 @@ impl Run {
     }
 }
 
-fn runs(dir: &Path) -> Vec<(String, Run)> {
+/// The registry a daemon would run with: SQLite in `dir`, its writer thread started.
+fn sqlite_registry(dir: &Path, name: &str) -> (Writer, WriterHandle) {
+    let store = SqliteStore::open(&dir.join(format!("{name}.db"))).unwrap();
+    Writer::start(
+        Box::new(store),
+        &RegistryConfig::new(Backend::Sqlite(dir.join(format!("{name}.db")))),
+        "node-1".to_owned(),
+        Arc::new(BanList::new()),
+    )
+    .unwrap()
+}
+
+fn runs(dir: &Path) -> (Vec<(String, Run)>, Vec<Writer>) {
     let mut out = Vec::new();
+    let mut writers = Vec::new();
     for case in ["rsa2048", "p256"] {
         let dev = Device::new(case);
         let allow = policy(&format!(
@@ -498,6 +518,18 @@ fn runs(dir: &Path) -> Vec<(String, Run)> {
             dev.ek_hash()
         ));
         out.push((format!("{case}_allowlist"), Run::new(dev, &allow, None)));
+        // The same with the registry on (SQLite, the default): what the workers pay to queue
+        // each outcome; the writer thread writes on the other core meanwhile.
+        let dev = Device::new(case);
+        let allow = policy(&format!(
+            "            allowedHashes: [\"{}\"]\n",
+            dev.ek_hash()
+        ));
+        let mut run = Run::new(dev, &allow, None);
+        let (writer, handle) = sqlite_registry(dir, case);
+        run.handler.registry = Some(handle);
+        writers.push(writer);
+        out.push((format!("{case}_allowlist_registry"), run));
         let dev = Device::new(case);
         let (cert, chain) = ek_chain(dir, &dev);
         out.push((
@@ -505,12 +537,12 @@ fn runs(dir: &Path) -> Vec<(String, Run)> {
             Run::new(dev, &policy(&chain), Some(&cert)),
         ));
     }
-    out
+    (out, writers)
 }
 
 fn bench(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
-    let runs = runs(tmp.path());
+    let (runs, writers) = runs(tmp.path());
     let mut g = c.benchmark_group("attest_rate");
     g.throughput(Throughput::Elements(1));
     for (name, run) in &runs {
@@ -522,6 +554,9 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    for w in &writers {
+        w.stop(Duration::from_secs(30));
+    }
 
     v2_steps(c, &runs);
 

@@ -13,7 +13,7 @@
 //! reason for the server's log; secrets never appear in either.
 
 use std::error::Error as StdError;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use ekattest_protocol::error::ErrorChain;
@@ -31,6 +31,7 @@ use crate::certify;
 use crate::config::Document;
 use crate::credential::{self, Random};
 use crate::ek::{self, Check, EkError, Evidence};
+use crate::registry::{Ban, BanList, EkHash};
 use crate::session::{SessionConfig, SessionError, SessionStore};
 use crate::spiffe::PolicyError;
 use crate::svid::{self, Authority, SvidError};
@@ -59,6 +60,8 @@ pub struct Identity {
     /// The Login transcript `T` (DESIGN.md section 2): the Answer's MAC and proof of
     /// possession, and the Result signature, are over it.
     pub transcript: Transcript,
+    /// The EK's public hash (`tpm_ek.public_hash`): the registry's key.
+    pub ek_hash: EkHash,
 }
 
 impl Identity {
@@ -137,6 +140,22 @@ impl Identity {
     }
 }
 
+/// The refusal of a banned EK or agent id.
+fn banned(ban: &Ban) -> Rejection {
+    Rejection {
+        code: RejectCode::Banned,
+        reason: ban.refusal(),
+    }
+}
+
+/// The public hash of a Login's EK, when its public area decodes: for the registry's record
+/// of a refused Login (the accepted path has it in [`Identity::ek_hash`]).
+pub fn ek_hash_of(login: &Login) -> Option<EkHash> {
+    Public::decode(&login.ek_public)
+        .ok()
+        .and_then(|p| p.key.public_hash().ok())
+}
+
 /// A refused Login or Answer: the code the agent sees, and the reason for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -200,6 +219,7 @@ pub struct Attestor {
     agent_id_from_ek: bool,
     cluster: String,
     require_tpm_key: bool,
+    bans: Arc<BanList>,
 }
 
 impl Attestor {
@@ -226,7 +246,17 @@ impl Attestor {
             agent_id_from_ek: false,
             cluster: String::new(),
             require_tpm_key: false,
+            bans: Arc::new(BanList::new()),
         })
+    }
+
+    /// The bans this node honours (the registry's writer refreshes them): a banned EK or
+    /// agent id is refused with [`RejectCode::Banned`] at Login, before any signature check,
+    /// and at Answer. Empty for a bare `Attestor`.
+    #[must_use]
+    pub fn bans(mut self, bans: Arc<BanList>) -> Self {
+        self.bans = bans;
+        self
     }
 
     /// Requires (with `true`) that a Login's agent id be the one derived from its EK (`ek-` +
@@ -300,6 +330,36 @@ impl Attestor {
         wall: SystemTime,
         rng: &mut R,
     ) -> Result<(Challenge, Identity), Rejection> {
+        // The ban of an agent id needs nothing decoded; the EK's, its public hash. Both come
+        // before any signature check, session or policy work.
+        if let Some(ban) = self.bans.check(agent, None) {
+            return Err(banned(&ban));
+        }
+        let ek_public = Public::decode(&login.ek_public).map_err(|e| Rejection {
+            code: RejectCode::Malformed,
+            reason: format!("EK public area (TPM2B_PUBLIC) is malformed: {e}"),
+        })?;
+        credential::check_ek(&ek_public)
+            .map_err(|e| Rejection::from_error(RejectCode::EkUnsupported, &e))?;
+        let ek_hash = ek_public.key.public_hash().map_err(|e| Rejection {
+            code: RejectCode::EkUnsupported,
+            reason: format!("EK public key has no SubjectPublicKeyInfo form: {e}"),
+        })?;
+        if let Some(ban) = self.bans.check(agent, Some(&ek_hash)) {
+            return Err(banned(&ban));
+        }
+        let derived = default_agent_id(&ek_hash);
+        if self.agent_id_from_ek && agent != derived.as_str() {
+            return Err(Rejection {
+                code: RejectCode::AgentIdMismatch,
+                reason: format!(
+                    "agent id is not the one derived from the EK: the Login on agent {agent}'s \
+                     topic carries the EK of agent {derived}; agents must use their default \
+                     agent id (remove agent-id from agent.yaml) or the server must set \
+                     agent-id-from-ek: false"
+                ),
+            });
+        }
         let policy = doc
             .select(&login.methods)
             .map_err(|e| Rejection::from_error(RejectCode::NoMatchingPolicy, &e))?;
@@ -314,28 +374,6 @@ impl Attestor {
                 .map_err(|e| Rejection::from_error(RejectCode::ProofOfPossession, &e))?;
         }
         self.check_key_certify(agent, login)?;
-        let ek_public = Public::decode(&login.ek_public).map_err(|e| Rejection {
-            code: RejectCode::Malformed,
-            reason: format!("EK public area (TPM2B_PUBLIC) is malformed: {e}"),
-        })?;
-        credential::check_ek(&ek_public)
-            .map_err(|e| Rejection::from_error(RejectCode::EkUnsupported, &e))?;
-        let ek_hash = ek_public.key.public_hash().map_err(|e| Rejection {
-            code: RejectCode::EkUnsupported,
-            reason: format!("EK public key has no SubjectPublicKeyInfo form: {e}"),
-        })?;
-        let derived = default_agent_id(&ek_hash);
-        if self.agent_id_from_ek && agent != derived.as_str() {
-            return Err(Rejection {
-                code: RejectCode::AgentIdMismatch,
-                reason: format!(
-                    "agent id is not the one derived from the EK: the Login on agent {agent}'s \
-                     topic carries the EK of agent {derived}; agents must use their default \
-                     agent id (remove agent-id from agent.yaml) or the server must set \
-                     agent-id-from-ek: false"
-                ),
-            });
-        }
         let evidence = Evidence {
             ek_cert: login.ek_cert.as_deref(),
             ek_chain: &login.ek_chain,
@@ -373,6 +411,7 @@ impl Attestor {
             svid_key_in_tpm: login.key_certify.is_some(),
             agent: agent.to_owned(),
             transcript: *transcript,
+            ek_hash,
         });
         identity.to_accepted()?;
         let proven = (*identity).clone();
@@ -469,6 +508,10 @@ impl Attestor {
             });
         match (taken, owner) {
             (Ok((_, identity)), _) => {
+                // A ban written between the Login and the Answer holds too.
+                if let Some(ban) = self.bans.check(agent, Some(&identity.ek_hash)) {
+                    return Err(banned(&ban));
+                }
                 check_pop(&identity, answer)?;
                 Ok(*identity)
             }

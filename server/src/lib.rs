@@ -12,6 +12,8 @@
 //! - [`attest`]: the flow that ties them together: Login -> Challenge, Answer -> identity
 //!   (sans-IO; the daemon and the demo drive it).
 //! - [`daemon`]: the `ekattest-server` daemon: MQTT, workers, JSON logs, metrics, hot reload.
+//! - [`registry`]: the fleet's memory: one record per EK, bans, the audit trail (SQLite or
+//!   PostgreSQL), written off the attestation path in batches.
 //! - [`svid`]: the trust domain CA: X.509-SVIDs, the signed Result, proof of possession.
 //! - [`ctl`]: the `ekattestctl` commands (the binary parses the command words and calls them).
 //!
@@ -29,6 +31,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod ek;
 pub mod policy;
+pub mod registry;
 pub mod session;
 pub mod spiffe;
 pub mod svid;

@@ -53,6 +53,9 @@ impl ServerProcess {
         if spec.metrics_address.is_none() {
             spec.metrics_address = Some(format!("127.0.0.1:{}", process::free_port()?));
         }
+        if spec.state_dir.is_none() {
+            spec.state_dir = Some(dir.to_owned());
+        }
         let metrics = spec.metrics_address.clone().filter(|a| !a.is_empty());
         let config = dir.join("server.yaml");
         process::write(&config, &spec.to_yaml()?)?;

@@ -42,6 +42,8 @@ mod mqtt_peer;
 #[cfg(feature = "it")]
 mod nats_acl;
 #[cfg(feature = "it")]
+mod registry;
+#[cfg(feature = "it")]
 mod scaleout;
 #[cfg(feature = "it")]
 mod tis_spi;

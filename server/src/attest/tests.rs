@@ -572,3 +572,152 @@ fn require_tpm_key_refuses_software_svid_keys_and_checks_certifications() {
     assert_eq!(r.code, RejectCode::KeyCertification);
     assert!(r.reason.contains("certified key"), "{}", r.reason);
 }
+
+/// The rsa2048 vector's EK hash.
+fn vector_ek_hash() -> [u8; 32] {
+    Sha256::digest(testdata::vector("rsa2048/ek.spki.der")).into()
+}
+
+fn ban(target: crate::registry::BanTarget) -> crate::registry::Ban {
+    crate::registry::Ban {
+        target,
+        reason: "stolen".into(),
+        at: 1,
+        by: "ops@host".into(),
+    }
+}
+
+#[test]
+fn a_banned_ek_or_agent_id_is_refused_before_any_signature_check() {
+    use crate::registry::{BanList, BanTarget};
+    let bans = Arc::new(BanList::new());
+    let a = attestor().require_tpm_key(true).bans(Arc::clone(&bans));
+    let now = Instant::now();
+    // Each Login below would fail a later check (no methods: policy; an EK as AK: the AK
+    // check; a software SVID key with require-tpm-key: the certification), and the
+    // randomness is empty: the ban must come first, before any session or MakeCredential.
+    let mut no_methods = login();
+    no_methods.methods.clear();
+    let mut bad_ak = login();
+    bad_ak.ak_public = bad_ak.ek_public.clone();
+    let mut software_key = login();
+    software_key.svid_key = Some(heapless::Vec::from_slice(&svid_key().1).unwrap());
+    bans.replace(vec![ban(BanTarget::Ek(vector_ek_hash()))]);
+    for (what, l) in [
+        ("plain", login()),
+        ("no methods", no_methods),
+        ("bad AK", bad_ak),
+        ("software key", software_key),
+    ] {
+        // Under any agent id: the EK is banned, not the id.
+        for agent in ["ek-1", "renamed"] {
+            let mut rng = FixedRandom::new(Vec::<Vec<u8>>::new());
+            let r = a
+                .login(&doc(), agent, &l, &T, now, SystemTime::now(), &mut rng)
+                .unwrap_err();
+            assert_eq!(
+                r.code,
+                RejectCode::Banned,
+                "{what} as {agent}: {}",
+                r.reason
+            );
+            assert!(
+                r.reason.contains("(stolen)")
+                    && r.reason.contains(&format!(
+                        "ekattestctl agent unban --ek {}",
+                        hex::encode(vector_ek_hash())
+                    )),
+                "{}",
+                r.reason
+            );
+        }
+    }
+    assert_eq!(a.pending(), 0);
+
+    // An agent id ban needs nothing decoded: even a malformed EK is refused as banned.
+    bans.replace(vec![ban(BanTarget::Agent("gw-9".into()))]);
+    let mut garbage = login();
+    garbage.ek_public.truncate(10);
+    let mut rng = FixedRandom::new(Vec::<Vec<u8>>::new());
+    let r = a
+        .login(
+            &doc(),
+            "gw-9",
+            &garbage,
+            &T,
+            now,
+            SystemTime::now(),
+            &mut rng,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::Banned);
+    assert!(r.reason.contains("agent id gw-9"), "{}", r.reason);
+    // Another id with the same EK is not banned by it.
+    let r = a
+        .login(
+            &doc(),
+            "gw-8",
+            &garbage,
+            &T,
+            now,
+            SystemTime::now(),
+            &mut rng,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::Malformed);
+
+    // Lifted: the vector attests again.
+    bans.replace(Vec::new());
+    let b = attestor().bans(Arc::clone(&bans));
+    let answer = challenged(
+        &b,
+        "ek-1",
+        &mut vector_random(),
+        &testdata::vector("secret.bin"),
+    );
+    assert!(b.answer("ek-1", &answer, now).is_ok());
+}
+
+#[test]
+fn a_ban_between_login_and_answer_refuses_the_answer() {
+    use crate::registry::{BanList, BanTarget};
+    let bans = Arc::new(BanList::new());
+    let a = attestor().bans(Arc::clone(&bans));
+    let now = Instant::now();
+    let answer = challenged(
+        &a,
+        "ek-1",
+        &mut vector_random(),
+        &testdata::vector("secret.bin"),
+    );
+    bans.replace(vec![ban(BanTarget::Ek(vector_ek_hash()))]);
+    let r = a.answer("ek-1", &answer, now).unwrap_err();
+    assert_eq!(r.code, RejectCode::Banned);
+    // The session is spent: lifting the ban does not revive it.
+    bans.replace(Vec::new());
+    assert_eq!(
+        a.answer("ek-1", &answer, now).unwrap_err().code,
+        RejectCode::UnknownSession
+    );
+}
+
+#[test]
+fn the_identity_carries_the_eks_public_hash() {
+    let a = attestor();
+    let (_, identity) = a
+        .login(
+            &doc(),
+            "ek-1",
+            &login(),
+            &T,
+            Instant::now(),
+            SystemTime::now(),
+            &mut vector_random(),
+        )
+        .unwrap();
+    assert_eq!(identity.ek_hash, vector_ek_hash());
+    assert_eq!(ek_hash_of(&login()), Some(vector_ek_hash()));
+    let mut garbage = login();
+    garbage.ek_public.truncate(10);
+    assert_eq!(ek_hash_of(&garbage), None);
+}

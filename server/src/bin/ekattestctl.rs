@@ -17,7 +17,8 @@ use std::process::ExitCode;
 
 use ekattest_protocol::topic;
 use ekattest_server::ctl::config_set::Op;
-use ekattest_server::ctl::{self, ca, config_set, config_sign, verify};
+use ekattest_server::ctl::{self, agent, ca, config_set, config_sign, verify};
+use ekattest_server::registry::BanTarget;
 use lexopt::prelude::*;
 
 const USAGE: &str = "\
@@ -39,6 +40,12 @@ Usage:
   ekattestctl ca issue-signer --ca-cert ROOT.pem --ca-key ROOT.key --cert OUT.pem
                               --key OUT.key [--days N]
                         [--force]
+  ekattestctl agent list [--since D] [--bans] [--json] [REGISTRY]
+  ekattestctl agent show HASH|AGENT-ID [--json] [REGISTRY]
+  ekattestctl agent ban (--ek HASH | --agent ID) [--reason TEXT] [REGISTRY]
+  ekattestctl agent unban (--ek HASH | --agent ID) [REGISTRY]
+  ekattestctl agent evict --ek HASH [REGISTRY]
+  ekattestctl agent audit [--since D] [REGISTRY]
   ekattestctl COMMAND --help
 
 Commands:
@@ -53,6 +60,8 @@ Commands:
   ek verify         run EK validation against a document's tpm_ek policy
   ca create         create the trust domain's SVID CA (certificate = agents' trust
                     bundle, key 0600 for the server)
+  agent             the device registry: list and show devices, ban and unban an EK or
+                    agent id, evict a record, export the audit trail
 
 Exit status: 0 success or accepted; 1 rejected (invalid document, EK rejected, no key
 or certificate in a file that was read, corrupt PEM and corrupt DER alike); 2 usage
@@ -191,6 +200,40 @@ afterwards gets no document from the topic (only its policy-files). Exit 0 clear
 broker failure or a document is still retained (the ACL refused the publish).
 ";
 
+/// Usage text of `agent`.
+const AGENT_USAGE: &str = "\
+Usage: ekattestctl agent list [--since D] [--bans] [--json] [REGISTRY]
+       ekattestctl agent show HASH|AGENT-ID [--json] [REGISTRY]
+       ekattestctl agent ban (--ek HASH | --agent ID) [--reason TEXT] [REGISTRY]
+       ekattestctl agent unban (--ek HASH | --agent ID) [REGISTRY]
+       ekattestctl agent evict --ek HASH [REGISTRY]
+       ekattestctl agent audit [--since D] [REGISTRY]
+
+The device registry the servers write: one record per EK (tpm_ek.public_hash) with the
+agent ids it attested under, attributes, SPIFFE ID, policy, first and last attestation,
+count, last SVID serial, serving node and last failure.
+
+  list      every device (--since D: attested or refused in the last D, e.g. 24h, 7d);
+            --bans lists the bans instead
+  show      one device, by EK hash or by agent id
+  ban       refuse an EK (whatever agent id it uses) or an agent id at Login, before any
+            signature check (reject code banned); every server node honours it within its
+            registry.ban-refresh (default 2s)
+  unban     lift a ban
+  evict     forget a device's record; its audit lines stay and it may attest again
+  audit     the audit trail (every attestation outcome: time, node, agent, EK, outcome,
+            reason) as JSON lines, oldest first
+
+REGISTRY is one of
+  --server-config FILE    the server config whose registry to use (default
+                          /etc/ekattest/server.yaml)
+  --registry URL          sqlite:PATH, or postgres://USER@HOST[:PORT]/DATABASE with
+                          --password-file F (its first line is the password)
+
+Exit 0 done, 1 nothing matched (show, unban, evict), 2 usage error or the registry
+cannot be opened.
+";
+
 /// Usage text of `ek verify` (printed by `ekattestctl ek --help` and `ek verify --help`).
 const VERIFY_USAGE: &str = "\
 Usage: ekattestctl ek verify --config FILE --cert EK [--chain FILE] [--ek-public FILE]
@@ -282,7 +325,13 @@ fn run() -> Result<ExitCode, lexopt::Error> {
                 Some(sub) if sub == "issue-signer" => ca_issue_signer(&mut parser),
                 Some(sub) => Err(unknown("ca", &sub, "create|issue-signer")),
             },
-            _ => Err(format!("unknown command {cmd:?}; commands: ek-hash, config, ek, ca").into()),
+            Some("agent") => match subcommand(&mut parser, AGENT_USAGE)? {
+                None => Ok(ExitCode::SUCCESS),
+                Some(sub) => agent(&mut parser, &sub),
+            },
+            _ => Err(
+                format!("unknown command {cmd:?}; commands: ek-hash, config, ek, ca, agent").into(),
+            ),
         },
         Some(arg) => Err(arg.unexpected()),
     }
@@ -591,4 +640,77 @@ fn ek_verify(parser: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
         trust_domain: a.trust_domain,
         json: a.json,
     }))
+}
+
+/// `agent list|show|ban|unban|evict|audit` with the arguments after the subcommand.
+fn agent(parser: &mut lexopt::Parser, sub: &OsString) -> Result<ExitCode, lexopt::Error> {
+    let name = sub.to_str().unwrap_or_default().to_owned();
+    if !["list", "show", "ban", "unban", "evict", "audit"].contains(&name.as_str()) {
+        return Err(unknown("agent", sub, "list|show|ban|unban|evict|audit"));
+    }
+    let (mut since, mut bans, mut json) = (None, false, false);
+    let (mut ek, mut agent_id, mut reason, mut key) = (None, None, None, None);
+    let (mut server_config, mut url, mut password_file) = (None, None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{AGENT_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("since") if matches!(name.as_str(), "list" | "audit") => {
+                let text = parser.value()?.string()?;
+                let d = ekattest_protocol::duration::parse(&text)
+                    .map_err(|e| format!("--since {text:?}: {e} (e.g. 24h, 7d)"))?;
+                since = Some(d);
+            }
+            Long("bans") if name == "list" => bans = true,
+            Long("json") if matches!(name.as_str(), "list" | "show") => json = true,
+            Long("ek") if matches!(name.as_str(), "ban" | "unban" | "evict") => {
+                let text = parser.value()?.string()?;
+                ek = Some(ekattest_server::registry::parse_ek_hash(&text)?);
+            }
+            Long("agent") if matches!(name.as_str(), "ban" | "unban") => {
+                agent_id = Some(parser.value()?.string()?);
+            }
+            Long("reason") if name == "ban" => reason = Some(parser.value()?.string()?),
+            Long("server-config") => server_config = Some(PathBuf::from(parser.value()?)),
+            Long("registry") => url = Some(parser.value()?.string()?),
+            Long("password-file") => password_file = Some(PathBuf::from(parser.value()?)),
+            Value(v) if name == "show" && key.is_none() => key = Some(v.string()?),
+            arg => return Err(arg.unexpected()),
+        }
+    }
+    let registry = match (server_config, url) {
+        (Some(_), Some(_)) => {
+            return Err("give --server-config or --registry, not both".into());
+        }
+        (_, Some(url)) => agent::Registry::Url { url, password_file },
+        (file, None) => {
+            if password_file.is_some() {
+                return Err("--password-file goes with --registry postgres://...".into());
+            }
+            agent::Registry::ServerConfig(
+                file.unwrap_or_else(|| PathBuf::from(agent::DEFAULT_SERVER_CONFIG)),
+            )
+        }
+    };
+    let target = |ek: Option<[u8; 32]>, agent_id: Option<String>| match (ek, agent_id) {
+        (Some(h), None) => Ok(BanTarget::Ek(h)),
+        (None, Some(a)) => Ok(BanTarget::Agent(a)),
+        _ => Err(lexopt::Error::from(format!(
+            "agent {name}: give exactly one of --ek HASH and --agent ID"
+        ))),
+    };
+    let op = match name.as_str() {
+        "list" => agent::Op::List { since, bans },
+        "show" => agent::Op::Show(key.ok_or("agent show: missing HASH or AGENT-ID")?),
+        "ban" => agent::Op::Ban {
+            target: target(ek, agent_id)?,
+            reason: reason.unwrap_or_default(),
+        },
+        "unban" => agent::Op::Unban(target(ek, agent_id)?),
+        "evict" => agent::Op::Evict(ek.ok_or("agent evict: missing --ek HASH")?),
+        _ => agent::Op::Audit { since },
+    };
+    Ok(agent::run(&agent::Args { registry, op, json }))
 }

@@ -14,8 +14,10 @@
 //! - [`config_set`]: `config set|get|clear` over MQTT (the only command on the network).
 //! - [`verify`]: `ek verify`.
 //! - [`ca`]: `ca create` and `ca issue-signer`.
+//! - [`agent`]: `agent list|show|ban|unban|evict|audit`, on the device registry.
 //! - `files`: reading and recognising the operator's input files (PEM, DER, TPM2B_PUBLIC).
 
+pub mod agent;
 pub mod ca;
 pub mod config_set;
 pub mod config_sign;

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use super::ratelimit::LoginLimit;
 use crate::config::signed::Signers;
+use crate::registry::{self, Backend, RegistryConfig};
 use crate::session::SessionConfig;
 
 /// Largest server config file read, in bytes.
@@ -123,7 +124,8 @@ impl Password {
         Ok(Self(line.to_owned()))
     }
 
-    /// The password, for the MQTT CONNECT packet only.
+    /// The password, for the one call that sends it (the MQTT CONNECT packet, a database
+    /// login).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -300,6 +302,12 @@ pub struct ServerConfig {
     /// `require-tpm-svid-key`: refuse Logins whose SVID key is not a TPM-resident key
     /// certified by the AK (agents with `svid-key: tpm`); default false.
     pub require_tpm_svid_key: bool,
+    /// `state-dir`: where the server keeps state (the SQLite registry); default
+    /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`) or `/var/lib/ekattest-server`.
+    pub state_dir: PathBuf,
+    /// `registry`: the device registry, bans and audit trail (default: SQLite at
+    /// `state-dir/registry.db`).
+    pub registry: RegistryConfig,
 }
 
 impl ServerConfig {
@@ -415,6 +423,35 @@ struct RawConfig {
     agent_id_from_ek: bool,
     #[serde(default)]
     require_tpm_svid_key: bool,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    registry: Option<RawRegistry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    flush_interval: Option<String>,
+    #[serde(default)]
+    batch_max: Option<usize>,
+    #[serde(default)]
+    queue_max: Option<usize>,
+    #[serde(default)]
+    ban_refresh: Option<String>,
+    #[serde(default)]
+    audit_retention: Option<String>,
+    #[serde(default)]
+    duplicate_window: Option<String>,
 }
 
 fn yes() -> bool {
@@ -713,6 +750,17 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         limit_defaults.interval,
         Duration::from_millis(1),
     )?;
+    let state_dir = raw
+        .state_dir
+        .map(&resolve)
+        .unwrap_or_else(default_state_dir);
+    let registry = registry_config(
+        file,
+        raw.registry.unwrap_or_default(),
+        &state_dir,
+        &resolve,
+        &duration,
+    )?;
     Ok(ServerConfig {
         file: file.to_owned(),
         bus,
@@ -743,7 +791,166 @@ fn build(file: &Path, raw: RawConfig) -> Result<ServerConfig, ServerConfigError>
         policy_signers,
         agent_id_from_ek: raw.agent_id_from_ek,
         require_tpm_svid_key: raw.require_tpm_svid_key,
+        state_dir,
+        registry,
     })
+}
+
+/// The default `state-dir`: systemd's `$STATE_DIRECTORY` (its first entry), else
+/// `/var/lib/ekattest-server`.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/ekattest-server"))
+}
+
+type DurationKey<'a> = dyn Fn(&'static str, Option<String>, Duration, Duration) -> Result<Duration, ServerConfigError>
+    + 'a;
+
+/// Reads the `registry` section.
+fn registry_config(
+    file: &Path,
+    raw: RawRegistry,
+    state_dir: &Path,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    duration: &DurationKey<'_>,
+) -> Result<RegistryConfig, ServerConfigError> {
+    let invalid = |key: &'static str, message: String| ServerConfigError::Invalid {
+        file: file.to_owned(),
+        key,
+        message,
+    };
+    let backend = match raw.backend.as_deref().unwrap_or("sqlite") {
+        "none" => Backend::None,
+        "sqlite" => {
+            if raw.url.is_some() {
+                return Err(invalid(
+                    "registry.url",
+                    "is for backend: postgres; with sqlite set registry.path".to_owned(),
+                ));
+            }
+            Backend::Sqlite(
+                raw.path
+                    .map(resolve)
+                    .unwrap_or_else(|| state_dir.join(registry::DEFAULT_FILE)),
+            )
+        }
+        "postgres" => {
+            let Some(url) = raw.url else {
+                return Err(invalid(
+                    "registry.url",
+                    "backend: postgres needs url: postgres://USER@HOST[:PORT]/DATABASE".to_owned(),
+                ));
+            };
+            check_postgres_url(&url).map_err(|m| invalid("registry.url", m))?;
+            if raw.path.is_some() {
+                return Err(invalid(
+                    "registry.path",
+                    "is for backend: sqlite; with postgres set registry.url".to_owned(),
+                ));
+            }
+            let password = match raw.password_file.map(resolve) {
+                None => None,
+                Some(path) => {
+                    check_private_file(file, "registry.password-file", &path)?;
+                    let p = Password::read(&path).map_err(|source| ServerConfigError::Read {
+                        file: file.to_owned(),
+                        what: "registry.password-file",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    Some(p.0)
+                }
+            };
+            Backend::Postgres { url, password }
+        }
+        other => {
+            return Err(invalid(
+                "registry.backend",
+                format!("{other:?} is not a registry backend: use sqlite, postgres or none"),
+            ));
+        }
+    };
+    let mut config = RegistryConfig::new(backend);
+    config.flush_interval = duration(
+        "registry.flush-interval",
+        raw.flush_interval,
+        registry::DEFAULT_FLUSH_INTERVAL,
+        Duration::from_millis(10),
+    )?;
+    config.ban_refresh = duration(
+        "registry.ban-refresh",
+        raw.ban_refresh,
+        registry::DEFAULT_BAN_REFRESH,
+        Duration::from_millis(100),
+    )?;
+    config.audit_retention = duration(
+        "registry.audit-retention",
+        raw.audit_retention,
+        registry::DEFAULT_AUDIT_RETENTION,
+        Duration::from_secs(3600),
+    )?;
+    config.duplicate_window = duration(
+        "registry.duplicate-window",
+        raw.duplicate_window,
+        registry::DEFAULT_DUPLICATE_WINDOW,
+        Duration::ZERO,
+    )?;
+    for (key, value, default, slot) in [
+        (
+            "registry.batch-max",
+            raw.batch_max,
+            registry::DEFAULT_BATCH_MAX,
+            &mut config.batch_max,
+        ),
+        (
+            "registry.queue-max",
+            raw.queue_max,
+            registry::DEFAULT_QUEUE_MAX,
+            &mut config.queue_max,
+        ),
+    ] {
+        *slot = match value {
+            None => default,
+            Some(n) if (1..=10_000_000).contains(&n) => n,
+            Some(n) => return Err(invalid(key, format!("{n} is not between 1 and 10000000"))),
+        };
+    }
+    Ok(config)
+}
+
+/// A registry URL: `postgres://` or `postgresql://`, without a password (that goes into
+/// `registry.password-file`, never into a config file others may read).
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        // Not echoed: a mistyped scheme may still carry a password.
+        return Err("is not a postgres:// URL (postgres://USER@HOST[:PORT]/DATABASE)".to_owned());
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        return Err(
+            "holds a password: remove it from the URL and put it in registry.password-file \
+             (mode 0600)"
+                .to_owned(),
+        );
+    }
+    if url.contains("password=") {
+        return Err(
+            "holds a password parameter: put the password in registry.password-file (mode 0600)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Most `policy-signers` entries.

@@ -18,8 +18,9 @@ use ekattest_protocol::{RejectCode, encode, limits};
 
 use super::metrics::{Metrics, reason_label};
 use super::reload::PolicyState;
-use crate::attest::{Attestor, Rejection};
+use crate::attest::{self, Attestor, Identity, Rejection};
 use crate::credential::SystemRandom;
+use crate::registry::{self, Event, WriterHandle};
 use crate::svid::Authority;
 
 /// Where a worker's frames go: the MQTT client in the daemon, a recorder in tests.
@@ -70,6 +71,9 @@ pub struct Handler {
     pub svid_ttl: Duration,
     /// Where frames go.
     pub outbox: Box<dyn Outbox>,
+    /// The registry's writer (`registry: none`: `None`): every outcome is queued there,
+    /// never waited for.
+    pub registry: Option<WriterHandle>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -115,15 +119,14 @@ impl Handler {
             "Login started with multi-attestation support"
         );
         let Some(doc) = self.policy.current() else {
-            self.reject(
-                agent,
-                &Rejection {
-                    code: RejectCode::PolicyNotFound,
-                    reason: "no AgentAttestation document is in force: set policy-files or run \
-                             `ekattestctl config set cluster`"
-                        .to_owned(),
-                },
-            );
+            let rejection = Rejection {
+                code: RejectCode::PolicyNotFound,
+                reason: "no AgentAttestation document is in force: set policy-files or run \
+                         `ekattestctl config set cluster`"
+                    .to_owned(),
+            };
+            self.record_rejection(agent, || attest::ek_hash_of(login), &rejection);
+            self.reject(agent, &rejection);
             self.metrics.login_duration.observe(started.elapsed());
             return;
         };
@@ -166,7 +169,10 @@ impl Handler {
                     );
                 }
             }
-            Err(rejection) => self.reject(agent, &rejection),
+            Err(rejection) => {
+                self.record_rejection(agent, || attest::ek_hash_of(login), &rejection);
+                self.reject(agent, &rejection);
+            }
         }
         self.metrics.login_duration.observe(started.elapsed());
     }
@@ -192,6 +198,7 @@ impl Handler {
         });
         match accepted {
             Ok((identity, accepted)) => {
+                self.record_acceptance(agent, &identity, &accepted.svid);
                 log::info!(
                     agentAttestationAttributes:serde = identity.log_attributes(),
                     agentId = agent,
@@ -210,9 +217,57 @@ impl Handler {
                     );
                 }
             }
-            Err(rejection) => self.reject(agent, &rejection),
+            Err(rejection) => {
+                self.record_rejection(agent, || None, &rejection);
+                self.reject(agent, &rejection);
+            }
         }
         self.metrics.answer_duration.observe(started.elapsed());
+    }
+
+    /// Queues an acceptance for the registry.
+    fn record_acceptance(&self, agent: &str, identity: &Identity, svid: &[u8]) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        registry.record(Event {
+            at: registry::unix_seconds(SystemTime::now()),
+            agent: agent.to_owned(),
+            ek: Some(identity.ek_hash),
+            outcome: registry::Outcome::Accepted(Box::new(registry::Accepted {
+                spiffe_id: identity.spiffe_id.clone(),
+                policy: identity.policy.clone(),
+                attributes: identity
+                    .attributes
+                    .iter()
+                    .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                    .collect(),
+                svid_serial: None,
+                svid_not_after: None,
+                svid_der: svid.to_vec(),
+            })),
+        });
+    }
+
+    /// Queues a refusal for the registry; `ek` is only called when there is one.
+    fn record_rejection(
+        &self,
+        agent: &str,
+        ek: impl FnOnce() -> Option<registry::EkHash>,
+        rejection: &Rejection,
+    ) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        registry.record(Event {
+            at: registry::unix_seconds(SystemTime::now()),
+            agent: agent.to_owned(),
+            ek: ek(),
+            outcome: registry::Outcome::Rejected {
+                code: reason_label(rejection.code).to_owned(),
+                reason: rejection.reason.clone(),
+            },
+        });
     }
 
     /// Logs and counts a rejection and tells the agent.

@@ -9,11 +9,13 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ekattest_protocol::RejectCode;
+
+use crate::registry::WriterStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -89,6 +91,7 @@ pub const fn reason_label(code: RejectCode) -> &'static str {
         RejectCode::ProofOfPossession => "proof_of_possession",
         RejectCode::AgentIdMismatch => "agent_id_mismatch",
         RejectCode::KeyCertification => "key_certification",
+        RejectCode::Banned => "banned",
     }
 }
 
@@ -208,9 +211,17 @@ pub struct Metrics {
     broker_connected: AtomicBool,
     /// A policy document is in force.
     policy_loaded: AtomicBool,
+    /// The registry writer's counters (none with `registry: {backend: none}`: the series are
+    /// then zero).
+    registry: OnceLock<Arc<WriterStats>>,
 }
 
 impl Metrics {
+    /// Exports the registry writer's counters.
+    pub fn set_registry(&self, stats: Arc<WriterStats>) {
+        let _ = self.registry.set(stats);
+    }
+
     /// A successful proof (an accepted Answer).
     pub fn proof_succeeded(&self) {
         self.proof_success.fetch_add(1, Ordering::Relaxed);
@@ -435,7 +446,56 @@ impl Metrics {
             "attestation_frame_bytes_total{{direction=\"out\"}} {}",
             load(&self.frame_bytes_out)
         );
+        self.render_registry(&mut out);
         out
+    }
+
+    fn render_registry(&self, out: &mut String) {
+        let zero = WriterStats::default();
+        let r = self.registry.get().map_or(&zero, |s| s.as_ref());
+        for (name, kind, help, value) in [
+            (
+                "attestation_registry_events_written_total",
+                "counter",
+                "Attestation outcomes written to the registry.",
+                r.written.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "attestation_registry_events_dropped_total",
+                "counter",
+                "Attestation outcomes dropped because the registry queue (queue-max) was full.",
+                r.dropped.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "attestation_registry_write_failures_total",
+                "counter",
+                "Registry batches that failed to write (kept and retried).",
+                r.failures.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "attestation_registry_queue",
+                "gauge",
+                "Attestation outcomes waiting to be written to the registry.",
+                r.queued.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "attestation_ek_agent_id_conflicts_total",
+                "counter",
+                "EKs accepted under a second agent id within registry.duplicate-window.",
+                r.conflicts.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "attestation_bans",
+                "gauge",
+                "Bans (EKs and agent ids) in force on this node.",
+                r.bans.load(Ordering::Relaxed).to_string(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
     }
 }
 

@@ -46,6 +46,7 @@ use self::reload::{Decision, Inbox, PolicyState, Reloader, TopicRules};
 use self::router::{Refusals, Router, drain, drive};
 use crate::attest::Attestor;
 use crate::config::{ConfigError, MAX_DOCUMENT_BYTES};
+use crate::registry::{BanList, StoreError, Writer, WriterHandle};
 use crate::svid::{Authority, SvidError};
 
 /// Jobs queued per worker before logins are refused with `server busy`.
@@ -107,6 +108,9 @@ pub enum DaemonError {
     /// The tokio runtime or a thread cannot be started.
     #[error("cannot start: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The registry cannot be opened (set `registry` in the config, or `backend: none`).
+    #[error("{0}")]
+    Registry(#[from] StoreError),
 }
 
 /// What `--check` and start-up load before connecting.
@@ -189,13 +193,68 @@ fn files_label(files: &[PathBuf]) -> String {
 /// [`DaemonError`] if start-up fails; once running, broker problems are retried forever.
 pub fn run(config: ServerConfig) -> Result<(), DaemonError> {
     let loaded = load(&config)?;
+    // Before the runtime: the PostgreSQL client runs its own, which may not start inside
+    // another.
+    let registry = open_registry(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ekattest-io")
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(config, loaded))
+    runtime.block_on(serve(config, loaded, registry))
+}
+
+/// The running registry: its writer, the handle workers queue events on, the bans.
+#[derive(Debug)]
+pub struct Registry {
+    /// The writer thread.
+    pub writer: Writer,
+    /// What workers hold.
+    pub handle: WriterHandle,
+    /// The bans in force, refreshed by the writer.
+    pub bans: Arc<BanList>,
+}
+
+/// Opens the configured registry (creating and migrating it as needed), reads its bans
+/// and starts its writer; `None` with `registry: {backend: none}`.
+///
+/// # Errors
+/// [`DaemonError::Registry`] naming the database and what to do.
+pub fn open_registry(config: &ServerConfig) -> Result<Option<Registry>, DaemonError> {
+    let backend = config.registry.backend.clone();
+    // A thread of its own: the PostgreSQL client may not run on a runtime's thread.
+    let opened = std::thread::spawn(move || backend.open())
+        .join()
+        .unwrap_or_else(|_| {
+            Err(StoreError::Open {
+                db: "registry".into(),
+                message: "the thread opening it panicked".into(),
+            })
+        })?;
+    let Some(store) = opened else {
+        log::warn!(
+            "registry: backend none: attestations are not recorded and bans cannot be enforced"
+        );
+        return Ok(None);
+    };
+    let name = store.name().to_owned();
+    let bans = Arc::new(BanList::new());
+    let (writer, handle) = Writer::start(
+        store,
+        &config.registry,
+        config.node_id.clone(),
+        Arc::clone(&bans),
+    )?;
+    log::info!(
+        registry = name.as_str(), bans = bans.len();
+        "registry opened"
+    );
+    Ok(Some(Registry {
+        writer,
+        handle,
+        bans,
+    }))
 }
 
 /// The MQTT client as the workers' [`Outbox`]: blocks a worker (never the event loop) while
@@ -235,8 +294,15 @@ fn mqtt_client(config: &ServerConfig) -> Result<(AsyncClient, rumqttc::EventLoop
     Ok(AsyncClient::new(options, 1024))
 }
 
-async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> {
+async fn serve(
+    config: ServerConfig,
+    loaded: Loaded,
+    registry: Option<Registry>,
+) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::default());
+    if let Some(r) = &registry {
+        metrics.set_registry(Arc::clone(r.handle.stats()));
+    }
     let policy = Arc::new(PolicyState::default());
     let files = files_label(&config.policy_files);
     if let Some(decision) = &loaded.initial {
@@ -302,6 +368,10 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         .agent_id_from_ek(config.agent_id_from_ek)
         .cluster(&config.cluster_id)
         .require_tpm_key(config.require_tpm_svid_key);
+    let attestor = match &registry {
+        Some(r) => attestor.bans(Arc::clone(&r.bans)),
+        None => attestor,
+    };
     if loaded.authority.is_root() {
         log::warn!(
             caCert:% = config.ca_cert.display();
@@ -319,6 +389,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
         cluster: config.cluster_id.clone(),
         svid_ttl: config.svid_ttl,
         outbox,
+        registry: registry.as_ref().map(|r| r.handle.clone()),
     });
     let capacity = config.workers.saturating_mul(QUEUE_PER_WORKER);
     let (jobs, workers) = start_workers(&handler, config.workers, capacity)?;
@@ -407,6 +478,7 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
                 let _ = reload_thread.join();
             });
             nats::finish(&client, join).await;
+            stop_registry(registry.as_ref());
             log::info!("ekattest-server stopped");
             return Ok(());
         }
@@ -435,8 +507,16 @@ async fn serve(config: ServerConfig, loaded: Loaded) -> Result<(), DaemonError> 
     })
     .await;
     drain(&client, eventloop).await;
+    stop_registry(registry.as_ref());
     log::info!("ekattest-server stopped");
     Ok(())
+}
+
+/// Writes what the registry has queued (the workers are done) and ends its writer.
+fn stop_registry(registry: Option<&Registry>) {
+    if let Some(r) = registry {
+        r.writer.stop(DRAIN_TIMEOUT);
+    }
 }
 
 type Workers = (SyncSender<Job>, Vec<JoinHandle<()>>);

@@ -251,6 +251,7 @@ fn identity(svid_key: Option<Vec<u8>>) -> Identity {
         svid_key_in_tpm: false,
         agent: "agent-1".to_owned(),
         transcript: T,
+        ek_hash: [0xab; 32],
     }
 }
 

@@ -318,7 +318,7 @@ fn setup_with(policy_text: &str, policy_topic: bool) -> Setup {
              metrics-address: 127.0.0.1:{metrics_port}\npolicy-files: [policy.yaml]\n\
              reload-interval: 200ms\nsession-ttl: 30s\nlog-level: debug\nworkers: 2\n\
              login-burst: 10\n\
-             policy-topic: {policy_topic}\npolicy-signers: [signer.pub]\n"
+             policy-topic: {policy_topic}\npolicy-signers: [signer.pub]\nstate-dir: .\n"
         ),
     )
     .unwrap();

@@ -20,4 +20,6 @@ mod ek_support;
 #[cfg(feature = "it")]
 mod ek_swtpm;
 mod make_credential;
+#[cfg(feature = "it")]
+mod registry;
 mod svid;

@@ -62,6 +62,12 @@ pub struct ServerSpec {
     pub policy_topic: bool,
     /// `policy-signers`: PEM public keys of the operators who sign policy documents.
     pub policy_signers: Vec<PathBuf>,
+    /// `state-dir` ([`ServerProcess::start`](super::ServerProcess::start) sets the server's
+    /// own folder when `None`, so each test server has its own SQLite registry).
+    pub state_dir: Option<PathBuf>,
+    /// `registry`: the mapping as written (backend, url, password-file, flush-interval...);
+    /// `None`: the server's default (SQLite under `state-dir`).
+    pub registry: Option<Mapping>,
 }
 
 impl ServerSpec {
@@ -98,6 +104,8 @@ impl ServerSpec {
             nats_urls: Vec::new(),
             policy_topic: false,
             policy_signers: Vec::new(),
+            state_dir: None,
+            registry: None,
         }
     }
 
@@ -170,6 +178,10 @@ impl ServerSpec {
                 .map(|p| path_str(p).map(Value::from))
                 .collect::<Result<Vec<_>>>()?;
             m.insert("policy-signers".into(), Value::Sequence(signers));
+        }
+        put(&mut m, "state-dir", opt_path(&self.state_dir)?);
+        if let Some(r) = &self.registry {
+            m.insert("registry".into(), Value::Mapping(r.clone()));
         }
         render(&m)
     }

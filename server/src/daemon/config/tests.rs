@@ -559,3 +559,137 @@ fn a_tab_in_the_indentation_is_named_with_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn the_registry_defaults_to_sqlite_under_state_dir() {
+    let c = parse(&format!("{MINIMAL}state-dir: state\n")).unwrap();
+    assert_eq!(c.state_dir, Path::new("/etc/ekattest/state"));
+    let r = &c.registry;
+    assert_eq!(
+        r.backend,
+        Backend::Sqlite(PathBuf::from("/etc/ekattest/state/registry.db"))
+    );
+    assert_eq!(r.flush_interval, Duration::from_secs(1));
+    assert_eq!(r.batch_max, 2000);
+    assert_eq!(r.queue_max, 100_000);
+    assert_eq!(r.ban_refresh, Duration::from_secs(2));
+    assert_eq!(r.audit_retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(r.duplicate_window, Duration::from_secs(86_400));
+    // Without state-dir: systemd's STATE_DIRECTORY or /var/lib/ekattest-server.
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.state_dir, default_state_dir());
+}
+
+#[test]
+fn every_registry_key_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("db.password");
+    write_private(&pw, "s3cret\n");
+    let text = format!(
+        "{MINIMAL}registry:\n  backend: postgres\n  url: postgres://ekattest@db:5433/reg\n  \
+         password-file: {}\n  flush-interval: 250ms\n  batch-max: 10\n  queue-max: 50\n  \
+         ban-refresh: 500ms\n  audit-retention: 2d\n  duplicate-window: 1h\n",
+        pw.display()
+    );
+    let r = parse(&text).unwrap().registry;
+    assert_eq!(
+        r.backend,
+        Backend::Postgres {
+            url: "postgres://ekattest@db:5433/reg".into(),
+            password: Some("s3cret".into()),
+        }
+    );
+    assert_eq!(
+        (r.flush_interval, r.batch_max, r.queue_max),
+        (Duration::from_millis(250), 10, 50)
+    );
+    assert_eq!(r.ban_refresh, Duration::from_millis(500));
+    assert_eq!(r.audit_retention, Duration::from_secs(2 * 86_400));
+    assert_eq!(r.duplicate_window, Duration::from_secs(3600));
+    let none = parse(&format!("{MINIMAL}registry: {{backend: none}}\n")).unwrap();
+    assert_eq!(none.registry.backend, Backend::None);
+}
+
+#[test]
+fn registry_mistakes_name_the_key_and_the_fix() {
+    let cases = [
+        (
+            "registry: {backend: mysql}",
+            "registry.backend",
+            "sqlite, postgres or none",
+        ),
+        ("registry: {backend: postgres}", "registry.url", "needs url"),
+        (
+            "registry: {backend: postgres, url: \"postgres://u:pw@db/x\"}",
+            "registry.url",
+            "password-file",
+        ),
+        (
+            "registry: {backend: postgres, url: \"postgres://db/x?password=pw\"}",
+            "registry.url",
+            "password-file",
+        ),
+        (
+            "registry: {backend: postgres, url: \"mysql://db/x\"}",
+            "registry.url",
+            "postgres://",
+        ),
+        (
+            "registry: {url: \"postgres://db/x\"}",
+            "registry.url",
+            "backend: postgres",
+        ),
+        (
+            "registry: {backend: postgres, url: \"postgres://db/x\", path: r.db}",
+            "registry.path",
+            "backend: sqlite",
+        ),
+        (
+            "registry: {flush-interval: 1ms}",
+            "registry.flush-interval",
+            "minimum",
+        ),
+        (
+            "registry: {ban-refresh: 10ms}",
+            "registry.ban-refresh",
+            "minimum",
+        ),
+        (
+            "registry: {audit-retention: 10m}",
+            "registry.audit-retention",
+            "minimum",
+        ),
+        (
+            "registry: {batch-max: 0}",
+            "registry.batch-max",
+            "between 1 and",
+        ),
+        (
+            "registry: {queue-max: 20000000}",
+            "registry.queue-max",
+            "between 1 and",
+        ),
+        ("registry: {flush-intervall: 1s}", "flush-intervall", ""),
+    ];
+    for (yaml, key, hint) in cases {
+        let e = error(&format!("{MINIMAL}{yaml}\n"));
+        assert!(e.contains(key) && e.contains(hint), "{yaml}: {e}");
+        assert!(!e.contains("pw@"), "{yaml}: the password is echoed: {e}");
+    }
+}
+
+#[test]
+fn a_registry_password_file_others_can_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("db.password");
+    write_private(&pw, "s3cret\n");
+    chmod(&pw, 0o644);
+    let e = error(&format!(
+        "{MINIMAL}registry: {{backend: postgres, url: \"postgres://u@db/x\", password-file: {}}}\n",
+        pw.display()
+    ));
+    assert!(
+        e.contains("registry.password-file") && e.contains("chmod 600"),
+        "{e}"
+    );
+}

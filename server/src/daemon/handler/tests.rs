@@ -79,6 +79,7 @@ fn handler(doc: Option<&[u8]>) -> (Handler, Arc<Recorder>) {
         cluster: "c-1".to_owned(),
         svid_ttl: Duration::from_secs(3600),
         outbox: Box::new(Arc::clone(&rec)),
+        registry: None,
     };
     (h, rec)
 }

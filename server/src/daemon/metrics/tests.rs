@@ -114,6 +114,7 @@ attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"ek
 attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"proof_of_possession\"} 1
 attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"agent_id_mismatch\"} 0
 attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"key_certification\"} 0
+attestation_signer_proof{attestor_type=\"tpm_ek\",outcome=\"failed\",reason=\"banned\"} 0
 # HELP attestation_svids_issued_total X.509-SVIDs issued, by where the key lives (tpm: certified by the AK).
 # TYPE attestation_svids_issued_total counter
 attestation_svids_issued_total{key=\"software\"} 1
@@ -181,6 +182,24 @@ attestation_policy_documents_refused_total{reason=\"future\"} 0
 # TYPE attestation_frame_bytes_total counter
 attestation_frame_bytes_total{direction=\"in\"} 1620
 attestation_frame_bytes_total{direction=\"out\"} 700
+# HELP attestation_registry_events_written_total Attestation outcomes written to the registry.
+# TYPE attestation_registry_events_written_total counter
+attestation_registry_events_written_total 0
+# HELP attestation_registry_events_dropped_total Attestation outcomes dropped because the registry queue (queue-max) was full.
+# TYPE attestation_registry_events_dropped_total counter
+attestation_registry_events_dropped_total 0
+# HELP attestation_registry_write_failures_total Registry batches that failed to write (kept and retried).
+# TYPE attestation_registry_write_failures_total counter
+attestation_registry_write_failures_total 0
+# HELP attestation_registry_queue Attestation outcomes waiting to be written to the registry.
+# TYPE attestation_registry_queue gauge
+attestation_registry_queue 0
+# HELP attestation_ek_agent_id_conflicts_total EKs accepted under a second agent id within registry.duplicate-window.
+# TYPE attestation_ek_agent_id_conflicts_total counter
+attestation_ek_agent_id_conflicts_total 0
+# HELP attestation_bans Bans (EKs and agent ids) in force on this node.
+# TYPE attestation_bans gauge
+attestation_bans 0
 "
     ));
 }
