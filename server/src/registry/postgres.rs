@@ -398,15 +398,8 @@ impl Store for PostgresStore {
                     row.try_get::<_, String>(4)?,
                 ))
             };
-            let (kind, value, reason, at, by) = read().map_err(|e| read_err(db, what, &e))?;
-            let target = BanTarget::from_stored(&kind, &value)
-                .map_err(|m| schema::corrupt(db, "a ban", m))?;
-            out.push(Ban {
-                target,
-                reason,
-                at,
-                by,
-            });
+            let row = read().map_err(|e| read_err(db, what, &e))?;
+            out.push(schema::ban_from_row(db, row)?);
         }
         Ok(out)
     }

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{EkHash, Event, Failure, Outcome, Record, StoreError, UnixSeconds, parse_ek_hash};
+use super::{
+    Ban, BanTarget, EkHash, Event, Failure, Outcome, Record, StoreError, UnixSeconds, parse_ek_hash,
+};
 
 /// The schema version this build writes and the newest it can read.
 pub const LATEST: i64 = 2;
@@ -385,6 +387,23 @@ pub(crate) fn corrupt(db: &str, what: &'static str, message: String) -> StoreErr
         what,
         message,
     }
+}
+
+/// A ban from its stored columns (`kind, value, reason, at, by_whom`).
+///
+/// # Errors
+/// [`StoreError::Corrupt`] for an unknown kind or a malformed hash.
+pub(crate) fn ban_from_row(
+    db: &str,
+    (kind, value, reason, at, by): (String, String, String, i64, String),
+) -> Result<Ban, StoreError> {
+    let target = BanTarget::from_stored(&kind, &value).map_err(|m| corrupt(db, "a ban", m))?;
+    Ok(Ban {
+        target,
+        reason,
+        at,
+        by,
+    })
 }
 
 #[cfg(test)]

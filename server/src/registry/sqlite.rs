@@ -305,15 +305,8 @@ impl Store for SqliteStore {
             .map_err(|e| query(db, what, &e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (kind, value, reason, at, by) = row.map_err(|e| read_err(db, what, &e))?;
-            let target = BanTarget::from_stored(&kind, &value)
-                .map_err(|m| schema::corrupt(db, "a ban", m))?;
-            out.push(Ban {
-                target,
-                reason,
-                at,
-                by,
-            });
+            let row = row.map_err(|e| read_err(db, what, &e))?;
+            out.push(schema::ban_from_row(db, row)?);
         }
         Ok(out)
     }
