@@ -1,5 +1,6 @@
 //! The fleet report: what a `run` or `load` measured, as a summary table for people, a JSON
-//! document for machines and a PNG histogram of time to identity.
+//! document for machines and a PNG histogram of time to identity; [`RegistryReport`] adds
+//! what the servers' device registry holds after the run.
 //!
 //! It only formats numbers it is given: it never starts processes, never reads the
 //! environment and never panics on any input (empty runs, zero durations and NaN rates all
@@ -17,6 +18,9 @@ use serde_json::{Value, json};
 use crate::error::Error;
 
 mod plot;
+mod registry;
+
+pub use registry::RegistryReport;
 
 /// What one fleet run (process fleet) or load run (software TPMs) measured.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,8 @@ pub struct Summary {
     pub peak_rss_server_kb: Option<u64>,
     /// Faults injected during the run and what they did.
     pub faults: Vec<FaultReport>,
+    /// The servers' device registry after the run (None: not read).
+    pub registry: Option<RegistryReport>,
     /// Free-form remarks (methods, failures worth a look).
     pub notes: Vec<String>,
 }
@@ -162,6 +168,9 @@ impl Summary {
                 format!("{:.1} MB", k as f64 / 1024.0)
             }),
         ));
+        if let Some(r) = &self.registry {
+            r.rows(&mut rows);
+        }
         let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
         let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(5).max(5);
         let mut out = String::new();
@@ -186,9 +195,14 @@ impl Summary {
                 );
             }
         }
-        if !self.notes.is_empty() {
+        let registry_notes = self
+            .registry
+            .as_ref()
+            .map(RegistryReport::notes)
+            .unwrap_or_default();
+        if !self.notes.is_empty() || !registry_notes.is_empty() {
             out.push('\n');
-            for n in &self.notes {
+            for n in self.notes.iter().chain(&registry_notes) {
                 let _ = writeln!(out, "- {n}");
             }
         }
@@ -229,6 +243,7 @@ impl Summary {
                 "recovered": f.recovered,
                 "detail": f.detail,
             })).collect::<Vec<_>>(),
+            "registry": self.registry.as_ref().map(RegistryReport::to_json),
             "notes": self.notes,
         })
     }
@@ -290,6 +305,7 @@ mod tests {
                 recovered: 7,
                 detail: "node-2 killed".into(),
             }],
+            registry: None,
             notes: vec!["bytes: payload + MQTT framing".into()],
         }
     }

@@ -1,15 +1,17 @@
 //! The stage every fleet mode attests against: a bus (a per-run mosquitto, an existing
 //! broker, or a per-run NATS cluster), an SVID CA, a policy document, K `ekattest-server`
-//! processes, an optional MQTT fault proxy in front of the bus, and the hook that fires the
-//! run's timed faults at them ([`Stage::faults`]).
+//! processes with their device registry ([`Registry`]: a SQLite file each, one PostgreSQL
+//! the stage starts for all of them, or none), an optional MQTT fault proxy in front of the
+//! bus, and the hook that fires the run's timed faults at them ([`Stage::faults`]).
 //!
 //! A mode describes its stage with a [`StageConfig`], starts it once with [`Stage::start`]
 //! and hands its devices what they need: the MQTT listeners ([`Stage::device_urls`]), the
 //! trust bundle ([`Svid::bundle`]), the servers' metrics ([`Stage::metric_sum`]). Dropping
 //! the stage stops everything in order: servers first (they hold sessions on the bus), then
-//! the proxy, the broker and the NATS cluster, each removing its own temporary folder. The
-//! run folder the stage writes into (CA, policy, one folder per server) belongs to the mode,
-//! which keeps it alive longer than the stage.
+//! the proxy, the broker, the NATS cluster and PostgreSQL, each removing its own temporary
+//! folder. [`Stage::registry_report`] reads the registry back after the servers have written
+//! it. The run folder the stage writes into (CA, policy, one folder per server, the SQLite
+//! registries) belongs to the mode, which keeps it alive longer than the stage.
 //!
 //! The stage never changes the process's working directory or environment and never binds
 //! a fixed port. Devices (swtpm, soft TPMs, QEMU boards) are not part of it: they stay in
@@ -27,9 +29,16 @@ use crate::error::{Error, Result};
 use crate::faults::mqtt_proxy::{MqttProxy, ProxyOptions, ProxyStats};
 use crate::faults::{FaultPlan, ProcessTargets, Scheduler};
 use crate::nats::NatsCluster;
+use crate::report::RegistryReport;
+
+mod registry;
+
+pub use registry::Registry;
 
 /// How long the in-process SVID CA is valid.
 const SVID_CA_VALIDITY: Duration = Duration::from_secs(86_400);
+/// How long [`Stage::registry_report`] waits for the servers' registry queues to empty.
+const REGISTRY_FLUSH_WAIT: Duration = Duration::from_secs(60);
 
 /// The bus the servers and devices meet on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,11 +132,13 @@ pub struct StageConfig {
     pub server: ServerSettings,
     /// Put the MQTT fault proxy with these options between the devices and the bus.
     pub proxy: Option<ProxyOptions>,
+    /// The servers' device registry.
+    pub registry: Registry,
 }
 
 impl StageConfig {
     /// One server (`node-1`, folder `node-1`), a per-run mosquitto, an in-process SVID CA,
-    /// no proxy.
+    /// no proxy, the server's default registry (SQLite in its folder).
     #[must_use]
     pub fn new(
         dir: &Path,
@@ -148,6 +159,7 @@ impl StageConfig {
             server_dir: |k| format!("node-{k}"),
             server: ServerSettings::default(),
             proxy: None,
+            registry: Registry::default(),
         }
     }
 }
@@ -177,6 +189,11 @@ pub struct Stage {
     nats_urls: Vec<String>,
     svid: Svid,
     policy_file: PathBuf,
+    registry: Registry,
+    /// The PostgreSQL of `--registry postgres`; dropped after the servers.
+    database: Option<registry::Database>,
+    /// Each server's folder (its `state-dir`), `node-1` first.
+    server_dirs: Vec<PathBuf>,
 }
 
 impl Stage {
@@ -184,7 +201,7 @@ impl Stage {
     ///
     /// # Errors
     /// The step that failed: [`Error::Ca`]/[`Error::Ctl`] (CA), [`Error::Io`] (files),
-    /// [`Error::Process`] (mosquitto, NATS, a server), [`Error::NoNatsNode`],
+    /// [`Error::Process`] (mosquitto, NATS, PostgreSQL, a server), [`Error::NoNatsNode`],
     /// [`Error::BrokerUrl`]/[`Error::BrokerResolve`]/[`Error::Spawn`] (proxy). What was
     /// started before is stopped again.
     pub fn start(config: &StageConfig) -> Result<Self> {
@@ -213,6 +230,9 @@ impl Stage {
             nats_urls: Vec::new(),
             svid,
             policy_file,
+            registry: config.registry,
+            database: None,
+            server_dirs: Vec::with_capacity(config.servers),
         };
         match &config.bus {
             Bus::External {
@@ -250,6 +270,10 @@ impl Stage {
                 stage.broker = Some(Arc::new(Mutex::new(b)));
             }
         }
+        if config.registry == Registry::Postgres {
+            stage.database = Some(registry::Database::start(dir)?);
+        }
+        let registry_mapping = registry::mapping(config.registry, stage.database.as_ref())?;
         for k in 1..=config.servers {
             let node = format!("node-{k}");
             let sdir = dir.join((config.server_dir)(k));
@@ -271,6 +295,7 @@ impl Stage {
             spec.login_burst = s.login_burst;
             spec.agent_id_from_ek = s.agent_id_from_ek;
             spec.reload_interval = s.reload_interval;
+            spec.registry.clone_from(&registry_mapping);
             let t = Instant::now();
             let server =
                 ServerProcess::start(&config.server_bin, &spec, &sdir).map_err(|source| {
@@ -281,6 +306,7 @@ impl Stage {
                 })?;
             stage.server_startup.push(t.elapsed());
             stage.servers.push(Arc::new(Mutex::new(server)));
+            stage.server_dirs.push(sdir);
         }
         if let Some(options) = &config.proxy {
             let upstream = broker_addr(&stage.url)?;
@@ -403,6 +429,47 @@ impl Stage {
         total
     }
 
+    /// The servers' registry backend.
+    #[must_use]
+    pub fn registry(&self) -> Registry {
+        self.registry
+    }
+
+    /// The processes of the stage's PostgreSQL now (postmaster and children; empty unless
+    /// `--registry postgres`), for CPU accounting.
+    #[must_use]
+    pub fn registry_pids(&self) -> Vec<u32> {
+        self.database
+            .as_ref()
+            .map_or_else(Vec::new, registry::Database::pids)
+    }
+
+    /// Waits until every running server has written its queued registry events (its
+    /// `attestation_registry_queue` is 0; at most a minute), reads the events written and
+    /// dropped from their metrics, stops the stage ([`Stage::stop`]: a stopping server
+    /// writes what is still queued) and reads the registry back: device records (summed
+    /// over the servers' SQLite files), distinct EKs across them, bytes on disk.
+    /// `eks_attested` is the distinct EKs the mode saw attested, reported next to them.
+    pub fn registry_report(&mut self, eks_attested: usize) -> RegistryReport {
+        let written = if self.registry == Registry::None {
+            // Nothing is queued without a registry.
+            registry::Written {
+                flushed: true,
+                ..registry::Written::default()
+            }
+        } else {
+            registry::Written::wait(&self.servers, REGISTRY_FLUSH_WAIT)
+        };
+        self.stop();
+        registry::read(
+            self.registry,
+            self.database.as_ref(),
+            &self.server_dirs,
+            written,
+            eks_attested,
+        )
+    }
+
     /// Starts the fault clock now and fires `plan`'s timed faults (broker restart, server
     /// kill, NATS node kill) at this stage's own processes. Call it when the attestation
     /// phase starts; finish (or drop) the scheduler before the stage.
@@ -453,6 +520,7 @@ impl Drop for Stage {
         self.servers.clear();
         self.broker = None;
         self.nats = None;
+        self.database = None;
     }
 }
 

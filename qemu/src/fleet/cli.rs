@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{EkChoice, RunOptions, run};
 use crate::error::{Error, Result};
 use crate::faults::{FaultPlan, Mode};
+use crate::stage::Registry;
 
 /// Usage of `run` (and `demo`).
 pub const USAGE: &str = "\
@@ -18,7 +19,7 @@ usage: ekattest-fleet run --devices N [--ek rsa2048|p256|p384|mixed] [--servers 
                           [--broker URL | --nats-nodes N] [--report FILE] [--plot FILE.png]
                           [--parallel P]
                           [--provision-parallel T] [--cache DIR] [--keep] [--wire-bytes] [--timeout D]
-                          [--bin-dir DIR]
+                          [--bin-dir DIR] [--registry sqlite|postgres|none]
        ekattest-fleet demo [run options]      (alias of run --devices 25 --ek mixed)
 
   --devices    swtpm devices to provision and attest (default 25)
@@ -39,6 +40,10 @@ usage: ekattest-fleet run --devices N [--ek rsa2048|p256|p384|mixed] [--servers 
                bytes on the wire per attestation (implied by --drop and --corrupt)
   --timeout    per-device limit, agent start to identity (default 120s)
   --bin-dir    folder of ekattest-agent and ekattest-server (default: beside this program)
+  --registry   the servers' device registry: sqlite (default: a file in each server's
+               folder), postgres (one PostgreSQL started for the run, shared by the K
+               servers; needs Debian's postgresql) or none; the report counts its records
+               against the distinct EKs attested
 
 Needs swtpm, swtpm_setup, swtpm_localca, tpm2-tools, openssl and mosquitto (nats-server
 for --nats-nodes) (bash .ci/install, or apt-get install swtpm swtpm-tools tpm2-tools
@@ -85,6 +90,12 @@ pub fn parse(args: Vec<OsString>) -> Result<Option<RunOptions>> {
             Long("cache") => o.cache = Some(path(&mut p)?),
             Long("bin-dir") => o.bin_dir = Some(path(&mut p)?),
             Long("keep") => o.keep = true,
+            Long("registry") => {
+                let v = p.value().map_err(usage)?.string().map_err(usage)?;
+                o.registry = Registry::parse(&v).ok_or_else(|| {
+                    Error::Usage(format!("--registry: {v:?} is not sqlite, postgres or none"))
+                })?;
+            }
             Long("wire-bytes") => o.wire_bytes = true,
             Long("timeout") => {
                 let v = p.value().map_err(usage)?.string().map_err(usage)?;
@@ -233,5 +244,23 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn registry_backend_defaults_to_sqlite() {
+        assert_eq!(
+            parse(args("--devices 3")).unwrap().unwrap().registry,
+            Registry::Sqlite
+        );
+        let o = parse(args("--registry postgres --servers 2"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((o.registry, o.servers), (Registry::Postgres, 2));
+        assert_eq!(
+            parse(args("--registry none")).unwrap().unwrap().registry,
+            Registry::None
+        );
+        let e = parse(args("--registry mysql")).err().unwrap();
+        assert!(e.to_string().contains("sqlite, postgres or none"), "{e}");
     }
 }

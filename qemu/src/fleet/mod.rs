@@ -4,7 +4,8 @@
 //! as its `broker` list, its own node first, so agents spread over the nodes and fail over
 //! to the others), an SVID CA, K `ekattest-server` processes with a policy trusting the
 //! run's swtpm CA, then N `ekattest-agent run --once` processes, at most P at a time,
-//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary). Bus, SVID CA,
+//! timed from spawn to exit; ends with a [`Summary`](crate::report::Summary), with the
+//! servers' device registry read back (`--registry`). Bus, SVID CA,
 //! policy, servers and fault proxy are the run's [`Stage`](crate::stage::Stage); the swtpm
 //! devices (`devices`) and agent processes (`agents`) are this mode's.
 //!
@@ -27,7 +28,7 @@ use std::time::Duration;
 use crate::error::{self, Error, Result};
 use crate::faults::{DeviceRecord, FaultPlan};
 use crate::report::Summary;
-use crate::stage::{Bus, Policy, Stage, StageConfig, bin_beside};
+use crate::stage::{Bus, Policy, Registry, Stage, StageConfig, bin_beside};
 use crate::swtpm::ProvisionOptions;
 
 const CLUSTER: &str = "fleet";
@@ -105,6 +106,8 @@ pub struct RunOptions {
     pub bin_dir: Option<PathBuf>,
     /// Faults to inject (`--broker-restart-at`, `--kill-server-at`, `--drop`, ...).
     pub faults: FaultPlan,
+    /// The servers' device registry (`--registry`; default SQLite, a file per server).
+    pub registry: Registry,
 }
 
 impl Default for RunOptions {
@@ -125,6 +128,7 @@ impl Default for RunOptions {
             cache: None,
             bin_dir: None,
             faults: FaultPlan::default(),
+            registry: Registry::default(),
         }
     }
 }
@@ -211,7 +215,7 @@ fn run_in(
         &error::read_to_string(&states.anchors.root)?,
         &error::read_to_string(&states.anchors.intermediate)?,
     );
-    let stage = Stage::start(&stage_config(opts, dir, server_bin, policy))?;
+    let mut stage = Stage::start(&stage_config(opts, dir, server_bin, policy))?;
     if let Some(up) = stage.nats_startup() {
         summary.notes.push(format!(
             "NATS cluster of {} nodes (nats-server, JetStream, MQTT listeners) up in {:.1} \
@@ -287,6 +291,9 @@ fn run_in(
         .max();
     bytes_per_attestation(&mut summary, &stage);
     outcome_notes(&mut summary, &outcomes);
+    // Every device has an EK of its own (its swtpm state): distinct EKs attested are the
+    // attested devices. Read once the servers have written the registry (stops the stage).
+    summary.registry = Some(stage.registry_report(summary.attested));
     summary.notes.extend(stage.nats_log_summaries());
     Ok(summary)
 }
@@ -313,6 +320,7 @@ fn stage_config(opts: &RunOptions, dir: &Path, server_bin: &Path, policy: String
         None => Bus::Mosquitto,
     };
     config.servers = opts.servers;
+    config.registry = opts.registry;
     config.server.max_sessions = Some(opts.devices.saturating_mul(2).max(1024));
     config.proxy =
         (opts.faults.needs_mqtt_proxy() || opts.wire_bytes).then(|| opts.faults.proxy_options());

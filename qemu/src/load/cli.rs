@@ -11,11 +11,12 @@ use super::bogus::BogusKind;
 use super::{EkMix, LoadOptions, Subscribe};
 use crate::error::{Error, Result};
 use crate::faults::{FaultPlan, HELP, Mode};
+use crate::stage::Registry;
 
 const USAGE: &str = "\
 usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--servers K]
                            [--broker URL[,URL...] | --nats-nodes N] [--threads T]
-                           [--window W] [--workers W]
+                           [--window W] [--workers W] [--registry sqlite|postgres|none]
                            [--report FILE] [--plot FILE.png] [options] [fault options]
 
   Software TPMs (EK and AK keys in the harness, ActivateCredential in software) attest over
@@ -35,6 +36,10 @@ usage: ekattest-fleet load --devices N [--rate R] [--ek rsa2048|p256|mixed] [--s
   --threads T        device threads, one MQTT connection each (default 2)
   --window W         most devices in flight per thread (default 256)
   --workers W        the servers' worker threads (default: one per CPU)
+  --registry B       the servers' device registry: sqlite (default: a file in each server's
+                     folder), postgres (one PostgreSQL started for the run, shared by the K
+                     servers) or none; the report counts its records against the distinct
+                     EKs attested
   --rsa-keys N       distinct RSA-2048 EKs; more devices share them (default 64)
   --p256-keys N      distinct P-256 EKs (default 10000; one policy holds about 15000 hashes)
   --attempt-timeout D  wait for a Challenge or Result before logging in again (default 5s,
@@ -120,6 +125,12 @@ fn parse(args: Vec<OsString>) -> Result<Option<Cli>> {
             Long("threads") => opts.threads = num("threads", text(&mut p, "threads")?)?,
             Long("window") => opts.window = num("window", text(&mut p, "window")?)?,
             Long("workers") => opts.workers = Some(num("workers", text(&mut p, "workers")?)?),
+            Long("registry") => {
+                let v = text(&mut p, "registry")?;
+                opts.registry = Registry::parse(&v).ok_or_else(|| {
+                    Error::Usage(format!("--registry {v:?}: use sqlite, postgres or none"))
+                })?;
+            }
             Long("rsa-keys") => opts.rsa_keys = num("rsa-keys", text(&mut p, "rsa-keys")?)?,
             Long("p256-keys") => opts.p256_keys = num("p256-keys", text(&mut p, "p256-keys")?)?,
             Long(given @ ("attempt-timeout" | "timeout")) => {
@@ -273,6 +284,13 @@ mod tests {
         assert_eq!(c.report, Some(PathBuf::from("r.json")));
         assert_eq!(c.plot, Some(PathBuf::from("p.png")));
         assert!(parse(args("load --help")).unwrap().is_none());
+        assert_eq!(c.opts.registry, Registry::Sqlite);
+        let r = parse(args("load --registry postgres --servers 3"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.opts.registry, r.opts.servers), (Registry::Postgres, 3));
+        let r = parse(args("load --registry none")).unwrap().unwrap();
+        assert_eq!(r.opts.registry, Registry::None);
         assert_eq!(c.opts.bogus, 0);
         let c = parse(args("load --bogus 500 --bogus-kind garbage-cert"))
             .unwrap()
@@ -370,6 +388,8 @@ mod tests {
             "load --threads x",
             "load --bogus",
             "load --bogus 10 --bogus-kind some",
+            "load --registry mysql",
+            "load --registry",
         ] {
             assert!(parse(args(bad)).is_err(), "{bad}");
         }

@@ -4,8 +4,10 @@
 //! allow-lists the run's EK hashes (the seed allows that for emulators). With
 //! `--nats-nodes N` the broker is a local N-node nats-server cluster instead
 //! ([`crate::nats`]): the servers run on `bus: nats` and the device threads are spread over
-//! the nodes' MQTT listeners. All of that is the run's [`Stage`] ([`stage`] configures it);
-//! this module adds the devices and the report.
+//! the nodes' MQTT listeners. All of that is the run's [`Stage`] ([`stage`] configures it,
+//! with the servers' device registry of `--registry`); this module adds the devices and the
+//! report, whose registry lines count the registry's records against the distinct pool EKs
+//! attested (many device ids share one EK).
 //!
 //! T threads each own many devices and ONE MQTT connection at a time ([`worker`]); a thread
 //! whose connection fails moves to the next broker of the list ([`link`]); the run ends when
@@ -46,7 +48,7 @@ use crate::daemons::{ServerProcess, metric_value};
 use crate::error::{self, Error, Result};
 use crate::faults::FaultPlan;
 use crate::report::Summary;
-use crate::stage::Stage;
+use crate::stage::{Registry, Stage};
 use stage::{Trust, check, find_bin, stage_config};
 
 /// The cluster id of load runs.
@@ -114,6 +116,8 @@ pub struct LoadOptions {
     /// Servers run on `bus: nats` with these `nats-url`s when not empty (then `broker`
     /// must be a NATS node's MQTT listener).
     pub nats_urls: Vec<String>,
+    /// The servers' device registry (`--registry`; default SQLite, a file per server).
+    pub registry: Registry,
 }
 
 impl Default for LoadOptions {
@@ -143,6 +147,7 @@ impl Default for LoadOptions {
             bogus_kinds: bogus::BogusKind::ALL.to_vec(),
             broker_urls: Vec::new(),
             nats_urls: Vec::new(),
+            registry: Registry::default(),
         }
     }
 }
@@ -162,7 +167,7 @@ fn parse_broker(url: &str) -> Result<(String, u16), String> {
 }
 
 /// The processes whose CPU the report counts: the servers, the broker processes (mosquitto,
-/// or every NATS node) and this program.
+/// or every NATS node), PostgreSQL (`--registry postgres`) and this program.
 fn cpu_groups(stage: &Stage) -> Vec<cpu::Group> {
     let lock_pid =
         |s: &Arc<Mutex<ServerProcess>>| s.lock().unwrap_or_else(PoisonError::into_inner).pid();
@@ -184,6 +189,10 @@ fn cpu_groups(stage: &Stage) -> Vec<cpu::Group> {
             "NATS nodes",
             (0..c.node_count()).filter_map(|i| c.pid(i)),
         ));
+    }
+    let postgres = stage.registry_pids();
+    if !postgres.is_empty() {
+        groups.push(cpu::Group::start("PostgreSQL", postgres));
     }
     groups.push(cpu::Group::start("load generator", [std::process::id()]));
     groups
@@ -235,9 +244,11 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
     }
     // The devices.
     let phase = attest(opts, stop, &stage, &pool, &mut notes)?;
-    // Server-side numbers before the servers stop.
+    // Server-side numbers before the servers stop; then the registry, once the servers
+    // have written it (this stops the stage). The pool's EKs are shared by many device
+    // ids: the registry holds one record per distinct EK attested.
     let (server_success, rss) = server_notes(&stage, &mut notes);
-    stage.stop();
+    let registry = stage.registry_report(phase.total.attested_keys.len());
     notes.extend(stage.nats_log_summaries());
     drop(stage);
     // The report.
@@ -277,6 +288,7 @@ pub fn run(opts: &LoadOptions, stop: &Arc<AtomicBool>) -> Result<Summary> {
         peak_rss_agent_kb: None,
         peak_rss_server_kb: rss,
         faults,
+        registry: Some(registry),
         notes,
     })
 }

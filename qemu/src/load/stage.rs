@@ -131,6 +131,7 @@ pub(super) fn stage_config(
         None => Bus::Mosquitto,
     };
     config.servers = opts.servers;
+    config.registry = opts.registry;
     config.server_dir = |k| format!("server-{}", k - 1);
     config.server = ServerSettings {
         max_sessions: Some((opts.threads * opts.window * 4).max(100_000)),

@@ -24,6 +24,7 @@ pub(super) fn merge(into: &mut WorkerResult, r: WorkerResult) {
     into.lost_publishes += r.lost_publishes;
     into.corrupt_retries += r.corrupt_retries;
     into.records.extend(r.records);
+    into.attested_keys.extend(r.attested_keys);
     for (k, v) in r.reasons {
         *into.reasons.entry(k).or_default() += v;
     }

@@ -33,7 +33,7 @@
 //! the connection just died is counted and left to the recovery above. This module never panics on
 //! any frame the broker delivers and never keeps more than `window` devices in flight.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -153,6 +153,9 @@ pub(crate) struct WorkerResult {
     pub(crate) corrupt_retries: usize,
     /// One record per device that started, for the fault report.
     pub(crate) records: Vec<DeviceRecord>,
+    /// The pool keys ([`KeyPool::key_id`]) of the attested devices: the distinct EKs
+    /// attested, which the registry's record count is checked against.
+    pub(crate) attested_keys: BTreeSet<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +338,12 @@ impl<'a> Sim<'a> {
                 attested: d.attested,
                 node,
             })
+            .collect();
+        self.result.attested_keys = self
+            .devs
+            .iter()
+            .filter(|d| d.attested)
+            .map(|d| d.key)
             .collect();
         self.result.unfinished = self.devs.len().saturating_sub(self.finished);
         if let Some(mut l) = self.link.take() {

@@ -2,8 +2,10 @@
 //! (mixed RSA-2048 and P-256 EKs) through a real mosquitto to one real `ekattest-server`,
 //! all attested; and 500 P-256 devices under each fault load mode accepts (5% of MQTT
 //! messages dropped, one of two servers killed, the broker restarted), all attested, the
-//! report's fault entry counting affected devices that all recovered. Counts are asserted,
-//! never timing.
+//! report's fault entry counting affected devices that all recovered; 200 devices over 2
+//! servers with each registry backend (issue 18), the registry's records and attestation
+//! counts checked against the distinct EKs and devices attested. Counts are asserted, never
+//! timing.
 //!
 //! `ekattest-server` and `ekattestctl` come from the same target folder as this test
 //! (`cargo build -p ekattest-server` first, or `cargo test --workspace --all-features`); a
@@ -16,7 +18,8 @@ use std::time::Duration;
 
 use ekattest_fleet::faults::FaultPlan;
 use ekattest_fleet::load::{self, EkMix, LoadOptions};
-use ekattest_fleet::report::{FaultReport, Summary};
+use ekattest_fleet::report::{FaultReport, RegistryReport, Summary};
+use ekattest_fleet::stage::Registry;
 
 #[test]
 fn two_thousand_soft_devices_attest_through_mosquitto() {
@@ -191,4 +194,81 @@ fn measure() {
     argv.push(common::bin_dir_with(&["ekattest-server", "ekattestctl"]).into_os_string());
     argv.extend(args.split_whitespace().map(Into::into));
     assert_eq!(load::cli(argv), std::process::ExitCode::SUCCESS);
+}
+
+/// 200 P-256 devices over a pool of 50 EKs (4 device ids per EK) through 2 servers whose
+/// registry is `registry`; every device attested, and the registry read back.
+fn registry_run(registry: Registry) -> (Summary, RegistryReport) {
+    let opts = LoadOptions {
+        devices: 200,
+        ek: EkMix::P256,
+        servers: 2,
+        threads: 2,
+        window: 32,
+        p256_keys: 50,
+        verify_every: 1,
+        timeout: Duration::from_secs(10),
+        deadline: Duration::from_secs(300),
+        bin_dir: Some(common::bin_dir_with(&["ekattest-server", "ekattestctl"])),
+        registry,
+        ..LoadOptions::default()
+    };
+    let summary = load::run(&opts, &Arc::new(AtomicBool::new(false)))
+        .unwrap_or_else(|e| panic!("load run could not start: {e}"));
+    println!("{}", summary.table());
+    all_attested(&summary, 200);
+    let r = summary
+        .registry
+        .clone()
+        .unwrap_or_else(|| panic!("no registry in the report\n{}", summary.table()));
+    assert_eq!(r.error, None, "{}", summary.table());
+    assert!(r.flushed, "{}", summary.table());
+    // The devices' own count: 200 device ids over 50 pool EKs, all attested.
+    assert_eq!(r.eks_attested, 50, "{}", summary.table());
+    // Every acceptance reached the registry, nothing was dropped, and each was recorded
+    // once: the records' counts add up to the attested devices.
+    assert_eq!(r.events_dropped, Some(0), "{}", summary.table());
+    assert!(
+        r.events_written.is_some_and(|w| w >= 200),
+        "{}",
+        summary.table()
+    );
+    assert_eq!(r.attestations, Some(200), "{}", summary.table());
+    assert_eq!(r.distinct_eks, Some(50), "{}", summary.table());
+    assert!(
+        r.bytes_on_disk.is_some_and(|b| b > 0),
+        "{}",
+        summary.table()
+    );
+    let json = summary.to_json();
+    assert_eq!(json["registry"]["eks_attested"], 50);
+    (summary, r)
+}
+
+#[test]
+fn postgres_registry_shared_by_two_servers_has_one_record_per_ek() {
+    let (summary, r) = registry_run(Registry::Postgres);
+    assert_eq!((r.backend.as_str(), r.databases), ("postgres", 1));
+    // One shared database: one record per distinct EK, whichever server served it.
+    assert_eq!(r.records, Some(50), "{}", summary.table());
+    assert!(
+        summary.table().contains("postgres, shared by the servers"),
+        "{}",
+        summary.table()
+    );
+}
+
+#[test]
+fn sqlite_registry_is_one_file_per_server() {
+    let (summary, r) = registry_run(Registry::Sqlite);
+    assert_eq!((r.backend.as_str(), r.databases), ("sqlite", 2));
+    // Each server has its own file: an EK served by both has a record in each, so the sum
+    // is at least the distinct EKs and at most one record per EK per server.
+    let records = r.records.unwrap_or_default();
+    assert!((50..=100).contains(&records), "{}", summary.table());
+    assert!(
+        summary.table().contains("own SQLite registry"),
+        "{}",
+        summary.table()
+    );
 }

@@ -35,7 +35,7 @@ enum Db {
     /// Each server's own file (one server in these tests).
     Sqlite,
     /// One PostgreSQL shared by every server, and the password file the servers read.
-    Postgres(Postgres, PathBuf),
+    Postgres(Box<Postgres>, PathBuf),
 }
 
 /// A temp folder, the swtpm CA, the SVID CA, a broker and the servers.
@@ -69,7 +69,7 @@ impl World {
                 let pw = dir.path().join("registry.password");
                 std::fs::write(&pw, format!("{}\n", pg.password())).unwrap();
                 chmod_600(&pw);
-                Db::Postgres(pg, pw)
+                Db::Postgres(Box::new(pg), pw)
             }
             other => panic!("no backend {other}"),
         };
