@@ -8,6 +8,11 @@
 //! kept and retried at the next flush (nothing is lost while the queue has room), and the
 //! failure is logged once per streak, with the database's message. Every `ban-refresh` it
 //! reads the bans into the [`BanList`]; every hour it prunes the audit trail.
+//!
+//! The thread does not wake per event: it sleeps on a doorbell (a channel of one) until the
+//! next deadline, and [`WriterHandle::record`] rings it only once `batch-max` events wait,
+//! so a worker's `record` is one bounded-queue push with no system call. The queue holds
+//! boxed events, so `queue-max` slots cost a pointer each until they are used.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -38,7 +43,7 @@ pub struct WriterStats {
 }
 
 enum Msg {
-    Event(Event),
+    Event(Box<Event>),
     /// Write everything queued, then answer.
     Flush(SyncSender<()>),
     Stop,
@@ -48,6 +53,12 @@ enum Msg {
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
     tx: SyncSender<Msg>,
+    /// Wakes the thread (full: a wake-up is already pending).
+    bell: SyncSender<()>,
+    /// Events queued that make the thread write at once.
+    batch_max: i64,
+    /// Most events queued or pending (written or not) before new ones are dropped.
+    queue_max: i64,
     stats: Arc<WriterStats>,
 }
 
@@ -64,9 +75,19 @@ impl std::fmt::Debug for Msg {
 impl WriterHandle {
     /// Queues `event`; drops and counts it when the queue is full. Never blocks.
     pub fn record(&self, event: Event) {
-        match self.tx.try_send(Msg::Event(event)) {
+        // The channel alone does not bound what waits: the thread moves events out of it
+        // into its pending batch, which stays while the database is down.
+        if self.stats.queued.load(Ordering::Relaxed) >= self.queue_max {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.tx.try_send(Msg::Event(Box::new(event))) {
             Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                let queued = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
+                if queued >= self.batch_max {
+                    // A full bell already holds a wake-up: nothing to do.
+                    let _ = self.bell.try_send(());
+                }
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -86,6 +107,7 @@ impl WriterHandle {
         if self.tx.send(Msg::Flush(tx)).is_err() {
             return false;
         }
+        let _ = self.bell.try_send(());
         rx.recv_timeout(timeout).is_ok()
     }
 }
@@ -94,6 +116,7 @@ impl WriterHandle {
 #[derive(Debug)]
 pub struct Writer {
     tx: SyncSender<Msg>,
+    bell: SyncSender<()>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -114,6 +137,7 @@ impl Writer {
         stats.bans.store(to_i64(loaded.len()), Ordering::Relaxed);
         bans.replace(loaded);
         let (tx, rx) = mpsc::sync_channel(config.queue_max.max(1));
+        let (bell, bell_rx) = mpsc::sync_channel(1);
         let mut state = State {
             store,
             config: config.clone(),
@@ -125,18 +149,22 @@ impl Writer {
         };
         let thread = std::thread::Builder::new()
             .name("registry".into())
-            .spawn(move || state.run(&rx))
+            .spawn(move || state.run(&rx, &bell_rx))
             .map_err(|e| StoreError::Open {
                 db: "registry".into(),
                 message: format!("cannot start the writer thread: {e}"),
             })?;
         let handle = WriterHandle {
             tx: tx.clone(),
+            bell: bell.clone(),
+            batch_max: to_i64(config.batch_max.max(1)),
+            queue_max: to_i64(config.queue_max.max(1)),
             stats,
         };
         Ok((
             Self {
                 tx,
+                bell,
                 thread: Mutex::new(Some(thread)),
             },
             handle,
@@ -147,6 +175,7 @@ impl Writer {
     /// thread.
     pub fn stop(&self, timeout: Duration) {
         let _ = self.tx.send(Msg::Stop);
+        let _ = self.bell.try_send(());
         let thread = self
             .thread
             .lock()
@@ -182,43 +211,33 @@ struct State {
 }
 
 impl State {
-    fn run(&mut self, rx: &Receiver<Msg>) {
+    fn run(&mut self, rx: &Receiver<Msg>, bell: &Receiver<()>) {
         let mut next_flush = Instant::now() + self.config.flush_interval;
         let mut next_bans = Instant::now() + self.config.ban_refresh;
         let mut next_prune = Instant::now();
         loop {
             let now = Instant::now();
             let wake = next_flush.min(next_bans).min(next_prune);
-            match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Msg::Event(e)) => {
-                    self.pending.push(read_svid(e));
-                    if self.pending.len() >= self.config.batch_max {
-                        self.write();
-                        next_flush = Instant::now() + self.config.flush_interval;
+            // Every sender gone (the handles and the writer): write what is left and end.
+            let gone = matches!(
+                bell.recv_timeout(wake.saturating_duration_since(now)),
+                Err(RecvTimeoutError::Disconnected)
+            );
+            let (waiting, stop) = self.drain(rx);
+            let now = Instant::now();
+            if gone || stop || !waiting.is_empty() || now >= next_flush {
+                self.write();
+                next_flush = now + self.config.flush_interval;
+                if self.pending.is_empty() {
+                    for done in waiting {
+                        let _ = done.send(());
                     }
                 }
-                Ok(Msg::Flush(done)) => {
-                    let (mut waiting, stop) = self.drain(rx);
-                    waiting.push(done);
-                    self.write();
-                    if self.pending.is_empty() {
-                        for done in waiting {
-                            let _ = done.send(());
-                        }
-                    }
-                    if stop {
-                        return;
-                    }
-                }
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.drain(rx);
-                    self.write();
+                if gone || stop {
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            let now = Instant::now();
-            if now >= next_flush {
+            } else if self.pending.len() >= self.config.batch_max && !self.failing {
+                // A failing database is retried at the next flush, not per event.
                 self.write();
                 next_flush = now + self.config.flush_interval;
             }
@@ -239,7 +258,7 @@ impl State {
         let (mut waiting, mut stop) = (Vec::new(), false);
         while let Ok(msg) = rx.try_recv() {
             match msg {
-                Msg::Event(e) => self.pending.push(read_svid(e)),
+                Msg::Event(e) => self.pending.push(read_svid(*e)),
                 Msg::Flush(done) => waiting.push(done),
                 Msg::Stop => stop = true,
             }
@@ -331,3 +350,6 @@ fn to_u64(n: usize) -> u64 {
 fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;
