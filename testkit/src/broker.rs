@@ -67,14 +67,7 @@ impl Broker {
     /// come up.
     pub fn start(opts: &BrokerOptions) -> Result<Broker> {
         let mosquitto = process::find_program("mosquitto", "mosquitto")?;
-        let dir = tempfile::Builder::new()
-            .prefix("ekattest-broker-")
-            .tempdir()
-            .map_err(|source| {
-                process::io("create a directory in", &std::env::temp_dir(), source)
-            })?;
-        let base = std::path::absolute(dir.path())
-            .map_err(|source| process::io("make absolute", dir.path(), source))?;
+        let (dir, base) = process::temp_dir("ekattest-broker-")?;
         let data = base.join("data");
         fs::create_dir_all(&data).map_err(|source| process::io("create", &data, source))?;
         if opts.tls {

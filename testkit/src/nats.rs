@@ -105,14 +105,7 @@ impl NatsCluster {
             return Err(Error::Invalid(format!("{n} NATS nodes: use 1 to 9")));
         }
         let program = process::find_program("nats-server", "nats-server")?;
-        let dir = tempfile::Builder::new()
-            .prefix("ekattest-nats-")
-            .tempdir()
-            .map_err(|source| {
-                process::io("create a directory in", &std::env::temp_dir(), source)
-            })?;
-        let base = std::path::absolute(dir.path())
-            .map_err(|source| process::io("make absolute", dir.path(), source))?;
+        let (dir, base) = process::temp_dir("ekattest-nats-")?;
         let mut ports = Vec::with_capacity(n);
         for _ in 0..n {
             ports.push(NodePorts {

@@ -69,14 +69,7 @@ impl Postgres {
     /// [`Error::Request`] if initdb or the set-up SQL fails.
     pub fn start() -> Result<Postgres> {
         let bin = find_bin()?;
-        let dir = tempfile::Builder::new()
-            .prefix("ekattest-postgres-")
-            .tempdir()
-            .map_err(|source| {
-                process::io("create a directory in", &std::env::temp_dir(), source)
-            })?;
-        let base = std::path::absolute(dir.path())
-            .map_err(|source| process::io("make absolute", dir.path(), source))?;
+        let (dir, base) = process::temp_dir("ekattest-postgres-")?;
         let owner = fs::metadata(&base)
             .map_err(|source| process::io("stat", &base, source))?
             .uid();

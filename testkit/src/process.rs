@@ -323,6 +323,20 @@ pub fn read_text(log: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A new temporary directory `PREFIX...` under the system's, and its absolute path.
+///
+/// # Errors
+/// [`Error::Io`] if it cannot be created or made absolute.
+pub fn temp_dir(prefix: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|source| io("create a directory in", &std::env::temp_dir(), source))?;
+    let base = std::path::absolute(dir.path())
+        .map_err(|source| io("make absolute", dir.path(), source))?;
+    Ok((dir, base))
+}
+
 /// [`Error::Io`] for `op` on `path`.
 pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Error {
     Error::Io {

@@ -116,8 +116,11 @@ impl Fixture {
         }
     }
 
-    /// The first column of every row of `sql`, as integers.
-    fn ints(&self, sql: &str) -> Vec<i64> {
+    /// The first column of every row of `sql`.
+    fn column<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>,
+    {
         match self {
             Self::Sqlite { path, .. } => {
                 let conn = rusqlite::Connection::open(path).unwrap();
@@ -136,24 +139,14 @@ impl Fixture {
         }
     }
 
+    /// The first column of every row of `sql`, as integers.
+    fn ints(&self, sql: &str) -> Vec<i64> {
+        self.column(sql)
+    }
+
     /// The first column of every row of `sql`, as text.
     fn texts(&self, sql: &str) -> Vec<String> {
-        match self {
-            Self::Sqlite { path, .. } => {
-                let conn = rusqlite::Connection::open(path).unwrap();
-                let mut stmt = conn.prepare(sql).unwrap();
-                stmt.query_map([], |r| r.get(0))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect()
-            }
-            Self::Postgres(pg) => pg_client(pg)
-                .query(sql, &[])
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-        }
+        self.column(sql)
     }
 
     fn table_exists(&self, table: &str) -> bool {

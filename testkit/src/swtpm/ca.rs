@@ -59,15 +59,7 @@ impl Ca {
     /// [`Error::Io`] if the directory or config files cannot be written;
     /// [`Error::ToolMissing`]/[`Error::ToolFailed`] if swtpm_localca is missing or fails.
     pub fn create() -> Result<Ca> {
-        let dir = tempfile::Builder::new()
-            .prefix("ekattest-ca.")
-            .tempdir()
-            .map_err(|source| Error::Io {
-                op: "create a temporary directory in",
-                path: std::env::temp_dir(),
-                source,
-            })?;
-        let base = absolute(dir.path())?;
+        let (dir, base) = temp_dir("ekattest-ca.")?;
         let state = base.join("localca");
         mkdir(&state)?;
         let localca_conf = base.join("swtpm-localca.conf");
@@ -173,6 +165,20 @@ impl Ca {
 }
 
 /// `path` made absolute against the current directory (read, never changed).
+/// A new temporary directory `PREFIX...` under the system's, and its absolute path.
+pub(crate) fn temp_dir(prefix: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|source| Error::Io {
+            op: "create a temporary directory in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let base = absolute(dir.path())?;
+    Ok((dir, base))
+}
+
 pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|source| Error::Io {
         op: "make absolute",

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::ca::{absolute, mkdir, read};
+use super::ca::{mkdir, read, temp_dir};
 use super::tool::os_args;
 use super::{Ca, Error, Result, p256, ports, tool};
 
@@ -412,19 +412,6 @@ enum Retry {
     Port(Error),
     /// Anything else.
     Fatal(Error),
-}
-
-fn temp_dir(prefix: &str) -> Result<(tempfile::TempDir, PathBuf)> {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .map_err(|source| Error::Io {
-            op: "create a temporary directory in",
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let base = absolute(dir.path())?;
-    Ok((dir, base))
 }
 
 /// Starts swtpm in the foreground under a small `sh` watchdog whose stdin is a pipe from us:

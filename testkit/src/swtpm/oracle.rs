@@ -271,14 +271,7 @@ fn ek_auth(tpm2b_public: &Path) -> Result<(String, bool)> {
 }
 
 fn scratch() -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix("ekattest-oracle.")
-        .tempdir()
-        .map_err(|source| Error::Io {
-            op: "create a temporary directory in",
-            path: std::env::temp_dir(),
-            source,
-        })
+    super::ca::temp_dir("ekattest-oracle.").map(|(dir, _)| dir)
 }
 
 fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
