@@ -140,6 +140,21 @@ impl Identity {
     }
 }
 
+/// The Login's EK public area, decoded and checked, and its public hash.
+fn decode_ek(tpm2b: &[u8]) -> Result<(Public<'_>, EkHash), Rejection> {
+    let ek_public = Public::decode(tpm2b).map_err(|e| Rejection {
+        code: RejectCode::Malformed,
+        reason: format!("EK public area (TPM2B_PUBLIC) is malformed: {e}"),
+    })?;
+    credential::check_ek(&ek_public)
+        .map_err(|e| Rejection::from_error(RejectCode::EkUnsupported, &e))?;
+    let ek_hash = ek_public.key.public_hash().map_err(|e| Rejection {
+        code: RejectCode::EkUnsupported,
+        reason: format!("EK public key has no SubjectPublicKeyInfo form: {e}"),
+    })?;
+    Ok((ek_public, ek_hash))
+}
+
 /// The refusal of a banned EK or agent id.
 fn banned(ban: &Ban) -> Rejection {
     Rejection {
@@ -331,34 +346,17 @@ impl Attestor {
         rng: &mut R,
     ) -> Result<(Challenge, Identity), Rejection> {
         // The ban of an agent id needs nothing decoded; the EK's, its public hash. Both come
-        // before any signature check, session or policy work.
+        // before any signature check, session or policy work. A banned EK decodes (it was
+        // hashed to be banned); an EK that does not decode is refused below, in the order
+        // of the checks (policy, AK, SVID key, certify, EK, agent id), as before bans.
         if let Some(ban) = self.bans.check(agent, None) {
             return Err(banned(&ban));
         }
-        let ek_public = Public::decode(&login.ek_public).map_err(|e| Rejection {
-            code: RejectCode::Malformed,
-            reason: format!("EK public area (TPM2B_PUBLIC) is malformed: {e}"),
-        })?;
-        credential::check_ek(&ek_public)
-            .map_err(|e| Rejection::from_error(RejectCode::EkUnsupported, &e))?;
-        let ek_hash = ek_public.key.public_hash().map_err(|e| Rejection {
-            code: RejectCode::EkUnsupported,
-            reason: format!("EK public key has no SubjectPublicKeyInfo form: {e}"),
-        })?;
-        if let Some(ban) = self.bans.check(agent, Some(&ek_hash)) {
+        let ek = decode_ek(&login.ek_public);
+        if let Ok((_, ek_hash)) = &ek
+            && let Some(ban) = self.bans.check(agent, Some(ek_hash))
+        {
             return Err(banned(&ban));
-        }
-        let derived = default_agent_id(&ek_hash);
-        if self.agent_id_from_ek && agent != derived.as_str() {
-            return Err(Rejection {
-                code: RejectCode::AgentIdMismatch,
-                reason: format!(
-                    "agent id is not the one derived from the EK: the Login on agent {agent}'s \
-                     topic carries the EK of agent {derived}; agents must use their default \
-                     agent id (remove agent-id from agent.yaml) or the server must set \
-                     agent-id-from-ek: false"
-                ),
-            });
         }
         let policy = doc
             .select(&login.methods)
@@ -374,6 +372,19 @@ impl Attestor {
                 .map_err(|e| Rejection::from_error(RejectCode::ProofOfPossession, &e))?;
         }
         self.check_key_certify(agent, login)?;
+        let (ek_public, ek_hash) = ek?;
+        let derived = default_agent_id(&ek_hash);
+        if self.agent_id_from_ek && agent != derived.as_str() {
+            return Err(Rejection {
+                code: RejectCode::AgentIdMismatch,
+                reason: format!(
+                    "agent id is not the one derived from the EK: the Login on agent {agent}'s \
+                     topic carries the EK of agent {derived}; agents must use their default \
+                     agent id (remove agent-id from agent.yaml) or the server must set \
+                     agent-id-from-ek: false"
+                ),
+            });
+        }
         let evidence = Evidence {
             ek_cert: login.ek_cert.as_deref(),
             ek_chain: &login.ek_chain,
