@@ -489,6 +489,49 @@ fn one_pending_session_per_ek_whatever_the_agent_id() {
     assert_eq!(a.pending(), 0);
 }
 
+/// Bans come first, but the other refusals keep their order: a Login that fails the AK
+/// check on a foreign agent id is refused for its AK (the attack the AK check names), and
+/// an EK that does not decode is reported after the AK check, as before bans existed.
+#[test]
+fn the_ak_check_comes_before_the_agent_id_and_the_ek_decode() {
+    let a = attestor().agent_id_from_ek(true);
+    let now = Instant::now();
+    let mut bad_ak = login();
+    bad_ak.ak_public = bad_ak.ek_public.clone();
+    let mut both = bad_ak.clone();
+    both.ek_public = heapless::Vec::from_slice(&[0, 2, 0xff, 0xff]).unwrap();
+    for (what, l) in [("foreign agent id", &bad_ak), ("undecodable EK", &both)] {
+        let r = a
+            .login(
+                &doc(),
+                "agent-7",
+                l,
+                &T,
+                now,
+                SystemTime::now(),
+                &mut SystemRandom,
+            )
+            .unwrap_err();
+        assert_eq!(r.code, RejectCode::AkRejected, "{what}: {}", r.reason);
+    }
+    // With a good AK, the same undecodable EK is what is refused.
+    let mut ek_only = login();
+    ek_only.ek_public = both.ek_public.clone();
+    let r = a
+        .login(
+            &doc(),
+            "agent-7",
+            &ek_only,
+            &T,
+            now,
+            SystemTime::now(),
+            &mut SystemRandom,
+        )
+        .unwrap_err();
+    assert_eq!(r.code, RejectCode::Malformed, "{}", r.reason);
+    assert_eq!(a.pending(), 0);
+}
+
 #[test]
 fn agent_id_from_ek_refuses_other_ids_before_any_session() {
     let a = attestor().agent_id_from_ek(true);
