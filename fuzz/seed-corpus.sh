@@ -96,6 +96,18 @@ for f in INTEL_I NUVO_1110 IFX_ECC_042; do put "ek_cert/seed-$f" "$(pem_hex "$ca
 put der_reader/seed-stm-der "$STM"
 put der_reader/seed-stm-chain "$STM$STM_05I$STM_RT"
 
+# mqtt_packet: a broker's answer to the agent's CONNECT + SUBSCRIBE (CONNACK, SUBACK), a
+# QoS 1 PUBLISH carrying the golden Challenge frame, a QoS 0 PUBLISH, PUBACK and PINGRESP
+# back to back; and a refusal (CONNACK 5, SUBACK 0x80).
+topic="ekattest/v1/c-test/agents/ek-00/down"
+topic_hex=$(printf '%s' "$topic" | od -An -v -tx1 | tr -d ' \n')
+challenge=$(golden_hex "$golden/challenge.hex")
+publish_body="$(u16 "$(len "$topic_hex")")$topic_hex$(u16 7)$challenge"
+plen=$(len "$publish_body")
+# MQTT remaining length: two bytes (the Challenge frame is under 16,384 bytes).
+put mqtt_packet/seed-session "200200009003000101""32$(printf '%02x%02x' $(((plen % 128) | 128)) $((plen / 128)))$publish_body""3008000161""68656c6c6f""40020007""d000"
+put mqtt_packet/seed-refused "20020005""9003000180"
+
 # tpm_response: the vectors of agent/src/tpm/commands_tests.rs, and two response streams for
 # EK discovery + ActivateCredential + AK (persistent RSA EK; NV certificate).
 rsp() { printf '%04x%08x%08x%s' "$1" $((10 + $(len "$3"))) "$2" "$3"; }  # tag rc body

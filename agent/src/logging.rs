@@ -3,7 +3,7 @@
 //! (`{"time":"<RFC 3339 UTC>","level":"info","msg":"...",<key-values in call order>}`).
 //!
 //! Field names follow the server's: `time`, `level`, `msg`, then camelCase keys
-//! (`agentId`, `spiffeId`, ...). Records from other crates (rumqttc, rustls) pass at most at
+//! (`agentId`, `spiffeId`, ...). Records from other crates (rustls) pass at most at
 //! `warn`, so debug output stays the agent's own. Never panics on a value; callers never pass
 //! secrets. The format can change at run time (SIGHUP re-reads the config). The formatting
 //! and writing are the server's too ([`ekattest_logging`]); this module holds the agent's

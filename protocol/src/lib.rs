@@ -20,6 +20,7 @@
 //! - [`broker_url`]: the `SCHEME://HOST[:PORT]` broker URLs of both daemons' configs.
 //! - [`timestamp`]: the RFC 3339 `"time"` of both daemons' JSON log lines.
 //! - [`spiffe`]: SPIFFE ID path syntax.
+//! - [`mqtt`]: the MQTT 3.1.1 packets the agent speaks (its own small synchronous client).
 #![no_std]
 #![forbid(unsafe_code)]
 #![allow(clippy::large_enum_variant, reason = "inline heapless; no Box")]
@@ -33,6 +34,7 @@ pub mod duration;
 pub mod error;
 pub mod hardening;
 pub mod limits;
+pub mod mqtt;
 pub mod msg;
 pub mod sign;
 pub mod spiffe;

@@ -302,13 +302,13 @@ impl Board {
                 )));
             }
         }
-        let mut map: BTreeMap<String, serde_yaml::Value> = BTreeMap::new();
+        let mut map: BTreeMap<String, serde_norway::Value> = BTreeMap::new();
         map.insert("cluster-id".into(), cluster_id.into());
-        let mut attestor = serde_yaml::Mapping::new();
+        let mut attestor = serde_norway::Mapping::new();
         attestor.insert("type".into(), "tpm_ek".into());
         map.insert(
             "agent-attestors".into(),
-            serde_yaml::Value::Sequence(vec![attestor.into()]),
+            serde_norway::Value::Sequence(vec![attestor.into()]),
         );
         map.insert("tpm".into(), self.tpm.device.as_str().into());
         for (key, value) in &agent {
@@ -318,10 +318,10 @@ impl Board {
                      strings, e.g. \"30s\")"
                 )));
             }
-            let value = serde_yaml::to_value(value).map_err(|e| bad(format!("{key}: {e}")))?;
+            let value = serde_norway::to_value(value).map_err(|e| bad(format!("{key}: {e}")))?;
             map.insert(key.clone(), value);
         }
-        let body = serde_yaml::to_string(&map).map_err(|e| bad(e.to_string()))?;
+        let body = serde_norway::to_string(&map).map_err(|e| bad(e.to_string()))?;
         let yaml = format!(
             "# ekattest-agent configuration for board {name} (rendered from boards/{name}.toml)\n\
              {body}"

@@ -102,7 +102,7 @@ pub enum ConfigError {
     /// Not YAML, or not the expected shape: unknown field, missing field, wrong type,
     /// unknown attestor type or profile mode. serde_yaml's message names the path and line.
     #[error("{0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_norway::Error),
     /// A tab in the indentation (YAML allows spaces only).
     #[error("{0}")]
     Tab(ekattest_protocol::yaml::TabIndent),
@@ -275,7 +275,7 @@ impl Document {
             offset: e.valid_up_to(),
         })?;
         budget::check(text)?;
-        let raw: RawDocument = serde_yaml::from_str(text).map_err(|e| {
+        let raw: RawDocument = serde_norway::from_str(text).map_err(|e| {
             ekattest_protocol::yaml::tab_in_indentation(text)
                 .map_or(ConfigError::Yaml(e), ConfigError::Tab)
         })?;

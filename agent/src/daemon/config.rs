@@ -475,7 +475,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the key.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: Raw = serde_yaml::from_str(text).map_err(|e| {
+        let raw: Raw = serde_norway::from_str(text).map_err(|e| {
             ConfigError::Yaml(
                 ekattest_protocol::yaml::tab_in_indentation(text)
                     .map_or_else(|| e.to_string(), |tab| tab.to_string()),

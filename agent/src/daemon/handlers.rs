@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use ekattest_protocol::msg::{Accepted, Challenge, Downlink, Outcome, SessionId, Uplink};
 use ekattest_protocol::{ErrorChain, decode};
-use rumqttc::Client;
 
 use super::identity::{self, HeldKey, Signer, TrustBundle};
 use super::{DaemonError, End, Phase, Runner, unix_now};
@@ -22,7 +21,7 @@ use ekattest_protocol::sign::Transcript;
 impl Runner<'_> {
     pub(super) fn on_downlink(
         &mut self,
-        client: &Client,
+        session: &mut super::mqtt::Session,
         phase: Phase,
         payload: &[u8],
     ) -> Result<Phase, End> {
@@ -63,7 +62,7 @@ impl Runner<'_> {
                     });
                 match checked {
                     Ok(signer) => {
-                        Ok(self.on_challenge(client, key, spki, transcript, signer, &challenge))
+                        Ok(self.on_challenge(session, key, spki, transcript, signer, &challenge))
                     }
                     Err(why) => {
                         self.ignored(&why);
@@ -153,7 +152,7 @@ impl Runner<'_> {
 
     fn on_challenge(
         &mut self,
-        client: &Client,
+        session: &mut super::mqtt::Session,
         key: HeldKey,
         spki: Vec<u8>,
         transcript: Transcript,
@@ -202,7 +201,7 @@ impl Runner<'_> {
             }
         };
         if let Err(End::Transient(why) | End::Refused(why)) = self
-            .publish(client, &topic, &Uplink::Answer(answer))
+            .publish(session, &topic, &Uplink::Answer(answer))
             .map(drop)
         {
             log::warn!("{why}");

@@ -1,6 +1,7 @@
 //! `ekattest-agent run`: the attestation daemon.
 //!
-//! One thread drives the rumqttc sync connection as a state machine:
+//! One thread drives the MQTT session ([`mqtt::Session`], synchronous, no runtime) as a
+//! state machine:
 //!
 //! 1. At start, read the TPM identity once (EK, NV chain, AK public); the agent id (also the
 //!    MQTT client id) is `agent-id` or `ek-` + 32 hex digits of the EK's public_hash.
@@ -49,8 +50,6 @@ use ekattest_protocol::msg::{SessionId, Uplink};
 use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::topic::{Topics, default_agent_id};
 use ekattest_protocol::{ErrorChain, encode};
-use rumqttc::{Client, ConnectionError, Event, Packet, QoS, RecvTimeoutError};
-use rumqttc::{Connection, SubscribeReasonCode};
 
 use crate::attest;
 use crate::ops;
@@ -438,28 +437,17 @@ impl<'a> Runner<'a> {
     /// One broker connection, until it fails, `--once` finishes, or a stop.
     fn connection(&mut self) -> End {
         let broker = self.current_broker();
-        let (client, mut conn) = match mqtt::client(self.config, broker, &self.agent) {
-            Ok(c) => c,
-            Err(e) => return End::Fatal(e.into()),
-        };
-        if let Err(e) = client.subscribe(self.down_topic.clone(), QoS::AtLeastOnce) {
-            return End::Transient(format!("cannot queue the subscription: {e}"));
-        }
-        let end = self.drive(&client, &mut conn);
-        let _ = client.disconnect();
-        // Let the Disconnect out (bounded).
-        for _ in 0..10 {
-            match conn.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
-                    break;
-                }
-                Ok(Ok(_)) => {}
-            }
-        }
+        let mut session =
+            match mqtt::Session::new(self.config, broker, &self.agent, &self.down_topic) {
+                Ok(s) => s,
+                Err(e) => return End::Fatal(e.into()),
+            };
+        let end = self.drive(&mut session);
+        session.disconnect();
         end
     }
 
-    fn drive(&mut self, client: &Client, conn: &mut Connection) -> End {
+    fn drive(&mut self, session: &mut mqtt::Session) -> End {
         let current = self.current_broker();
         let broker = format!("{}:{}", current.host, current.port);
         let url = current.url();
@@ -484,7 +472,7 @@ impl<'a> Runner<'a> {
                 subscribe_deadline
             } else {
                 match &phase {
-                    Phase::Idle if now >= self.next_login => match self.login(client) {
+                    Phase::Idle if now >= self.next_login => match self.login(session) {
                         Ok(p) => {
                             phase = p;
                             continue;
@@ -516,19 +504,16 @@ impl<'a> Runner<'a> {
             let wait = timer
                 .saturating_duration_since(now)
                 .clamp(Duration::from_millis(1), Duration::from_millis(250));
-            match conn.recv_timeout(wait) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return End::Transient("the MQTT client stopped".into());
-                }
-                Ok(Err(ConnectionError::ConnectionRefused(code))) => {
+            match session.recv(wait) {
+                Ok(None) => {}
+                Err(mqtt::NetError::Refused(code)) => {
                     return End::Refused(format!(
-                        "broker {broker} refused the connection of client id {}: {code:?} \
+                        "broker {broker} refused the connection of client id {}: {code} \
                          (check username / password-file and the broker's ACL)",
                         self.agent
                     ));
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     let mut why = format!("connection to broker {broker} failed: {e}");
                     if !subscribed
                         && let Some(hint) = ekattest_protocol::hardening::plaintext_to_tls_hint(
@@ -540,15 +525,11 @@ impl<'a> Runner<'a> {
                     }
                     return End::Transient(why);
                 }
-                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                Ok(Some(mqtt::Incoming::Connected)) => {
                     log::info!("connected to broker {url} as {}", self.agent);
                 }
-                Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
+                Ok(Some(mqtt::Incoming::Subscribed { refused })) => {
+                    if refused {
                         return End::Refused(format!(
                             "broker {broker} refused the subscription to {}: check that its ACL \
                              lets client id {} read that topic",
@@ -560,29 +541,25 @@ impl<'a> Runner<'a> {
                     self.refused_in_a_row = 0;
                     self.connect_backoff.reset();
                 }
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    if p.topic != self.down_topic {
-                        self.ignored(&format!(
-                            "ignoring a message on unexpected topic {:?}",
-                            p.topic
-                        ));
+                Ok(Some(mqtt::Incoming::Message { topic, payload })) => {
+                    if topic != self.down_topic {
+                        self.ignored(&format!("ignoring a message on unexpected topic {topic:?}"));
                         continue;
                     }
-                    if p.payload.len() > DOWNLINK_FRAME_MAX {
+                    if payload.len() > DOWNLINK_FRAME_MAX {
                         self.ignored(&format!(
                             "ignoring a {}-byte message on {}: larger than the largest \
                              Downlink ({DOWNLINK_FRAME_MAX} bytes)",
-                            p.payload.len(),
+                            payload.len(),
                             self.down_topic
                         ));
                         continue;
                     }
-                    match self.on_downlink(client, phase, &p.payload) {
+                    match self.on_downlink(session, phase, &payload) {
                         Ok(next) => phase = next,
                         Err(end) => return end,
                     }
                 }
-                Ok(Ok(_)) => {}
             }
         }
     }
@@ -603,17 +580,22 @@ impl<'a> Runner<'a> {
         self.textfile.publish(&self.metrics);
     }
 
-    fn publish(&self, client: &Client, topic: &str, msg: &Uplink) -> Result<Vec<u8>, End> {
+    fn publish(
+        &self,
+        session: &mut mqtt::Session,
+        topic: &str,
+        msg: &Uplink,
+    ) -> Result<Vec<u8>, End> {
         let mut buf = vec![0u8; FRAME_MAX];
         let frame =
             encode(msg, &mut buf).map_err(|_| End::Fatal(DaemonError::Encode(msg.kind())))?;
-        client
-            .publish(topic, QoS::AtLeastOnce, false, frame.to_vec())
-            .map_err(|e| End::Transient(format!("cannot queue the {}: {e}", msg.kind())))?;
+        session
+            .publish(topic, frame)
+            .map_err(|e| End::Transient(format!("cannot send the {}: {e}", msg.kind())))?;
         Ok(frame.to_vec())
     }
 
-    fn login(&mut self, client: &Client) -> Result<Phase, End> {
+    fn login(&mut self, session: &mut mqtt::Session) -> Result<Phase, End> {
         // A new attempt: not counted yet.
         self.attempt_counted = false;
         let mut nonce = [0u8; ekattest_protocol::limits::NONCE_LEN];
@@ -662,7 +644,7 @@ impl<'a> Runner<'a> {
             self.agent,
             self.login_topic
         );
-        let frame = self.publish(client, &self.login_topic, &Uplink::Login(login))?;
+        let frame = self.publish(session, &self.login_topic, &Uplink::Login(login))?;
         let transcript = sign::transcript(&self.config.cluster_id, &self.agent, &frame)
             .map_err(|_| End::Fatal(DaemonError::Encode("login transcript")))?;
         self.last_problem = format!(

@@ -1,15 +1,23 @@
 //! Byte-stream transport: swtpm's raw TPM socket (TCP or unix) and in-memory fakes.
 //!
 //! swtpm's server socket carries bare TPM command and response frames, one response per
-//! command. [`Stream`] is generic over `std::io::Read + Write` so tests drive it with an
-//! in-memory peer. It bounds the response size field to `[HEADER_LEN, FRAME_MAX]` before
-//! reading the body and never reads more than one frame; it never parses payloads.
+//! command. [`Stream`] is written against `embedded-io`'s `Read` and `Write` (the traits a
+//! UART or a no_std socket implements too), so this framing code has no std I/O in it; std
+//! sockets come in through `embedded-io-adapters`' [`FromStd`] ([`Tcp`], [`Unix`]), and tests
+//! drive it with an in-memory peer. Errors convert into `std::io::Error` for the transport's
+//! error type (timeouts are told apart by their std kind: a socket's SO_RCVTIMEO expiry is
+//! `WouldBlock`, which embedded-io's kinds cannot express). It bounds the response size
+//! field to `[HEADER_LEN, FRAME_MAX]` before reading the body and never reads more than one
+//! frame; it never parses payloads.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use embedded_io::{Read, Write};
+pub use embedded_io_adapters::std::FromStd;
 
 use super::{FRAME_MAX, HEADER_LEN, Transport, TransportError, frame_size};
 
@@ -20,13 +28,30 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TPM reached through a byte stream (socket or in-memory fake).
-#[derive(Debug)]
 pub struct Stream<S> {
     io: S,
     device: String,
 }
 
-impl<S: Read + Write> Stream<S> {
+impl<S> std::fmt::Debug for Stream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// swtpm's TCP server socket.
+pub type Tcp = Stream<FromStd<TcpStream>>;
+
+/// swtpm's unix server socket.
+pub type Unix = Stream<FromStd<UnixStream>>;
+
+impl<S> Stream<S>
+where
+    S: Read + Write,
+    S::Error: Into<io::Error>,
+{
     /// Wraps an already connected stream; `device` names it in errors.
     pub fn new(io: S, device: impl Into<String>) -> Self {
         Self {
@@ -40,7 +65,8 @@ impl<S: Read + Write> Stream<S> {
         self.io
     }
 
-    fn io_error(&self, op: &'static str, source: io::Error) -> TransportError {
+    fn io_error(&self, op: &'static str, source: S::Error) -> TransportError {
+        let source: io::Error = source.into();
         match source.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => TransportError::Timeout {
                 op,
@@ -64,7 +90,7 @@ impl<S: Read + Write> Stream<S> {
             match self.io.read(rest) {
                 Ok(0) => break,
                 Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if embedded_io::Error::kind(&e) == embedded_io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_error(op, e)),
             }
         }
@@ -72,7 +98,7 @@ impl<S: Read + Write> Stream<S> {
     }
 }
 
-impl Stream<TcpStream> {
+impl Tcp {
     /// Connects to swtpm's TCP server port (`swtpm socket --server type=tcp,port=P`).
     ///
     /// # Errors
@@ -97,7 +123,7 @@ impl Stream<TcpStream> {
                         .map_err(|e| io_err("configure", e))?;
                     // Frames are small and strictly request/response: don't wait for Nagle.
                     s.set_nodelay(true).map_err(|e| io_err("configure", e))?;
-                    return Ok(Self::new(s, device));
+                    return Ok(Self::new(FromStd::new(s), device));
                 }
                 Err(e) => last = e,
             }
@@ -106,7 +132,7 @@ impl Stream<TcpStream> {
     }
 }
 
-impl Stream<UnixStream> {
+impl Unix {
     /// Connects to swtpm's unix server socket (`swtpm socket --server type=unixio,path=X`).
     ///
     /// # Errors
@@ -153,11 +179,15 @@ impl Stream<UnixStream> {
         };
         cfg(s.set_read_timeout(Some(IO_TIMEOUT)))?;
         cfg(s.set_write_timeout(Some(IO_TIMEOUT)))?;
-        Ok(Self::new(s, device))
+        Ok(Self::new(FromStd::new(s), device))
     }
 }
 
-impl<S: Read + Write> Transport for Stream<S> {
+impl<S> Transport for Stream<S>
+where
+    S: Read + Write,
+    S::Error: Into<io::Error>,
+{
     fn transact(&mut self, cmd: &[u8], rsp: &mut [u8; FRAME_MAX]) -> Result<usize, TransportError> {
         if cmd.len() > FRAME_MAX {
             return Err(TransportError::CommandTooLong { len: cmd.len() });
@@ -191,19 +221,24 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    /// An in-memory peer: reads come from `rx`, writes go to `tx`.
+    /// An in-memory peer on the embedded-io traits themselves: reads come from `rx`, writes
+    /// go to `tx`.
     struct Peer {
         rx: Cursor<Vec<u8>>,
         tx: Vec<u8>,
     }
+    impl embedded_io::ErrorType for Peer {
+        type Error = io::Error;
+    }
     impl Read for Peer {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.rx.read(buf)
+            io::Read::read(&mut self.rx, buf)
         }
     }
     impl Write for Peer {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.tx.write(buf)
+            self.tx.extend_from_slice(buf);
+            Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())

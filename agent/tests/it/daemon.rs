@@ -351,6 +351,65 @@ fn tls_listener_with_the_broker_ca() {
     assert!(log.contains("TLS"), "{log}");
 }
 
+/// The agent speaks TLS 1.3 only. A broker that stops at TLS 1.2 (here openssl s_server with
+/// `-tls1_2`, the broker's own certificate) fails the handshake, and the error says why and
+/// what to change instead of a bare alert name.
+#[test]
+fn a_tls_1_2_only_broker_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TdCa::new(dir.path());
+    let device = device();
+    let broker = broker(BrokerOptions {
+        tls: true,
+        acl: false,
+    });
+    let tls_dir = broker.ca_pem().unwrap().parent().unwrap().to_owned();
+    let port = ekattest_testkit::process::free_port().unwrap();
+    let mut s_server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-tls1_2", "-accept"])
+        .arg(port.to_string())
+        .arg("-cert")
+        .arg(tls_dir.join("server.pem"))
+        .arg("-key")
+        .arg(tls_dir.join("server.key"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl must be on PATH (bash .ci/install)");
+    let up = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "openssl s_server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cfg = config(
+        broker.port(),
+        &device,
+        &ca,
+        dir.path(),
+        &format!("tls: {{ca: {}}}\n", broker.ca_pem().unwrap().display()),
+    );
+    let url = format!("mqtts://127.0.0.1:{port}");
+    let mut agent = Agent::start(
+        dir.path(),
+        &cfg,
+        &["--once", "--broker", &url, "--timeout", "3s"],
+    );
+    let status = agent.wait(Duration::from_secs(30));
+    let _ = s_server.kill();
+    let _ = s_server.wait();
+    let log = agent.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    assert!(
+        log.contains("the broker does not offer TLS 1.3, the only version this agent speaks"),
+        "{log}"
+    );
+}
+
 fn signal(agent: &Agent, signal: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.child.id()).unwrap());
     nix::sys::signal::kill(pid, signal).unwrap();

@@ -4,7 +4,6 @@
 //! public-key hash pipeline, tpm2-tools' EK publics, AK and MakeCredential, and the
 //! swtpm-bound known-answer vectors in ../shared/testdata/make-credential.
 
-use std::net::TcpStream;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use ekattest_agent::tpm::activate::{self, Credential};
 use ekattest_agent::tpm::ak::{self, AkOptions};
 use ekattest_agent::tpm::commands::{RH_OWNER, Tpm};
 use ekattest_agent::tpm::ek::{self, EkKind};
-use ekattest_agent::tpm::stream::Stream;
+use ekattest_agent::tpm::stream::{self, Stream};
 use ekattest_protocol::spki::PublicKey;
 use ekattest_protocol::tpm::public::Public;
 use ekattest_testkit::{Ca, Device, ProvisionOptions, testdata};
@@ -32,7 +31,7 @@ fn provision(rsa_keysize: u16, p256_ek_cert: bool) -> Device {
     Device::provision(ca(), &opts).unwrap_or_else(|e| panic!("cannot provision swtpm: {e}"))
 }
 
-fn connect(device: &Device) -> Tpm<Stream<TcpStream>> {
+fn connect(device: &Device) -> Tpm<stream::Tcp> {
     let stream = Stream::connect_tcp("127.0.0.1", device.port()).unwrap();
     let mut tpm = Tpm::new(stream);
     tpm.startup_clear().unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ekattest_server::registry::{Backend, DEFAULT_FILE, EkHash};
 use ekattest_testkit::postgres::{DATABASE, Postgres};
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::daemons::{ServerProcess, metric_value};
 use crate::error::{Error, Result};

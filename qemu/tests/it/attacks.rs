@@ -288,7 +288,7 @@ fn answer_after_the_session_ttl_is_refused() {
 /// A real swtpm device read through the agent library: its Login evidence and its TPM.
 struct TpmDevice {
     login: Login,
-    tpm: Tpm<Stream<std::net::TcpStream>>,
+    tpm: Tpm<ekattest_agent::tpm::stream::Tcp>,
     ek: agent_ek::Ek,
     agent: String,
 }

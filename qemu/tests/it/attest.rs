@@ -20,7 +20,7 @@ fn server(ca: &Ca) -> Server {
     Server::trusting(ca, "node-7").unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn transport(dev: &Device) -> Stream<std::net::TcpStream> {
+fn transport(dev: &Device) -> ekattest_agent::tpm::stream::Tcp {
     Stream::connect_tcp("127.0.0.1", dev.port()).unwrap()
 }
 

@@ -493,7 +493,7 @@ struct Hostile {
     peer: Peer,
     agent: String,
     login: Login,
-    tpm: Tpm<Stream<std::net::TcpStream>>,
+    tpm: Tpm<ekattest_agent::tpm::stream::Tcp>,
     ek: agent_ek::Ek,
     transcript: Option<Transcript>,
 }

@@ -18,7 +18,7 @@ use ekattest_protocol::topic::default_agent_id;
 use ekattest_server::registry::Backend;
 use ekattest_testkit::postgres::Postgres;
 use serde_json::Value;
-use serde_yaml::Mapping;
+use serde_norway::Mapping;
 use tempfile::TempDir;
 
 const CLUSTER: &str = "c-registry";

@@ -22,7 +22,7 @@ pub(super) fn check(text: &str) -> Result<(), ConfigError> {
         exhausted: &Cell::new(false),
     };
     let exhausted = budget.exhausted;
-    match budget.deserialize(serde_yaml::Deserializer::from_str(text)) {
+    match budget.deserialize(serde_norway::Deserializer::from_str(text)) {
         Ok(()) => Ok(()),
         Err(_) if exhausted.get() => Err(ConfigError::TooComplex),
         // A syntax error: the same message the typed parse would give.

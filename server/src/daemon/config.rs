@@ -61,7 +61,7 @@ pub enum ServerConfigError {
         file: PathBuf,
         /// serde_yaml's message (names the key and line).
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     /// A tab in the indentation (YAML allows spaces only).
     #[error("{file}: {tab}")]
@@ -485,7 +485,7 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerConfigError`] naming the file and the key.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ServerConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| {
+        let raw: RawConfig = serde_norway::from_str(text).map_err(|source| {
             match ekattest_protocol::yaml::tab_in_indentation(text) {
                 Some(tab) => ServerConfigError::Tab {
                     file: file.to_owned(),

@@ -658,10 +658,10 @@ fn the_kubernetes_base_renders_and_its_configs_match_the_mounts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let objects: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+    let objects: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
-    let find = |kind: &str, prefix: &str| -> &serde_yaml::Value {
+    let find = |kind: &str, prefix: &str| -> &serde_norway::Value {
         objects
             .iter()
             .find(|o| {
@@ -672,7 +672,7 @@ fn the_kubernetes_base_renders_and_its_configs_match_the_mounts() {
             })
             .unwrap_or_else(|| panic!("no {kind} {prefix}* in\n{text}"))
     };
-    let all = |o: &serde_yaml::Value| o["metadata"]["namespace"] == "ekattest";
+    let all = |o: &serde_norway::Value| o["metadata"]["namespace"] == "ekattest";
     assert!(objects.iter().filter(|o| o["kind"] != "Namespace").all(all));
 
     // The agent: the TPM as a character device, a read-only root, a writable data-dir.
@@ -696,8 +696,8 @@ fn the_kubernetes_base_renders_and_its_configs_match_the_mounts() {
     assert_ne!(data["readOnly"], true, "data-dir must be writable");
     assert!(volume(data["name"].as_str().unwrap())["emptyDir"].is_mapping());
     let agent_cm = find("ConfigMap", "ekattest-agent-config");
-    let agent_yaml: serde_yaml::Value =
-        serde_yaml::from_str(agent_cm["data"]["agent.yaml"].as_str().unwrap()).unwrap();
+    let agent_yaml: serde_norway::Value =
+        serde_norway::from_str(agent_cm["data"]["agent.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(agent_yaml["data-dir"], "/var/lib/ekattest");
     for key in ["trust-bundle", "tpm"] {
         mount(agent_yaml[key].as_str().unwrap());
@@ -713,8 +713,8 @@ fn the_kubernetes_base_renders_and_its_configs_match_the_mounts() {
     assert_eq!(server["ports"][0]["containerPort"], 9464);
     assert_eq!(server["securityContext"]["readOnlyRootFilesystem"], true);
     let server_cm = find("ConfigMap", "ekattest-server-config");
-    let server_yaml: serde_yaml::Value =
-        serde_yaml::from_str(server_cm["data"]["server.yaml"].as_str().unwrap()).unwrap();
+    let server_yaml: serde_norway::Value =
+        serde_norway::from_str(server_cm["data"]["server.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(server_yaml["metrics-address"], "0.0.0.0:9464");
     let smounts = server["volumeMounts"].as_sequence().unwrap();
     let covered = |path: &str| {

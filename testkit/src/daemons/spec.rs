@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use crate::process::{Error, Result};
 
@@ -347,5 +347,5 @@ pub fn duration(d: Duration) -> String {
 }
 
 fn render(m: &Mapping) -> Result<String> {
-    serde_yaml::to_string(m).map_err(|e| Error::Invalid(format!("cannot render YAML: {e}")))
+    serde_norway::to_string(m).map_err(|e| Error::Invalid(format!("cannot render YAML: {e}")))
 }

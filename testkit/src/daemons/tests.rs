@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::*;
 
@@ -36,7 +36,7 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
     s.agent_id_from_ek = Some(false);
     s.policy_topic = true;
     s.policy_signers = vec![PathBuf::from("/tmp/signer.pub")];
-    let doc: Value = serde_yaml::from_str(&s.to_yaml().unwrap()).unwrap();
+    let doc: Value = serde_norway::from_str(&s.to_yaml().unwrap()).unwrap();
     assert_eq!(key(&doc, "broker").as_str(), Some("mqtts://localhost:8883"));
     assert_eq!(
         key(key(&doc, "tls"), "ca").as_str(),
@@ -79,7 +79,7 @@ fn server_yaml_has_every_set_key_and_nothing_else() {
 #[test]
 fn server_yaml_leaves_unset_keys_out() {
     let s = ServerSpec::new("mqtt://127.0.0.1:1883", "c1", "n1", "td", "/c", "/k");
-    let doc: Value = serde_yaml::from_str(&s.to_yaml().unwrap()).unwrap();
+    let doc: Value = serde_norway::from_str(&s.to_yaml().unwrap()).unwrap();
     let mut keys: Vec<_> = doc
         .as_mapping()
         .unwrap()
@@ -123,7 +123,7 @@ fn agent_yaml_starts_with_the_seed_keys() {
         ),
         "{text}"
     );
-    let doc: Value = serde_yaml::from_str(&text).unwrap();
+    let doc: Value = serde_norway::from_str(&text).unwrap();
     assert_eq!(key(&doc, "tpm").as_str(), Some("swtpm:127.0.0.1:2321"));
     assert_eq!(key(&doc, "ek").as_str(), Some("p256"));
     assert_eq!(key(&doc, "trust-bundle").as_str(), Some("/tmp/bundle.pem"));

@@ -374,7 +374,7 @@ fn group_readable_password_and_key_files_are_refused_with_the_chmod() {
     let c = Config::load(&config).unwrap();
     // The MQTT client checks again when it reads the file.
     set(&pw, 0o644);
-    let e = crate::daemon::mqtt::client(&c, &c.broker, "ek-1")
+    let e = crate::daemon::mqtt::Session::new(&c, &c.broker, "ek-1", "down")
         .map(|_| ())
         .unwrap_err()
         .to_string();

@@ -6,7 +6,7 @@ use std::io::{self, Cursor, Read, Write};
 use std::rc::Rc;
 
 use super::*;
-use crate::tpm::stream::Stream;
+use crate::tpm::stream::{FromStd, Stream};
 use crate::tpm::templates::AK_P256;
 use crate::tpm::{TransportError, rc::FAILURE};
 
@@ -244,7 +244,7 @@ impl Write for Canned {
 #[test]
 fn stream_errors_surface_with_the_command_name() {
     let short = Stream::new(
-        Canned(Cursor::new(vec![0x80, 0x01, 0, 0, 0])),
+        FromStd::new(Canned(Cursor::new(vec![0x80, 0x01, 0, 0, 0]))),
         "fake-stream",
     );
     let e = Tpm::new(short).startup_clear().unwrap_err();
@@ -262,7 +262,7 @@ fn stream_errors_surface_with_the_command_name() {
     );
 
     let huge = Stream::new(
-        Canned(Cursor::new(frame(0x8001, 0, &[0; 8])[..6].to_vec())),
+        FromStd::new(Canned(Cursor::new(frame(0x8001, 0, &[0; 8])[..6].to_vec()))),
         "f",
     );
     let e = Tpm::new(huge).startup_clear().unwrap_err();
@@ -276,7 +276,7 @@ fn stream_errors_surface_with_the_command_name() {
 
     let mut big = error(0);
     big[2..6].copy_from_slice(&100_000u32.to_be_bytes());
-    let e = Tpm::new(Stream::new(Canned(Cursor::new(big)), "f"))
+    let e = Tpm::new(Stream::new(FromStd::new(Canned(Cursor::new(big))), "f"))
         .startup_clear()
         .unwrap_err();
     assert!(

@@ -11,10 +11,8 @@ use ekattest_agent::tpm::activate::{self, Credential};
 use ekattest_agent::tpm::ak::{self, AkOptions};
 use ekattest_agent::tpm::commands::Tpm;
 use ekattest_agent::tpm::ek::{self, Ek};
-use ekattest_agent::tpm::stream::Stream;
+use ekattest_agent::tpm::stream::{self, Stream};
 use ekattest_agent::tpm::{FRAME_MAX, Transport, TransportError, session};
-
-use std::net::TcpStream;
 
 use ekattest_testkit::Device;
 
@@ -101,7 +99,7 @@ impl<T: Transport> Transport for Tap<T> {
 }
 
 /// A TPM on `device` behind a [`Tap`] with `bend`, started and with leftovers flushed.
-fn tapped(device: &Device, bend: Bend, ek: &Ek) -> (Tpm<Tap<Stream<TcpStream>>>, Arc<Mutex<Log>>) {
+fn tapped(device: &Device, bend: Bend, ek: &Ek) -> (Tpm<Tap<stream::Tcp>>, Arc<Mutex<Log>>) {
     let log = Arc::new(Mutex::new(Log::default()));
     let inner = Stream::connect_tcp("127.0.0.1", device.port()).unwrap();
     let mut tpm = Tpm::new(Tap {

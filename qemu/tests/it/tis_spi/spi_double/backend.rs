@@ -1,12 +1,16 @@
 //! The TPM behind the device model: a worker thread that runs whole commands on a real swtpm
-//! (a plain `TcpStream` to its server port: raw command out, one response back) or on a
-//! closure in self-checks, so the model's Execution state lasts as long as the TPM works.
+//! (a `TcpStream` to its server port, through embedded-io's traits like the agent's byte
+//! streams: raw command out, one response back) or on a closure in self-checks, so the
+//! model's Execution state lasts as long as the TPM works.
 //!
 //! Must never: share code with the agent's transports, block the SPI side (the model only
 //! polls for answers), or read more than one bounded frame per command.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
+
+use embedded_io::{Read, ReadExactError, Write};
+use embedded_io_adapters::std::FromStd;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread;
 use std::time::Duration;
@@ -50,10 +54,11 @@ impl Backend {
 
     /// A worker talking to swtpm's TCP server port on localhost.
     pub(crate) fn swtpm(port: u16) -> io::Result<Self> {
-        let mut sock = TcpStream::connect(("127.0.0.1", port))?;
+        let sock = TcpStream::connect(("127.0.0.1", port))?;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         sock.set_write_timeout(Some(IO_TIMEOUT))?;
         sock.set_nodelay(true)?;
+        let mut sock = FromStd::new(sock);
         Self::spawn(move |cmd| run_on_socket(&mut sock, cmd).map_err(|e| format!("swtpm: {e}")))
     }
 
@@ -78,11 +83,18 @@ impl Backend {
 
 /// One command on swtpm's raw socket: write it, read the 10-byte header, then the size the
 /// header declares (bounded to a frame).
-fn run_on_socket(sock: &mut TcpStream, cmd: &[u8]) -> io::Result<Vec<u8>> {
+fn run_on_socket<S>(sock: &mut S, cmd: &[u8]) -> io::Result<Vec<u8>>
+where
+    S: Read + Write<Error = io::Error>,
+{
+    let exact = |e: ReadExactError<io::Error>| match e {
+        ReadExactError::UnexpectedEof => io::Error::from(io::ErrorKind::UnexpectedEof),
+        ReadExactError::Other(e) => e,
+    };
     sock.write_all(cmd)?;
     sock.flush()?;
     let mut header = [0u8; FRAME_HEADER];
-    sock.read_exact(&mut header)?;
+    sock.read_exact(&mut header).map_err(exact)?;
     let size = usize::try_from(u32::from_be_bytes([
         header[2], header[3], header[4], header[5],
     ]))
@@ -95,6 +107,6 @@ fn run_on_socket(sock: &mut TcpStream, cmd: &[u8]) -> io::Result<Vec<u8>> {
     }
     let mut rsp = vec![0u8; size];
     rsp[..FRAME_HEADER].copy_from_slice(&header);
-    sock.read_exact(&mut rsp[FRAME_HEADER..])?;
+    sock.read_exact(&mut rsp[FRAME_HEADER..]).map_err(exact)?;
     Ok(rsp)
 }
