@@ -8,12 +8,11 @@
 //! [`sign::pop_signed_bytes`]). The caller checks the Challenge's signature and transcript
 //! before [`answer`] touches the TPM. It never logs the recovered secret.
 
+use crate::ecdsa::SigningKey;
 use ekattest_protocol::heapless;
 use ekattest_protocol::limits::{EK_CHAIN_MAX, NONCE_LEN, SIGNER_HINT_LEN};
 use ekattest_protocol::msg::{Answer, Challenge, KeyCertify, Login, Method};
 use ekattest_protocol::sign::{self, Transcript};
-use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
 
 use crate::tpm::Transport;
 use crate::tpm::activate::{self, Credential, CredentialError};
@@ -56,6 +55,9 @@ pub enum AttestError {
     /// The TPM-resident SVID key could not sign the proof of possession.
     #[error("the TPM could not sign with the SVID key")]
     TpmKey(#[source] crate::tpm::Error),
+    /// The software SVID key could not sign the proof of possession.
+    #[error("cannot sign the proof of possession: {0}")]
+    Sign(&'static str),
 }
 
 fn bounded<const N: usize>(
@@ -181,11 +183,8 @@ pub fn answer_with_secret(
         None => None,
         Some(key) => {
             let message = sign::pop_signed_bytes(transcript, &challenge.session, &mac);
-            let signature: Signature = key.sign(&message);
-            Some(bounded(
-                "proof of possession",
-                signature.to_der().as_bytes(),
-            )?)
+            let signature = key.sign(&message).map_err(AttestError::Sign)?;
+            Some(bounded("proof of possession", &signature)?)
         }
     };
     Ok(Answer {

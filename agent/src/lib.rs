@@ -12,6 +12,7 @@
 pub mod attest;
 pub mod cert;
 pub mod daemon;
+pub mod ecdsa;
 pub mod error;
 pub mod logging;
 pub mod ops;

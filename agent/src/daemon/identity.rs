@@ -17,11 +17,9 @@ use ekattest_protocol::limits::SIGNER_HINT_LEN;
 use ekattest_protocol::msg::{Accepted, Challenge, SessionId};
 use ekattest_protocol::sign::{self, Transcript};
 use ekattest_protocol::spki::{EccCurve, PublicKey, SPKI_MAX};
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::elliptic_curve::zeroize::Zeroizing;
-use p256::pkcs8::EncodePrivateKey as _;
-use p256::pkcs8::der::pem::LineEnding;
+use zeroize::Zeroizing;
+
+use crate::ecdsa::{self, SigningKey, VerifyingKey};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
@@ -127,23 +125,19 @@ impl SvidKey {
     /// # Errors
     /// [`IdentityError::Random`] if the OS source fails.
     pub fn generate() -> Result<Self, IdentityError> {
-        // A random 32-byte string is a valid scalar with overwhelming probability; retry the
-        // rare zero / >= n case.
-        for _ in 0..16 {
-            let mut bytes = Zeroizing::new([0u8; 32]);
-            getrandom::getrandom(bytes.as_mut())
-                .map_err(|e| IdentityError::Random(e.to_string()))?;
-            if let Ok(key) = SigningKey::from_slice(bytes.as_ref()) {
-                return Ok(Self(key));
-            }
-        }
-        Err(IdentityError::Random("no valid scalar in 16 draws".into()))
+        SigningKey::generate()
+            .map(Self)
+            .map_err(IdentityError::Random)
     }
 
-    /// Wraps an existing key (tests).
-    #[must_use]
-    pub fn from_signing_key(key: SigningKey) -> Self {
-        Self(key)
+    /// A key from its PKCS#8 DER (tests, and the fleet's simulated devices).
+    ///
+    /// # Errors
+    /// [`IdentityError::Encode`] if `der` is not a PKCS#8 P-256 key.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, IdentityError> {
+        SigningKey::from_pkcs8(der)
+            .map(Self)
+            .map_err(|_| IdentityError::Encode("the SVID private key"))
     }
 
     /// The signing key, for [`crate::attest::answer`].
@@ -157,8 +151,8 @@ impl SvidKey {
     /// # Errors
     /// [`IdentityError::Encode`] (not expected for a valid key).
     pub fn spki_der(&self) -> Result<Vec<u8>, IdentityError> {
-        let point = self.0.verifying_key().to_encoded_point(false);
-        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+        let point = self.0.public_point();
+        let (Some(x), Some(y)) = (point.get(1..33), point.get(33..65)) else {
             return Err(IdentityError::Encode("the SVID public key"));
         };
         let key = PublicKey::Ecc {
@@ -177,9 +171,10 @@ impl SvidKey {
     /// # Errors
     /// [`IdentityError::Encode`] (not expected).
     pub fn pkcs8_pem(&self) -> Result<Zeroizing<String>, IdentityError> {
-        self.0
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| IdentityError::Encode("the SVID private key"))
+        Ok(Zeroizing::new(ecdsa::pem(
+            "PRIVATE KEY",
+            self.0.pkcs8_der(),
+        )))
     }
 }
 
@@ -285,13 +280,18 @@ impl Signer {
         now: i64,
     ) -> Result<(), IdentityError> {
         self.valid_at(now)?;
-        let signature = Signature::from_der(&challenge.signature)
-            .map_err(|_| IdentityError::Challenge("its signature is not a DER ECDSA signature"))?;
+        if !ecdsa::is_der_signature(&challenge.signature) {
+            return Err(IdentityError::Challenge(
+                "its signature is not a DER ECDSA signature",
+            ));
+        }
         let message = sign::challenge_signed_bytes(agent, challenge)
             .map_err(|_| IdentityError::Challenge("it cannot be encoded for this agent id"))?;
-        self.key.verify(&message, &signature).map_err(|_| {
-            IdentityError::Challenge("its signature does not verify with the signer's key")
-        })?;
+        if !self.key.verifies(&message, &challenge.signature) {
+            return Err(IdentityError::Challenge(
+                "its signature does not verify with the signer's key",
+            ));
+        }
         if challenge.transcript != *own {
             return Err(IdentityError::Challenge(
                 "it was made for another Login than the one this agent sent (transcript \
@@ -387,7 +387,7 @@ impl TrustBundle {
 
 fn ca_key(der: &[u8]) -> Result<BundleCa, String> {
     let cert = x509::parse(der).map_err(|e| e.to_string())?;
-    let key = p256_key(cert.spki).ok_or("its key is not P-256")?;
+    let key = VerifyingKey::from_spki(cert.spki).ok_or("its key is not P-256")?;
     Ok(BundleCa {
         der: der.to_vec(),
         subject: cert.subject.to_vec(),
@@ -425,7 +425,7 @@ impl TrustBundle {
     pub fn signer(&self, der: &[u8], now: i64) -> Result<Signer, IdentityError> {
         let bad = |why: &str| IdentityError::Signer(why.to_owned());
         let cert = x509::parse(der).map_err(|e| IdentityError::Signer(e.to_string()))?;
-        let key = p256_key(cert.spki).ok_or_else(|| bad("its key is not P-256"))?;
+        let key = VerifyingKey::from_spki(cert.spki).ok_or_else(|| bad("its key is not P-256"))?;
         let signer = Signer {
             der: der.to_vec(),
             subject: cert.subject.to_vec(),
@@ -440,12 +440,13 @@ impl TrustBundle {
         if cert.signature_algorithm != x509::ECDSA_WITH_SHA256 {
             return Err(bad("it is not signed with ecdsa-with-SHA256"));
         }
-        let signature = Signature::from_der(cert.signature)
-            .map_err(|_| bad("its signature is not a DER ECDSA signature"))?;
+        if !ecdsa::is_der_signature(cert.signature) {
+            return Err(bad("its signature is not a DER ECDSA signature"));
+        }
         let issued = self
             .cas
             .iter()
-            .any(|ca| ca.subject == cert.issuer && ca.key.verify(cert.tbs, &signature).is_ok());
+            .any(|ca| ca.subject == cert.issuer && ca.key.verifies(cert.tbs, cert.signature));
         if !issued {
             return Err(bad(
                 "it is not issued by a CA of the trust bundle: the server's signer belongs to \
@@ -465,23 +466,6 @@ impl TrustBundle {
         signer.valid_at(now)?;
         Ok(signer)
     }
-}
-
-fn p256_key(spki: &[u8]) -> Option<VerifyingKey> {
-    let PublicKey::Ecc {
-        curve: EccCurve::NistP256,
-        x,
-        y,
-    } = PublicKey::from_spki_der(spki).ok()?
-    else {
-        return None;
-    };
-    let mut sec1 = [0u8; 65];
-    sec1[0] = 4;
-    // Right-align: the parser may have dropped leading zero bytes.
-    sec1.get_mut(33 - x.len()..33)?.copy_from_slice(x);
-    sec1.get_mut(65 - y.len()..65)?.copy_from_slice(y);
-    VerifyingKey::from_sec1_bytes(&sec1).ok()
 }
 
 /// An identity that passed every check.
@@ -520,14 +504,11 @@ pub fn verify_result(
     our_spki: &[u8],
     now: i64,
 ) -> Result<Verified, IdentityError> {
-    let signature =
-        Signature::from_der(&accepted.signature).map_err(|_| IdentityError::ResultSignature)?;
     let message = sign::result_signed_bytes(agent, session, transcript, accepted)
         .map_err(|_| IdentityError::ResultSignature)?;
-    signer
-        .key
-        .verify(&message, &signature)
-        .map_err(|_| IdentityError::ResultSignature)?;
+    if !signer.key.verifies(&message, &accepted.signature) {
+        return Err(IdentityError::ResultSignature);
+    }
 
     let svid = x509::parse(&accepted.svid).map_err(IdentityError::SvidMalformed)?;
     if svid.signature_algorithm != x509::ECDSA_WITH_SHA256 {
@@ -535,9 +516,12 @@ pub fn verify_result(
             "it is not signed with ecdsa-with-SHA256",
         ));
     }
-    let svid_signature = Signature::from_der(svid.signature)
-        .map_err(|_| IdentityError::Svid("its signature is not a DER ECDSA signature"))?;
-    if signer.key.verify(svid.tbs, &svid_signature).is_err() {
+    if !ecdsa::is_der_signature(svid.signature) {
+        return Err(IdentityError::Svid(
+            "its signature is not a DER ECDSA signature",
+        ));
+    }
+    if !signer.key.verifies(svid.tbs, svid.signature) {
         return Err(IdentityError::Svid(
             "its signature does not verify with the CA that signed the Result",
         ));
@@ -643,14 +627,9 @@ pub fn write_identity(
             .create(dir)
             .map_err(wrap(dir.to_owned()))?;
     }
-    let mut svid_pem =
-        p256::pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, svid_der)
-            .map_err(|_| IdentityError::Encode("the SVID as PEM"))?;
+    let mut svid_pem = ecdsa::pem("CERTIFICATE", svid_der);
     if !chain_der.is_empty() {
-        svid_pem.push_str(
-            &p256::pkcs8::der::pem::encode_string("CERTIFICATE", LineEnding::LF, chain_der)
-                .map_err(|_| IdentityError::Encode("the signer certificate as PEM"))?,
-        );
+        svid_pem.push_str(&ecdsa::pem("CERTIFICATE", chain_der));
     }
     write_atomic(dir, SVID_KEY, key_pem.as_bytes(), 0o600)?;
     write_atomic(dir, SVID_PEM, svid_pem.as_bytes(), 0o644)?;

@@ -113,12 +113,7 @@ impl TpmKey {
     /// # Errors
     /// A message if PEM encoding fails (not expected).
     pub fn tss2_pem(&self) -> Result<String, String> {
-        p256::pkcs8::der::pem::encode_string(
-            TSS2_PEM_LABEL,
-            p256::pkcs8::der::pem::LineEnding::LF,
-            &self.tss2_der(),
-        )
-        .map_err(|e| format!("cannot encode the TPM key as PEM: {e}"))
+        Ok(crate::ecdsa::pem(TSS2_PEM_LABEL, &self.tss2_der()))
     }
 }
 
@@ -216,18 +211,7 @@ fn ecdsa_der(tpmt_signature: &[u8]) -> Result<Vec<u8>, Error> {
     let ss = r
         .tpm2b("signatureS truncated")
         .map_err(|e| bad(e.field()))?;
-    let pad = |v: &[u8]| -> Result<[u8; 32], Error> {
-        let v = v.get(v.len().saturating_sub(32)..).unwrap_or_default();
-        let mut out = [0u8; 32];
-        let start = 32 - v.len();
-        if let Some(dst) = out.get_mut(start..) {
-            dst.copy_from_slice(v);
-        }
-        Ok(out)
-    };
-    let signature = p256::ecdsa::Signature::from_scalars(pad(sr)?, pad(ss)?)
-        .map_err(|_| bad("signature scalars out of range"))?;
-    Ok(signature.to_der().as_bytes().to_vec())
+    crate::ecdsa::der_signature(sr, ss).map_err(bad)
 }
 
 #[cfg(test)]

@@ -508,9 +508,14 @@ fn forged_key_certifications_are_refused_and_a_genuine_one_attests() {
     public.extend_from_slice(&area);
     let kc = login.key_certify.as_mut().unwrap();
     kc.public = ekattest_protocol::heapless::Vec::from_slice(&public).unwrap();
-    let soft_spki = ekattest_agent::daemon::identity::SvidKey::from_signing_key(soft)
-        .spki_der()
-        .unwrap();
+    let soft_spki = {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let der = soft.to_pkcs8_der().unwrap();
+        ekattest_agent::daemon::identity::SvidKey::from_pkcs8_der(der.as_bytes())
+            .unwrap()
+            .spki_der()
+            .unwrap()
+    };
     login.svid_key = Some(ekattest_protocol::heapless::Vec::from_slice(&soft_spki).unwrap());
     refused(
         &mut wire,

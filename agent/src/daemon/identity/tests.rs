@@ -7,9 +7,16 @@ use ekattest_protocol::heapless;
 use ekattest_protocol::msg::{Attribute, AttributeName, Challenge};
 use ekattest_testkit::testdata::{self, openssl};
 use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::der::pem::LineEnding;
 use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 
 use super::*;
+
+/// The agent's SVID key holding the same private key as `key` (p256's).
+fn svid(key: &SigningKey) -> SvidKey {
+    SvidKey::from_pkcs8_der(key.to_pkcs8_der().unwrap().as_bytes()).unwrap()
+}
 
 fn key(seed: u8) -> SigningKey {
     let mut bytes = [seed; 32];
@@ -51,7 +58,7 @@ impl TestCa {
         let key = key(seed);
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), pem.as_bytes()).unwrap();
-        let spki = SvidKey::from_signing_key(key.clone()).spki_der().unwrap();
+        let spki = svid(&key).spki_der().unwrap();
         let pub_pem =
             p256::pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &spki).unwrap();
         std::fs::write(dir.join(format!("{name}-pub.pem")), pub_pem).unwrap();
@@ -184,7 +191,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), 0x11, "ca");
-    let ours = SvidKey::from_signing_key(key(0x22));
+    let ours = svid(&key(0x22));
     let spki = ours.spki_der().unwrap();
     let mut good = accepted(&ca.issue(dir.path(), &spki, &[SPIFFE]));
     ca.sign(AGENT, &SESSION, &mut good);
@@ -297,7 +304,7 @@ fn tampered_svid_is_refused_even_with_a_fresh_result_signature() {
 fn svid_for_another_key_or_id_is_refused() {
     let s = setup();
     let dir = s.dir.path();
-    let other = SvidKey::from_signing_key(key(0x33)).spki_der().unwrap();
+    let other = svid(&key(0x33)).spki_der().unwrap();
     let mut a = accepted(&s.ca.issue(dir, &other, &[SPIFFE]));
     s.ca.sign(AGENT, &SESSION, &mut a);
     let e = check(&s, AGENT, &SESSION, &a, unix_now());
@@ -465,7 +472,10 @@ fn files_are_written_atomically_with_a_private_key_file() {
     assert_eq!(CertificateDer::pem_slice_iter(&pem).count(), 1);
     let pem = std::fs::read_to_string(data.join(SVID_KEY)).unwrap();
     let back = SigningKey::from_pkcs8_pem(&pem).unwrap();
-    assert_eq!(back.verifying_key(), s.ours.signing_key().verifying_key());
+    assert_eq!(
+        back.verifying_key().to_encoded_point(false).as_bytes(),
+        s.ours.signing_key().public_point()
+    );
     assert_eq!(std::fs::read(data.join(BUNDLE_PEM)).unwrap(), bundle.pem());
 
     // Replacing a world-readable key file leaves a 0600 one, and no temporary files.
