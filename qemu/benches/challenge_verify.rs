@@ -1,5 +1,5 @@
 //! The device's side of wire version 2's Challenge: what an agent spends checking the
-//! signer's ECDSA P-256 signature (the pure-Rust p256 crate the agent links) before it
+//! signer's ECDSA P-256 signature (ring, as the agent links it since issue 19) before it
 //! touches the TPM, next to what the server spent signing it (aws-lc), in the same run.
 //!
 //! `cargo bench -p ekattest-fleet --bench challenge_verify`. It lives in the fleet crate
