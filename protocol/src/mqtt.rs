@@ -162,8 +162,9 @@ pub struct Connect<'a> {
     pub password: Option<&'a [u8]>,
 }
 
-/// Encodes a remaining length; returns the bytes used (1..=4).
-fn put_remaining(len: usize, out: &mut [u8; 4]) -> usize {
+/// Encodes a remaining length (the variable byte integer of the fixed header; values over
+/// [`REMAINING_MAX`] are cut to their low 28 bits) into `out`; returns the bytes used (1..=4).
+pub fn put_remaining(len: usize, out: &mut [u8; 4]) -> usize {
     let mut len = len;
     let mut n = 0;
     loop {

@@ -9,12 +9,14 @@
 use std::io::{self, Read};
 use std::ops::Range;
 
+use ekattest_protocol::mqtt;
+
 /// Largest packet the proxy forwards by default (the harness's mosquitto allows 16 KiB).
 pub const MAX_PACKET: usize = 256 * 1024;
 /// Packet type of PUBLISH.
 pub const PUBLISH: u8 = 3;
 /// Largest value of the remaining length field (4 bytes of 7 bits).
-pub const MAX_REMAINING: usize = 268_435_455;
+pub const MAX_REMAINING: usize = mqtt::REMAINING_MAX;
 
 /// A parsed fixed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,49 +71,33 @@ pub enum FrameError {
 /// # Errors
 /// [`FrameError::MalformedLength`] or [`FrameError::Oversize`].
 pub fn parse_fixed_header(buf: &[u8], max: usize) -> Result<Option<FixedHeader>, FrameError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
+    // The agent's codec reads the header (any size: the proxy's limit is on the whole packet).
+    let (first, remaining, header_len) = match mqtt::header(buf, usize::MAX) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(FrameError::MalformedLength),
     };
-    let mut remaining = 0usize;
-    for i in 0..4 {
-        let Some(&b) = buf.get(1 + i) else {
-            return Ok(None);
-        };
-        remaining |= usize::from(b & 0x7F) << (7 * i);
-        if b & 0x80 == 0 {
-            let h = FixedHeader {
-                packet_type: first >> 4,
-                flags: first & 0x0F,
-                remaining,
-                header_len: 2 + i,
-            };
-            if h.total_len() > max {
-                return Err(FrameError::Oversize {
-                    size: h.total_len(),
-                    max,
-                });
-            }
-            return Ok(Some(h));
-        }
+    let h = FixedHeader {
+        packet_type: first >> 4,
+        flags: first & 0x0F,
+        remaining,
+        header_len,
+    };
+    if h.total_len() > max {
+        return Err(FrameError::Oversize {
+            size: h.total_len(),
+            max,
+        });
     }
-    Err(FrameError::MalformedLength)
+    Ok(Some(h))
 }
 
 /// Appends the remaining-length encoding of `n` (`n <= MAX_REMAINING`; larger values are
 /// clamped to it).
 pub fn encode_remaining_length(n: usize, out: &mut Vec<u8>) {
-    let mut n = n.min(MAX_REMAINING);
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
+    let mut bytes = [0u8; 4];
+    let len = mqtt::put_remaining(n.min(MAX_REMAINING), &mut bytes);
+    out.extend_from_slice(bytes.get(..len).unwrap_or_default());
 }
 
 /// Reads one whole packet (fixed header included). `Ok(None)`: the peer closed the

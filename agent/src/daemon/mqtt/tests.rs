@@ -121,14 +121,10 @@ fn an_oversized_packet_ends_the_session_before_its_body_arrives() {
         sock.write_all(&[0x20, 2, 0, 0]).unwrap();
         // A PUBLISH announcing PACKET_MAX + 1 bytes, of which none follow: a decoder that
         // waited for the body would hang here until the test's timeout.
-        let mut header = vec![0x30];
-        let mut len = PACKET_MAX + 1;
-        while len > 0 {
-            let byte = (len % 128) as u8;
-            len /= 128;
-            header.push(if len > 0 { byte | 0x80 } else { byte });
-        }
-        sock.write_all(&header).unwrap();
+        let mut len = [0u8; 4];
+        let n = mqtt::put_remaining(PACKET_MAX + 1, &mut len);
+        sock.write_all(&[0x30]).unwrap();
+        sock.write_all(&len[..n]).unwrap();
         thread::sleep(Duration::from_secs(3));
         Vec::new()
     });
