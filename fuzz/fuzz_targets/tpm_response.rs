@@ -34,7 +34,7 @@ use ekattest_agent::tpm::commands::{
 };
 use ekattest_agent::tpm::ek;
 use ekattest_agent::tpm::session::Session;
-use ekattest_agent::tpm::stream::Stream;
+use ekattest_agent::tpm::stream::{FromStd, Stream};
 use ekattest_agent::tpm::tis::regs::DATA_FIFO;
 use ekattest_agent::tpm::tis::{Tis, TisRegisters, Timeouts};
 use ekattest_agent::tpm::{FRAME_MAX, HEADER_LEN, Transport, TransportError};
@@ -369,7 +369,7 @@ fn flows<T: Transport>(transport: T) {
 
 fuzz_target!(|data: &[u8]| {
     each_command(data);
-    flows(Stream::new(Peer(Cursor::new(data)), "fuzz"));
+    flows(Stream::new(FromStd::new(Peer(Cursor::new(data))), "fuzz"));
     tis(data);
     // The challenge credential file format the agent reads (`activate --credential`).
     if let Ok(c) = Credential::decode_tpm2_tools(data) {
