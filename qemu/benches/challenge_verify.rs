@@ -30,7 +30,9 @@ use ekattest_testkit::testdata;
 fn bench(c: &mut Criterion) {
     let ek = testdata::make_credential("rsa2048", "ek.tpm2b_public");
     let ek = Public::decode(&ek).unwrap();
-    let ak_name = [0x22; 34];
+    // A Name: nameAlg SHA-256 (0x000B), then the digest.
+    let mut ak_name = [0x22; 34];
+    ak_name[..2].copy_from_slice(&[0x00, 0x0b]);
     let cred = make_credential(&ek, &ak_name, &[0x11; 32], &mut SystemRandom).unwrap();
     let t = [0x33; 32];
     let challenge = Challenge {
