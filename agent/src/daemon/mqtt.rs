@@ -489,12 +489,19 @@ fn write_all(stream: &mut Stream, bytes: &[u8]) -> Result<(), NetError> {
         .map_err(|e| io("write failed", &e))
 }
 
-/// Adds what to do when a broker does not speak TLS 1.3.
+/// Adds what to do when a broker does not speak TLS 1.3 or shares nothing of the agent's
+/// TLS profile ([`provider`]).
 fn tls_hint(why: String) -> String {
     if why.contains("ProtocolVersion") || why.contains("protocol version") {
         format!(
             "{why} (the broker does not offer TLS 1.3, the only version this agent speaks: \
              enable TLS 1.3 on the broker)"
+        )
+    } else if why.contains("HandshakeFailure") || why.contains("PeerIncompatible") {
+        format!(
+            "{why} (the broker shares none of this agent's TLS 1.3 profile: key exchange \
+             P-256 or P-384, a certificate with an RSA or ECDSA P-256/P-384 key; X25519-only \
+             or Ed25519 brokers are not supported)"
         )
     } else {
         why
@@ -508,6 +515,102 @@ fn read_password(path: &Path) -> Result<String, MqttError> {
         return Err(file_error("password-file", path, "longer than 4 KiB"));
     }
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// The OS random source through ring, as rustls's own ring provider does.
+#[derive(Debug)]
+struct RingRandom;
+
+impl rustls::crypto::SecureRandom for RingRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom as _;
+        ring::rand::SystemRandom::new()
+            .fill(buf)
+            .map_err(|_| rustls::crypto::GetRandomFailed)
+    }
+}
+
+/// The `tls.key` loader: ECDSA or RSA keys (no Ed25519, see [`provider`]).
+#[derive(Debug)]
+struct RingKeys;
+
+impl rustls::crypto::KeyProvider for RingKeys {
+    fn load_private_key(
+        &self,
+        key_der: PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        rustls::crypto::ring::sign::any_ecdsa_type(&key_der).or_else(|_| {
+            rustls::crypto::ring::sign::RsaSigningKey::new(&key_der)
+                .map(|k| Arc::new(k) as Arc<dyn rustls::sign::SigningKey>)
+        })
+    }
+}
+
+/// The agent's TLS profile on ring: TLS 1.3's three cipher suites; key exchange on P-256
+/// (the group every TLS 1.3 server must accept, RFC 8446 9.1) and P-384; certificates and
+/// handshake signatures RSA (PKCS#1 v1.5 and PSS) or ECDSA P-256/P-384. Left out of ring's
+/// default provider: X25519 and Ed25519, whose curve25519 code and tables (43.6 KB of the
+/// aarch64 agent) nothing else in the agent needs. A broker that can only use them fails
+/// the handshake, and [`tls_hint`] says so. The signature table is rustls 0.23's ring table
+/// without Ed25519 (rustls does not export it).
+fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::SignatureScheme as S;
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::crypto::ring::{cipher_suite, kx_group};
+    use webpki::ring as alg;
+    static SIG_ALGS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ECDSA_P256_SHA256,
+            alg::ECDSA_P256_SHA384,
+            alg::ECDSA_P384_SHA256,
+            alg::ECDSA_P384_SHA384,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+            alg::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            (
+                S::ECDSA_NISTP384_SHA384,
+                &[alg::ECDSA_P384_SHA384, alg::ECDSA_P256_SHA384],
+            ),
+            (
+                S::ECDSA_NISTP256_SHA256,
+                &[alg::ECDSA_P256_SHA256, alg::ECDSA_P384_SHA256],
+            ),
+            (
+                S::RSA_PSS_SHA512,
+                &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY],
+            ),
+            (
+                S::RSA_PSS_SHA384,
+                &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY],
+            ),
+            (
+                S::RSA_PSS_SHA256,
+                &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY],
+            ),
+            (S::RSA_PKCS1_SHA512, &[alg::RSA_PKCS1_2048_8192_SHA512]),
+            (S::RSA_PKCS1_SHA384, &[alg::RSA_PKCS1_2048_8192_SHA384]),
+            (S::RSA_PKCS1_SHA256, &[alg::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    };
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![kx_group::SECP256R1, kx_group::SECP384R1],
+        signature_verification_algorithms: SIG_ALGS,
+        secure_random: &RingRandom,
+        key_provider: &RingKeys,
+    }
 }
 
 /// The rustls client configuration: ring provider, TLS 1.3, the `tls.ca`
@@ -532,7 +635,7 @@ pub fn tls_config(config: &Config) -> Result<rustls::ClientConfig, MqttError> {
             return Err(file_error("tls.ca", ca, "no usable PEM certificate"));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| MqttError::Tls(e.to_string()))?

@@ -351,46 +351,61 @@ fn tls_listener_with_the_broker_ca() {
     assert!(log.contains("TLS"), "{log}");
 }
 
-/// The agent speaks TLS 1.3 only. A broker that stops at TLS 1.2 (here openssl s_server with
-/// `-tls1_2`, the broker's own certificate) fails the handshake, and the error says why and
-/// what to change instead of a bare alert name.
-#[test]
-fn a_tls_1_2_only_broker_is_refused_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TdCa::new(dir.path());
-    let device = device();
-    let broker = broker(BrokerOptions {
-        tls: true,
-        acl: false,
-    });
-    let tls_dir = broker.ca_pem().unwrap().parent().unwrap().to_owned();
-    let port = ekattest_testkit::process::free_port().unwrap();
-    let mut s_server = std::process::Command::new("openssl")
-        .args(["s_server", "-quiet", "-tls1_2", "-accept"])
-        .arg(port.to_string())
-        .arg("-cert")
-        .arg(tls_dir.join("server.pem"))
-        .arg("-key")
-        .arg(tls_dir.join("server.key"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("openssl must be on PATH (bash .ci/install)");
-    let up = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "openssl s_server did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// `openssl s_server` on a free port with `args` and the certificate and key given; killed
+/// on drop. A TLS peer of the agent's that is not a broker: the tests below only need it
+/// to refuse the handshake.
+struct SServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl SServer {
+    fn start(args: &[&str], cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let port = ekattest_testkit::process::free_port().unwrap();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept"])
+            .arg(port.to_string())
+            .args(args)
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl must be on PATH (bash .ci/install)");
+        let up = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                up.elapsed() < Duration::from_secs(10),
+                "openssl s_server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
     }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `--once` against `mqtts://127.0.0.1:PORT` trusting `ca`; returns the log of the
+/// failed run.
+fn once_against(port: u16, ca: &std::path::Path, broker_port: u16) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let td = TdCa::new(dir.path());
+    let device = device();
     let cfg = config(
-        broker.port(),
+        broker_port,
         &device,
-        &ca,
+        &td,
         dir.path(),
-        &format!("tls: {{ca: {}}}\n", broker.ca_pem().unwrap().display()),
+        &format!("tls: {{ca: {}}}\n", ca.display()),
     );
     let url = format!("mqtts://127.0.0.1:{port}");
     let mut agent = Agent::start(
@@ -399,13 +414,65 @@ fn a_tls_1_2_only_broker_is_refused_with_the_reason() {
         &["--once", "--broker", &url, "--timeout", "3s"],
     );
     let status = agent.wait(Duration::from_secs(30));
-    let _ = s_server.kill();
-    let _ = s_server.wait();
     let log = agent.log();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("TLS handshake failed"), "{log}");
+    log
+}
+
+/// The agent speaks TLS 1.3 only. A broker that stops at TLS 1.2 (here openssl s_server with
+/// `-tls1_2`, the broker's own certificate) fails the handshake, and the error says why and
+/// what to change instead of a bare alert name.
+#[test]
+fn a_tls_1_2_only_broker_is_refused_with_the_reason() {
+    let broker = broker(BrokerOptions {
+        tls: true,
+        acl: false,
+    });
+    let tls_dir = broker.ca_pem().unwrap().parent().unwrap().to_owned();
+    let s = SServer::start(
+        &["-tls1_2"],
+        &tls_dir.join("server.pem"),
+        &tls_dir.join("server.key"),
+    );
+    let log = once_against(s.port, &broker.ca_pem().unwrap(), broker.port());
     assert!(
         log.contains("the broker does not offer TLS 1.3, the only version this agent speaks"),
+        "{log}"
+    );
+}
+
+/// The agent's TLS profile leaves out Ed25519 (and X25519): a broker whose certificate has
+/// an Ed25519 key cannot sign the handshake with anything the agent accepts, and the error
+/// names the profile.
+#[test]
+fn an_ed25519_broker_certificate_is_refused_naming_the_tls_profile() {
+    let broker = broker(BrokerOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ed.pem"), dir.path().join("ed.key"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl must be on PATH (bash .ci/install)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = SServer::start(&["-tls1_3"], &cert, &key);
+    let log = once_against(s.port, &cert, broker.port());
+    assert!(
+        log.contains("X25519-only or Ed25519 brokers are not supported"),
         "{log}"
     );
 }
